@@ -1,0 +1,276 @@
+"""DCGAN (Radford et al. 2016) with the non-saturating GAN loss (Goodfellow et al. 2014, §3),
+optionally class-conditional with a projection discriminator (Miyato & Koyama 2018).
+
+Two phases, two optimizers: "disc" steps the discriminator on real vs. detached fakes, "gen"
+steps the generator through the discriminator. GANs have no likelihood, so ``evaluate`` scores
+samples against held-out data with the unbiased squared MMD (Gretton et al. 2012).
+"""
+import math
+from typing import Annotated, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from components.models.layers import check_image_shape, num_halvings, randn
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses and the evaluation distance, as plain functions of tensors
+# ---------------------------------------------------------------------------------------------
+
+
+def discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """-E[log D(x)] - E[log(1 - D(G(z)))]: Goodfellow et al. 2014, eq. 1, as a loss to minimise."""
+    real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+    fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    return real + fake
+
+
+def generator_loss(fake_logits: Tensor) -> Tensor:
+    """-E[log D(G(z))]: the non-saturating generator loss (Goodfellow et al. 2014, §3), which
+    keeps gradients alive early on, when D rejects every fake and log(1 - D(G(z))) saturates."""
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+def mmd2_unbiased(x: Tensor, y: Tensor, scales: tuple[float, ...] = (0.5, 1.0, 2.0)) -> Tensor:
+    """Unbiased squared MMD between samples x (n, d) and y (m, d) (Gretton et al. 2012, eq. 3).
+
+    The kernel is a sum of Gaussians exp(-|a - b|^2 / (s * median)), where median is the median
+    squared distance over the pooled samples (the median heuristic) and s runs over ``scales``,
+    so one bad bandwidth can't hide a difference. Near 0 (possibly slightly negative) when x and
+    y come from the same distribution.
+    """
+    n, m = x.shape[0], y.shape[0]
+    if n < 2 or m < 2:
+        raise ValueError(f"mmd2_unbiased needs at least 2 samples on each side, got {n} and {m}")
+    pooled = torch.cat([x, y]).double()
+    d2 = torch.cdist(pooled, pooled).pow(2)  # (n + m, n + m)
+    off_diag = ~torch.eye(n + m, dtype=torch.bool, device=d2.device)
+    median = d2[off_diag].median().clamp_min(1e-12)
+    k = sum(torch.exp(-d2 / (s * median)) for s in scales)
+    k_xx, k_yy, k_xy = k[:n, :n], k[n:, n:], k[:n, n:]
+    # Drop the diagonals (k(a, a)) from the within-sample means: that is what makes it unbiased.
+    mmd2 = ((k_xx.sum() - k_xx.diagonal().sum()) / (n * (n - 1))
+            + (k_yy.sum() - k_yy.diagonal().sum()) / (m * (m - 1))
+            - 2 * k_xy.mean())
+    return mmd2.to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks
+# ---------------------------------------------------------------------------------------------
+
+
+class Generator(nn.Module):
+    """z (B, latent_dim [+ label embedding]) -> image (B, C, H, W) in [-1, 1].
+
+    Radford et al. 2016, §3: project and reshape to a small map (the smaller side is 4), then
+    stride-2 transposed convs with BatchNorm + ReLU, each halving the channels; Tanh output.
+    """
+
+    def __init__(self, image_shape: tuple[int, int, int], in_dim: int, width: int):
+        super().__init__()
+        c, h, w = image_shape
+        n = num_halvings(h, w)
+        ch = [width * 2 ** (n - 1 - i) for i in range(n)]  # channels at 4, 8, ..., H/2
+        self.start = (ch[0], h >> n, w >> n)
+        self.proj = nn.Linear(in_dim, math.prod(self.start), bias=False)
+        layers: list[nn.Module] = [nn.BatchNorm2d(ch[0]), nn.ReLU()]
+        for i in range(n - 1):
+            layers += [nn.ConvTranspose2d(ch[i], ch[i + 1], 4, stride=2, padding=1, bias=False),
+                       nn.BatchNorm2d(ch[i + 1]), nn.ReLU()]
+        # No BatchNorm on the output layer (Radford et al. 2016, §3: it made samples oscillate).
+        layers += [nn.ConvTranspose2d(ch[-1], c, 4, stride=2, padding=1), nn.Tanh()]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.proj(z).view(-1, *self.start)  # (B, C', H/2^n, W/2^n)
+        return self.body(h)  # (B, C, H, W)
+
+
+class Discriminator(nn.Module):
+    """image (B, C, H, W) -> one logit per image, (B,).
+
+    Radford et al. 2016, §3: stride-2 convs (no pooling) with BatchNorm, except on the first
+    layer, and LeakyReLU(0.2), down to a 4-pixel side; then a linear read-out. With labels, the
+    projection discriminator adds <embed(y), features> (Miyato & Koyama 2018, eq. 3).
+    """
+
+    def __init__(self, image_shape: tuple[int, int, int], width: int, num_classes: int):
+        super().__init__()
+        c, h, w = image_shape
+        n = num_halvings(h, w)
+        ch = [width * 2**i for i in range(n)]  # channels at H/2, H/4, ..., 4
+        layers: list[nn.Module] = [nn.Conv2d(c, ch[0], 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+        for i in range(n - 1):
+            layers += [nn.Conv2d(ch[i], ch[i + 1], 4, stride=2, padding=1, bias=False),
+                       nn.BatchNorm2d(ch[i + 1]), nn.LeakyReLU(0.2)]
+        layers += [nn.Flatten()]
+        self.body = nn.Sequential(*layers)
+        features = ch[-1] * (h >> n) * (w >> n)
+        self.head = nn.Linear(features, 1)
+        self.embed = nn.Embedding(num_classes, features) if num_classes > 0 else None
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        phi = self.body(x)  # (B, F)
+        logit = self.head(phi).squeeze(1)  # (B,)
+        if self.embed is not None:
+            logit = logit + (self.embed(y) * phi).sum(dim=1)
+        return logit
+
+
+def dcgan_init(m: nn.Module) -> None:
+    """Radford et al. 2016, §4: every weight from N(0, 0.02); BatchNorm scales around 1."""
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+        if getattr(m, "bias", None) is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------
+
+
+class DCGAN(nn.Module):
+    phases = ("disc", "gen")
+
+    def __init__(
+        self,
+        *,
+        image_shape: tuple[int, int, int],
+        width: int,
+        latent_dim: int = 64,
+        num_classes: int = 0,
+        conditional: bool = False,
+    ):
+        super().__init__()
+        self.image_shape = check_image_shape(image_shape, "dcgan")
+        if latent_dim < 1:
+            raise ValueError(f"dcgan: latent_dim must be >= 1, got {latent_dim}")
+        if conditional and num_classes < 1:
+            raise ValueError(
+                "dcgan: conditional=True needs class labels, but the dataset has none "
+                f"(num_classes={num_classes}); use a labelled dataset or set conditional: false"
+            )
+        self.latent_dim = latent_dim
+        self.num_classes = num_classes if conditional else 0
+        self.capabilities = frozenset({"sample", "condition"} if conditional else {"sample"})
+
+        # The label enters the generator as an embedding concatenated to z (Mirza & Osindero
+        # 2014); its width is latent_dim, a fixed choice until a config needs another.
+        self.label_embed = nn.Embedding(num_classes, latent_dim) if conditional else None
+        self.generator = Generator(self.image_shape, latent_dim * (2 if conditional else 1), width)
+        self.discriminator = Discriminator(self.image_shape, width, self.num_classes)
+        self.apply(dcgan_init)
+
+    def generate(self, z: Tensor, y: Tensor | None) -> Tensor:
+        if self.label_embed is not None:
+            z = torch.cat([z, self.label_embed(y)], dim=1)  # (B, 2 * latent_dim)
+        return self.generator(z)
+
+    def _labels(self, batch: dict[str, Tensor]) -> Tensor | None:
+        if self.label_embed is None:
+            return None
+        if "y" not in batch:
+            raise ValueError("dcgan is conditional, so every batch needs integer labels 'y'")
+        return batch["y"]
+
+    def forward(self, batch: dict[str, Tensor], phase: str) -> tuple[Tensor, dict[str, Tensor]]:
+        x = batch["x"]
+        y = self._labels(batch)  # fakes reuse the real batch's labels: same class frequencies
+        z = torch.randn(x.shape[0], self.latent_dim, device=x.device)
+        if phase == "disc":
+            with torch.no_grad():  # G(z).detach(): this phase steps D only
+                fake = self.generate(z, y)
+            real_logits = self.discriminator(x, y)
+            fake_logits = self.discriminator(fake, y)
+            loss = discriminator_loss(real_logits, fake_logits)
+            logs = {"d_loss": loss, "g_loss": generator_loss(fake_logits),
+                    "d_real": torch.sigmoid(real_logits).mean(), "d_fake": torch.sigmoid(fake_logits).mean()}
+        elif phase == "gen":
+            fake_logits = self.discriminator(self.generate(z, y), y)
+            loss = generator_loss(fake_logits)
+            logs = {"g_loss": loss, "d_fake": torch.sigmoid(fake_logits).mean()}
+        else:
+            raise ValueError(f"dcgan phases are {self.phases}, got phase={phase!r}")
+        return loss, {k: v.detach() for k, v in logs.items()}
+
+    def parameters_for(self, phase: str):
+        if phase == "disc":
+            return self.discriminator.parameters()
+        if phase == "gen":
+            return (p for m in (self.generator, self.label_embed) if m is not None for p in m.parameters())
+        raise ValueError(f"dcgan phases are {self.phases}, got phase={phase!r}")
+
+    # -- using the trained model ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(self, n: int, *, generator: torch.Generator | None = None, y: Tensor | None = None) -> Tensor:
+        """(n, C, H, W) in [-1, 1]. Conditional: y (n,) picks classes; without y the labels cycle
+        0, 1, ..., num_classes - 1 so a grid shows every class.
+
+        Runs the generator in eval mode (BatchNorm running statistics), so a sample does not
+        depend on n or on what else is in the batch, and sampling leaves the statistics alone.
+        """
+        device = next(self.parameters()).device
+        if self.label_embed is None:
+            if y is not None:
+                raise ValueError("dcgan was built with conditional=False; call sample without y")
+        elif y is None:
+            y = torch.arange(n, device=device) % self.num_classes
+        elif y.shape != (n,):
+            raise ValueError(f"dcgan.sample: y must have shape ({n},), got {tuple(y.shape)}")
+        z = randn((n, self.latent_dim), generator=generator, device=device)
+        was_training = self.generator.training
+        self.generator.eval()
+        try:
+            return self.generate(z, None if y is None else y.to(device)).clamp(-1.0, 1.0)
+        finally:
+            self.generator.train(was_training)
+
+    @torch.no_grad()
+    def evaluate(self, batch: dict[str, Tensor], *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """"loss": unbiased MMD^2 between as many samples as the batch holds and the batch."""
+        x = batch["x"]
+        y = self._labels(batch)
+        fake = self.sample(x.shape[0], generator=generator, y=y)
+        was_training = self.discriminator.training
+        self.discriminator.eval()
+        try:
+            d_real = torch.sigmoid(self.discriminator(x, y)).mean()
+            d_fake = torch.sigmoid(self.discriminator(fake, y)).mean()
+        finally:
+            self.discriminator.train(was_training)
+        return {"loss": mmd2_unbiased(fake.flatten(1), x.flatten(1)), "d_real": d_real, "d_fake": d_fake}
+
+
+# ---------------------------------------------------------------------------------------------
+# Size presets and builder
+# ---------------------------------------------------------------------------------------------
+
+
+def dcgan_tiny(**kw): return DCGAN(width=16, **kw)
+def dcgan_small(**kw): return DCGAN(width=32, **kw)
+def dcgan_base(**kw): return DCGAN(width=64, **kw)
+
+
+SIZES = {"tiny": dcgan_tiny, "small": dcgan_small, "base": dcgan_base}
+
+
+def build_dcgan(
+    *,
+    image_shape: tuple[int, int, int],
+    num_classes: int = 0,
+    size: Literal["tiny", "small", "base"] = "small",
+    latent_dim: Annotated[int, Field(ge=1)] = 64,
+    conditional: bool = False,
+) -> DCGAN:
+    """Radford et al. 2016; conditional=True adds labels to G and a projection D."""
+    return SIZES[size](image_shape=image_shape, latent_dim=latent_dim, num_classes=num_classes,
+                       conditional=conditional)

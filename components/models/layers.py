@@ -1,0 +1,40 @@
+"""Small pieces that more than one image family needs: a shape check and seeded noise."""
+import torch
+from torch import Tensor
+
+
+def check_image_shape(image_shape: tuple[int, int, int], family: str) -> tuple[int, int, int]:
+    """Return (C, H, W) if the strided conv stacks can handle it, else explain why not.
+
+    The encoders halve H and W with stride-2 convs until the smaller side is 4, and the
+    decoders double back up, so both sides must be powers of two and at least 8.
+    """
+    if len(image_shape) != 3:
+        raise ValueError(f"{family}: image_shape must be (C, H, W), got {tuple(image_shape)}")
+    c, h, w = (int(s) for s in image_shape)
+    if c < 1:
+        raise ValueError(f"{family}: image_shape needs at least one channel, got C={c}")
+    for name, side in (("H", h), ("W", w)):
+        if side < 8 or side & (side - 1):
+            raise ValueError(
+                f"{family}: image {name} must be a power of two >= 8 (8, 16, 32, 64, ...) because "
+                f"the network halves it with stride-2 convs down to 4; got image_shape={(c, h, w)}. "
+                "Resize or pad the images in the data config."
+            )
+    return c, h, w
+
+
+def num_halvings(h: int, w: int) -> int:
+    """Stride-2 steps that take the smaller side down to 4 (8 -> 1, 32 -> 3, 64 -> 4)."""
+    return min(h, w).bit_length() - 1 - 2
+
+
+def randn(shape: tuple[int, ...], *, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """Standard normal noise; with a generator, drawn on the generator's device, then moved.
+
+    Drawing where the generator lives (usually the CPU) means one seed gives the same numbers
+    whether the model sits on a CPU or a GPU.
+    """
+    if generator is None:
+        return torch.randn(shape, device=device)
+    return torch.randn(shape, generator=generator, device=generator.device).to(device)

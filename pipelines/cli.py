@@ -1,0 +1,130 @@
+"""`genray`: the command line.
+
+    genray train CONFIG [--set key=value ...] [--workers N] [--gpu] [--name RUN]
+    genray data prepare NAME [--out PATH] [--seed S] [--size tiny|full]
+    genray families
+
+User mistakes (a missing file, an unknown key, a value out of range, bad Parquet) print one
+line naming what is wrong and what is allowed, and exit with code 2. No traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from pathlib import Path
+
+from components.data import DATASETS, DataFormatError
+
+EXIT_USAGE = 2
+CONFIGS = Path(__file__).with_name("configs")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own usage errors also exit 2, in one line
+        self.exit(EXIT_USAGE, f"genray: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="genray", description="Train, sweep, track and serve generative models on Ray.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a model with Ray Train, tracked in MLflow")
+    t.add_argument("config", help="experiment YAML, e.g. pipelines/configs/vae/vae_digits.yaml")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set trainer.lr=3e-4 (repeatable)")
+    t.add_argument("--workers", type=int, help="Ray Train workers (scaling.workers)")
+    t.add_argument("--gpu", action="store_true", help="one GPU per worker (scaling.gpu)")
+    t.add_argument("--name", help="run name; an existing name continues that run")
+
+    d = sub.add_parser("data", help="built-in datasets")
+    dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    prep = dsub.add_parser("prepare", help="write a built-in dataset as Parquet")
+    prep.add_argument("name", choices=sorted(DATASETS))
+    prep.add_argument("--out", type=Path, help="output folder (default: <GENRAY_HOME>/data/NAME-SIZE-seedS)")
+    prep.add_argument("--seed", type=int, default=0)
+    prep.add_argument("--size", choices=["tiny", "full"], default="full")
+
+    sub.add_parser("families", help="list model families, their capabilities and configs")
+    return p
+
+
+def cmd_train(args) -> int:
+    from pipelines import config, train
+
+    overrides = list(args.overrides)
+    if args.workers is not None:
+        overrides.append(f"scaling.workers={args.workers}")
+    if args.gpu:
+        overrides.append("scaling.gpu=true")
+    spec = config.load(args.config, overrides)
+    name = args.name or spec.tracking.run_name or train.default_run_name(args.config)
+    out = train.run(spec, name=name)
+
+    print()
+    print(f"run            {out.name}  (rerun with --name {out.name} to continue it)")
+    print(f"mlflow run     {out.run_id}  in {out.tracking_uri}")
+    print(f"checkpoint     {out.checkpoint}")
+    if out.model_version:
+        print(f"registered     {spec.tracking.model_name or spec.model.family + '-' + str(spec.data.dataset)} v{out.model_version}")
+    shown = {k: v for k, v in out.metrics.items() if k.startswith("eval/")}
+    if shown:
+        print("final eval     " + "  ".join(f"{k[5:]}={v:.4f}" for k, v in shown.items()))
+    if out.tracking_uri.startswith("sqlite:"):
+        print(f"open the UI    mlflow ui --backend-store-uri {out.tracking_uri} --port 5000")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from pipelines.train import project_home
+
+    out = args.out or project_home() / "data" / f"{args.name}-{args.size}-seed{args.seed}"
+    paths = DATASETS[args.name](Path(out), seed=args.seed, size=args.size)
+    for split, path in paths.items():
+        print(f"{split:6s} {path}")
+    return 0
+
+
+def cmd_families(args) -> int:
+    from components.models import FAMILIES
+
+    rows = [("family", "capabilities", "configs")]
+    for name, builder in FAMILIES.items():
+        model = _tiny(builder)
+        configs = sorted(
+            str(p.relative_to(CONFIGS.parent.parent))
+            for p in CONFIGS.rglob("*.yaml")
+            if f"family: {name}\n" in p.read_text()
+        )
+        rows.append((name, ", ".join(sorted(model.capabilities)), ", ".join(configs) or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    for r in rows:
+        print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]}")
+    return 0
+
+
+def _tiny(builder):
+    kwargs = {"image_shape": (1, 8, 8), "num_classes": 0}
+    if "size" in inspect.signature(builder).parameters:
+        kwargs["size"] = "tiny"
+    return builder(**kwargs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipelines.config import ConfigError
+
+    args = _parser().parse_args(argv)
+    handlers = {"train": cmd_train, "data": cmd_data, "families": cmd_families}
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, DataFormatError) as e:
+        print(f"genray: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("genray: interrupted; rerun with the same --name to continue from the latest checkpoint",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

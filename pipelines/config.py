@@ -1,0 +1,216 @@
+"""The experiment spec: one YAML file per experiment, validated before anything starts.
+
+    data:     which Parquet data (a built-in dataset name, or paths)
+    model:    `family` plus that family's builder arguments
+    trainer:  steps, batch, optimiser, schedule, checkpoints, eval
+    scaling:  Ray Train workers and resources, fault tolerance
+    tracking: MLflow experiment, run and registered-model names
+
+Every user mistake becomes a `ConfigError` whose message names the file, the field, the value
+and what is allowed; the CLI prints it without a traceback and exits with code 2.
+"""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from components.data import DATASETS
+from components.models import FAMILIES
+
+# Builder arguments that come from the dataset, never from the config.
+DATA_ARGS = frozenset({"image_shape", "num_classes"})
+
+
+class ConfigError(ValueError):
+    """A mistake in a config file or command-line override."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSpec(_Section):
+    dataset: str | None = "digits"  # a built-in dataset, prepared on first use
+    size: Literal["tiny", "full"] = "full"
+    seed: int = 0
+    path: str | None = None  # Parquet file or folder for training; overrides `dataset`
+    test_path: str | None = None  # held-out Parquet; defaults to the built-in test split
+
+    @model_validator(mode="after")
+    def _check_source(self) -> "DataSpec":
+        if self.path is None and self.dataset is None:
+            raise ValueError("set data.dataset (a built-in name) or data.path (Parquet)")
+        if self.path is None and self.dataset not in DATASETS:
+            raise ValueError(
+                f"unknown dataset {self.dataset!r}; built-in datasets: {', '.join(sorted(DATASETS))}"
+            )
+        return self
+
+
+class TrainerSpec(_Section):
+    max_steps: int = Field(1000, ge=1)
+    batch_size: int = Field(64, ge=1, description="global batch, split across workers")
+    lr: float = Field(1e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to lr * this")
+    grad_accum: int = Field(1, ge=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    ema_decay: float | None = Field(0.999, gt=0, lt=1)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    checkpoint_every: int = Field(500, ge=1)
+    num_to_keep: int = Field(2, ge=1)
+    eval_every: int = Field(500, ge=1)
+    eval_batches: int = Field(4, ge=1)
+    num_samples: int = Field(64, ge=1, description="images in each sample grid")
+    log_every: int = Field(20, ge=1)
+    seed: int = 0
+
+
+class ScalingSpec(_Section):
+    workers: int = Field(2, ge=1)
+    gpu: bool = False
+    cpus_per_worker: float = Field(0.5, gt=0)
+    max_failures: int = Field(0, ge=-1, description="-1 retries forever")
+
+
+class TrackingSpec(_Section):
+    experiment: str = "genray"
+    run_name: str | None = None
+    register_model: bool = True
+    model_name: str | None = None  # registry name; default <family>-<dataset>
+
+
+class ModelSpec(BaseModel):
+    # The family's own arguments are checked against its builder's signature.
+    model_config = ConfigDict(extra="allow")
+    family: str
+
+    @model_validator(mode="after")
+    def _check_family(self) -> "ModelSpec":
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown family {self.family!r}; families: {', '.join(sorted(FAMILIES))}")
+        family_args_model(self.family).model_validate(self.model_extra or {})
+        return self
+
+
+class ExperimentSpec(_Section):
+    data: DataSpec = DataSpec()
+    model: ModelSpec
+    trainer: TrainerSpec = TrainerSpec()
+    scaling: ScalingSpec = ScalingSpec()
+    tracking: TrackingSpec = TrackingSpec()
+
+    @model_validator(mode="after")
+    def _check(self) -> "ExperimentSpec":
+        per_worker = self.trainer.batch_size // self.scaling.workers
+        if self.trainer.batch_size % self.scaling.workers or per_worker % self.trainer.grad_accum:
+            raise ValueError(
+                f"trainer.batch_size={self.trainer.batch_size} must split evenly over "
+                f"scaling.workers={self.scaling.workers} and then trainer.grad_accum="
+                f"{self.trainer.grad_accum} micro-batches"
+            )
+        return self
+
+    def model_args(self) -> dict[str, Any]:
+        return dict(self.model.model_extra or {})
+
+    def flat(self) -> dict[str, Any]:
+        """The resolved config as `section.key -> value`, for MLflow params."""
+        return flatten(self.model_dump(mode="json"))
+
+
+def family_args_model(family: str) -> type[BaseModel]:
+    """A pydantic model of the family builder's keyword arguments: its annotations are the
+    schema (types and ranges), its defaults the defaults, and nothing else is allowed."""
+    fields: dict[str, Any] = {}
+    for name, p in inspect.signature(FAMILIES[family]).parameters.items():
+        if name in DATA_ARGS or p.kind is not inspect.Parameter.KEYWORD_ONLY:
+            continue
+        annotation = p.annotation if p.annotation is not inspect.Parameter.empty else Any
+        fields[name] = (annotation, ... if p.default is inspect.Parameter.empty else p.default)
+    return create_model(
+        f"{family}_args", __config__=ConfigDict(extra="forbid"), **fields  # type: ignore[call-overload]
+    )
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
+    """Apply `a.b=value` overrides; values are parsed as YAML (`3`, `0.5`, `true`, `[1, 2]`)."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set trainer.lr=3e-4")
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {p!r} is a value, not a section")
+            node = child
+        node[leaf] = yaml.safe_load(value)
+    return raw
+
+
+def _describe(err: dict[str, Any], raw: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        # Name the allowed keys: a typo is the usual cause.
+        section = err["loc"][0] if len(err["loc"]) > 1 else None
+        allowed = _allowed_keys(section, raw)
+        return f"{loc}: unknown key; allowed: {', '.join(allowed)}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict):
+        return f"{loc}: {msg} (got {err['input']!r})" if loc else msg
+    return f"{loc}: {msg}" if loc else msg
+
+
+def _allowed_keys(section: Any, raw: dict[str, Any]) -> list[str]:
+    sections = {"data": DataSpec, "trainer": TrainerSpec, "scaling": ScalingSpec, "tracking": TrackingSpec}
+    if section is None:
+        return list(ExperimentSpec.model_fields)
+    if section == "model":
+        family = (raw.get("model") or {}).get("family")
+        if family in FAMILIES:
+            return ["family", *family_args_model(family).model_fields]
+        return ["family"]
+    return list(sections[section].model_fields) if section in sections else []
+
+
+def validate(raw: Any, source: str) -> ExperimentSpec:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections (data, model, trainer, ...)")
+    try:
+        spec = ExperimentSpec.model_validate(raw)
+    except ValidationError as e:
+        lines = [_describe(err, raw) for err in e.errors(include_url=False)]
+        raise ConfigError(f"{source}: " + "; ".join(lines)) from None
+    return spec
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> ExperimentSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if isinstance(raw, dict):
+        raw = apply_overrides(raw, overrides or [], str(path))
+    return validate(raw, str(path))

@@ -1,0 +1,128 @@
+"""MLflow: one run per training run, metrics from rank 0, the final model in the registry.
+
+Local default with no setup: `<home>/mlflow.db` (SQLite) and `<home>/mlartifacts/`, with
+absolute paths so Ray workers, whatever their working directory, write to the same place.
+`MLFLOW_TRACKING_URI` points everything at a tracking server instead.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RUN_NAME_TAG = "genray.run_name"
+MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
+
+log = logging.getLogger(__name__)
+
+
+def tracking_uri(home: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(home / 'mlflow.db').resolve()}"
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def ensure_experiment(uri: str, name: str, home: Path) -> str:
+    client = _client(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        # Explicit location, or artifacts land in whatever folder the writer runs in.
+        location = (home / "mlartifacts" / name).resolve().as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def start_run(uri: str, experiment_id: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> tuple[str, bool]:
+    """The MLflow run for `run_name`: the existing one when a run of that name was started
+    before (resume, restart), else a new one. Returns (run_id, resumed)."""
+    from mlflow.entities import Param, RunTag
+
+    client = _client(uri)
+    found = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1
+    )
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        logged = found[0].data.params
+        changed = {k: v for k, v in params.items() if k in logged and logged[k] != str(v)}
+        if changed:
+            # MLflow params are immutable; record what a resumed run changed as tags.
+            client.log_batch(run_id, tags=[RunTag(f"resume.{k}", str(v)) for k, v in changed.items()])
+        return run_id, True
+    run = client.create_run(experiment_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **tags})
+    items = [Param(k, str(v)) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+        client.log_batch(run.info.run_id, params=items[i : i + 100])
+    return run.info.run_id, False
+
+
+class RunLogger:
+    """What rank 0 writes during training: metrics and sample grids."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.client = _client(uri)
+        self.run_id = run_id
+
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in values.items() if np.isfinite(v)]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def image(self, grid: np.ndarray, artifact_file: str) -> None:
+        from components.data import save_png
+
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / Path(artifact_file).name
+            save_png(grid, path)
+            self.client.log_artifact(self.run_id, str(path), str(Path(artifact_file).parent))
+
+    def artifacts(self, local_dir: str | Path, artifact_path: str) -> None:
+        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+
+    def artifact_uri(self) -> str:
+        return self.client.get_run(self.run_id).info.artifact_uri
+
+
+def finish_run(uri: str, run_id: str, status: str) -> None:
+    _client(uri).set_terminated(run_id, status=status)
+
+
+def log_and_register(uri: str, run_id: str, checkpoint_dir: Path, model_name: str | None) -> str | None:
+    """Log the final model as an MLflow "models from code" pyfunc: the code is
+    pipelines/mlflow_model.py, the state a genray checkpoint (safetensors + JSON). Nothing is
+    pickled, so loading runs only genray's own code. Returns the registered version."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        # Only what serving needs: weights and state, not the optimizer.
+        with tempfile.TemporaryDirectory() as d:
+            slim = Path(d) / "checkpoint"
+            slim.mkdir()
+            for f in checkpoint_dir.iterdir():
+                if f.suffix in (".safetensors", ".json"):
+                    (slim / f.name).write_bytes(f.read_bytes())
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(MODEL_CODE),
+                artifacts={"checkpoint": str(slim)},
+                pip_requirements=["genray"],
+                registered_model_name=model_name,
+            )
+    version = getattr(info, "registered_model_version", None)
+    return str(version) if version is not None else None

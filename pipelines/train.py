@@ -1,0 +1,425 @@
+"""Train any genray family data-parallel with Ray Train, tracked in MLflow.
+
+    genray train pipelines/configs/vae/beta_vae_shapes.yaml --workers 2 --name shapes-b4
+    python -m pipelines.train CONFIG [--set k=v ...]     # the same job, for `ray job submit`
+
+Rerunning with the same --name continues that run from its latest checkpoint, in the same
+MLflow run. Layout under the project home (GENRAY_HOME, default ./genray-runs):
+
+    data/<dataset>-<size>-seed<S>/{train,test}.parquet   built-in datasets, prepared on first use
+    ray_results/<name>/checkpoint_*/                      Ray Train checkpoints (components.checkpoint)
+    mlflow.db, mlartifacts/                               the local MLflow store
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from components import checkpoint
+from components.data import DATASETS, DatasetInfo, decode_batch, image_grid, read_info
+from components.models import FAMILIES
+from pipelines import tracking
+from pipelines.config import ConfigError, ExperimentSpec
+
+# ----------------------------------------------------------------------------- setup (driver)
+
+
+def project_home() -> Path:
+    return Path(os.environ.get("GENRAY_HOME", "genray-runs")).resolve()
+
+
+@dataclass(frozen=True)
+class DataSource:
+    train: str
+    test: str
+    info: DatasetInfo
+
+    def model_args(self) -> dict[str, Any]:
+        """What the model builder learns from the data rather than from the config."""
+        if self.info.modality != "image":
+            raise ConfigError(f"{self.train}: modality {self.info.modality!r}; these families train on images")
+        h, w, c = self.info.shape
+        return {"image_shape": (c, h, w), "num_classes": self.info.num_classes}
+
+
+def resolve_data(spec: ExperimentSpec, home: Path) -> DataSource:
+    d = spec.data
+    if d.path is not None:
+        train = str(Path(d.path).resolve())
+        if d.test_path is None:
+            raise ConfigError("data.test_path: required with data.path (held-out Parquet for eval)")
+        test = str(Path(d.test_path).resolve())
+    else:
+        root = home / "data" / f"{d.dataset}-{d.size}-seed{d.seed}"
+        if not (root / "test.parquet").exists():  # test is written last
+            DATASETS[d.dataset](root, seed=d.seed, size=d.size)
+        train, test = str(root / "train.parquet"), str(root / "test.parquet")
+    info = read_info(train)
+    test_info = read_info(test)
+    if (test_info.modality, test_info.shape) != (info.modality, info.shape):
+        raise ConfigError(f"{test}: shape {test_info.shape} differs from training data {info.shape}")
+    return DataSource(train, test, info)
+
+
+def init_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Ray Data's progress bars fight with the training progress line.
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True, configure_logging=False)
+
+
+def build_trainer(spec: ExperimentSpec, data: DataSource, *, name: str, home: Path, uri: str, run_id: str):
+    import ray.data
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    columns = ["image"] + (["label"] if "label" in data.info.columns else [])
+    decode = {"modality": data.info.modality, "shape": data.info.shape}
+
+    def dataset(path: str):
+        # Decoding runs in Ray Data tasks, never on the driver.
+        return ray.data.read_parquet(path, columns=columns).map_batches(
+            decode_batch, batch_format="numpy", fn_kwargs=decode
+        )
+
+    s = spec.scaling
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "spec": spec.model_dump(mode="json"),
+            "data_args": data.model_args(),
+            "name": name,
+            "uri": uri,
+            "run_id": run_id,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=s.workers,
+            use_gpu=s.gpu,
+            resources_per_worker={"CPU": s.cpus_per_worker, **({"GPU": 1} if s.gpu else {})},
+        ),
+        datasets={"train": dataset(data.train), "test": dataset(data.test)},
+        # Every worker streams its own shard of train; rank 0 alone reads test for eval.
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(home / "ray_results"),
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.trainer.num_to_keep),
+            failure_config=FailureConfig(max_failures=s.max_failures),
+        ),
+    )
+
+
+# ----------------------------------------------------------------------------- the loop (workers)
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warmup, then cosine decay to min_ratio (Loshchilov & Hutter 2017)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    # Reseeding every step makes a resumed run draw exactly the noise the uninterrupted run would.
+    return (seed * 1_000_003 + rank * 10_007 + step) % (2**63)
+
+
+class EMA:
+    """Exponential moving average of the weights, with the usual warmup so short runs are not
+    dominated by the initialisation: decay_t = min(decay, (1 + t) / (10 + t))."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        ema_p = list(self.model.parameters())
+        torch._foreach_lerp_(ema_p, [p.detach() for p in model.parameters()], 1 - d)
+        for b_ema, b in zip(self.model.buffers(), model.buffers()):
+            b_ema.copy_(b)
+
+
+def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
+    import ray.train
+    import ray.train.torch
+
+    spec = ExperimentSpec.model_validate(cfg["spec"])
+    t = spec.trainer
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    use_bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
+
+    # --- model, optimizers, schedules (same init on every rank; DDP also broadcasts rank 0's)
+    torch.manual_seed(t.seed)
+    model = FAMILIES[spec.model.family](**spec.model_args(), **_data_args(cfg["data_args"]))
+    model.to(device)
+    phases = tuple(model.phases)
+    optimizers = {
+        p: torch.optim.AdamW(model.parameters_for(p), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+        for p in phases
+    }
+    schedulers = {
+        p: torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_factor(s, t.warmup_steps, t.max_steps, t.min_lr_ratio)
+        )
+        for p, opt in optimizers.items()
+    }
+    step, epoch = 0, 0
+
+    # --- resume: Ray hands back the latest reported checkpoint after a restart or a rerun
+    resumed = ray.train.get_checkpoint()
+    ema_state = None
+    if resumed is not None:
+        with resumed.as_directory() as d:
+            ck = checkpoint.load(d, map_location=device)
+        model.load_state_dict(ck.model)
+        for p in phases:
+            optimizers[p].load_state_dict(ck.optimizer["optimizers"][p])
+            schedulers[p].load_state_dict(ck.optimizer["schedulers"][p])
+        step, epoch, ema_state = ck.state["step"], ck.state["epoch"], ck.ema
+        if rank == 0:
+            print(f"[{cfg['name']}] resumed from step {step} (epoch {epoch})", flush=True)
+
+    ema = None
+    if rank == 0 and t.ema_decay is not None:
+        ema = EMA(model, t.ema_decay)
+        if ema_state is not None:
+            ema.model.load_state_dict(ema_state)
+
+    # GANs step different submodules per phase: DDP must tolerate parameters without grads.
+    ddp = ray.train.torch.prepare_model(
+        model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": len(phases) > 1}
+    )
+    logger = tracking.RunLogger(cfg["uri"], cfg["run_id"]) if rank == 0 else None
+    if logger is not None:
+        logger.metrics({"resumed_from_step": step}, step=step)
+
+    per_worker = t.batch_size // world
+    micro = per_worker // t.grad_accum
+    train_shard = ray.train.get_dataset_shard("train")
+    held_out: list[dict[str, torch.Tensor]] = []
+    last_eval: dict[str, float] = {}
+    sums: dict[str, float] = {}
+    window_start, window_steps, started = time.perf_counter(), 0, time.perf_counter()
+
+    def evaluate() -> dict[str, float]:
+        """Rank 0: held-out scores on a fixed set of test batches, and a sample grid."""
+        if not held_out:
+            it = ray.train.get_dataset_shard("test").iter_torch_batches(batch_size=per_worker, device=device)
+            for i, b in enumerate(it):
+                held_out.append(b)
+                if i + 1 >= t.eval_batches:
+                    break
+        net = ema.model if ema is not None else model
+        net.eval()
+        gen = torch.Generator().manual_seed(t.seed)
+        totals: dict[str, float] = {}
+        with _autocast(device, use_bf16):
+            for b in held_out:
+                for k, v in net.evaluate(b, generator=gen).items():
+                    totals[k] = totals.get(k, 0.0) + float(v) / len(held_out)
+            samples = net.sample(t.num_samples, generator=torch.Generator().manual_seed(t.seed))
+        net.train()
+        model.train()
+        logger.image(image_grid(samples.float().cpu()), f"samples/step_{step:06d}.png")
+        scores = {f"eval/{k}": v for k, v in totals.items()}
+        logger.metrics(scores, step=step)
+        return scores
+
+    def save_and_report() -> None:
+        metrics = {"step": step, "epoch": epoch, **last_eval}
+        if rank != 0:
+            ray.train.report(metrics, checkpoint=None)  # every rank reports, or the group hangs
+            return
+        d = tempfile.mkdtemp(prefix="genray-ckpt-")
+        try:
+            checkpoint.save(
+                d,
+                checkpoint.Checkpoint(
+                    model=model.state_dict(),
+                    ema=ema.model.state_dict() if ema is not None else None,
+                    optimizer={
+                        "optimizers": {p: o.state_dict() for p, o in optimizers.items()},
+                        "schedulers": {p: s.state_dict() for p, s in schedulers.items()},
+                    },
+                    state={
+                        "step": step,
+                        "epoch": epoch,
+                        "rng": checkpoint.get_rng_state(),
+                        "run_name": cfg["name"],
+                        "mlflow_run_id": cfg["run_id"],
+                        "config": cfg["spec"],
+                        "model": {
+                            "family": spec.model.family,
+                            "args": spec.model_args(),
+                            "data_args": cfg["data_args"],
+                        },
+                    },
+                ),
+            )
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+    # --- loop
+    while step < t.max_steps:
+        batches = train_shard.iter_torch_batches(
+            batch_size=per_worker,
+            drop_last=True,
+            device=device,
+            local_shuffle_buffer_size=4 * per_worker,
+            local_shuffle_seed=step_seed(t.seed, rank, epoch),
+        )
+        for batch in batches:
+            torch.manual_seed(step_seed(t.seed, rank, step))
+            if hasattr(model, "set_step"):
+                model.set_step(step)
+            for phase in phases:
+                opt = optimizers[phase]
+                opt.zero_grad(set_to_none=True)
+                for i in range(t.grad_accum):
+                    mb = {k: v[i * micro : (i + 1) * micro] for k, v in batch.items()}
+                    # Only the last micro-batch all-reduces its gradients.
+                    sync = i == t.grad_accum - 1 or not hasattr(ddp, "no_sync")
+                    with (contextlib.nullcontext() if sync else ddp.no_sync()):
+                        with _autocast(device, use_bf16):
+                            loss, logs = ddp(mb, phase)
+                        (loss / t.grad_accum).backward()
+                    if rank == 0:
+                        _accumulate(sums, phase, loss, logs, 1 / t.grad_accum)
+                if t.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(list(model.parameters_for(phase)), t.grad_clip)
+                opt.step()
+                schedulers[phase].step()
+            step += 1
+            window_steps += 1
+            if ema is not None:
+                ema.update(model, step)
+
+            if rank == 0 and (step % t.log_every == 0 or step == t.max_steps):
+                elapsed = time.perf_counter() - window_start
+                rate = window_steps * t.batch_size / max(elapsed, 1e-9)
+                means = {k: v / window_steps for k, v in sums.items()}
+                means["train/lr"] = schedulers[phases[0]].get_last_lr()[0]
+                means["train/examples_per_s"] = rate
+                logger.metrics(means, step=step)
+                _progress(cfg["name"], step, t.max_steps, rate / t.batch_size, means, started)
+                sums.clear()
+                window_start, window_steps = time.perf_counter(), 0
+            if rank == 0 and (step % t.eval_every == 0 or step == t.max_steps):
+                last_eval = evaluate()
+                window_start, window_steps = time.perf_counter(), 0  # eval time is not training time
+            if step % t.checkpoint_every == 0 or step == t.max_steps:
+                save_and_report()
+            if step >= t.max_steps:
+                break
+        else:
+            epoch += 1
+
+    return {"step": step, "epoch": epoch, **last_eval}
+
+
+def _data_args(data_args: dict[str, Any]) -> dict[str, Any]:
+    return {**data_args, "image_shape": tuple(data_args["image_shape"])}
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def _accumulate(sums: dict[str, float], phase: str, loss, logs, weight: float) -> None:
+    key = "train/loss" if phase == "main" else f"train/{phase}_loss"
+    sums[key] = sums.get(key, 0.0) + float(loss) * weight
+    for k, v in logs.items():
+        sums[f"train/{k}"] = sums.get(f"train/{k}", 0.0) + float(v) * weight
+
+
+def _progress(name: str, step: int, total: int, steps_per_s: float, means: dict[str, float], started: float) -> None:
+    losses = " ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in means.items() if k.endswith("loss"))
+    eta = (total - step) / max(steps_per_s, 1e-9)
+    print(
+        f"[{name}] step {step}/{total} | {means['train/examples_per_s']:.0f} ex/s | {losses} "
+        f"| eta {int(eta // 60)}m{int(eta % 60):02d}s",
+        flush=True,
+    )
+
+
+# ----------------------------------------------------------------------------- the driver
+
+
+@dataclass
+class TrainOutcome:
+    name: str
+    run_id: str
+    checkpoint: Path
+    metrics: dict[str, Any]
+    model_version: str | None
+    tracking_uri: str
+
+
+def run(spec: ExperimentSpec, *, name: str, home: Path | None = None) -> TrainOutcome:
+    """Train `spec` as run `name` (continuing it if it exists) and register the final model."""
+    from ray.train.v2.api.exceptions import TrainingFailedError
+
+    home = home or project_home()
+    home.mkdir(parents=True, exist_ok=True)
+    data = resolve_data(spec, home)
+    uri = tracking.tracking_uri(home)
+    experiment_id = tracking.ensure_experiment(uri, spec.tracking.experiment, home)
+    run_id, resumed = tracking.start_run(
+        uri, experiment_id, name, spec.flat(), {"genray.family": spec.model.family, "genray.dataset": spec.data.dataset or spec.data.path or ""}
+    )
+    print(f"[{name}] MLflow run {run_id} ({'continued' if resumed else 'new'}) in {uri}", flush=True)
+
+    init_ray()
+    trainer = build_trainer(spec, data, name=name, home=home, uri=uri, run_id=run_id)
+    try:
+        result = trainer.fit()
+    except KeyboardInterrupt:
+        tracking.finish_run(uri, run_id, "KILLED")
+        raise
+    except TrainingFailedError:
+        tracking.finish_run(uri, run_id, "FAILED")
+        raise
+
+    if result.checkpoint is None:
+        raise RuntimeError(f"run {name} finished without a checkpoint under {home / 'ray_results' / name}")
+    ckpt_dir = Path(result.checkpoint.path)
+    logger = tracking.RunLogger(uri, run_id)
+    logger.artifacts(ckpt_dir, "checkpoint")
+    version = None
+    if spec.tracking.register_model:
+        model_name = spec.tracking.model_name or f"{spec.model.family}-{spec.data.dataset or 'custom'}"
+        version = tracking.log_and_register(uri, run_id, ckpt_dir, model_name)
+    tracking.finish_run(uri, run_id, "FINISHED")
+    return TrainOutcome(name, run_id, ckpt_dir, dict(result.metrics or {}), version, uri)
+
+
+def default_run_name(config_path: str | Path) -> str:
+    return f"{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+if __name__ == "__main__":
+    from pipelines.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))
