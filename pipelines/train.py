@@ -86,7 +86,7 @@ def init_ray() -> None:
 
 def build_trainer(spec: ExperimentSpec, data: DataSource, *, name: str, home: Path, uri: str, run_id: str):
     import ray.data
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     columns = ["image"] + (["label"] if "label" in data.info.columns else [])
@@ -107,15 +107,15 @@ def build_trainer(spec: ExperimentSpec, data: DataSource, *, name: str, home: Pa
             "name": name,
             "uri": uri,
             "run_id": run_id,
+            "test": {"path": data.test, "columns": columns, **decode},
         },
         scaling_config=ScalingConfig(
             num_workers=s.workers,
             use_gpu=s.gpu,
             resources_per_worker={"CPU": s.cpus_per_worker, **({"GPU": 1} if s.gpu else {})},
         ),
-        datasets={"train": dataset(data.train), "test": dataset(data.test)},
-        # Every worker streams its own shard of train; rank 0 alone reads test for eval.
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        # Every worker streams its own shard; rank 0 reads a few held-out batches for eval.
+        datasets={"train": dataset(data.train)},
         run_config=RunConfig(
             name=name,
             storage_path=str(home / "ray_results"),
@@ -198,7 +198,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
             schedulers[p].load_state_dict(ck.optimizer["schedulers"][p])
         step, epoch, ema_state = ck.state["step"], ck.state["epoch"], ck.ema
         if rank == 0:
-            print(f"[{cfg['name']}] resumed from step {step} (epoch {epoch})", flush=True)
+            sys.stdout.write(f"[{cfg['name']}] resumed from step {step} (epoch {epoch})\n")
+            sys.stdout.flush()
 
     ema = None
     if rank == 0 and t.ema_decay is not None:
@@ -225,11 +226,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     def evaluate() -> dict[str, float]:
         """Rank 0: held-out scores on a fixed set of test batches, and a sample grid."""
         if not held_out:
-            it = ray.train.get_dataset_shard("test").iter_torch_batches(batch_size=per_worker, device=device)
-            for i, b in enumerate(it):
-                held_out.append(b)
-                if i + 1 >= t.eval_batches:
-                    break
+            held_out.extend(_held_out_batches(cfg["test"], per_worker, t.eval_batches, device))
         net = ema.model if ema is not None else model
         net.eval()
         gen = torch.Generator().manual_seed(t.seed)
@@ -339,6 +336,20 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"step": step, "epoch": epoch, **last_eval}
 
 
+def _held_out_batches(test: dict[str, Any], batch_size: int, num_batches: int, device) -> list[dict[str, torch.Tensor]]:
+    """The first num_batches batches of the test split, the same every eval so scores compare.
+    Read with pyarrow on rank 0: a few batches do not justify starting Ray Data tasks."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(test["path"], columns=test["columns"]).slice(0, batch_size * num_batches)
+    columns = {c: table.column(c).to_numpy(zero_copy_only=False) for c in test["columns"]}
+    decoded = decode_batch(columns, test["modality"], test["shape"])
+    out = []
+    for i in range(0, table.num_rows, batch_size):
+        out.append({k: torch.as_tensor(v[i : i + batch_size]).to(device) for k, v in decoded.items()})
+    return out
+
+
 def _data_args(data_args: dict[str, Any]) -> dict[str, Any]:
     return {**data_args, "image_shape": tuple(data_args["image_shape"])}
 
@@ -349,7 +360,7 @@ def _autocast(device: torch.device, enabled: bool):
 
 def _accumulate(sums: dict[str, float], phase: str, loss, logs, weight: float) -> None:
     key = "train/loss" if phase == "main" else f"train/{phase}_loss"
-    sums[key] = sums.get(key, 0.0) + float(loss) * weight
+    sums[key] = sums.get(key, 0.0) + float(loss.detach()) * weight
     for k, v in logs.items():
         sums[f"train/{k}"] = sums.get(f"train/{k}", 0.0) + float(v) * weight
 
@@ -357,11 +368,12 @@ def _accumulate(sums: dict[str, float], phase: str, loss, logs, weight: float) -
 def _progress(name: str, step: int, total: int, steps_per_s: float, means: dict[str, float], started: float) -> None:
     losses = " ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in means.items() if k.endswith("loss"))
     eta = (total - step) / max(steps_per_s, 1e-9)
-    print(
+    # Not print(): Ray Train patches it to tee into its logger, which doubles every line.
+    sys.stdout.write(
         f"[{name}] step {step}/{total} | {means['train/examples_per_s']:.0f} ex/s | {losses} "
-        f"| eta {int(eta // 60)}m{int(eta % 60):02d}s",
-        flush=True,
+        f"| eta {int(eta // 60)}m{int(eta % 60):02d}s\n"
     )
+    sys.stdout.flush()
 
 
 # ----------------------------------------------------------------------------- the driver
