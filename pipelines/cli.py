@@ -60,11 +60,20 @@ def cmd_train(args) -> int:
     spec = config.load(args.config, overrides)
     name = args.name or spec.tracking.run_name or train.default_run_name(args.config)
     out = train.run(spec, name=name)
+    print_summary(spec, out)
+    return 0
+
+
+def print_summary(spec, out) -> None:
+    from pipelines import tracking
 
     print()
     print(f"run            {out.name}  (rerun with --name {out.name} to continue it)")
     print(f"mlflow run     {out.run_id}  in {out.tracking_uri}")
     print(f"checkpoint     {out.checkpoint}")
+    grid = tracking.latest_sample_grid(out.tracking_uri, out.run_id)
+    if grid:
+        print(f"sample grid    {grid}")
     if out.model_version:
         print(f"registered     {spec.tracking.model_name or spec.model.family + '-' + str(spec.data.dataset)} v{out.model_version}")
     shown = {k: v for k, v in out.metrics.items() if k.startswith("eval/")}
@@ -72,7 +81,6 @@ def cmd_train(args) -> int:
         print("final eval     " + "  ".join(f"{k[5:]}={v:.4f}" for k, v in shown.items()))
     if out.tracking_uri.startswith("sqlite:"):
         print(f"open the UI    mlflow ui --backend-store-uri {out.tracking_uri} --port 5000")
-    return 0
 
 
 def cmd_data(args) -> int:

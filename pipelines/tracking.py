@@ -126,3 +126,14 @@ def log_and_register(uri: str, run_id: str, checkpoint_dir: Path, model_name: st
             )
     version = getattr(info, "registered_model_version", None)
     return str(version) if version is not None else None
+
+
+def latest_sample_grid(uri: str, run_id: str) -> str | None:
+    """Where the newest sample grid of a run is (a local path for a local store)."""
+    client = _client(uri)
+    grids = sorted(f.path for f in client.list_artifacts(run_id, "samples"))
+    if not grids:
+        return None
+    base = client.get_run(run_id).info.artifact_uri
+    location = f"{base}/{grids[-1]}"
+    return location.removeprefix("file://")

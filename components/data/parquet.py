@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -259,9 +259,14 @@ def check_table(table: pa.Table, source: str) -> DatasetInfo:
                 f"expected {expected} ({_shape_text(modality, shape)})"
             )
 
-    # Values.
+    # Values. Every row has exactly T entries by now, so flat index i lies in row i // T.
+    if table.num_rows and modality != "image":
+        flat = pc.list_flatten(column)
+        if flat.null_count:
+            # A null inside a list is not counted by column.null_count above.
+            i = _first_true(pc.is_null(flat))
+            raise DataFormatError(f"{source}: column '{main}' has a null entry in row {i // expected}")
     if table.num_rows and modality == "tokens":
-        flat = pc.list_flatten(column)  # every row has exactly T ids, so row = flat index // T
         bad = pc.or_(pc.less(flat, 0), pc.greater_equal(flat, len(vocab)))
         if pc.any(bad).as_py():
             i = _first_true(bad)
@@ -270,7 +275,6 @@ def check_table(table: pa.Table, source: str) -> DatasetInfo:
                 f"metadata '{KEY_VOCAB}' has {len(vocab)} entries; ids must be in [0, {len(vocab)})"
             )
     if table.num_rows and modality in ("audio", "points"):
-        flat = pc.list_flatten(column)
         bad = pc.invert(pc.is_finite(flat))
         if pc.any(bad).as_py():
             i = _first_true(bad)
@@ -355,14 +359,6 @@ def _list_files(path: str | os.PathLike) -> tuple[pafs.FileSystem, list[tuple[st
     return fs, list(zip(files, shown))
 
 
-def read_table(path: str | os.PathLike) -> pa.Table:
-    """Read a checked dataset (file or directory) into one table, metadata included."""
-    fs, files = _list_files(path)
-    read_info(path)
-    tables = [pq.ParquetFile(fs.open_input_file(f)).read() for f, _ in files]
-    return pa.concat_tables(tables)
-
-
 def read_info(path: str | os.PathLike) -> DatasetInfo:
     """Check a dataset file or directory and describe it.
 
@@ -370,9 +366,22 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
     lengths are checked everywhere, and files in a directory must agree on schema and metadata:
     Ray Data would otherwise fail, or worse silently unify, halfway through an epoch.
     """
+    return _read_checked(path, keep_tables=False)[0]
+
+
+def read_table(path: str | os.PathLike) -> pa.Table:
+    """Check a dataset file or directory and return all its rows as one table, metadata included.
+
+    For small datasets used outside Ray (evaluation references, tests); training streams with
+    Ray Data instead.
+    """
+    return pa.concat_tables(_read_checked(path, keep_tables=True)[1])
+
+
+def _read_checked(path: str | os.PathLike, keep_tables: bool) -> tuple[DatasetInfo, list[pa.Table]]:
     fs, files = _list_files(path)
     first: tuple[str, pa.Schema, DatasetInfo] | None = None
-    num_rows, num_classes = 0, 0
+    tables, num_rows, num_classes = [], 0, 0
     for fs_path, shown in files:
         try:
             with fs.open_input_file(fs_path) as f:
@@ -386,17 +395,10 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
             _check_consistent(first, (shown, table.schema, info))
         num_rows += info.num_rows
         num_classes = max(num_classes, info.num_classes)
-    assert first is not None
-    _, _, info = first
-    return DatasetInfo(
-        modality=info.modality,
-        shape=info.shape,
-        num_rows=num_rows,
-        num_classes=num_classes,
-        vocab=info.vocab,
-        columns=info.columns,
-        sample_rate=info.sample_rate,
-    )
+        if keep_tables:
+            tables.append(table)
+    _, _, info = first  # _list_files never returns an empty list
+    return replace(info, num_rows=num_rows, num_classes=num_classes), tables
 
 
 def _check_consistent(a: tuple[str, pa.Schema, DatasetInfo], b: tuple[str, pa.Schema, DatasetInfo]) -> None:
@@ -407,10 +409,11 @@ def _check_consistent(a: tuple[str, pa.Schema, DatasetInfo], b: tuple[str, pa.Sc
         (KEY_VOCAB, info_a.vocab, info_b.vocab),
     ):
         if va != vb:
-            shown_a = va if key != KEY_VOCAB else f"{len(va or ())} entries"
-            shown_b = vb if key != KEY_VOCAB else f"{len(vb or ())} entries"
-            if key == KEY_VOCAB and len(va or ()) == len(vb or ()):
-                shown_a, shown_b = "one list", "a different list"
+            # A vocabulary is too long to print; say how it differs instead.
+            shown_a = va if key != KEY_VOCAB else f"a vocabulary of {len(va or ())} entries"
+            shown_b = vb if key != KEY_VOCAB else f"a vocabulary of {len(vb or ())} entries"
+            if key == KEY_VOCAB and shown_a == shown_b:
+                shown_b += " in a different order or with different entries"
             raise DataFormatError(
                 f"{name_b}: metadata '{key}' is {shown_b}, but {name_a} in the same dataset has {shown_a}; "
                 "every file of a dataset must share modality, shape and vocab"
@@ -465,7 +468,8 @@ def _to_arrow(values: Any, kind: str, name: str, n: int) -> pa.Array:
             flat = np.ascontiguousarray(values).reshape(len(values), row_bytes)
             if len(flat) * row_bytes >= 2**31:
                 raise DataFormatError("column 'image' holds over 2 GiB in one table; write it in chunks with DatasetWriter")
-            # Build the binary array straight from the pixel buffer: one copy, no per-row bytes objects.
+            # Wrap the pixel buffer as the binary column without copying or making per-row bytes
+            # objects; every row has the same length, so the offsets are just multiples of it.
             offsets = (np.arange(len(flat) + 1, dtype=np.int32) * row_bytes).astype(np.int32)
             return pa.Array.from_buffers(pa.binary(), len(flat), [None, pa.py_buffer(offsets), pa.py_buffer(flat)])
         rows = list(values)
@@ -533,7 +537,10 @@ def build_table(
     *,
     source: str = "table",
 ) -> pa.Table:
-    """Columns (numpy arrays or lists) -> a checked arrow table with genray metadata."""
+    """Columns (numpy arrays or lists) -> a checked arrow table with genray metadata.
+
+    A contiguous uint8 image array is wrapped, not copied: do not modify it while the table lives.
+    """
     if modality not in MODALITIES:
         raise DataFormatError(f"{source}: modality {modality!r} is not one of {', '.join(MODALITIES)}")
     if (modality == "tokens") != (vocab is not None):
@@ -645,7 +652,7 @@ def decode_batch(batch: Mapping[str, Any], modality: str, shape: Sequence[int]) 
         )
     if modality == "image":
         u8 = _image_rows(batch["image"], shape)  # (B, H, W, C)
-        x = u8.transpose(0, 3, 1, 2).astype(np.float32)  # (B, C, H, W), astype copies to C order
+        x = u8.transpose(0, 3, 1, 2).astype(np.float32, order="C")  # (B, C, H, W), a fresh copy
         x /= np.float32(127.5)
         x -= np.float32(1.0)
     elif modality == "tokens":
@@ -654,7 +661,8 @@ def decode_batch(batch: Mapping[str, Any], modality: str, shape: Sequence[int]) 
         x = _list_rows(batch[main], shape[0], np.float32, main)  # (B, T) or (B, D)
     out = {"x": x}
     if "label" in batch:
-        out["y"] = np.asarray(batch["label"]).astype(np.int64, copy=False).reshape(-1)
+        # Always a copy: Ray may hand over read-only zero-copy views, which torch warns about.
+        out["y"] = np.array(batch["label"], dtype=np.int64).reshape(-1)
     return out
 
 
@@ -686,7 +694,7 @@ def _image_rows(column: Any, shape: tuple[int, ...]) -> np.ndarray:
 def _list_rows(column: Any, length: int, dtype: type, name: str) -> np.ndarray:
     if isinstance(column, np.ndarray) and column.dtype != object:
         if column.ndim == 2 and column.shape[1] == length:
-            return column.astype(dtype, copy=False)
+            return np.array(column, dtype=dtype)  # a writable copy, as for y
         if column.size == 0:
             return np.zeros((0, length), dtype=dtype)
         raise DataFormatError(f"batch: column '{name}' has array shape {column.shape}, expected (B, {length})")

@@ -1,0 +1,112 @@
+"""Ray Train's overhead: the same model, data and steps in a bare PyTorch loop and in `genray train`.
+
+    .venv/bin/python benchmarks/train_overhead.py [--steps 300] [--family vae] [--size small]
+
+Reports steady-state examples/s (the median over log windows after the first, eval excluded),
+start-up time separately, and the ratios Ray(1 worker)/bare and Ray(2 workers)/Ray(1 worker).
+Ray sets OMP_NUM_THREADS=1 in a worker that asks for less than one CPU, so the bare loop runs
+with one intra-op thread too: the comparison is per worker, not per machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def bare_loop(spec, data, steps: int) -> dict:
+    """What genray's loop does per step (forward/backward per phase, clip, AdamW, EMA), without Ray."""
+    import pyarrow.parquet as pq
+
+    from components.data import decode_batch
+    from components.models import FAMILIES
+    from pipelines.train import EMA, _data_args
+
+    torch.set_num_threads(1)
+    t = spec.trainer
+    columns = ["image"] + (["label"] if "label" in data.info.columns else [])
+    table = pq.read_table(data.train, columns=columns)
+    arrays = decode_batch({c: table.column(c).to_numpy(zero_copy_only=False) for c in columns},
+                          data.info.modality, data.info.shape)
+    tensors = {k: torch.as_tensor(v) for k, v in arrays.items()}
+    n = len(tensors["x"])
+    torch.manual_seed(t.seed)
+    model = FAMILIES[spec.model.family](**spec.model_args(), **_data_args(data.model_args()))
+    opts = {p: torch.optim.AdamW(model.parameters_for(p), lr=t.lr, betas=t.betas) for p in model.phases}
+    ema = EMA(model, t.ema_decay)
+    b = t.batch_size
+    rates, window, start = [], time.perf_counter(), time.perf_counter()
+    for step in range(steps):
+        idx = torch.randint(0, n, (b,))
+        batch = {k: v[idx] for k, v in tensors.items()}
+        for phase in model.phases:
+            opts[phase].zero_grad(set_to_none=True)
+            loss, _ = model(batch, phase)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(list(model.parameters_for(phase)), t.grad_clip)
+            opts[phase].step()
+        ema.update(model, step)
+        if (step + 1) % t.log_every == 0:
+            now = time.perf_counter()
+            rates.append(t.log_every * b / (now - window))
+            window = now
+    return {"examples_per_s": statistics.median(rates[1:]), "wall_s": time.perf_counter() - start}
+
+
+def ray_run(spec, workers: int, name: str, home: Path) -> dict:
+    from mlflow import MlflowClient
+
+    from pipelines import train
+
+    spec = spec.model_copy(deep=True)
+    spec.scaling.workers = workers
+    start = time.perf_counter()
+    out = train.run(spec, name=name, home=home)
+    wall = time.perf_counter() - start
+    client = MlflowClient(tracking_uri=out.tracking_uri)
+    history = client.get_metric_history(out.run_id, "train/examples_per_s")
+    rates = [m.value for m in sorted(history, key=lambda m: m.step)][1:]  # first window: start-up
+    steady = statistics.median(rates)
+    steps = spec.trainer.max_steps
+    return {"examples_per_s": steady, "wall_s": wall,
+            "startup_s": wall - steps * spec.trainer.batch_size / steady}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--family", default="vae")
+    p.add_argument("--size", default="small")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--batch-size", type=int, default=128)
+    args = p.parse_args()
+
+    from pipelines import config, train
+
+    home = Path(tempfile.mkdtemp(prefix="genray-bench-"))
+    spec = config.validate({
+        "data": {"dataset": args.dataset},
+        "model": {"family": args.family, "size": args.size},
+        "trainer": {"max_steps": args.steps, "batch_size": args.batch_size, "log_every": 25,
+                    "eval_every": 10**6, "checkpoint_every": 10**6, "eval_batches": 1, "num_samples": 16},
+        "scaling": {"workers": 1, "cpus_per_worker": 0.5},
+        "tracking": {"experiment": "bench", "register_model": False},
+    }, "<benchmark>")
+    data = train.resolve_data(spec, home)
+
+    results = {"bare": bare_loop(spec, data, args.steps)}
+    results["ray_1"] = ray_run(spec, 1, "bench-1", home)
+    two = spec.model_copy(deep=True)
+    results["ray_2"] = ray_run(two, 2, "bench-2", home)
+    results["ratio_ray1_over_bare"] = results["ray_1"]["examples_per_s"] / results["bare"]["examples_per_s"]
+    results["ratio_ray2_over_ray1"] = results["ray_2"]["examples_per_s"] / results["ray_1"]["examples_per_s"]
+    print(json.dumps({"config": vars(args), **results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
