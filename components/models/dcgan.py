@@ -55,7 +55,7 @@ def mmd2_unbiased(x: Tensor, y: Tensor, scales: tuple[float, ...] = (0.5, 1.0, 2
     mmd2 = ((k_xx.sum() - k_xx.diagonal().sum()) / (n * (n - 1))
             + (k_yy.sum() - k_yy.diagonal().sum()) / (m * (m - 1))
             - 2 * k_xy.mean())
-    return mmd2.to(x.dtype)
+    return mmd2.float()  # float32 even under autocast: a bf16 score can't rank checkpoints
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,7 +118,7 @@ class Discriminator(nn.Module):
         logit = self.head(phi).squeeze(1)  # (B,)
         if self.embed is not None:
             logit = logit + (self.embed(y) * phi).sum(dim=1)
-        return logit
+        return logit.float()  # losses and D(x) logs in float32 even under bf16 autocast
 
 
 def dcgan_init(m: nn.Module) -> None:
@@ -191,12 +191,12 @@ class DCGAN(nn.Module):
             real_logits = self.discriminator(x, y)
             fake_logits = self.discriminator(fake, y)
             loss = discriminator_loss(real_logits, fake_logits)
-            logs = {"d_loss": loss, "g_loss": generator_loss(fake_logits),
-                    "d_real": torch.sigmoid(real_logits).mean(), "d_fake": torch.sigmoid(fake_logits).mean()}
+            logs = {"d_loss": loss, "d_real": torch.sigmoid(real_logits).mean(),
+                    "d_fake": torch.sigmoid(fake_logits).mean()}
         elif phase == "gen":
-            fake_logits = self.discriminator(self.generate(z, y), y)
-            loss = generator_loss(fake_logits)
-            logs = {"g_loss": loss, "d_fake": torch.sigmoid(fake_logits).mean()}
+            loss = generator_loss(self.discriminator(self.generate(z, y), y))
+            # Log keys differ between phases: the loop sums logs by key over a step's phases.
+            logs = {"g_loss": loss}
         else:
             raise ValueError(f"dcgan phases are {self.phases}, got phase={phase!r}")
         return loss, {k: v.detach() for k, v in logs.items()}
@@ -230,7 +230,7 @@ class DCGAN(nn.Module):
         was_training = self.generator.training
         self.generator.eval()
         try:
-            return self.generate(z, None if y is None else y.to(device)).clamp(-1.0, 1.0)
+            return self.generate(z, None if y is None else y.to(device)).float().clamp(-1.0, 1.0)
         finally:
             self.generator.train(was_training)
 

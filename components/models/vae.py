@@ -195,9 +195,10 @@ class VAE(nn.Module):
     def terms(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
         """Reparameterised one-sample estimate (Kingma & Welling 2014, eq. 10): recon NLL and
         analytic KL, each (B,) in nats."""
-        mu, logvar = self.encoder(x)  # (B, D) each
+        # The objective in float32 even under bf16 autocast: sums over thousands of pixels.
+        mu, logvar = (t.float() for t in self.encoder(x))  # (B, D) each
         z = mu + torch.exp(0.5 * logvar) * eps  # (B, D)
-        recon = gaussian_nll(x, self.decoder(z), self.log_sigma())
+        recon = gaussian_nll(x.float(), self.decoder(z).float(), self.log_sigma())
         return recon, gaussian_kl(mu, logvar)
 
     def forward(self, batch: dict[str, Tensor], phase: str = "main") -> tuple[Tensor, dict[str, Tensor]]:
@@ -245,7 +246,7 @@ class VAE(nn.Module):
     @torch.no_grad()
     def decode(self, z: Tensor) -> Tensor:
         """The decoder mean, clamped to the data range, (B, C, H, W)."""
-        return self.decoder(z).clamp(-1.0, 1.0)
+        return self.decoder(z).float().clamp(-1.0, 1.0)
 
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator | None = None, y: Tensor | None = None) -> Tensor:
@@ -265,14 +266,14 @@ class VAE(nn.Module):
         k = self.iw_samples if k is None else k
         if k < 1:
             raise ValueError(f"vae.log_prob: k (importance samples) must be >= 1, got {k}")
-        mu, logvar = self.encoder(x)  # (B, D) each
+        mu, logvar = (t.float() for t in self.encoder(x))  # (B, D) each
         std = torch.exp(0.5 * logvar)
         log_sigma = self.log_sigma()
         log_w = []
         for _ in range(k):  # one decoder pass per sample keeps memory at one batch
             eps = randn(mu.shape, generator=generator, device=x.device)
             z = mu + std * eps
-            log_px_z = -gaussian_nll(x, self.decoder(z), log_sigma)
+            log_px_z = -gaussian_nll(x.float(), self.decoder(z).float(), log_sigma)
             log_pz = -0.5 * (z.pow(2) + LOG_2PI).sum(dim=1)
             log_qz = -0.5 * (eps.pow(2) + logvar + LOG_2PI).sum(dim=1)
             log_w.append(log_px_z + log_pz - log_qz)

@@ -24,6 +24,16 @@ CASES = {
 }
 DATA_ARGS = ("image_shape", "num_classes")
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny nets gain nothing from intra-op threads and stall badly when the cores are shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 PARAMS = [
     pytest.param(name, {"size": "tiny", **kw}, id=f"{name}-{i}")
     for name in FAMILIES
@@ -46,7 +56,7 @@ def make_batch(kwargs: dict, n: int = 8, seed: int = 0) -> dict[str, torch.Tenso
 
 def config_model(builder) -> type[pydantic.BaseModel]:
     """What the pipeline does with a builder: its user-facing arguments become a strict config."""
-    sig = inspect.signature(builder, eval_str=True)
+    sig = inspect.signature(builder)
     fields = {name: (p.annotation, p.default) for name, p in sig.parameters.items() if name not in DATA_ARGS}
     return pydantic.create_model(f"{builder.__name__}_config", __config__=pydantic.ConfigDict(extra="forbid"),
                                  **fields)
@@ -64,14 +74,16 @@ def test_every_family_has_a_case():
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_builder_signature_is_a_config(name):
     builder = FAMILIES[name]
-    sig = inspect.signature(builder, eval_str=True)
-    params = sig.parameters
+    params = inspect.signature(builder).parameters
     assert "image_shape" in params and "num_classes" in params
     assert params["num_classes"].default == 0
     assert "size" in params and params["size"].default == "small"
     for pname, p in params.items():
         assert p.kind is inspect.Parameter.KEYWORD_ONLY, f"{name}: {pname} must be keyword-only"
         assert p.annotation is not inspect.Parameter.empty, f"{name}: {pname} needs a type annotation"
+        # pipelines/config.py reads annotations as objects (no eval_str), so a model file must
+        # not use `from __future__ import annotations`.
+        assert not isinstance(p.annotation, str), f"{name}: {pname}'s annotation is a string"
         if pname != "image_shape":
             assert p.default is not inspect.Parameter.empty, f"{name}: {pname} needs a default"
 
@@ -106,9 +118,13 @@ def test_protocol(name, kwargs):
 def test_every_phase_gives_every_parameter_a_gradient(name, kwargs):
     model = build(name, kwargs)
     batch = make_batch(kwargs)
+    seen_keys: set[str] = set()
     for phase in model.phases:
         model.zero_grad(set_to_none=True)
         loss, logs = model(batch, phase)
+        # pipelines/train.py sums logs by key over a step's phases: a key must belong to one phase.
+        assert not seen_keys & set(logs), f"{phase}: log keys {seen_keys & set(logs)} repeat another phase's"
+        seen_keys |= set(logs)
         assert loss.ndim == 0 and torch.isfinite(loss), f"{phase}: loss {loss}"
         for key, value in logs.items():
             assert isinstance(value, torch.Tensor) and value.ndim == 0, f"{phase}: log {key} must be a 0-dim tensor"
