@@ -27,12 +27,14 @@ from typing import Any
 import torch
 
 from components import checkpoint
-from components.data import DATASETS, DatasetInfo, decode_batch, image_grid, read_info
+from components.data import DATASETS, DatasetInfo, decode_batch, image_grid, normalize_images, read_info
 from components.models import FAMILIES
 from pipelines import tracking
 from pipelines.config import ConfigError, ExperimentSpec
 
 # ----------------------------------------------------------------------------- setup (driver)
+
+MIN_STEPS_PER_PASS = 200
 
 
 def project_home() -> Path:
@@ -92,11 +94,28 @@ def build_trainer(spec: ExperimentSpec, data: DataSource, *, name: str, home: Pa
     columns = ["image"] + (["label"] if "label" in data.info.columns else [])
     decode = {"modality": data.info.modality, "shape": data.info.shape}
 
-    def dataset(path: str):
-        # Decoding runs in Ray Data tasks, never on the driver.
-        return ray.data.read_parquet(path, columns=columns).map_batches(
-            decode_batch, batch_format="numpy", fn_kwargs=decode
-        )
+    # Decoding runs in Ray Data tasks, never on the driver; images stay uint8 until they reach
+    # the worker's device. The decoded blocks are materialised once in the object store, and a
+    # small dataset is repeated (each copy shuffled differently) until one pass over it is at
+    # least MIN_STEPS_PER_PASS steps: starting a pass costs ~2-3 s on 2 cores, longer than a whole
+    # epoch of digits. `epoch` in checkpoints counts these passes.
+    base = (
+        ray.data.read_parquet(data.train)
+        .select_columns(columns)
+        .map_batches(decode_batch, batch_format="numpy", fn_kwargs={**decode, "normalize": False})
+        .materialize()
+    )
+    repeats = math.ceil(spec.trainer.batch_size * MIN_STEPS_PER_PASS / data.info.num_rows)
+    train_ds = base
+    if repeats > 1:
+        # Each copy permutes its blocks' rows with its own seed: a cheap stand-in for
+        # Dataset.random_shuffle, whose all-to-all took minutes for 13 copies of digits on 2 cores.
+        copies = [
+            base.map_batches(permute_rows, batch_format="numpy", batch_size=None,
+                             fn_kwargs={"seed": spec.trainer.seed + i})
+            for i in range(repeats)
+        ]
+        train_ds = copies[0].union(*copies[1:]).materialize()
 
     s = spec.scaling
     return TorchTrainer(
@@ -115,7 +134,7 @@ def build_trainer(spec: ExperimentSpec, data: DataSource, *, name: str, home: Pa
             resources_per_worker={"CPU": s.cpus_per_worker, **({"GPU": 1} if s.gpu else {})},
         ),
         # Every worker streams its own shard; rank 0 reads a few held-out batches for eval.
-        datasets={"train": dataset(data.train)},
+        datasets={"train": train_ds},
         run_config=RunConfig(
             name=name,
             storage_path=str(home / "ray_results"),
@@ -126,6 +145,13 @@ def build_trainer(spec: ExperimentSpec, data: DataSource, *, name: str, home: Pa
 
 
 # ----------------------------------------------------------------------------- the loop (workers)
+
+
+def permute_rows(batch: dict[str, Any], seed: int) -> dict[str, Any]:
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(len(next(iter(batch.values()))))
+    return {k: v[order] for k, v in batch.items()}
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -222,6 +248,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     last_eval: dict[str, float] = {}
     sums: dict[str, float] = {}
     window_start, window_steps, started = time.perf_counter(), 0, time.perf_counter()
+    data_wait = 0.0  # seconds this window spent waiting for the next batch
 
     def evaluate() -> dict[str, float]:
         """Rank 0: held-out scores on a fixed set of test batches, and a sample grid."""
@@ -287,7 +314,10 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
             local_shuffle_buffer_size=4 * per_worker,
             local_shuffle_seed=step_seed(t.seed, rank, epoch),
         )
+        fetch_start = time.perf_counter()
         for batch in batches:
+            data_wait += time.perf_counter() - fetch_start
+            batch["x"] = normalize_images(batch["x"])
             torch.manual_seed(step_seed(t.seed, rank, step))
             if hasattr(model, "set_step"):
                 model.set_step(step)
@@ -319,17 +349,20 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
                 means = {k: v / window_steps for k, v in sums.items()}
                 means["train/lr"] = schedulers[phases[0]].get_last_lr()[0]
                 means["train/examples_per_s"] = rate
+                means["train/data_wait_frac"] = data_wait / max(elapsed, 1e-9)
                 logger.metrics(means, step=step)
                 _progress(cfg["name"], step, t.max_steps, rate / t.batch_size, means, started)
                 sums.clear()
-                window_start, window_steps = time.perf_counter(), 0
+                window_start, window_steps, data_wait = time.perf_counter(), 0, 0.0
             if rank == 0 and (step % t.eval_every == 0 or step == t.max_steps):
                 last_eval = evaluate()
-                window_start, window_steps = time.perf_counter(), 0  # eval time is not training time
+                # Eval time is not training time.
+                window_start, window_steps, data_wait = time.perf_counter(), 0, 0.0
             if step % t.checkpoint_every == 0 or step == t.max_steps:
                 save_and_report()
             if step >= t.max_steps:
                 break
+            fetch_start = time.perf_counter()
         else:
             epoch += 1
 
@@ -370,7 +403,8 @@ def _progress(name: str, step: int, total: int, steps_per_s: float, means: dict[
     eta = (total - step) / max(steps_per_s, 1e-9)
     # Not print(): Ray Train patches it to tee into its logger, which doubles every line.
     sys.stdout.write(
-        f"[{name}] step {step}/{total} | {means['train/examples_per_s']:.0f} ex/s | {losses} "
+        f"[{name}] step {step}/{total} | {means['train/examples_per_s']:.0f} ex/s "
+        f"(data wait {100 * means['train/data_wait_frac']:.0f}%) | {losses} "
         f"| eta {int(eta // 60)}m{int(eta % 60):02d}s\n"
     )
     sys.stdout.flush()
