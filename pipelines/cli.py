@@ -60,11 +60,11 @@ def cmd_train(args) -> int:
     spec = config.load(args.config, overrides)
     name = args.name or spec.tracking.run_name or train.default_run_name(args.config)
     out = train.run(spec, name=name)
-    print_summary(spec, out)
+    print_summary(out)
     return 0
 
 
-def print_summary(spec, out) -> None:
+def print_summary(out) -> None:
     from pipelines import tracking
 
     print()
@@ -75,12 +75,13 @@ def print_summary(spec, out) -> None:
     if grid:
         print(f"sample grid    {grid}")
     if out.model_version:
-        print(f"registered     {spec.tracking.model_name or spec.model.family + '-' + str(spec.data.dataset)} v{out.model_version}")
+        print(f"registered     models:/{out.model_name}/{out.model_version}")
     shown = {k: v for k, v in out.metrics.items() if k.startswith("eval/")}
     if shown:
         print("final eval     " + "  ".join(f"{k[5:]}={v:.4f}" for k, v in shown.items()))
     if out.tracking_uri.startswith("sqlite:"):
-        print(f"open the UI    mlflow ui --backend-store-uri {out.tracking_uri} --port 5000")
+        mlflow_cmd = Path(sys.executable).with_name("mlflow")
+        print(f"open the UI    {mlflow_cmd} ui --backend-store-uri {out.tracking_uri} --port 5000")
 
 
 def cmd_data(args) -> int:

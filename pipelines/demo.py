@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"genray demo: beta-VAE on shapes, {args.workers} Ray Train workers, {args.steps} steps "
           f"(config {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path})")
     out = train.run(spec, name=name)
-    print_summary(spec, out)
+    print_summary(out)
     return 0
 
 

@@ -419,6 +419,7 @@ class TrainOutcome:
     run_id: str
     checkpoint: Path
     metrics: dict[str, Any]
+    model_name: str | None
     model_version: str | None
     tracking_uri: str
 
@@ -453,12 +454,12 @@ def run(spec: ExperimentSpec, *, name: str, home: Path | None = None) -> TrainOu
     ckpt_dir = Path(result.checkpoint.path)
     logger = tracking.RunLogger(uri, run_id)
     logger.artifacts(ckpt_dir, "checkpoint")
-    version = None
+    model_name = version = None
     if spec.tracking.register_model:
         model_name = spec.tracking.model_name or f"{spec.model.family}-{spec.data.dataset or 'custom'}"
         version = tracking.log_and_register(uri, run_id, ckpt_dir, model_name)
     tracking.finish_run(uri, run_id, "FINISHED")
-    return TrainOutcome(name, run_id, ckpt_dir, dict(result.metrics or {}), version, uri)
+    return TrainOutcome(name, run_id, ckpt_dir, dict(result.metrics or {}), model_name, version, uri)
 
 
 def default_run_name(config_path: str | Path) -> str:
