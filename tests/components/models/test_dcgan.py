@@ -10,15 +10,6 @@ from components.models.dcgan import build_dcgan, discriminator_loss, generator_l
 SHAPE = (1, 8, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets gain nothing from intra-op threads and stall badly when the cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """sklearn's 8x8 digits scaled to [-1, 1]: train x, train y, held-out x, held-out y."""
     from sklearn.datasets import load_digits

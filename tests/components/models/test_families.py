@@ -25,15 +25,6 @@ CASES = {
 DATA_ARGS = ("image_shape", "num_classes")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets gain nothing from intra-op threads and stall badly when the cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 PARAMS = [
     pytest.param(name, {"size": "tiny", **kw}, id=f"{name}-{i}")
     for name in FAMILIES

@@ -14,15 +14,6 @@ SHAPE = (1, 8, 8)
 NUM_DIMS = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets gain nothing from intra-op threads and stall badly when the cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
     """sklearn's 8x8 digits (1797 images, pixel values 0..16) scaled to [-1, 1]; train/held-out."""
     x = torch.tensor(load_digits().images, dtype=torch.float32).unsqueeze(1) / 8 - 1  # (N, 1, 8, 8)
