@@ -35,6 +35,7 @@ from pipelines.config import ConfigError, ExperimentSpec
 # ----------------------------------------------------------------------------- setup (driver)
 
 MIN_STEPS_PER_PASS = 200
+MATERIALIZE_MAX_BYTES = 2 * 2**30  # decoded uint8 data held in the object store at most
 
 
 def project_home() -> Path:
@@ -103,8 +104,9 @@ def build_trainer(spec: ExperimentSpec, data: DataSource, *, name: str, home: Pa
         ray.data.read_parquet(data.train)
         .select_columns(columns)
         .map_batches(decode_batch, batch_format="numpy", fn_kwargs={**decode, "normalize": False})
-        .materialize()
     )
+    if data.info.num_rows * math.prod(data.info.shape) <= MATERIALIZE_MAX_BYTES:
+        base = base.materialize()  # else: stream from Parquet every pass, as Ray Data is built to
     repeats = math.ceil(spec.trainer.batch_size * MIN_STEPS_PER_PASS / data.info.num_rows)
     train_ds = base
     if repeats > 1:

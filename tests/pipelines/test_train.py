@@ -82,16 +82,21 @@ def _worker_pids() -> list[int]:
             if any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))]
 
 
-def _wait_for_checkpoint(root: Path, timeout: float = 180) -> Path:
-    """Wait until a checkpoint is surely registered with Ray Train: a report blocks until the
-    previous one is processed, so once a second checkpoint is on disk the first is registered."""
+def _wait_for_checkpoint(root: Path, timeout: float = 180) -> str:
+    """Wait until Ray Train has registered a checkpoint (not merely written it): the controller
+    records registered checkpoints in checkpoint_manager_snapshot.json."""
+    import json
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = sorted(root.glob("checkpoint_*/state.json"))
-        if len(found) >= 2:
-            return found[0].parent
+        try:
+            snapshot = json.loads((root / "checkpoint_manager_snapshot.json").read_text())
+            if snapshot.get("checkpoint_results"):
+                return snapshot["checkpoint_results"][-1]["checkpoint_dir_name"]
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass  # not written yet, or caught mid-write
         time.sleep(0.05)
-    raise TimeoutError(f"no checkpoint under {root}")
+    raise TimeoutError(f"no registered checkpoint under {root}")
 
 
 def test_killed_worker_resumes_from_checkpoint_in_the_same_mlflow_run(ray_session, genray_home):
