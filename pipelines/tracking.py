@@ -6,7 +6,6 @@ absolute paths so Ray workers, whatever their working directory, write to the sa
 """
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 import time
@@ -17,8 +16,6 @@ import numpy as np
 
 RUN_NAME_TAG = "genray.run_name"
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
-
-log = logging.getLogger(__name__)
 
 
 def tracking_uri(home: Path) -> str:
@@ -92,9 +89,6 @@ class RunLogger:
 
     def artifacts(self, local_dir: str | Path, artifact_path: str) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
-
-    def artifact_uri(self) -> str:
-        return self.client.get_run(self.run_id).info.artifact_uri
 
 
 def finish_run(uri: str, run_id: str, status: str) -> None:

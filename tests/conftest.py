@@ -1,7 +1,6 @@
 """One local Ray instance per test session, shared by every pipeline test."""
 from __future__ import annotations
 
-import os
 import tempfile
 
 import pytest
