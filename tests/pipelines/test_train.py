@@ -17,6 +17,8 @@ from pipelines import config, train
 pytestmark = pytest.mark.integration
 
 FAMILY_ARGS = {"dcgan": {"conditional": True}}
+# The GAN also exercises gradient accumulation: no_sync micro-batches under a multi-phase DDP.
+FAMILY_TRAINER = {"dcgan": {"grad_accum": 2}}
 
 
 def tiny_spec(family: str, **trainer):
@@ -52,7 +54,7 @@ def artifact_paths(client, run_id: str, path: str = "") -> list[str]:
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_two_worker_run_is_tracked_checkpointed_and_registered(family, ray_session, genray_home):
-    out = train.run(tiny_spec(family), name=f"t-{family}", home=genray_home)
+    out = train.run(tiny_spec(family, **FAMILY_TRAINER.get(family, {})), name=f"t-{family}", home=genray_home)
 
     assert out.metrics["step"] == 6
     assert (out.checkpoint / "model.safetensors").exists() and (out.checkpoint / "state.json").exists()
