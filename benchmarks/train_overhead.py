@@ -21,18 +21,12 @@ import torch
 
 def bare_loop(spec, data, steps: int) -> dict:
     """What genray's loop does per step (forward/backward per phase, clip, AdamW, EMA), without Ray."""
-    import pyarrow.parquet as pq
-
-    from components.data import decode_batch
     from components.models import FAMILIES
-    from pipelines.train import EMA, _data_args
+    from pipelines.train import EMA, _data_args, read_decoded
 
     torch.set_num_threads(1)
     t = spec.trainer
-    columns = ["image"] + (["label"] if "label" in data.info.columns else [])
-    table = pq.read_table(data.train, columns=columns)
-    arrays = decode_batch({c: table.column(c).to_numpy(zero_copy_only=False) for c in columns},
-                          data.info.modality, data.info.shape)
+    arrays = read_decoded(data.train, data.columns, data.info.modality, data.info.shape)
     tensors = {k: torch.as_tensor(v) for k, v in arrays.items()}
     n = len(tensors["x"])
     torch.manual_seed(t.seed)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from components import checkpoint
@@ -47,6 +48,11 @@ class DataSource:
     train: str
     test: str
     info: DatasetInfo
+
+    @property
+    def columns(self) -> list[str]:
+        """The stored columns the image families train on."""
+        return ["image"] + (["label"] if "label" in self.info.columns else [])
 
     def model_args(self) -> dict[str, Any]:
         """What the model builder learns from the data rather than from the config."""
@@ -92,7 +98,7 @@ def build_trainer(spec: ExperimentSpec, data: DataSource, *, name: str, home: Pa
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    columns = ["image"] + (["label"] if "label" in data.info.columns else [])
+    columns = data.columns
     decode = {"modality": data.info.modality, "shape": data.info.shape}
 
     # Decoding runs in Ray Data tasks, never on the driver; images stay uint8 until they reach
@@ -131,7 +137,7 @@ def build_trainer(spec: ExperimentSpec, data: DataSource, *, name: str, home: Pa
             "test": {"path": data.test, "columns": columns, **decode},
             # Repeated copies are already permuted row by row; a local shuffle buffer on top costs
             # ~6 ms of worker CPU per batch here for nothing.
-            "shuffle_buffer": 0 if repeats > 1 else 4 * (spec.trainer.batch_size // spec.scaling.workers),
+            "local_shuffle": repeats == 1,
         },
         scaling_config=ScalingConfig(
             num_workers=s.workers,
@@ -153,8 +159,6 @@ def build_trainer(spec: ExperimentSpec, data: DataSource, *, name: str, home: Pa
 
 
 def permute_rows(batch: dict[str, Any], seed: int) -> dict[str, Any]:
-    import numpy as np
-
     order = np.random.default_rng(seed).permutation(len(next(iter(batch.values()))))
     return {k: v[order] for k, v in batch.items()}
 
@@ -229,8 +233,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
             schedulers[p].load_state_dict(ck.optimizer["schedulers"][p])
         step, epoch, ema_state = ck.state["step"], ck.state["epoch"], ck.ema
         if rank == 0:
-            sys.stdout.write(f"[{cfg['name']}] resumed from step {step} (epoch {epoch})\n")
-            sys.stdout.flush()
+            _say(f"[{cfg['name']}] resumed from step {step} (epoch {epoch})")
 
     ema = None
     if rank == 0 and t.ema_decay is not None:
@@ -316,8 +319,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
             batch_size=per_worker,
             drop_last=True,
             device=device,
-            local_shuffle_buffer_size=cfg["shuffle_buffer"] or None,
-            local_shuffle_seed=step_seed(t.seed, rank, epoch) if cfg["shuffle_buffer"] else None,
+            local_shuffle_buffer_size=4 * per_worker if cfg["local_shuffle"] else None,
+            local_shuffle_seed=step_seed(t.seed, rank, epoch) if cfg["local_shuffle"] else None,
         )
         fetch_start = time.perf_counter()
         for batch in batches:
@@ -377,15 +380,23 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
 def _held_out_batches(test: dict[str, Any], batch_size: int, num_batches: int, device) -> list[dict[str, torch.Tensor]]:
     """The first num_batches batches of the test split, the same every eval so scores compare.
     Read with pyarrow on rank 0: a few batches do not justify starting Ray Data tasks."""
+    decoded = read_decoded(test["path"], test["columns"], test["modality"], test["shape"], batch_size * num_batches)
+    num_rows = len(decoded["x"])
+    return [
+        {k: torch.as_tensor(v[i : i + batch_size]).to(device) for k, v in decoded.items()}
+        for i in range(0, num_rows, batch_size)
+    ]
+
+
+def read_decoded(path: str, columns: list[str], modality: str, shape, rows: int | None = None) -> dict[str, np.ndarray]:
+    """The first `rows` rows (all by default) of a Parquet dataset, decoded in this process with
+    pyarrow: for data small enough not to need Ray Data."""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(test["path"], columns=test["columns"]).slice(0, batch_size * num_batches)
-    columns = {c: table.column(c).to_numpy(zero_copy_only=False) for c in test["columns"]}
-    decoded = decode_batch(columns, test["modality"], test["shape"])
-    out = []
-    for i in range(0, table.num_rows, batch_size):
-        out.append({k: torch.as_tensor(v[i : i + batch_size]).to(device) for k, v in decoded.items()})
-    return out
+    table = pq.read_table(path, columns=columns)
+    if rows is not None:
+        table = table.slice(0, rows)
+    return decode_batch({c: table.column(c).to_numpy(zero_copy_only=False) for c in columns}, modality, shape)
 
 
 def _data_args(data_args: dict[str, Any]) -> dict[str, Any]:
@@ -406,12 +417,16 @@ def _accumulate(sums: dict[str, float], phase: str, loss, logs, weight: float) -
 def _progress(name: str, step: int, total: int, steps_per_s: float, means: dict[str, float], started: float) -> None:
     losses = " ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in means.items() if k.endswith("loss"))
     eta = (total - step) / max(steps_per_s, 1e-9)
-    # Not print(): Ray Train patches it to tee into its logger, which doubles every line.
-    sys.stdout.write(
+    _say(
         f"[{name}] step {step}/{total} | {means['train/examples_per_s']:.0f} ex/s "
         f"(data wait {100 * means['train/data_wait_frac']:.0f}%) | {losses} "
-        f"| eta {int(eta // 60)}m{int(eta % 60):02d}s\n"
+        f"| eta {int(eta // 60)}m{int(eta % 60):02d}s"
     )
+
+
+def _say(line: str) -> None:
+    # Not print(): Ray Train patches it to tee into its logger, which doubles every line.
+    sys.stdout.write(line + "\n")
     sys.stdout.flush()
 
 
