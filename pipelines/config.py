@@ -21,8 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from components.data import DATASETS
 from components.models import FAMILIES
 
-# Builder arguments that come from the dataset, never from the config.
-DATA_ARGS = frozenset({"image_shape", "num_classes"})
+# Builder arguments the pipeline derives (from the dataset, or from a model the config names, like
+# latent diffusion's autoencoder), never read from the config.
+DATA_ARGS = frozenset({"image_shape", "num_classes", "autoencoder_model", "latent_scale"})
 
 
 class ConfigError(ValueError):

@@ -131,3 +131,58 @@ def latest_sample_grid(uri: str, run_id: str) -> str | None:
     base = client.get_run(run_id).info.artifact_uri
     location = f"{base}/{grids[-1]}"
     return location.removeprefix("file://")
+
+
+def resolve_checkpoint(ref: str, uri: str, cache: Path) -> Path:
+    """A genray checkpoint named the ways a user names a model, as a local directory:
+
+        models:/NAME@ALIAS, models:/NAME/VERSION   a registered model (its slim checkpoint);
+        models:/NAME/latest                         VERSION may be "latest", the newest
+        runs:/RUN_ID                                the final checkpoint a training run logged
+        a local directory                           a checkpoint directory (holds state.json)
+
+    Downloads land in `cache` keyed by the reference. Raises ValueError with a plain message
+    when the reference names nothing."""
+    from mlflow.exceptions import MlflowException
+
+    local = Path(ref).expanduser()
+    if not ref.startswith(("models:/", "runs:/")):
+        if (local / "state.json").is_file():
+            return local.resolve()
+        raise ValueError(
+            f"{ref!r} is not a checkpoint directory (no state.json) nor an MLflow reference "
+            "(models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID)"
+        )
+    import mlflow
+
+    client = _client(uri)
+    try:
+        if ref.startswith("runs:/"):
+            run_id = ref.removeprefix("runs:/").strip("/").split("/")[0]
+            client.get_run(run_id)
+            source = f"runs:/{run_id}/checkpoint"
+        else:
+            name, sep, alias = ref.removeprefix("models:/").partition("@")
+            if sep:
+                mv = client.get_model_version_by_alias(name, alias)
+            else:
+                name, _, version = name.partition("/")
+                if version == "latest":  # the newest version, as `genray train` registered it
+                    versions = client.search_model_versions(f"name = '{name}'")
+                    if not versions:
+                        raise ValueError(f"{ref!r}: no registered model named {name!r} in {uri}")
+                    version = str(max(int(v.version) for v in versions))
+                mv = client.get_model_version(name, version)
+            source = f"models:/{name}/{mv.version}"
+        dest = cache / source.replace(":/", "-").replace("/", "-")
+        if not (dest / "done").exists():
+            dest.mkdir(parents=True, exist_ok=True)
+            mlflow.set_tracking_uri(uri)
+            mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest), tracking_uri=uri)
+            (dest / "done").touch()
+    except MlflowException as e:
+        raise ValueError(f"{ref!r}: not found in the MLflow store at {uri} ({e.message.splitlines()[0]})") from None
+    found = sorted(p.parent for p in dest.rglob("state.json"))
+    if not found:
+        raise ValueError(f"{ref!r}: the MLflow artifacts hold no genray checkpoint (no state.json)")
+    return found[0]

@@ -48,11 +48,19 @@ class DataSource:
     train: str
     test: str
     info: DatasetInfo
+    text_len: int = 0  # > 0: captions are read too, as `text` byte tokens (text-conditioned models)
 
     @property
     def columns(self) -> list[str]:
         """The stored columns the image families train on."""
-        return ["image"] + (["label"] if "label" in self.info.columns else [])
+        return (["image"] + (["label"] if "label" in self.info.columns else [])
+                + (["caption"] if self.text_len else []))
+
+    @property
+    def decode(self) -> dict[str, Any]:
+        """decode_batch's arguments for these columns."""
+        return {"modality": self.info.modality, "shape": self.info.shape,
+                **({"text_len": self.text_len} if self.text_len else {})}
 
     def model_args(self) -> dict[str, Any]:
         """What the model builder learns from the data rather than from the config."""
@@ -78,7 +86,64 @@ def resolve_data(spec: ExperimentSpec, home: Path) -> DataSource:
     test_info = read_info(test)
     if (test_info.modality, test_info.shape) != (info.modality, info.shape):
         raise ConfigError(f"{test}: shape {test_info.shape} differs from training data {info.shape}")
-    return DataSource(train, test, info)
+    text_len = 0
+    if spec.model_args().get("conditioning") == "text":
+        for path, i in ((train, info), (test, test_info)):
+            if "caption" not in i.columns:
+                raise ConfigError(
+                    f"{path}: model.conditioning=text needs a 'caption' column; this data has {', '.join(i.columns)}"
+                )
+        text_len = int(spec.model_args().get("text_len", 64))
+    return DataSource(train, test, info, text_len)
+
+
+@dataclass
+class ModelInputs:
+    """What the builder needs beyond the config, worked out on the driver: arguments derived from
+    the data or from models the config names, and weights for submodules of a fresh model."""
+
+    args: dict[str, Any]
+    init_weights: dict[str, bytes]
+
+
+def resolve_model_inputs(spec: ExperimentSpec, data: DataSource, *, uri: str, home: Path) -> ModelInputs:
+    """Derive the builder's data arguments, resolve a latent-diffusion autoencoder reference, and
+    build the model once here so a bad combination is a ConfigError before Ray starts."""
+    args = data.model_args()
+    init_weights: dict[str, bytes] = {}
+    ref = spec.model_args().get("autoencoder")
+    if ref:
+        from safetensors.torch import save as save_safetensors
+
+        try:
+            ckpt_dir = tracking.resolve_checkpoint(ref, uri, home / "cache")
+        except ValueError as e:
+            raise ConfigError(f"model.autoencoder: {e}") from None
+        ae, state = checkpoint.build_model(ckpt_dir)
+        args["autoencoder_model"] = state["model"]
+        args["latent_scale"] = latent_scale(ae, data)
+        init_weights["autoencoder"] = save_safetensors({k: v.contiguous() for k, v in ae.state_dict().items()})
+    try:
+        FAMILIES[spec.model.family](**spec.model_args(), **_data_args(args))
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None
+    return ModelInputs(args, init_weights)
+
+
+def latent_scale(autoencoder: torch.nn.Module, data: DataSource, rows: int = 2048, seed: int = 0) -> float:
+    """Rombach et al. 2022, appendix G: scale latents to unit variance, 1 / std of posterior
+    samples over (the first `rows` of) the training data."""
+    x = normalize_images(torch.as_tensor(read_decoded(data.train, ["image"], data.info.modality, data.info.shape, rows)["x"]))
+    gen = torch.Generator().manual_seed(seed)
+    zs = []
+    with torch.no_grad():
+        for i in range(0, len(x), 256):
+            mu, logvar = autoencoder.encoder(x[i : i + 256])
+            zs.append(mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen))
+    std = float(torch.cat(zs).float().std())
+    if not math.isfinite(std) or std <= 0:
+        raise ConfigError(f"model.autoencoder: its latents have std {std} on {data.train}; is it trained?")
+    return 1.0 / std
 
 
 def init_ray() -> None:
@@ -93,13 +158,13 @@ def init_ray() -> None:
     ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True, configure_logging=False)
 
 
-def build_trainer(spec: ExperimentSpec, data: DataSource, *, name: str, home: Path, uri: str, run_id: str):
+def build_trainer(spec: ExperimentSpec, data: DataSource, inputs: ModelInputs, *, name: str, home: Path, uri: str, run_id: str):
     import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     columns = data.columns
-    decode = {"modality": data.info.modality, "shape": data.info.shape}
+    decode = data.decode
 
     # Decoding runs in Ray Data tasks, never on the driver; images stay uint8 until they reach
     # the worker's device. The decoded blocks are materialised once in the object store, and a
@@ -130,7 +195,8 @@ def build_trainer(spec: ExperimentSpec, data: DataSource, *, name: str, home: Pa
         train_loop_per_worker,
         train_loop_config={
             "spec": spec.model_dump(mode="json"),
-            "data_args": data.model_args(),
+            "data_args": inputs.args,
+            "init_weights": inputs.init_weights,
             "name": name,
             "uri": uri,
             "run_id": run_id,
@@ -196,6 +262,7 @@ class EMA:
 def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     import ray.train
     import ray.train.torch
+    from safetensors.torch import load as load_safetensors
 
     spec = ExperimentSpec.model_validate(cfg["spec"])
     t = spec.trainer
@@ -207,6 +274,10 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     # --- model, optimizers, schedules (same init on every rank; DDP also broadcasts rank 0's)
     torch.manual_seed(t.seed)
     model = FAMILIES[spec.model.family](**spec.model_args(), **_data_args(cfg["data_args"]))
+    if ray.train.get_checkpoint() is None:
+        # Pretrained parts of a fresh model (the frozen autoencoder of latent diffusion).
+        for submodule, blob in cfg.get("init_weights", {}).items():
+            model.get_submodule(submodule).load_state_dict(load_safetensors(blob))
     model.to(device)
     phases = tuple(model.phases)
     optimizers = {
@@ -270,10 +341,14 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
             for b in held_out:
                 for k, v in net.evaluate(b, generator=gen).items():
                     totals[k] = totals.get(k, 0.0) + float(v) / len(held_out)
-            samples = net.sample(t.num_samples, generator=torch.Generator().manual_seed(t.seed))
+            if hasattr(net, "eval_samples"):  # e.g. one grid per guidance scale
+                grids = net.eval_samples(t.num_samples, generator_seed=t.seed, batch=held_out[0])
+            else:
+                grids = {"": net.sample(t.num_samples, generator=torch.Generator().manual_seed(t.seed))}
         net.train()
         model.train()
-        logger.image(image_grid(samples.float().cpu()), f"samples/step_{step:06d}.png")
+        for key, samples in grids.items():
+            logger.image(image_grid(samples.float().cpu()), f"samples/step_{step:06d}{'_' + key if key else ''}.png")
         scores = {f"eval/{k}": v for k, v in totals.items()}
         logger.metrics(scores, step=step)
         return scores
@@ -380,7 +455,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
 def _held_out_batches(test: dict[str, Any], batch_size: int, num_batches: int, device) -> list[dict[str, torch.Tensor]]:
     """The first num_batches batches of the test split, the same every eval so scores compare.
     Read with pyarrow on rank 0: a few batches do not justify starting Ray Data tasks."""
-    decoded = read_decoded(test["path"], test["columns"], test["modality"], test["shape"], batch_size * num_batches)
+    decoded = read_decoded(test["path"], test["columns"], test["modality"], test["shape"], batch_size * num_batches,
+                           text_len=test.get("text_len", 0))
     num_rows = len(decoded["x"])
     return [
         {k: torch.as_tensor(v[i : i + batch_size]).to(device) for k, v in decoded.items()}
@@ -388,7 +464,8 @@ def _held_out_batches(test: dict[str, Any], batch_size: int, num_batches: int, d
     ]
 
 
-def read_decoded(path: str, columns: list[str], modality: str, shape, rows: int | None = None) -> dict[str, np.ndarray]:
+def read_decoded(path: str, columns: list[str], modality: str, shape, rows: int | None = None, *,
+                 text_len: int = 0) -> dict[str, np.ndarray]:
     """The first `rows` rows (all by default) of a Parquet dataset, decoded in this process with
     pyarrow: for data small enough not to need Ray Data."""
     import pyarrow.parquet as pq
@@ -396,7 +473,8 @@ def read_decoded(path: str, columns: list[str], modality: str, shape, rows: int 
     table = pq.read_table(path, columns=columns)
     if rows is not None:
         table = table.slice(0, rows)
-    return decode_batch({c: table.column(c).to_numpy(zero_copy_only=False) for c in columns}, modality, shape)
+    return decode_batch({c: table.column(c).to_numpy(zero_copy_only=False) for c in columns}, modality, shape,
+                        text_len=text_len)
 
 
 def _data_args(data_args: dict[str, Any]) -> dict[str, Any]:
@@ -452,6 +530,7 @@ def run(spec: ExperimentSpec, *, name: str, home: Path | None = None) -> TrainOu
     home.mkdir(parents=True, exist_ok=True)
     data = resolve_data(spec, home)
     uri = tracking.tracking_uri(home)
+    inputs = resolve_model_inputs(spec, data, uri=uri, home=home)
     experiment_id = tracking.ensure_experiment(uri, spec.tracking.experiment, home)
     run_id, resumed = tracking.start_run(
         uri, experiment_id, name, spec.flat(), {"genray.family": spec.model.family, "genray.dataset": spec.data.dataset or spec.data.path or ""}
@@ -459,7 +538,7 @@ def run(spec: ExperimentSpec, *, name: str, home: Path | None = None) -> TrainOu
     print(f"[{name}] MLflow run {run_id} ({'continued' if resumed else 'new'}) in {uri}", flush=True)
 
     init_ray()
-    trainer = build_trainer(spec, data, name=name, home=home, uri=uri, run_id=run_id)
+    trainer = build_trainer(spec, data, inputs, name=name, home=home, uri=uri, run_id=run_id)
     try:
         result = trainer.fit()
     except KeyboardInterrupt:

@@ -633,7 +633,8 @@ class DatasetWriter:
 
 
 def decode_batch(
-    batch: Mapping[str, Any], modality: str, shape: Sequence[int], *, normalize: bool = True
+    batch: Mapping[str, Any], modality: str, shape: Sequence[int], *, normalize: bool = True,
+    text_len: int = 0,
 ) -> dict[str, np.ndarray]:
     """Stored rows -> the model batch. Ray Data calls this through
     `map_batches(decode_batch, batch_format="numpy", fn_kwargs={"modality": ..., "shape": ...})`.
@@ -641,8 +642,9 @@ def decode_batch(
     Ray's numpy format hands a binary column over as an object array of `bytes`, and a list column
     either as an object array of 1-D arrays or, when every row has the same length, as one 2-D
     array; both are accepted. Output: image -> x float32 (B, C, H, W) in [-1, 1]; tokens -> x
-    int64 (B, T); audio -> x float32 (B, T); points -> x float32 (B, D); label -> y int64.
-    Other columns (captions, factors, pitch) are dropped.
+    int64 (B, T); audio -> x float32 (B, T); points -> x float32 (B, D); label -> y int64;
+    with text_len > 0, caption -> text int64 (B, text_len), UTF-8 bytes + 1 with 0 as padding
+    (`encode_captions`). Other columns (captions by default, factors, pitch) are dropped.
 
     normalize=False keeps images as uint8 (B, C, H, W): a quarter of the bytes to hold in Ray's
     object store and to copy to a GPU; `normalize_images` finishes the job on the device.
@@ -666,7 +668,29 @@ def decode_batch(
         x = _list_rows(batch["tokens"], shape[0], np.int64, "tokens")  # (B, T)
     else:
         x = _list_rows(batch[main], shape[0], np.float32, main)  # (B, T) or (B, D)
-    return _with_label({"x": x}, batch)
+    out = _with_label({"x": x}, batch)
+    if text_len > 0 and "caption" in batch:
+        out["text"] = encode_captions(batch["caption"], text_len)
+    return out
+
+
+def encode_captions(texts: Any, max_len: int) -> np.ndarray:
+    """Captions -> byte tokens int64 (B, max_len): each UTF-8 byte + 1, so 0 is padding; longer
+    captions are cut at max_len bytes. A byte vocabulary (257 ids) needs no tokenizer file and
+    reads any language; shapes' captions are ~45 bytes."""
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    out = np.zeros((len(texts), max_len), dtype=np.int64)
+    for i, t in enumerate(texts):
+        b = (t if isinstance(t, bytes) else str(t).encode("utf-8"))[:max_len]
+        out[i, : len(b)] = np.frombuffer(b, dtype=np.uint8).astype(np.int64) + 1
+    return out
+
+
+def decode_captions(tokens: Any) -> list[str]:
+    """The inverse of encode_captions (padding dropped)."""
+    rows = np.asarray(tokens)
+    return [bytes((r[r > 0] - 1).astype(np.uint8).tolist()).decode("utf-8", errors="replace") for r in rows]
 
 
 def _with_label(out: dict[str, np.ndarray], batch: Mapping[str, Any]) -> dict[str, np.ndarray]:

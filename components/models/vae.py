@@ -28,11 +28,12 @@ LOG_2PI = math.log(2 * math.pi)
 
 
 def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
-    """KL(N(mu, diag(exp(logvar))) || N(0, I)) in nats, summed over latent dims -> (B,).
+    """KL(N(mu, diag(exp(logvar))) || N(0, I)) in nats, summed over latent dims (a vector or a
+    map) -> (B,).
 
     Kingma & Welling 2014, appendix B: -KL = 1/2 sum(1 + log var - mu^2 - var).
     """
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(dim=1)
 
 
 def gaussian_nll(x: Tensor, mean: Tensor, log_sigma: Tensor) -> Tensor:
@@ -73,37 +74,53 @@ def _channels(width: int, n: int) -> list[int]:
 
 
 class Encoder(nn.Module):
-    """x (B, C, H, W) -> mean and log-variance of q(z|x), each (B, latent_dim)."""
+    """x (B, C, H, W) -> mean and log-variance of q(z|x): each (B, latent_dim), or with a spatial
+    latent each (B, latent_channels, H/2^k, W/2^k) for k = latent_downsample."""
 
-    def __init__(self, image_shape: tuple[int, int, int], latent_dim: int, width: int, depth: int):
+    def __init__(self, image_shape: tuple[int, int, int], latent_dim: int, width: int, depth: int,
+                 latent_channels: int = 0, latent_downsample: int = 0):
         super().__init__()
         c, h, w = image_shape
-        n = num_halvings(h, w)
+        n = latent_downsample if latent_channels else num_halvings(h, w)
         ch = _channels(width, n)
         layers: list[nn.Module] = [nn.Conv2d(c, ch[0], 3, padding=1)]
         for i in range(n):
             layers += [ResBlock(ch[i]) for _ in range(depth)]
             layers += [_norm(ch[i]), nn.SiLU(), nn.Conv2d(ch[i], ch[i + 1], 4, stride=2, padding=1)]
-        layers += [_norm(ch[n]), nn.SiLU(), nn.Flatten()]
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(ch[n] * (h >> n) * (w >> n), 2 * latent_dim)
+        if latent_channels:
+            # Rombach et al. 2022, §3: a latent *map* keeps the image's spatial layout, so a
+            # convolutional denoiser can work on it; a 1x1 conv gives mean and log-variance.
+            layers += [ResBlock(ch[n]) for _ in range(depth)]
+            layers += [_norm(ch[n]), nn.SiLU()]
+            self.body = nn.Sequential(*layers)
+            self.head = nn.Conv2d(ch[n], 2 * latent_channels, 1)
+        else:
+            layers += [_norm(ch[n]), nn.SiLU(), nn.Flatten()]
+            self.body = nn.Sequential(*layers)
+            self.head = nn.Linear(ch[n] * (h >> n) * (w >> n), 2 * latent_dim)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.body(x)  # (B, C' * H/2^n * W/2^n)
-        mu, logvar = self.head(h).chunk(2, dim=1)  # (B, D) each
+        h = self.body(x)  # (B, C' * H/2^n * W/2^n), or (B, C', H/2^k, W/2^k) for a latent map
+        mu, logvar = self.head(h).chunk(2, dim=1)  # (B, D) or (B, c, H/2^k, W/2^k) each
         return mu, logvar
 
 
 class Decoder(nn.Module):
-    """z (B, latent_dim) -> mean of p(x|z), (B, C, H, W); unbounded, so the Gaussian is honest."""
+    """z (B, latent_dim) or a latent map -> mean of p(x|z), (B, C, H, W); unbounded, so the
+    Gaussian is honest."""
 
-    def __init__(self, image_shape: tuple[int, int, int], latent_dim: int, width: int, depth: int):
+    def __init__(self, image_shape: tuple[int, int, int], latent_dim: int, width: int, depth: int,
+                 latent_channels: int = 0, latent_downsample: int = 0):
         super().__init__()
         c, h, w = image_shape
-        n = num_halvings(h, w)
+        n = latent_downsample if latent_channels else num_halvings(h, w)
         ch = _channels(width, n)
         self.start = (ch[n], h >> n, w >> n)
-        self.proj = nn.Linear(latent_dim, ch[n] * (h >> n) * (w >> n))
+        if latent_channels:
+            self.proj = nn.Sequential(nn.Conv2d(latent_channels, ch[n], 3, padding=1),
+                                      *[ResBlock(ch[n]) for _ in range(depth)])
+        else:
+            self.proj = nn.Linear(latent_dim, ch[n] * (h >> n) * (w >> n))
         layers: list[nn.Module] = []
         for i in reversed(range(n)):
             layers += [ResBlock(ch[i + 1]) for _ in range(depth)]
@@ -142,9 +159,19 @@ class VAE(nn.Module):
         capacity_max: float = 0.0,
         capacity_steps: int = 0,
         gamma: float = 1000.0,
+        latent_channels: int = 0,
+        latent_downsample: int = 2,
     ):
         super().__init__()
         self.image_shape = check_image_shape(image_shape, "vae")
+        c, h, w = self.image_shape
+        if latent_channels < 0:
+            raise ValueError(f"vae: latent_channels must be >= 0 (0 = a latent vector), got {latent_channels}")
+        if latent_channels and not 1 <= latent_downsample <= num_halvings(h, w):
+            raise ValueError(
+                f"vae: latent_downsample must be between 1 and {num_halvings(h, w)} for {h}x{w} images "
+                f"(the latent map is H/2^k x W/2^k and at least 4x4), got {latent_downsample}"
+            )
         if latent_dim < 1:
             raise ValueError(f"vae: latent_dim must be >= 1, got {latent_dim}")
         if iw_samples < 1:
@@ -154,7 +181,13 @@ class VAE(nn.Module):
                 "vae: beta, capacity_max, capacity_steps and gamma must be >= 0, got "
                 f"{beta=}, {capacity_max=}, {capacity_steps=}, {gamma=}"
             )
-        self.latent_dim = latent_dim
+        # A latent vector of latent_dim, or a latent map (latent_channels, H/2^k, W/2^k) for
+        # latent diffusion; latent_shape is what `encode` returns per example.
+        if latent_channels:
+            self.latent_shape = (latent_channels, h >> latent_downsample, w >> latent_downsample)
+        else:
+            self.latent_shape = (latent_dim,)
+        self.latent_dim = math.prod(self.latent_shape)
         self.num_dims = math.prod(self.image_shape)
         self.iw_samples = iw_samples
         self.beta = beta
@@ -162,8 +195,8 @@ class VAE(nn.Module):
         self.capacity_steps = capacity_steps
         self.gamma = gamma
 
-        self.encoder = Encoder(self.image_shape, latent_dim, width, depth)
-        self.decoder = Decoder(self.image_shape, latent_dim, width, depth)
+        self.encoder = Encoder(self.image_shape, latent_dim, width, depth, latent_channels, latent_downsample)
+        self.decoder = Decoder(self.image_shape, latent_dim, width, depth, latent_channels, latent_downsample)
         if decoder_sigma is None:
             # sigma-VAE (Rybkin et al. 2021): one learned scale for every pixel, so the
             # reconstruction/KL balance is learned instead of hand-tuned.
@@ -205,7 +238,7 @@ class VAE(nn.Module):
         if phase != "main":
             raise ValueError(f"vae has one phase, 'main'; got phase={phase!r}")
         x = batch["x"]
-        recon, kl = self.terms(x, torch.randn(x.shape[0], self.latent_dim, device=x.device))
+        recon, kl = self.terms(x, torch.randn(x.shape[0], *self.latent_shape, device=x.device))
         logs = {"elbo": -(recon + kl).mean(), "kl": kl.mean(), "recon": recon.mean(),
                 "sigma": self.log_sigma().exp()}
         if self.capacity_max > 0:
@@ -233,14 +266,14 @@ class VAE(nn.Module):
     def evaluate(self, batch: dict[str, Tensor], *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Held-out negative ELBO (beta = 1, whatever the training beta) in nats per dim."""
         x = batch["x"]
-        eps = randn((x.shape[0], self.latent_dim), generator=generator, device=x.device)
+        eps = randn((x.shape[0], *self.latent_shape), generator=generator, device=x.device)
         recon, kl = self.terms(x, eps)
         elbo = -(recon + kl)
         return {"loss": -elbo.mean() / self.num_dims, "elbo": elbo.mean(), "kl": kl.mean(), "recon": recon.mean()}
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
-        """The posterior mean, (B, latent_dim)."""
+        """The posterior mean, (B, *latent_shape)."""
         return self.encoder(x)[0]
 
     @torch.no_grad()
@@ -253,7 +286,7 @@ class VAE(nn.Module):
         """Decoder means of z ~ N(0, I) (the pixel noise would only add grain), (n, C, H, W)."""
         if y is not None:
             raise ValueError("vae is unconditional (no 'condition' capability); call sample without y")
-        z = randn((n, self.latent_dim), generator=generator, device=self.step.device)
+        z = randn((n, *self.latent_shape), generator=generator, device=self.step.device)
         return self.decode(z)
 
     @torch.no_grad()
@@ -274,8 +307,8 @@ class VAE(nn.Module):
             eps = randn(mu.shape, generator=generator, device=x.device)
             z = mu + std * eps
             log_px_z = -gaussian_nll(x.float(), self.decoder(z).float(), log_sigma)
-            log_pz = -0.5 * (z.pow(2) + LOG_2PI).sum(dim=1)
-            log_qz = -0.5 * (eps.pow(2) + logvar + LOG_2PI).sum(dim=1)
+            log_pz = -0.5 * (z.pow(2) + LOG_2PI).flatten(1).sum(dim=1)
+            log_qz = -0.5 * (eps.pow(2) + logvar + LOG_2PI).flatten(1).sum(dim=1)
             log_w.append(log_px_z + log_pz - log_qz)
         return torch.logsumexp(torch.stack(log_w), dim=0) - math.log(k)
 
@@ -301,11 +334,16 @@ def build_vae(
     latent_dim: Annotated[int, Field(ge=1)] = 16,
     decoder_sigma: Annotated[float, Field(gt=0)] | None = None,
     iw_samples: Annotated[int, Field(ge=1)] = 64,
+    latent_channels: Annotated[int, Field(ge=0)] = 0,
+    latent_downsample: Annotated[int, Field(ge=1)] = 2,
 ) -> VAE:
-    """Kingma & Welling 2014: the plain ELBO (beta = 1). Labels, if any, are ignored."""
+    """Kingma & Welling 2014: the plain ELBO (beta = 1). Labels, if any, are ignored.
+    latent_channels > 0 makes the latent a map (latent_channels, H/2^k, W/2^k), k =
+    latent_downsample, instead of a vector of latent_dim: the autoencoder of latent diffusion."""
     del num_classes
     return SIZES[size](image_shape=image_shape, latent_dim=latent_dim, decoder_sigma=decoder_sigma,
-                       iw_samples=iw_samples)
+                       iw_samples=iw_samples, latent_channels=latent_channels,
+                       latent_downsample=latent_downsample)
 
 
 def build_beta_vae(
@@ -320,10 +358,13 @@ def build_beta_vae(
     capacity_max: Annotated[float, Field(ge=0)] = 0.0,
     capacity_steps: Annotated[int, Field(ge=0)] = 0,
     gamma: Annotated[float, Field(ge=0)] = 1000.0,
+    latent_channels: Annotated[int, Field(ge=0)] = 0,
+    latent_downsample: Annotated[int, Field(ge=1)] = 2,
 ) -> VAE:
     """Higgins et al. 2017 (beta weights the KL); with capacity_max > 0, Burgess et al. 2018
     (gamma * |KL - C|, C annealed to capacity_max nats over capacity_steps; beta is then unused)."""
     del num_classes
     return SIZES[size](image_shape=image_shape, latent_dim=latent_dim, decoder_sigma=decoder_sigma,
                        iw_samples=iw_samples, beta=beta, capacity_max=capacity_max,
-                       capacity_steps=capacity_steps, gamma=gamma)
+                       capacity_steps=capacity_steps, gamma=gamma, latent_channels=latent_channels,
+                       latent_downsample=latent_downsample)

@@ -318,3 +318,17 @@ def test_check_table_accepts_an_in_memory_table():
     )
     info = check_table(table, "memory")
     assert (info.modality, info.shape, info.num_rows, info.num_classes) == ("points", (2,), 1, 0)
+
+
+def test_captions_decode_to_byte_tokens():
+    from components.data import decode_captions, encode_captions
+
+    images = np.zeros((2, 8 * 8 * 3), np.uint8)
+    batch = {"image": images, "caption": np.array(["a red heart", "é" * 40], dtype=object)}
+    out = decode_batch(batch, "image", (8, 8, 3), text_len=16)
+    assert out["text"].dtype == np.int64 and out["text"].shape == (2, 16)
+    # UTF-8 bytes + 1, zero-padded; cut at text_len bytes.
+    assert out["text"][0, :3].tolist() == [ord("a") + 1, ord(" ") + 1, ord("r") + 1]
+    assert (out["text"][0, 11:] == 0).all() and (out["text"][1] > 0).all()
+    assert decode_captions(out["text"])[0] == "a red heart"
+    assert decode_captions(encode_captions(["é" * 8], 16)) == ["é" * 8]

@@ -16,13 +16,25 @@ from components.models.protocol import CAPABILITIES, GenerativeModel
 
 DIGITS = {"image_shape": (1, 8, 8), "num_classes": 10}  # sklearn's 8x8 digits
 COLOUR = {"image_shape": (3, 32, 32)}  # CIFAR-shaped, unlabelled
+FAST_DIFFUSION = {"num_timesteps": 50, "num_inference_steps": 4, "vlb_timesteps": 3}
 
 CASES = {
     "vae": [DIGITS, COLOUR, {**DIGITS, "decoder_sigma": 0.1}],
-    "beta_vae": [DIGITS, COLOUR, {**DIGITS, "capacity_max": 5.0, "capacity_steps": 10}],
+    "beta_vae": [DIGITS, COLOUR, {**DIGITS, "capacity_max": 5.0, "capacity_steps": 10},
+                 {**COLOUR, "latent_channels": 4, "latent_downsample": 2}],
     "dcgan": [DIGITS, COLOUR, {**DIGITS, "conditional": True}],
+    "diffusion": [
+        {**DIGITS, **FAST_DIFFUSION},  # class-conditional with guidance
+        {**COLOUR, **FAST_DIFFUSION, "prediction": "v", "schedule": "sigmoid", "min_snr_gamma": 5.0},
+        {**DIGITS, "conditioning": "none", "num_timesteps": 8, "sampler": "ddpm", "prediction": "v",
+         "schedule": "linear", "zero_terminal_snr": True},
+        {**COLOUR, **FAST_DIFFUSION, "conditioning": "text", "text_len": 12, "guidance_scale": 2.0},
+        {**COLOUR, **FAST_DIFFUSION, "latent_scale": 0.5, "autoencoder_model": {
+            "family": "beta_vae", "args": {"size": "tiny", "latent_channels": 4, "latent_downsample": 2},
+            "data_args": {"image_shape": [3, 32, 32], "num_classes": 0}}},
+    ],
 }
-DATA_ARGS = ("image_shape", "num_classes")
+DATA_ARGS = ("image_shape", "num_classes", "autoencoder_model", "latent_scale")  # derived by the pipeline
 
 
 PARAMS = [
@@ -42,6 +54,9 @@ def make_batch(kwargs: dict, n: int = 8, seed: int = 0) -> dict[str, torch.Tenso
     batch = {"x": torch.rand(n, *kwargs["image_shape"], generator=g) * 2 - 1}
     if kwargs.get("num_classes", 0) > 0:
         batch["y"] = torch.randint(kwargs["num_classes"], (n,), generator=g)
+    if kwargs.get("conditioning") == "text":  # byte tokens, zero-padded like encode_captions
+        batch["text"] = torch.randint(1, 257, (n, kwargs["text_len"]), generator=g)
+        batch["text"][:, kwargs["text_len"] // 2 :] = 0
     return batch
 
 
@@ -195,5 +210,9 @@ def test_declared_capabilities_work(name, kwargs):
         lp = model.log_prob(x)
         assert lp.shape == (4,) and torch.isfinite(lp).all()
     if "condition" in model.capabilities:
-        y = torch.arange(4) % kwargs["num_classes"]
-        assert model.sample(4, generator=torch.Generator().manual_seed(0), y=y).shape == x.shape
+        # Class labels as y=..., or for a text-conditional model a prompt per sample.
+        if kwargs.get("num_classes", 0) > 0:
+            cond = {"y": torch.arange(4) % kwargs["num_classes"]}
+        else:
+            cond = {"prompt": ["a small red heart", "a large blue square", "", "x"]}
+        assert model.sample(4, generator=torch.Generator().manual_seed(0), **cond).shape == x.shape

@@ -139,3 +139,23 @@ def test_training_lowers_heldout_loss(trained):
     _, _, start, end = trained
     # Measured: about 1.40 -> 0.64 nats per dim; the margin leaves room for numeric drift.
     assert end < start - 0.4, (start, end)
+
+
+def test_latent_map_for_latent_diffusion():
+    torch.manual_seed(0)
+    model = build_beta_vae(image_shape=(3, 32, 32), size="tiny", beta=0.01, latent_channels=4, latent_downsample=2)
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    z = model.encode(x)
+    assert z.shape == (3, 4, 8, 8) and model.latent_shape == (4, 8, 8) and model.latent_dim == 256
+    assert model.decode(z).shape == x.shape
+    recon, kl = model.terms(x, torch.zeros(3, 4, 8, 8))
+    assert recon.shape == kl.shape == (3,)
+    mu, logvar = model.encoder(x)
+    torch.testing.assert_close(kl, gaussian_kl(mu.flatten(1), logvar.flatten(1)))
+    assert torch.isfinite(model.log_prob(x, k=2)).all()
+
+
+@pytest.mark.parametrize("downsample", [0, 4])
+def test_latent_map_must_stay_at_least_4x4(downsample):
+    with pytest.raises(ValueError, match="latent_downsample must be between 1 and 3"):
+        build_vae(image_shape=(3, 32, 32), size="tiny", latent_channels=4, latent_downsample=downsample)

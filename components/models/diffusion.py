@@ -1,0 +1,462 @@
+"""Denoising diffusion (Ho et al. 2020) in pixel space or in an autoencoder's latent space
+(latent diffusion, Rombach et al. 2022), unconditional, class- or text-conditional with
+classifier-free guidance (Ho & Salimans 2022).
+
+This file only assembles the pieces, each of which lives in its own place:
+
+    network    components/models/unet.py          eps, x0 or v from (x_t, t, condition)
+    text       components/models/text_encoder.py  caption bytes -> a sequence to cross-attend to
+    schedule   components/samplers/schedules.py   beta_t, alpha_bar_t (linear, cosine, sigmoid)
+    objective  components/samplers/objective.py   the denoising loss and the variational bound
+    samplers   components/samplers/ddpm.py, ddim.py, guidance.py
+
+so a DDPM-trained network never knows whether DDPM or DDIM steps it, and sampling settings
+(sampler, steps, eta, spacing, guidance scale) can change on a trained model without retraining.
+
+Latent diffusion: the autoencoder is a genray VAE with a latent map (`latent_channels > 0`),
+trained by genray and named in the config (`model.autoencoder: models:/NAME@ALIAS`, `runs:/ID`
+or a checkpoint directory). The pipeline resolves that name into the autoencoder's architecture
+(`autoencoder_model`) and the latent scale computed from training data; its frozen weights are a
+submodule here, so a latent-diffusion checkpoint rebuilds on its own.
+"""
+import math
+from typing import Annotated, Any, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from components.data import encode_captions
+from components.models.layers import check_image_shape, randn
+from components.models.text_encoder import TextEncoder
+from components.models.unet import UNet
+from components.samplers import ddim, ddpm, guidance, objective, prediction as param, schedules
+
+
+class Diffusion(nn.Module):
+    phases = ("main",)
+
+    def __init__(
+        self,
+        *,
+        net: UNet,
+        image_shape: tuple[int, int, int],
+        num_classes: int = 0,
+        text_encoder: TextEncoder | None = None,
+        text_len: int = 64,
+        autoencoder: nn.Module | None = None,
+        latent_scale: float = 1.0,
+        schedule: str = "cosine",
+        num_timesteps: int = 1000,
+        zero_terminal_snr: bool = False,
+        prediction: str = "eps",
+        min_snr_gamma: float | None = None,
+        p_uncond: float = 0.1,
+        sampler: str = "ddim",
+        num_inference_steps: int = 50,
+        eta: float = 0.0,
+        spacing: str = "trailing",
+        guidance_scale: float = 1.0,
+        variance: str = "posterior",
+        vlb_timesteps: int = 20,
+        eval_guidance_scales: tuple[float, ...] = (0.0, 1.0, 3.0),
+    ):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.net = net
+        self.num_classes = num_classes
+        self.text_encoder = text_encoder
+        self.text_len = text_len
+        self.autoencoder = autoencoder
+        if autoencoder is not None:
+            # Frozen: the denoiser learns the autoencoder's latent space, never moves it.
+            autoencoder.requires_grad_(False).eval()
+            self.latent_shape = tuple(autoencoder.latent_shape)
+        else:
+            self.latent_shape = self.image_shape
+        self.latent_scale = float(latent_scale)
+
+        self.schedule = schedules.make_schedule(schedule, num_timesteps, zero_terminal_snr=zero_terminal_snr)
+        if prediction not in param.PREDICTIONS:
+            raise ValueError(f"diffusion: prediction must be one of {param.PREDICTIONS}, got {prediction!r}")
+        schedules.check_prediction(self.schedule, prediction)
+        if not 0.0 <= p_uncond <= 1.0:
+            raise ValueError(f"diffusion: p_uncond (condition dropout) must be in [0, 1], got {p_uncond}")
+        self.prediction = prediction
+        self.min_snr_gamma = min_snr_gamma
+        self.p_uncond = p_uncond
+        self.variance = variance
+        self.vlb_timesteps = vlb_timesteps
+        self.eval_guidance_scales = tuple(eval_guidance_scales)
+        # Sampling defaults; every one can be overridden per call to `sample`.
+        self.defaults = self.check_sampling(
+            {"sampler": sampler, "num_inference_steps": num_inference_steps, "eta": eta,
+             "spacing": spacing, "guidance_scale": guidance_scale}
+        )
+
+        caps = {"sample"}
+        if self.conditional:
+            caps.add("condition")
+        if autoencoder is None:
+            # The bound is on 8-bit pixels; in a latent space it would not be a likelihood of images.
+            caps.add("log_prob")
+        self.capabilities = frozenset(caps)
+
+    # -- settings ----------------------------------------------------------------------------------
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0 or self.text_encoder is not None
+
+    def check_sampling(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """Validate sampling settings with messages that name the allowed values."""
+        s = dict(settings)
+        if s["sampler"] not in ("ddpm", "ddim"):
+            raise ValueError(f"diffusion: sampler must be 'ddpm' or 'ddim', got {s['sampler']!r}")
+        if s["spacing"] not in ddim.SPACINGS:
+            raise ValueError(f"diffusion: spacing must be one of {ddim.SPACINGS}, got {s['spacing']!r}")
+        T = self.schedule.num_timesteps
+        if not 1 <= int(s["num_inference_steps"]) <= T:
+            raise ValueError(
+                f"diffusion: num_inference_steps must be between 1 and num_timesteps={T}, got {s['num_inference_steps']}"
+            )
+        if s["eta"] < 0 or s["guidance_scale"] < 0:
+            raise ValueError(f"diffusion: eta and guidance_scale must be >= 0, got eta={s['eta']}, "
+                             f"guidance_scale={s['guidance_scale']}")
+        s["num_inference_steps"] = int(s["num_inference_steps"])
+        return s
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.autoencoder is not None:
+            self.autoencoder.eval()  # frozen, whatever the rest is doing
+        return self
+
+    # -- conditions and latents ----------------------------------------------------------------------
+
+    def condition(self, n: int, device, *, y: Tensor | None = None, text: Tensor | None = None) -> dict[str, Tensor]:
+        """The network's condition kwargs for n examples; None means the null condition (the
+        unconditional branch of classifier-free guidance: label index num_classes, empty text)."""
+        cond: dict[str, Tensor] = {}
+        if self.num_classes > 0:
+            cond["y"] = torch.full((n,), self.num_classes, device=device, dtype=torch.long) if y is None else y.to(device)
+        if self.text_encoder is not None:
+            tokens = torch.zeros(n, self.text_len, dtype=torch.long, device=device) if text is None else text.to(device)
+            cond["context"], cond["context_mask"] = self.text_encoder(tokens)  # (B, L, D), (B, L)
+        return cond
+
+    def drop_condition(self, batch: dict[str, Tensor]) -> tuple[Tensor | None, Tensor | None]:
+        """Ho & Salimans 2022, Algorithm 1: replace the condition by the null one with p_uncond."""
+        y, text = batch.get("y"), batch.get("text")
+        if self.num_classes == 0:
+            y = None
+        if self.text_encoder is None:
+            text = None
+        if self.p_uncond > 0 and (y is not None or text is not None):
+            n = batch["x"].shape[0]
+            drop = torch.rand(n, device=batch["x"].device) < self.p_uncond  # (B,)
+            if y is not None:
+                y = torch.where(drop, torch.full_like(y, self.num_classes), y)
+            if text is not None:
+                text = text.masked_fill(drop[:, None], 0)
+        return y, text
+
+    def to_latent(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Images -> what the diffusion runs on: the images themselves, or a scaled sample of the
+        autoencoder's posterior (Rombach et al. 2022, §3 and appendix G: unit-variance latents)."""
+        if self.autoencoder is None:
+            return x
+        with torch.no_grad():
+            mu, logvar = (t.float() for t in self.autoencoder.encoder(x))  # (B, c, h, w) each
+            z = mu + torch.exp(0.5 * logvar) * randn(mu.shape, generator=generator, device=mu.device)
+        return z * self.latent_scale
+
+    def from_latent(self, z: Tensor) -> Tensor:
+        if self.autoencoder is None:
+            return z.float().clamp(-1.0, 1.0)
+        return self.autoencoder.decode(z.float() / self.latent_scale)
+
+    def denoiser(self, cond: dict[str, Tensor]):
+        return lambda x_t, t: self.net(x_t, t, **cond)
+
+    # -- training -------------------------------------------------------------------------------------
+
+    def forward(self, batch: dict[str, Tensor], phase: str = "main") -> tuple[Tensor, dict[str, Tensor]]:
+        if phase != "main":
+            raise ValueError(f"diffusion has one phase, 'main'; got phase={phase!r}")
+        x0 = self.to_latent(batch["x"])
+        y, text = self.drop_condition(batch)
+        cond = self.condition(x0.shape[0], x0.device, y=y, text=text)
+        # Ho et al. 2020, Algorithm 1 (t uniform, Gaussian noise) with the chosen target and weights.
+        loss = objective.training_loss(self.denoiser(cond), x0, self.schedule, prediction=self.prediction,
+                                       min_snr_gamma=self.min_snr_gamma)  # (B,)
+        return loss.mean(), {}
+
+    def parameters_for(self, phase: str):
+        if phase != "main":
+            raise ValueError(f"diffusion has one phase, 'main'; got phase={phase!r}")
+        return (p for p in self.parameters() if p.requires_grad)  # not the frozen autoencoder
+
+    # -- using the trained model ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self, batch: dict[str, Tensor], *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Held-out denoising loss at seeded (t, noise) draws ("loss", the training objective),
+        the same as plain eps-MSE whatever the prediction target ("eps_mse"), and, in pixel space,
+        the variational bound in bits/dim."""
+        x0 = self.to_latent(batch["x"], generator)
+        n = x0.shape[0]
+        cond = self.condition(n, x0.device, y=batch.get("y") if self.num_classes else None,
+                              text=batch.get("text") if self.text_encoder is not None else None)
+        t = objective.sample_timesteps(n, self.schedule.num_timesteps, device=x0.device, generator=generator)
+        noise = randn(x0.shape, generator=generator, device=x0.device)
+        seen: dict[str, Tensor] = {}
+
+        def denoise(x_t: Tensor, t: Tensor) -> Tensor:
+            seen["x_t"], seen["out"] = x_t, self.net(x_t, t, **cond)
+            return seen["out"]
+
+        loss = objective.training_loss(denoise, x0, self.schedule, prediction=self.prediction,
+                                       min_snr_gamma=self.min_snr_gamma, t=t, noise=noise)
+        alpha_bar = self.schedule.at("alphas_cumprod", t, x0.ndim)
+        _, eps_hat = param.to_x0_eps(self.prediction, seen["out"].float(), seen["x_t"].float(), alpha_bar)
+        scores = {"loss": loss.mean(), "eps_mse": (eps_hat - noise).pow(2).mean()}
+        if "log_prob" in self.capabilities and self.vlb_timesteps > 0:
+            nats = -self.log_prob(batch["x"], y=batch.get("y"), text=batch.get("text"), generator=generator)
+            scores["bits_per_dim"] = objective.nats_to_bits_per_dim(nats, math.prod(self.image_shape)).mean()
+        return scores
+
+    @torch.no_grad()
+    def log_prob(
+        self,
+        x: Tensor,
+        num_timesteps: int | None = None,
+        *,
+        y: Tensor | None = None,
+        text: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Ho et al. 2020, eq. 5: the variational lower bound on log p(x) of 8-bit images scaled to
+        [-1, 1], nats per example (B,); a discrete likelihood, so bits/dim compare with PixelCNN's.
+        The sum over timesteps is estimated from num_timesteps evenly spaced terms (all T when
+        num_timesteps >= T). With y/text it bounds log p(x | condition); without, the
+        unconditional model (the null condition)."""
+        k = self.vlb_timesteps if num_timesteps is None else num_timesteps
+        if k < 1:
+            raise ValueError(f"diffusion.log_prob: num_timesteps must be >= 1, got {k}")
+        k = min(k, self.schedule.num_timesteps - 1) or None
+        cond = self.condition(x.shape[0], x.device, y=y if self.num_classes else None,
+                              text=text if self.text_encoder is not None else None)
+        terms = objective.variational_bound(self.denoiser(cond), x.float(), self.schedule,
+                                            prediction=self.prediction, num_timesteps=k,
+                                            variance=self.variance, generator=generator)
+        return -terms["total"]
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        y: Tensor | None = None,
+        prompt: str | list[str] | None = None,
+        text: Tensor | None = None,
+        guidance_scale: float | None = None,
+        sampler: str | None = None,
+        num_inference_steps: int | None = None,
+        eta: float | None = None,
+        spacing: str | None = None,
+    ) -> Tensor:
+        """(n, C, H, W) images in [-1, 1]. Settings left as None take the model's defaults;
+        sampler="ddpm" is ancestral sampling over all T steps (num_inference_steps, eta and
+        spacing are DDIM's).
+
+        Class-conditional: y (n,) picks classes (index num_classes = unconditional); without y the
+        labels cycle 0, 1, ..., so a grid shows every class. Text-conditional: a prompt (one for
+        all, or one per sample) or byte tokens `text` (n, L); without either, unconditional.
+        """
+        s = self.check_sampling({
+            **self.defaults,
+            **{k: v for k, v in {"sampler": sampler, "num_inference_steps": num_inference_steps, "eta": eta,
+                                 "spacing": spacing, "guidance_scale": guidance_scale}.items() if v is not None},
+        })
+        device = next(self.net.parameters()).device
+        if not self.conditional and (y is not None or prompt is not None or text is not None):
+            raise ValueError("diffusion was built unconditional (no 'condition' capability); call sample without y/prompt")
+        if y is not None and self.num_classes == 0:
+            raise ValueError("diffusion is not class-conditional; use prompt= for a text-conditional model")
+        if (prompt is not None or text is not None) and self.text_encoder is None:
+            raise ValueError("diffusion is not text-conditional; use y= for a class-conditional model")
+        if self.num_classes > 0:
+            if y is None:
+                y = torch.arange(n, device=device) % self.num_classes
+            elif y.shape != (n,) or int(y.min()) < 0 or int(y.max()) > self.num_classes:
+                raise ValueError(f"diffusion.sample: y must be ({n},) labels in [0, {self.num_classes}], got {y.tolist()}")
+        if prompt is not None:
+            prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
+            if len(prompts) != n:
+                raise ValueError(f"diffusion.sample: {len(prompts)} prompts for n={n} samples")
+            text = torch.from_numpy(encode_captions(prompts, self.text_len))
+
+        cond = self.condition(n, device, y=y, text=text)
+        if cond:
+            null = self.condition(n, device)
+            denoise = guidance.guided_denoiser(self.net, cond, null, s["guidance_scale"])
+        else:
+            denoise = self.denoiser(cond)
+        shape = (n, *self.latent_shape)
+        # Clipping x0 to the data range only makes sense for pixels; latents are unbounded.
+        clip = self.autoencoder is None
+        if s["sampler"] == "ddpm":  # every one of the T steps: num_inference_steps does not apply
+            z = ddpm.ddpm_sample(denoise, shape, self.schedule, prediction=self.prediction, variance=self.variance,
+                                 generator=generator, device=device, clip_x0=clip)
+        else:
+            z = ddim.ddim_sample(denoise, shape, self.schedule, prediction=self.prediction,
+                                 num_steps=s["num_inference_steps"], eta=s["eta"], spacing=s["spacing"],
+                                 generator=generator, device=device, clip_x0=clip)
+        return self.from_latent(z).float().clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def eval_samples(self, n: int, *, generator_seed: int, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The grids the training loop logs at each eval: one per guidance scale in
+        eval_guidance_scales for a conditional model (conditions taken from the held-out batch for
+        text, cycling labels for classes), one grid otherwise. Same seed per grid, so the grids
+        differ only by the guidance scale."""
+        if not self.conditional:
+            return {"": self.sample(n, generator=torch.Generator().manual_seed(generator_seed))}
+        text = None
+        if self.text_encoder is not None and "text" in batch:
+            text = batch["text"][torch.arange(n) % batch["text"].shape[0]]
+        out = {}
+        for scale in self.eval_guidance_scales:
+            out[f"guidance_{scale:g}"] = self.sample(
+                n, generator=torch.Generator().manual_seed(generator_seed), text=text, guidance_scale=scale
+            )
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Size presets and the builder (the config's `model:` section maps onto the builder's arguments)
+# ---------------------------------------------------------------------------------------------
+
+# The UNet's widths and depth per size (levels beyond what the image size allows are dropped),
+# and the text encoder's (dim, depth, heads).
+def unet_tiny(): return dict(channels=16, channel_mults=(1, 2, 2), num_res_blocks=1, head_dim=16)
+def unet_small(): return dict(channels=64, channel_mults=(1, 2, 2), num_res_blocks=2, head_dim=32)
+def unet_base(): return dict(channels=128, channel_mults=(1, 2, 2, 2), num_res_blocks=2, head_dim=64)
+
+
+SIZES = {"tiny": unet_tiny, "small": unet_small, "base": unet_base}
+TEXT_SIZES = {"tiny": (32, 1, 2), "small": (128, 2, 4), "base": (256, 4, 4)}
+
+
+def levels_for(max_levels: int, hw: tuple[int, int]) -> tuple[int, tuple[int, ...]]:
+    """How many resolution levels fit (the lowest at least 4x4), and where attention goes: every
+    level below full resolution at 16x16 or smaller (Ho et al. 2020 attend at 16x16 on CIFAR-10)."""
+    smallest = min(hw)
+    levels = max(1, min(max_levels, smallest.bit_length() - 2))  # 8 -> 2, 16 -> 3, 32 -> 4
+    attention = tuple(i for i in range(1, levels) if smallest >> i <= 16)
+    return levels, attention
+
+
+def build_diffusion(
+    *,
+    image_shape: tuple[int, int, int],
+    num_classes: int = 0,
+    size: Literal["tiny", "small", "base"] = "small",
+    channels: Annotated[int, Field(ge=8)] | None = None,
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0,
+    conditioning: Literal["auto", "none", "class", "text"] = "auto",
+    text_len: Annotated[int, Field(ge=1, le=1024)] = 64,
+    schedule: Literal["linear", "cosine", "sigmoid"] = "cosine",
+    num_timesteps: Annotated[int, Field(ge=2, le=100_000)] = 1000,
+    zero_terminal_snr: bool = False,
+    prediction: Literal["eps", "x0", "v"] = "eps",
+    min_snr_gamma: Annotated[float, Field(gt=0)] | None = None,
+    p_uncond: Annotated[float, Field(ge=0, le=1)] = 0.1,
+    sampler: Literal["ddpm", "ddim"] = "ddim",
+    num_inference_steps: Annotated[int, Field(ge=1)] = 50,
+    eta: Annotated[float, Field(ge=0)] = 0.0,
+    spacing: Literal["leading", "trailing", "linspace"] = "trailing",
+    guidance_scale: Annotated[float, Field(ge=0)] = 1.0,
+    variance: Literal["posterior", "beta"] = "posterior",
+    vlb_timesteps: Annotated[int, Field(ge=0)] = 20,
+    eval_guidance_scales: tuple[Annotated[float, Field(ge=0)], ...] = (0.0, 1.0, 3.0),
+    autoencoder: str | None = None,
+    autoencoder_model: dict[str, Any] | None = None,
+    latent_scale: Annotated[float, Field(gt=0)] = 1.0,
+) -> Diffusion:
+    """DDPM-style diffusion (Ho et al. 2020) sampled with DDPM or DDIM; with `autoencoder` set,
+    latent diffusion (Rombach et al. 2022).
+
+    conditioning: "auto" is "class" when the data have labels, else "none"; "text" cross-attends
+    to the data's captions (byte tokens, text_len of them). `autoencoder` is the user's reference
+    to a genray VAE with a latent map; the pipeline resolves it into `autoencoder_model` (its
+    family, args and data args) and `latent_scale` (1 / std of the latents over training data).
+    """
+    c, h, w = check_image_shape(image_shape, "diffusion")
+    if conditioning == "auto":
+        conditioning = "class" if num_classes > 0 else "none"
+    if conditioning == "class" and num_classes < 1:
+        raise ValueError("diffusion: conditioning='class' needs labelled data (a 'label' column); "
+                         "use conditioning='none' or 'text'")
+
+    ae = None
+    if autoencoder is not None or autoencoder_model is not None:
+        if autoencoder_model is None:
+            raise ValueError(
+                f"diffusion: model.autoencoder={autoencoder!r} must be resolved to its architecture "
+                "(autoencoder_model) before building; `genray train` does this"
+            )
+        ae = _build_autoencoder(autoencoder_model, (c, h, w))
+    net_shape = tuple(ae.latent_shape) if ae is not None else (c, h, w)
+
+    text_encoder = None
+    context_dim = None
+    if conditioning == "text":
+        dim, depth, heads = TEXT_SIZES[size]
+        text_encoder = TextEncoder(dim=dim, depth=depth, heads=heads, max_len=text_len)
+        context_dim = dim
+
+    unet_args = SIZES[size]()
+    if channels is not None:
+        unet_args["channels"] = channels
+    levels, attention = levels_for(len(unet_args["channel_mults"]), net_shape[1:])
+    unet_args["channel_mults"] = unet_args["channel_mults"][:levels]
+    net = UNet(
+        **unet_args,
+        in_channels=net_shape[0],
+        image_size=tuple(net_shape[1:]),
+        attention_levels=attention,
+        dropout=dropout,
+        num_classes=num_classes if conditioning == "class" else 0,
+        context_dim=context_dim,
+    )
+    return Diffusion(
+        net=net, image_shape=(c, h, w), num_classes=num_classes if conditioning == "class" else 0,
+        text_encoder=text_encoder, text_len=text_len, autoencoder=ae, latent_scale=latent_scale,
+        schedule=schedule, num_timesteps=num_timesteps, zero_terminal_snr=zero_terminal_snr,
+        prediction=prediction, min_snr_gamma=min_snr_gamma, p_uncond=p_uncond, sampler=sampler,
+        num_inference_steps=min(num_inference_steps, num_timesteps), eta=eta, spacing=spacing,
+        guidance_scale=guidance_scale, variance=variance, vlb_timesteps=vlb_timesteps,
+        eval_guidance_scales=eval_guidance_scales,
+    )
+
+
+def _build_autoencoder(spec: dict[str, Any], image_shape: tuple[int, int, int]) -> nn.Module:
+    from components.models import FAMILIES  # here, not at the top: FAMILIES imports this file
+
+    family = spec.get("family")
+    if family not in ("vae", "beta_vae"):
+        raise ValueError(f"diffusion: the autoencoder must be a genray vae or beta_vae, got family {family!r}")
+    data_args = dict(spec.get("data_args") or {})
+    ae_shape = tuple(data_args.get("image_shape") or ())
+    if ae_shape != image_shape:
+        raise ValueError(f"diffusion: the autoencoder was trained on images {ae_shape}, this data is {image_shape}")
+    ae = FAMILIES[family](**{**spec.get("args", {}), **data_args, "image_shape": ae_shape})
+    if len(ae.latent_shape) != 3:
+        raise ValueError(
+            "diffusion: latent diffusion needs an autoencoder with a latent map (a vae/beta_vae trained "
+            f"with latent_channels > 0); this one has a latent vector of {ae.latent_shape[0]}"
+        )
+    return ae

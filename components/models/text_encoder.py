@@ -1,0 +1,87 @@
+"""A small byte-level transformer text encoder, for conditioning a generator on a caption.
+
+Tokens are UTF-8 bytes shifted up by one (0 is padding), so there is no tokenizer to train or
+ship; the encoder is a pre-LN transformer (Vaswani et al. 2017, with the LayerNorm moved before
+each sub-layer as in Xiong et al. 2020) whose per-token outputs a denoiser cross-attends to
+(Rombach et al. 2022, §3.3). The all-padding caption is the null text of classifier-free guidance
+(Ho & Salimans 2022): it encodes to all zeros with an all-False mask.
+"""
+import torch
+from torch import Tensor, nn
+
+PAD = 0
+
+
+def encode_text(texts: list[str], max_len: int) -> Tensor:
+    """UTF-8 bytes + 1 (so 0 is padding), truncated or right-padded to max_len -> int64 (B, max_len).
+
+    Truncation counts bytes, so it may cut a multi-byte character in half; the encoder only sees
+    bytes, so nothing breaks.
+    """
+    if max_len < 1:
+        raise ValueError(f"encode_text: max_len must be >= 1, got {max_len}")
+    if isinstance(texts, str):
+        raise ValueError("encode_text: texts must be a list of strings, got one string; wrap it: [text]")
+    out = torch.full((len(texts), max_len), PAD, dtype=torch.long)  # (B, max_len)
+    for i, text in enumerate(texts):
+        ids = list(text.encode("utf-8")[:max_len])
+        if ids:
+            out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long) + 1
+    return out
+
+
+class TextEncoder(nn.Module):
+    """tokens (B, L) -> (embeddings (B, L, dim), mask (B, L) bool, True = real token).
+
+    Padding positions' embeddings are zero, so a consumer that ignores the mask still sees nothing
+    there; a consumer that attends must still pass the mask (zero keys are not ignored by softmax).
+    """
+
+    def __init__(self, *, dim: int, depth: int, heads: int, max_len: int, vocab_size: int = 257):
+        super().__init__()
+        if dim < 1 or depth < 0 or heads < 1 or max_len < 1 or vocab_size < 2:
+            raise ValueError(
+                "text_encoder: need dim >= 1, depth >= 0, heads >= 1, max_len >= 1, vocab_size >= 2; got "
+                f"{dim=}, {depth=}, {heads=}, {max_len=}, {vocab_size=}"
+            )
+        if dim % heads:
+            raise ValueError(f"text_encoder: dim must be divisible by heads (each head gets dim/heads), got {dim=}, {heads=}")
+        self.max_len = max_len
+        self.vocab_size = vocab_size
+        self.token_emb = nn.Embedding(vocab_size, dim)
+        self.pos_emb = nn.Parameter(torch.zeros(1, max_len, dim))
+        # GPT-2 style small init for both embeddings (nanoGPT: std 0.02).
+        nn.init.normal_(self.token_emb.weight, std=0.02)
+        nn.init.normal_(self.pos_emb, std=0.02)
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(dim, heads, dim_feedforward=4 * dim, dropout=0.0, activation="gelu",
+                                       batch_first=True, norm_first=True)
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(dim)  # pre-LN leaves the residual stream unnormalised; finish it here
+
+    def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        if tokens.ndim != 2 or tokens.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"text_encoder: tokens must be integer (B, L), got {tokens.dtype} {tuple(tokens.shape)}")
+        b, n = tokens.shape
+        if n > self.max_len:
+            raise ValueError(
+                f"text_encoder: sequence length {n} exceeds max_len={self.max_len} (the positional "
+                "embedding's size); encode with encode_text(texts, max_len) or build a longer encoder"
+            )
+        if n and bool(((tokens < 0) | (tokens >= self.vocab_size)).any()):
+            raise ValueError(
+                f"text_encoder: token ids must be in [0, {self.vocab_size}) (vocab_size={self.vocab_size}, "
+                f"{PAD} = padding); got min {int(tokens.min())}, max {int(tokens.max())}"
+            )
+        mask = tokens != PAD  # (B, L), True = real token
+        # A row with no real token would give every query a fully masked softmax (NaN in PyTorch's
+        # fused paths). Let such rows attend to their first position; their outputs are zeroed below.
+        attend = mask.clone()  # (B, L)
+        if n:
+            attend[:, 0] |= ~mask.any(dim=1)
+        h = self.token_emb(tokens) + self.pos_emb[:, :n]  # (B, L, dim)
+        for layer in self.layers:
+            h = layer(h, src_key_padding_mask=~attend)  # (B, L, dim); True there = ignore
+        h = self.norm(h) * mask[..., None]  # (B, L, dim), zero at padding
+        return h, mask
