@@ -16,7 +16,8 @@ from pipelines import config, train
 
 pytestmark = pytest.mark.integration
 
-FAMILY_ARGS = {"dcgan": {"conditional": True}}
+FAMILY_ARGS = {"dcgan": {"conditional": True},
+               "diffusion": {"num_timesteps": 100, "num_inference_steps": 5, "vlb_timesteps": 5}}
 # The GAN also exercises gradient accumulation: no_sync micro-batches under a multi-phase DDP.
 FAMILY_TRAINER = {"dcgan": {"grad_accum": 2}}
 
@@ -65,7 +66,9 @@ def test_two_worker_run_is_tracked_checkpointed_and_registered(family, ray_sessi
     assert "eval/loss" in run.data.metrics
     assert any(k.startswith("train/") and k.endswith("loss") for k in run.data.metrics)
     files = artifact_paths(client, run.info.run_id)
-    assert "samples/step_000003.png" in files and "samples/step_000006.png" in files
+    # One grid per eval (a conditional diffusion model logs one per guidance scale).
+    for step in ("000003", "000006"):
+        assert any(f.startswith(f"samples/step_{step}") and f.endswith(".png") for f in files), files
     assert "checkpoint/model.safetensors" in files
 
     # The registered model loads from safetensors + genray's code, and samples.
@@ -149,3 +152,49 @@ def test_stopped_driver_continues_with_the_same_name(ray_session, genray_home, t
     client = mlflow_client(genray_home)
     [run] = runs_named(client, "t-stop")
     assert run.info.status == "FINISHED"
+
+
+def test_text_conditioned_latent_diffusion_on_a_genray_autoencoder(ray_session, genray_home):
+    """Train an autoencoder with a latent map, then diffuse in its latent space conditioned on the
+    captions, naming the autoencoder by its MLflow run; the result rebuilds from its checkpoint."""
+    import torch
+
+    from components.checkpoint import build_model
+
+    ae_spec = tiny_spec("beta_vae")
+    ae_spec = config.validate({**ae_spec.model_dump(mode="json"), "model": {
+        "family": "beta_vae", "size": "tiny", "latent_channels": 2, "latent_downsample": 1, "beta": 0.01}}, "<test>")
+    ae = train.run(ae_spec, name="t-ae", home=genray_home)
+
+    raw = tiny_spec("diffusion").model_dump(mode="json")
+    raw["model"] = {"family": "diffusion", "size": "tiny", "autoencoder": f"runs:/{ae.run_id}",
+                    "conditioning": "text", "text_len": 24, "num_timesteps": 50, "num_inference_steps": 4,
+                    "eval_guidance_scales": [0.0, 2.0]}
+    out = train.run(config.validate(raw, "<test>"), name="t-ldm", home=genray_home)
+    assert out.metrics["step"] == 6
+
+    model, state = build_model(out.checkpoint)
+    args = state["model"]["data_args"]
+    assert args["autoencoder_model"]["family"] == "beta_vae" and args["latent_scale"] > 0
+    assert model.latent_shape == (2, 4, 4)
+    # The frozen autoencoder inside the checkpoint is the one the autoencoder run trained.
+    ae_model, _ = build_model(ae.checkpoint)
+    for k, v in ae_model.state_dict().items():
+        assert torch.equal(model.state_dict()[f"autoencoder.{k}"], v), k
+    x = model.sample(3, generator=torch.Generator().manual_seed(0), prompt="a handwritten 7", guidance_scale=2.0)
+    assert x.shape == (3, 1, 8, 8) and x.abs().max() <= 1
+
+    client = mlflow_client(genray_home)
+    [run] = runs_named(client, "t-ldm")
+    files = artifact_paths(client, run.info.run_id)
+    assert "samples/step_000006_guidance_0.png" in files and "samples/step_000006_guidance_2.png" in files
+
+
+def test_an_autoencoder_that_names_nothing_is_a_config_error(genray_home):
+    raw = tiny_spec("diffusion").model_dump(mode="json")
+    raw["model"] = {"family": "diffusion", "size": "tiny", "autoencoder": "models:/no-such-model@champion"}
+    with pytest.raises(config.ConfigError, match="model.autoencoder: 'models:/no-such-model@champion': not found"):
+        train.run(config.validate(raw, "<test>"), name="t-bad-ae", home=genray_home)
+    raw["model"]["autoencoder"] = str(genray_home / "nowhere")
+    with pytest.raises(config.ConfigError, match="not a checkpoint directory"):
+        train.run(config.validate(raw, "<test>"), name="t-bad-ae", home=genray_home)
