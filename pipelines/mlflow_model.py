@@ -4,10 +4,14 @@ MLflow stores this file as the model's code and the genray checkpoint (safetenso
 as its artifact, so `mlflow.pyfunc.load_model("models:/NAME@champion")` rebuilds the network
 from genray's own code and the weights from safetensors, with nothing unpickled.
 
-predict input: {"n": number of samples, "seed": int, optional "y": class labels}
+predict input: {"n": number of samples, "seed": int, optional "y": class labels, and any other
+    keyword the model's `sample` takes (diffusion: "prompt", "guidance_scale", "sampler",
+    "num_inference_steps", "eta", "spacing")}
 predict output: float32 array (n, C, H, W) in [-1, 1]
 """
 from __future__ import annotations
+
+import inspect
 
 import mlflow
 import numpy as np
@@ -28,6 +32,11 @@ class GenrayModel(PythonModel):
         kwargs = {}
         if request.get("y") is not None:
             kwargs["y"] = torch.as_tensor(np.asarray(request["y"]), dtype=torch.long)
+        accepted = set(inspect.signature(self.model.sample).parameters) - {"n", "generator", "y"}
+        unknown = set(request) - accepted - {"n", "seed", "y"}
+        if unknown:
+            raise ValueError(f"unknown sampling settings {sorted(unknown)}; this model takes {sorted(accepted)}")
+        kwargs.update({k: v for k, v in request.items() if k in accepted and v is not None})
         return self.model.sample(n, generator=generator, **kwargs).float().cpu().numpy()
 
 

@@ -26,9 +26,9 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from components.data import encode_captions
+
 from components.models.layers import check_image_shape, randn
-from components.models.text_encoder import TextEncoder
+from components.models.text_encoder import TextEncoder, encode_text
 from components.models.unet import UNet
 from components.samplers import ddim, ddpm, guidance, objective, prediction as param, schedules
 
@@ -296,7 +296,7 @@ class Diffusion(nn.Module):
             prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
             if len(prompts) != n:
                 raise ValueError(f"diffusion.sample: {len(prompts)} prompts for n={n} samples")
-            text = torch.from_numpy(encode_captions(prompts, self.text_len))
+            text = encode_text(prompts, self.text_len)
 
         cond = self.condition(n, device, y=y, text=text)
         if cond:

@@ -9,11 +9,14 @@ each sub-layer as in Xiong et al. 2020) whose per-token outputs a denoiser cross
 import torch
 from torch import Tensor, nn
 
+from components.data import encode_captions
+
 PAD = 0
 
 
 def encode_text(texts: list[str], max_len: int) -> Tensor:
-    """UTF-8 bytes + 1 (so 0 is padding), truncated or right-padded to max_len -> int64 (B, max_len).
+    """UTF-8 bytes + 1 (so 0 is padding), truncated or right-padded to max_len -> int64 (B, max_len):
+    the same tokens the data pipeline makes of a `caption` column (components.data.encode_captions).
 
     Truncation counts bytes, so it may cut a multi-byte character in half; the encoder only sees
     bytes, so nothing breaks.
@@ -22,12 +25,7 @@ def encode_text(texts: list[str], max_len: int) -> Tensor:
         raise ValueError(f"encode_text: max_len must be >= 1, got {max_len}")
     if isinstance(texts, str):
         raise ValueError("encode_text: texts must be a list of strings, got one string; wrap it: [text]")
-    out = torch.full((len(texts), max_len), PAD, dtype=torch.long)  # (B, max_len)
-    for i, text in enumerate(texts):
-        ids = list(text.encode("utf-8")[:max_len])
-        if ids:
-            out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long) + 1
-    return out
+    return torch.from_numpy(encode_captions(list(texts), max_len))  # (B, max_len)
 
 
 class TextEncoder(nn.Module):
@@ -45,7 +43,9 @@ class TextEncoder(nn.Module):
                 f"{dim=}, {depth=}, {heads=}, {max_len=}, {vocab_size=}"
             )
         if dim % heads:
-            raise ValueError(f"text_encoder: dim must be divisible by heads (each head gets dim/heads), got {dim=}, {heads=}")
+            raise ValueError(
+                f"text_encoder: dim must be divisible by heads (each head gets dim/heads), got {dim=}, {heads=}"
+            )
         self.max_len = max_len
         self.vocab_size = vocab_size
         self.token_emb = nn.Embedding(vocab_size, dim)

@@ -121,7 +121,7 @@ class AttentionBlock(nn.Module):
         """x (B, C, H, W); context (B, L, context_dim), L may be 0, or None without cross-attention;
         keep (B, L) bool, True = attend, or None for all of them."""
         b, c, hgt, wid = x.shape
-        # -- self-attention (Vaswani et al. 2017; at 16x16 and 8x8 in Ho et al. 2020) --
+        # -- self-attention (Ho et al. 2020 use it at 16x16; Dhariwal & Nichol 2021 at 32, 16 and 8) --
         h = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
         q, k, v = self.qkv(h).chunk(3, dim=2)  # (B, HW, C) each
         a = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))  # (B, heads, HW, C/heads)
@@ -232,7 +232,7 @@ class UNet(nn.Module):
         self.context_dim = context_dim
 
         # -- conditioning: time (and label) -> one embedding vector per example --
-        emb_dim = 4 * channels  # Ho et al. 2020, appendix B; ADM: time_embed_dim = 4 * model_channels
+        emb_dim = 4 * channels  # as in the DDPM and ADM code: time_embed_dim = 4 * model_channels
         self.time_mlp = nn.Sequential(nn.Linear(channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         # Row num_classes is the null label, trained by label dropout for classifier-free guidance
         # (Ho & Salimans 2022).
@@ -360,7 +360,9 @@ class UNet(nn.Module):
                 raise ValueError("unet: context_mask given without context; pass both, or neither for the null context")
             return None  # the null context (forward makes it an empty sequence)
         if context.ndim != 3 or context.shape[0] != b or context.shape[2] != self.context_dim:
-            raise ValueError(f"unet: context must be (B={b}, L, context_dim={self.context_dim}), got {tuple(context.shape)}")
+            raise ValueError(
+                f"unet: context must be (B={b}, L, context_dim={self.context_dim}), got {tuple(context.shape)}"
+            )
         if context_mask is None:
             return None
         if context_mask.dtype != torch.bool or context_mask.shape != context.shape[:2]:

@@ -78,6 +78,11 @@ def test_two_worker_run_is_tracked_checkpointed_and_registered(family, ray_sessi
     model = mlflow.pyfunc.load_model(f"models:/{family}-digits/{out.model_version}")
     x = model.predict({"n": 3, "seed": 1})
     assert x.shape == (3, 1, 8, 8) and x.min() >= -1 and x.max() <= 1
+    if family == "diffusion":  # sampling settings pass through to the model, checked there
+        x2 = model.predict({"n": 3, "seed": 1, "guidance_scale": 3.0, "num_inference_steps": 2})
+        assert x2.shape == x.shape and not (x2 == x).all()
+        with pytest.raises(Exception, match="guidance_scale"):
+            model.predict({"n": 3, "seed": 1, "guidance_scale": -1.0})
 
 
 def _worker_pids() -> list[int]:

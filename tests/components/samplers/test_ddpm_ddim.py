@@ -17,15 +17,6 @@ from components.samplers.schedules import make_schedule
 MU, S = 0.3, 0.5  # the 1-D data distribution N(MU, S^2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Many small elementwise steps gain nothing from intra-op threads and stall on shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def gaussian_eps(schedule):
     """The optimal eps-predictor for data N(MU, S^2): E[eps | x_t] in closed form."""
 

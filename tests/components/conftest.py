@@ -1,4 +1,4 @@
-"""Shared by the model tests."""
+"""Shared by every component test."""
 from __future__ import annotations
 
 import pytest
