@@ -39,11 +39,18 @@ MIN_SIDE = 8  # two stride-2 stages leave a 2x2 map at 8x8; smaller inputs leave
 
 
 def _conv_block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
-    """conv3x3 - GroupNorm - SiLU. GroupNorm, not BatchNorm, so features of a sample never depend
-    on the other samples in its batch (a metric must not change with the batch size)."""
+    """conv3x3 - BatchNorm - SiLU.
+
+    BatchNorm, not GroupNorm: on `shapes` (one small sprite on a black background) the GroupNorm
+    version sat near chance for hundreds of steps and reached 70% test accuracy after 1500,
+    where BatchNorm reached 100%. Per-sample normalisation over mostly empty images, followed
+    by average pooling, leaves little of a sample's content in the pooled features. Features
+    are only ever read in eval mode, where BatchNorm is a fixed per-channel affine map, so a
+    sample's features still never depend on the rest of its batch.
+    """
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
-        nn.GroupNorm(math.gcd(8, c_out), c_out),
+        nn.BatchNorm2d(c_out),
         nn.SiLU(),
     )
 
@@ -83,7 +90,8 @@ class DomainClassifier(nn.Module):
             )
 
     def features(self, x: Tensor) -> Tensor:
-        """Penultimate activations (B, feature_dim), float32: what the Fréchet distance compares."""
+        """Penultimate activations (B, feature_dim), float32: what the Fréchet distance compares.
+        Call in eval mode (as extract_features does); in train mode BatchNorm uses batch statistics."""
         self._check(x)
         return self.body(x.float())
 

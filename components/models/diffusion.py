@@ -26,7 +26,6 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-
 from components.models.layers import check_image_shape, randn
 from components.models.text_encoder import TextEncoder, encode_text
 from components.models.unet import UNet

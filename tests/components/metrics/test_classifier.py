@@ -84,7 +84,7 @@ def test_features_have_the_documented_shape_and_dtype(shape):
     assert logits.shape == (5, 3)
     feats = extract_features(model, x.numpy(), batch_size=2)
     assert feats.shape == (5, 24) and feats.dtype == np.float64
-    # GroupNorm, not BatchNorm: a sample's features do not depend on its batch.
+    # In eval mode BatchNorm is a fixed affine map: a sample's features do not depend on its batch.
     np.testing.assert_allclose(feats, f.double().numpy(), rtol=1e-5, atol=1e-6)
 
 
