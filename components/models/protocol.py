@@ -46,3 +46,5 @@ class GenerativeModel(Protocol):
     #   encode(x) -> z, decode(z) -> x, log_prob(x) -> nats per example, translate(x) -> x'
     # Optional hook: set_step(step: int), called by the loop before each optimizer step, for
     # schedules that live in the objective (e.g. the capacity annealing of Burgess et al. 2018).
+    # Optional hook: eval_samples(n, *, generator_seed, batch) -> {name: images}, the sample grids
+    # to log at each eval when one grid is not enough (diffusion: one per guidance scale).

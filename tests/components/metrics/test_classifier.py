@@ -17,15 +17,6 @@ from components.metrics.classifier import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets gain nothing from intra-op threads and stall badly when the cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def quadrant_blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """8x8x1 images of noise with one bright 2x2 blob; the label is the quadrant holding it.
 
