@@ -273,8 +273,9 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
 
     # --- model, optimizers, schedules (same init on every rank; DDP also broadcasts rank 0's)
     torch.manual_seed(t.seed)
+    resumed = ray.train.get_checkpoint()  # after a restart or a rerun: the latest reported one
     model = FAMILIES[spec.model.family](**spec.model_args(), **_data_args(cfg["data_args"]))
-    if ray.train.get_checkpoint() is None:
+    if resumed is None:
         # Pretrained parts of a fresh model (the frozen autoencoder of latent diffusion).
         for submodule, blob in cfg.get("init_weights", {}).items():
             model.get_submodule(submodule).load_state_dict(load_safetensors(blob))
@@ -292,8 +293,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     }
     step, epoch = 0, 0
 
-    # --- resume: Ray hands back the latest reported checkpoint after a restart or a rerun
-    resumed = ray.train.get_checkpoint()
+    # --- resume from that checkpoint
     ema_state = None
     if resumed is not None:
         with resumed.as_directory() as d:
