@@ -135,12 +135,8 @@ def latent_scale(autoencoder: torch.nn.Module, data: DataSource, rows: int = 204
     samples over (the first `rows` of) the training data."""
     x = normalize_images(torch.as_tensor(read_decoded(data.train, ["image"], data.info.modality, data.info.shape, rows)["x"]))
     gen = torch.Generator().manual_seed(seed)
-    zs = []
-    with torch.no_grad():
-        for i in range(0, len(x), 256):
-            mu, logvar = autoencoder.encoder(x[i : i + 256])
-            zs.append(mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen))
-    std = float(torch.cat(zs).float().std())
+    zs = [autoencoder.sample_posterior(x[i : i + 256], gen) for i in range(0, len(x), 256)]
+    std = float(torch.cat(zs).std())
     if not math.isfinite(std) or std <= 0:
         raise ConfigError(f"model.autoencoder: its latents have std {std} on {data.train}; is it trained?")
     return 1.0 / std

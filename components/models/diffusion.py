@@ -165,10 +165,7 @@ class Diffusion(nn.Module):
         autoencoder's posterior (Rombach et al. 2022, §3 and appendix G: unit-variance latents)."""
         if self.autoencoder is None:
             return x
-        with torch.no_grad():
-            mu, logvar = (t.float() for t in self.autoencoder.encoder(x))  # (B, c, h, w) each
-            z = mu + torch.exp(0.5 * logvar) * randn(mu.shape, generator=generator, device=mu.device)
-        return z * self.latent_scale
+        return self.autoencoder.sample_posterior(x, generator) * self.latent_scale  # (B, c, h, w)
 
     def from_latent(self, z: Tensor) -> Tensor:
         if self.autoencoder is None:

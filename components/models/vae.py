@@ -272,6 +272,12 @@ class VAE(nn.Module):
         return {"loss": -elbo.mean() / self.num_dims, "elbo": elbo.mean(), "kl": kl.mean(), "recon": recon.mean()}
 
     @torch.no_grad()
+    def sample_posterior(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """z ~ q(z|x) by reparameterisation, float32 (B, *latent_shape)."""
+        mu, logvar = (t.float() for t in self.encoder(x))
+        return mu + torch.exp(0.5 * logvar) * randn(mu.shape, generator=generator, device=mu.device)
+
+    @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
         """The posterior mean, (B, *latent_shape)."""
         return self.encoder(x)[0]
