@@ -1,6 +1,7 @@
 """`genray`: the command line.
 
     genray train CONFIG [--set key=value ...] [--workers N] [--gpu] [--name RUN]
+    genray eval TARGET [--num-samples N] [--set sampling.key=value ...] [--workers W]
     genray data prepare NAME [--out PATH] [--seed S] [--size tiny|full]
     genray families
 
@@ -36,6 +37,24 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--workers", type=int, help="Ray Train workers (scaling.workers)")
     t.add_argument("--gpu", action="store_true", help="one GPU per worker (scaling.gpu)")
     t.add_argument("--name", help="run name; an existing name continues that run")
+
+    e = sub.add_parser("eval", help="score a trained model (quality, likelihood, speed) into MLflow")
+    e.add_argument("target", metavar="TARGET",
+                   help="runs:/RUN_ID, a run id, models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint directory")
+    e.add_argument("--num-samples", type=int, default=2000, help="samples to generate (default 2000)")
+    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="sampling.KEY=VALUE",
+                   help="a sampling setting, e.g. --set sampling.guidance_scale=2 (repeatable)")
+    e.add_argument("--workers", type=int, default=2, help="Ray tasks that generate (0: in this process)")
+    e.add_argument("--batch-size", type=int, default=250, help="samples per generation batch")
+    e.add_argument("--reference", choices=["test", "train"], default="test",
+                   help="the real split to compare with; the floor draws from the other one")
+    e.add_argument("--feature-net", default="auto",
+                   help="auto (the dataset's domain classifier, trained once and cached), none, or a classifier directory")
+    e.add_argument("--inception", metavar="FILE",
+                   help="pytorch-fid Inception-v3 weights for FID (default: $GENRAY_INCEPTION_WEIGHTS; never downloaded)")
+    e.add_argument("--likelihood-rows", type=int, default=500, help="reference images scored for bits/dim")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--no-log", action="store_true", help="print only; write nothing to MLflow")
 
     d = sub.add_parser("data", help="built-in datasets")
     dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -84,6 +103,19 @@ def print_summary(out) -> None:
         print(f"open the UI    {mlflow_cmd} ui --backend-store-uri {out.tracking_uri} --port 5000")
 
 
+def cmd_eval(args) -> int:
+    from pipelines import evaluate
+
+    request = evaluate.EvalRequest(
+        target=args.target, num_samples=args.num_samples, batch_size=args.batch_size, workers=args.workers,
+        reference=args.reference, feature_net=args.feature_net, inception=args.inception,
+        sampling=evaluate.parse_sampling(args.overrides), likelihood_rows=args.likelihood_rows, seed=args.seed,
+        log=not args.no_log,
+    )
+    evaluate.print_report(evaluate.evaluate(request))
+    return 0
+
+
 def cmd_data(args) -> int:
     from pipelines.train import project_home
 
@@ -123,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.config import ConfigError
 
     args = _parser().parse_args(argv)
-    handlers = {"train": cmd_train, "data": cmd_data, "families": cmd_families}
+    handlers = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data, "families": cmd_families}
     try:
         return handlers[args.command](args)
     except (ConfigError, DataFormatError) as e:

@@ -69,6 +69,10 @@ class TrainerSpec(_Section):
     eval_every: int = Field(500, ge=1)
     eval_batches: int = Field(4, ge=1)
     num_samples: int = Field(64, ge=1, description="images in each sample grid")
+    # Cheap quality curves: at each eval, this many samples are scored (KID, FD, class
+    # consistency) on the feature network; 0 turns it off. `genray eval` is the full measure.
+    quality_samples: int = Field(256, ge=0)
+    feature_net: str = Field("auto", description="auto (the dataset's cached domain classifier), none, or a classifier directory")
     log_every: int = Field(20, ge=1)
     seed: int = 0
 

@@ -6,6 +6,7 @@ absolute paths so Ray workers, whatever their working directory, write to the sa
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -186,3 +187,65 @@ def resolve_checkpoint(ref: str, uri: str, cache: Path) -> Path:
     if not found:
         raise ValueError(f"{ref!r}: the MLflow artifacts hold no genray checkpoint (no state.json)")
     return found[0]
+
+
+def run_exists(uri: str, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        _client(uri).get_run(run_id)
+        return True
+    except MlflowException:
+        return False
+
+
+def model_version_of(ref: str, uri: str) -> tuple[str, str]:
+    """(name, version) of models:/NAME@ALIAS, models:/NAME/VERSION or models:/NAME/latest."""
+    client = _client(uri)
+    name, sep, alias = ref.removeprefix("models:/").partition("@")
+    if sep:
+        return name, str(client.get_model_version_by_alias(name, alias).version)
+    name, _, version = name.partition("/")
+    if version == "latest":
+        version = str(max(int(v.version) for v in client.search_model_versions(f"name = '{name}'")))
+    return name, version
+
+
+EVAL_EXPERIMENT = "genray-eval"  # evaluations of models whose training run this store lacks
+
+
+def log_evaluation(uri: str, home: Path, training_run_id: str | None, *, label: str, params: dict[str, str],
+                   metrics: dict[str, float], step: int, grid: np.ndarray, tags: dict[str, str]) -> str:
+    """One evaluation as its own MLflow run, nested under the training run when there is one,
+    and its metrics copied onto the training run as eval_full/<name> at the checkpoint's step.
+    Returns the evaluation run's id."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    client = _client(uri)
+    if training_run_id:
+        parent = client.get_run(training_run_id)
+        experiment_id = parent.info.experiment_id
+        name = f"eval-{parent.data.tags.get(RUN_NAME_TAG, training_run_id[:8])}-{time.strftime('%Y%m%d-%H%M%S')}"
+        tags = {**tags, "mlflow.parentRunId": training_run_id}
+    else:
+        experiment_id = ensure_experiment(uri, EVAL_EXPERIMENT, home)
+        name = f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = client.create_run(experiment_id, run_name=name, tags={"genray.eval.target": label, **tags})
+    run_id = run.info.run_id
+    now = int(time.time() * 1000)
+    items = [Param(k, v) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100])
+    finite = {k: float(v) for k, v in metrics.items() if np.isfinite(v)}
+    client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in finite.items()])
+    logger = RunLogger(uri, run_id)
+    logger.image(grid, "samples/eval_grid.png")
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "metrics.json"
+        path.write_text(json.dumps({"params": params, "metrics": metrics}, indent=2, sort_keys=True))
+        client.log_artifact(run_id, str(path), "eval")
+    client.set_terminated(run_id, status="FINISHED")
+    if training_run_id:
+        client.log_batch(training_run_id, metrics=[Metric(f"eval_full/{k}", v, now, step) for k, v in finite.items()],
+                         tags=[RunTag("genray.eval.last_run", run_id)])
+    return run_id

@@ -104,6 +104,9 @@ class ModelInputs:
 
     args: dict[str, Any]
     init_weights: dict[str, bytes]
+    # The feature network for the cheap quality metrics at each eval (None: off): its config,
+    # safetensors weights, id, metric name and the held-out features it compares against.
+    quality: dict[str, Any] | None = None
 
 
 def resolve_model_inputs(spec: ExperimentSpec, data: DataSource, *, uri: str, home: Path) -> ModelInputs:
@@ -127,7 +130,36 @@ def resolve_model_inputs(spec: ExperimentSpec, data: DataSource, *, uri: str, ho
         FAMILIES[spec.model.family](**spec.model_args(), **_data_args(args))
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
-    return ModelInputs(args, init_weights)
+    return ModelInputs(args, init_weights, quality_inputs(spec, data, home))
+
+
+QUALITY_REFERENCE_ROWS = 2000
+
+
+def quality_inputs(spec: ExperimentSpec, data: DataSource, home: Path) -> dict[str, Any] | None:
+    """What rank 0 needs to score samples at each eval: the dataset's domain classifier (trained
+    and cached on first use, see pipelines/evaluate.py) and its features of held-out images."""
+    from safetensors.torch import save as save_safetensors
+
+    from pipelines import evaluate
+
+    if spec.trainer.quality_samples == 0 or spec.trainer.feature_net == "none" or data.info.modality != "image":
+        return None
+    dataset = spec.data.dataset if spec.data.path is None else Path(spec.data.path).stem
+    net = evaluate.domain_classifier(spec.trainer.feature_net, train_path=data.train, dataset=dataset, home=home,
+                                     say=lambda line: print(line, flush=True))
+    if net is None:
+        return None
+    if net.model.config["in_channels"] != data.info.shape[2]:
+        raise ConfigError(f"trainer.feature_net: {spec.trainer.feature_net} takes {net.model.config['in_channels']}-channel "
+                          f"images; {data.train} has {data.info.shape[2]}")
+    return {
+        "config": net.model.config,
+        "weights": save_safetensors({k: v.contiguous() for k, v in net.model.state_dict().items()}),
+        "id": net.id,
+        "name": net.name,
+        "reference": evaluate.reference_features(net, data.test, QUALITY_REFERENCE_ROWS, home).astype(np.float32),
+    }
 
 
 def latent_scale(autoencoder: torch.nn.Module, data: DataSource, rows: int = 2048, seed: int = 0) -> float:
@@ -193,6 +225,7 @@ def build_trainer(spec: ExperimentSpec, data: DataSource, inputs: ModelInputs, *
             "spec": spec.model_dump(mode="json"),
             "data_args": inputs.args,
             "init_weights": inputs.init_weights,
+            "quality": inputs.quality,
             "name": name,
             "uri": uri,
             "run_id": run_id,
@@ -325,8 +358,11 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     window_start, window_steps, started = time.perf_counter(), 0, time.perf_counter()
     data_wait = 0.0  # seconds this window spent waiting for the next batch
 
+    quality = _QualityProbe(cfg["quality"], t.quality_samples, t.seed) if rank == 0 and cfg.get("quality") else None
+
     def evaluate() -> dict[str, float]:
-        """Rank 0: held-out scores on a fixed set of test batches, and a sample grid."""
+        """Rank 0: held-out scores on a fixed set of test batches, a sample grid, and the cheap
+        quality metrics on fresh samples."""
         if not held_out:
             held_out.extend(_held_out_batches(cfg["test"], per_worker, t.eval_batches, device))
         net = ema.model if ema is not None else model
@@ -341,6 +377,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
                 grids = net.eval_samples(t.num_samples, generator_seed=t.seed, batch=held_out[0])
             else:
                 grids = {"": net.sample(t.num_samples, generator=torch.Generator().manual_seed(t.seed))}
+            if quality is not None:
+                totals.update(quality.score(net))
         net.train()
         model.train()
         for key, samples in grids.items():
@@ -446,6 +484,45 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
             epoch += 1
 
     return {"step": step, "epoch": epoch, **last_eval}
+
+
+class _QualityProbe:
+    """KID, FD and class consistency of a few hundred samples at each eval (rank 0): curves of
+    quality over training. Too few samples for a final figure (FD is biased at this size); the
+    same seed every eval, so the curve moves only with the model."""
+
+    def __init__(self, q: dict[str, Any], n: int, seed: int):
+        from safetensors.torch import load as load_safetensors
+
+        from components.metrics.classifier import DomainClassifier
+
+        self.net = DomainClassifier(**q["config"])
+        self.net.load_state_dict(load_safetensors(q["weights"]))
+        self.net.eval()
+        self.name, self.reference = q["name"], np.asarray(q["reference"], dtype=np.float64)
+        self.n, self.seed = n, seed
+
+    @torch.no_grad()
+    def score(self, model: torch.nn.Module) -> dict[str, float]:
+        from components.metrics.classifier import extract_features
+        from components.metrics.frechet import frechet_distance_features
+        from components.metrics.kid import kid
+
+        kwargs = {}
+        num_classes = getattr(model, "num_classes", 0)
+        if "condition" in model.capabilities and num_classes:
+            kwargs["y"] = torch.arange(self.n, device=next(model.parameters()).device) % num_classes
+        x = model.sample(self.n, generator=torch.Generator().manual_seed(self.seed + 1), **kwargs)
+        x = torch.round((x.float().clamp(-1, 1) + 1) * 127.5).cpu() / 127.5 - 1  # as saved to PNG
+        feats = extract_features(self.net, x)
+        out = {
+            f"kid_{self.name}": kid(feats, self.reference, num_subsets=20, subset_size=self.n, seed=self.seed)[0],
+            f"fd_{self.name}_n{self.n}": frechet_distance_features(feats, self.reference),
+        }
+        if "y" in kwargs:
+            pred = self.net(x).argmax(1)
+            out["class_consistency"] = float((pred == kwargs["y"].cpu()).double().mean())
+        return out
 
 
 def _held_out_batches(test: dict[str, Any], batch_size: int, num_batches: int, device) -> list[dict[str, torch.Tensor]]:

@@ -26,3 +26,23 @@ def genray_home(tmp_path, monkeypatch):
     monkeypatch.setenv("GENRAY_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return home
+
+
+@pytest.fixture(scope="session")
+def digits_classifier(tmp_path_factory):
+    """A small digits domain classifier (seconds of training, not the 1000-step recipe), saved the
+    way `genray eval` caches one: feature network for the pipelines' quality metrics."""
+    import torch
+
+    from components.data import digits
+    from components.metrics import classifier
+
+    images, labels = digits.load()
+    x = torch.as_tensor(images, dtype=torch.float32)[:, None] / 8.0 - 1.0  # 0..16 -> [-1, 1]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = classifier.train_classifier(x, labels, num_classes=10, steps=150, batch_size=64, seed=0)
+    finally:
+        torch.set_num_threads(threads)
+    return classifier.save_classifier(model, tmp_path_factory.mktemp("feature-net") / "digits")

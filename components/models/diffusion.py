@@ -100,6 +100,8 @@ class Diffusion(nn.Module):
             # The bound is on 8-bit pixels; in a latent space it would not be a likelihood of images.
             caps.add("log_prob")
         self.capabilities = frozenset(caps)
+        # The variational bound over 8-bit bins (components/metrics/likelihood.py).
+        self.log_prob_space, self.log_prob_kind = "discrete", "bound"
 
     # -- settings ----------------------------------------------------------------------------------
 

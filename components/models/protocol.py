@@ -44,6 +44,9 @@ class GenerativeModel(Protocol):
 
     # Optional, present when the capability is declared:
     #   encode(x) -> z, decode(z) -> x, log_prob(x) -> nats per example, translate(x) -> x'
+    # A model with log_prob also declares log_prob_space ("discrete": log P of the 8-bit bins;
+    # "continuous": a density on [-1, 1]^D) and log_prob_kind ("exact" | "bound" | "estimate"),
+    # so bits/dim are computed and labelled the same way for every family (metrics/likelihood.py).
     # Optional hook: set_step(step: int), called by the loop before each optimizer step, for
     # schedules that live in the objective (e.g. the capacity annealing of Burgess et al. 2018).
     # Optional hook: eval_samples(n, *, generator_seed, batch) -> {name: images}, the sample grids

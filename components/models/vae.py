@@ -145,6 +145,8 @@ class Decoder(nn.Module):
 class VAE(nn.Module):
     phases = ("main",)
     capabilities = frozenset({"sample", "encode", "decode", "log_prob"})
+    # A Gaussian density on [-1, 1]^D, bounded from below by IWAE (components/metrics/likelihood.py).
+    log_prob_space, log_prob_kind = "continuous", "bound"
 
     def __init__(
         self,

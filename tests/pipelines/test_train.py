@@ -27,11 +27,16 @@ def tiny_spec(family: str, **trainer):
         "data": {"dataset": "digits", "size": "tiny"},
         "model": {"family": family, "size": "tiny", **FAMILY_ARGS.get(family, {})},
         "trainer": {"max_steps": 6, "batch_size": 16, "checkpoint_every": 3, "eval_every": 3,
-                    "log_every": 2, "eval_batches": 1, "num_samples": 16, **trainer},
+                    "log_every": 2, "eval_batches": 1, "num_samples": 16, "quality_samples": 0, **trainer},
         "scaling": {"workers": 2, "cpus_per_worker": 0.5},
         "tracking": {"experiment": "test"},
     }
     return config.validate(raw, "<test>")
+
+
+def model_capabilities(family: str) -> frozenset[str]:
+    spec = tiny_spec(family)
+    return FAMILIES[family](**spec.model_args(), image_shape=(1, 8, 8), num_classes=10).capabilities
 
 
 def mlflow_client(home: Path):
@@ -54,8 +59,10 @@ def artifact_paths(client, run_id: str, path: str = "") -> list[str]:
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_two_worker_run_is_tracked_checkpointed_and_registered(family, ray_session, genray_home):
-    out = train.run(tiny_spec(family, **FAMILY_TRAINER.get(family, {})), name=f"t-{family}", home=genray_home)
+def test_two_worker_run_is_tracked_checkpointed_and_registered(family, ray_session, genray_home, digits_classifier):
+    # Every family also logs the cheap quality metrics at each eval, on a small digits classifier.
+    quality = {"quality_samples": 16, "feature_net": str(digits_classifier)}
+    out = train.run(tiny_spec(family, **FAMILY_TRAINER.get(family, {}), **quality), name=f"t-{family}", home=genray_home)
 
     assert out.metrics["step"] == 6
     assert (out.checkpoint / "model.safetensors").exists() and (out.checkpoint / "state.json").exists()
@@ -64,6 +71,9 @@ def test_two_worker_run_is_tracked_checkpointed_and_registered(family, ray_sessi
     assert run.info.status == "FINISHED"
     assert run.data.params["model.family"] == family and run.data.params["scaling.workers"] == "2"
     assert "eval/loss" in run.data.metrics
+    assert run.data.metrics["eval/kid_digits"] > -1 and run.data.metrics["eval/fd_digits_n16"] >= 0
+    if "condition" in model_capabilities(family):
+        assert 0 <= run.data.metrics["eval/class_consistency"] <= 1
     assert any(k.startswith("train/") and k.endswith("loss") for k in run.data.metrics)
     files = artifact_paths(client, run.info.run_id)
     # One grid per eval (a conditional diffusion model logs one per guidance scale).
@@ -136,7 +146,8 @@ def test_stopped_driver_continues_with_the_same_name(ray_session, genray_home, t
     cfg.write_text(yaml.safe_dump({
         "data": {"dataset": "digits", "size": "tiny"},
         "model": {"family": "vae", "size": "tiny"},
-        "trainer": {"max_steps": 150, "batch_size": 16, "checkpoint_every": 20, "eval_every": 150, "log_every": 10},
+        "trainer": {"max_steps": 150, "batch_size": 16, "checkpoint_every": 20, "eval_every": 150, "log_every": 10,
+                    "quality_samples": 0},
         "scaling": {"workers": 1, "cpus_per_worker": 0.5},
         "tracking": {"experiment": "test"},
     }))

@@ -1,0 +1,552 @@
+"""Evaluate a trained model: sample quality, likelihood, reconstruction, disentanglement, speed.
+
+    genray eval runs:/<RUN_ID> --num-samples 2000 --workers 2
+    genray eval models:/diffusion-digits@champion --set sampling.guidance_scale=2
+    python -m pipelines.evaluate TARGET [...]          # the same job, for `ray job submit`
+
+TARGET is an MLflow run id (`runs:/ID` or the bare id), a registered model (`models:/NAME@ALIAS`,
+`models:/NAME/VERSION`) or a checkpoint directory. Which metrics run depends on what the model
+declares and what the data holds:
+
+    every model        samples generated on Ray workers; samples/s and latency per batch
+    labelled images    a domain classifier, trained once per dataset and cached ("FD-digits"):
+                       Fréchet distance, KID, precision/recall against the reference split,
+                       each beside its floor, the same statistic for a real split of the same size
+    + Inception file   the same on Inception-v3 pool features (FID) when the user provides the
+                       weights (--inception or GENRAY_INCEPTION_WEIGHTS); nothing is downloaded
+    "condition"        class consistency: the share of samples the classifier puts in the class
+                       they were asked for
+    "log_prob"         bits/dim on the reference split, labelled exact / bound / estimate
+    "encode"+"decode"  reconstruction MSE and PSNR
+    "encode" + factors MIG (Chen et al. 2018) on the factor_* columns; on the built-in `shapes`,
+                       the β-VAE metric (Higgins et al. 2017) too, rendering factor pairs itself
+
+Results go to a new MLflow evaluation run nested under the model's training run (params: the
+evaluation settings; metrics; a sample grid), and the metrics are copied onto the training run
+as `eval_full/<metric>` at the checkpoint's step, so re-evaluating with other settings never
+collides with an earlier evaluation's params. Caches live under <GENRAY_HOME>/cache/.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from components import checkpoint
+from components.data import image_grid, normalize_images
+from components.metrics import classifier as clf
+from components.metrics import disentanglement, likelihood
+from components.metrics.frechet import frechet_distance_features
+from components.metrics.kid import kid
+from components.metrics.precision_recall import precision_recall
+from pipelines import tracking
+from pipelines.config import ConfigError, ExperimentSpec
+
+DEFAULT_NUM_SAMPLES = 2000  # at a few hundred samples FD is mostly noise (see the floor)
+# How genray trains a dataset's domain classifier. Part of the cache key: change it and every
+# dataset gets a new classifier, with a new id in the results.
+CLASSIFIER_RECIPE = {"steps": 1000, "batch_size": 128, "lr": 2e-3, "seed": 0, "max_rows": 20_000, "version": 1}
+KID_SUBSETS, KID_SUBSET_SIZE = 50, 1000
+PR_K = 3  # Kynkäänniemi et al. 2019 use k = 3
+
+
+@dataclass
+class EvalRequest:
+    target: str
+    num_samples: int = DEFAULT_NUM_SAMPLES
+    batch_size: int = 250
+    workers: int = 2  # Ray tasks that generate; 0 generates in this process
+    reference: str = "test"  # the real split samples are compared with; the floor uses the other
+    feature_net: str = "auto"  # auto | none | a saved domain-classifier directory
+    inception: str | None = None  # Inception-v3 weights file (pytorch-fid's); env GENRAY_INCEPTION_WEIGHTS
+    sampling: dict[str, Any] = field(default_factory=dict)  # keywords of model.sample
+    likelihood_rows: int = 500
+    seed: int = 0
+    log: bool = True
+
+
+@dataclass
+class EvalOutcome:
+    metrics: dict[str, float]
+    params: dict[str, str]
+    eval_run_id: str | None
+    training_run_id: str | None
+    tracking_uri: str
+
+
+# ----------------------------------------------------------------------------- setup (driver)
+
+
+@dataclass(frozen=True)
+class Target:
+    checkpoint: Path
+    label: str  # what the user named
+    training_run_id: str | None  # the MLflow run that trained it, when the store knows it
+    model_name: str | None = None
+    model_version: str | None = None
+
+
+def resolve_target(target: str, uri: str, home: Path) -> Target:
+    """The checkpoint a TARGET names, and the training run it came from."""
+    ref = target
+    if not target.startswith(("models:/", "runs:/")) and _looks_like_run_id(target):
+        ref = f"runs:/{target}"
+    try:
+        ckpt_dir = tracking.resolve_checkpoint(ref, uri, home / "cache")
+    except ValueError as e:
+        raise ConfigError(
+            f"TARGET {e}. Name a model as runs:/RUN_ID, a bare run id, models:/NAME@ALIAS, "
+            "models:/NAME/VERSION or a checkpoint directory"
+        ) from None
+    state = json.loads((ckpt_dir / "state.json").read_text())
+    run_id = state.get("mlflow_run_id")
+    if run_id and not tracking.run_exists(uri, run_id):
+        run_id = None  # a checkpoint copied from another store
+    name = version = None
+    if target.startswith("models:/"):
+        name, version = tracking.model_version_of(target, uri)
+    return Target(ckpt_dir, target, run_id, name, version)
+
+
+def _looks_like_run_id(s: str) -> bool:
+    return len(s) == 32 and all(c in "0123456789abcdef" for c in s)
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # (N, C, H, W) float in [-1, 1]
+    y: np.ndarray | None  # (N,) labels
+    captions: list[str] | None
+    factors: dict[str, np.ndarray]  # factor_* columns
+
+
+def read_split(path: str, rows: int | None, *, factors: bool = False) -> Split:
+    """The first `rows` rows of a Parquet image dataset, decoded here with pyarrow."""
+    import pyarrow.parquet as pq
+
+    from components.data import read_info
+    from pipelines.train import read_decoded
+
+    info = read_info(path)
+    columns = ["image"] + [c for c in ("label", "caption") if c in info.columns]
+    d = read_decoded(path, columns, info.modality, info.shape, rows)
+    factor_cols = [c for c in info.columns if c.startswith("factor_")] if factors else []
+    f = {}
+    if factor_cols:
+        table = pq.read_table(path, columns=factor_cols)
+        if rows is not None:
+            table = table.slice(0, rows)
+        f = {c: table.column(c).to_numpy() for c in factor_cols}
+    captions = None
+    if "caption" in columns:
+        captions = [str(c) for c in pq.read_table(path, columns=["caption"]).column("caption").to_pylist()[: len(d["x"])]]
+    return Split(normalize_images(torch.as_tensor(d["x"])), d.get("y"), captions, f)
+
+
+def fingerprint(path: str) -> str:
+    """12 hex digits of sha256 over a dataset's Parquet bytes (a file, or a folder's files in order)."""
+    p = Path(path)
+    files = sorted(p.rglob("*.parquet")) if p.is_dir() else [p]
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------- feature networks
+
+
+@dataclass
+class FeatureNet:
+    """A network whose features the Fréchet distance, KID and precision/recall compare."""
+
+    name: str  # metric suffix: fd_<name>
+    id: str  # which weights, exactly (hash of the file)
+    model: torch.nn.Module
+    kind: str  # "classifier" (also predicts classes) | "inception"
+
+    def features(self, x: torch.Tensor) -> np.ndarray:
+        if self.kind == "inception":
+            from components.metrics.inception import extract_inception_features
+
+            return extract_inception_features(self.model, x)
+        return clf.extract_features(self.model, x)
+
+    def predict(self, x: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
+        with torch.no_grad():
+            return np.concatenate([self.model(x[i : i + batch_size].float()).argmax(1).numpy()
+                                   for i in range(0, len(x), batch_size)])
+
+
+def domain_classifier(choice: str, *, train_path: str, dataset: str, home: Path, say=print) -> FeatureNet | None:
+    """The feature network `choice` names: "auto" is this dataset's domain classifier, trained on
+    its training split the first time (CLASSIFIER_RECIPE) and cached by dataset fingerprint;
+    "none" is none; anything else a directory written by components.metrics.classifier."""
+    if choice == "none":
+        return None
+    if choice != "auto":
+        path = Path(choice).expanduser()
+        try:
+            return FeatureNet(dataset, clf.classifier_id(path), clf.load_classifier(path), "classifier")
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"feature_net {choice!r}: {e} (allowed: auto, none, or a saved classifier directory)") from None
+    from components.data import read_info
+
+    info = read_info(train_path)
+    if info.modality != "image" or info.num_classes < 2:
+        return None  # no labels: nothing to train a classifier on
+    recipe = hashlib.sha256(json.dumps(CLASSIFIER_RECIPE, sort_keys=True).encode()).hexdigest()[:8]
+    path = home / "cache" / "feature-nets" / f"{dataset}-{fingerprint(train_path)}-r{recipe}"
+    if not (path / clf.CONFIG_FILE).exists():
+        r = CLASSIFIER_RECIPE
+        split = read_split(train_path, r["max_rows"])
+        say(f"training the {dataset} domain classifier on {len(split.x)} images "
+            f"({r['steps']} steps; once per dataset, cached in {path})")
+        started = time.perf_counter()
+        model = clf.train_classifier(split.x, split.y, num_classes=info.num_classes, steps=r["steps"],
+                                     batch_size=r["batch_size"], lr=r["lr"], seed=r["seed"])
+        clf.save_classifier(model, path)
+        say(f"  trained in {time.perf_counter() - started:.0f} s")
+    return FeatureNet(dataset, clf.classifier_id(path), clf.load_classifier(path), "classifier")
+
+
+def inception_net(explicit: str | None) -> FeatureNet | None:
+    from components.metrics.inception import find_inception_weights, inception_id, load_inception
+
+    path = find_inception_weights(explicit)
+    if path is None:
+        return None
+    try:
+        return FeatureNet("inception", inception_id(path), load_inception(path), "inception")
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"inception weights: {e}") from None
+
+
+def reference_features(net: FeatureNet, split_path: str, rows: int | None, home: Path) -> np.ndarray:
+    """Features of the first `rows` real images of a split, cached per dataset file and network."""
+    key = f"{fingerprint(split_path)}-{net.id}-{rows or 'all'}"
+    cached = home / "cache" / "reference" / f"{key}.npy"
+    if cached.exists():
+        return np.load(cached, allow_pickle=False)
+    feats = net.features(read_split(split_path, rows).x)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(f".{os.getpid()}.npy")
+    np.save(tmp, feats, allow_pickle=False)
+    tmp.replace(cached)  # atomic: a concurrent evaluation never reads half a file
+    return feats
+
+
+# ----------------------------------------------------------------------------- metrics (pure)
+
+
+def sample_quality(fake: np.ndarray, real: np.ndarray, floor_pool: np.ndarray, name: str, *, seed: int = 0) -> dict[str, float]:
+    """FD, KID and precision/recall of fake vs real features, and each one's floor: the same
+    statistic for len(fake) real features drawn from another split (floor_pool)."""
+    rng = np.random.default_rng(seed)
+    n_floor = min(len(fake), len(floor_pool))
+    floor = floor_pool[rng.choice(len(floor_pool), n_floor, replace=False)]
+    out: dict[str, float] = {}
+    out[f"fd_{name}"] = frechet_distance_features(fake, real)
+    out[f"fd_{name}_floor"] = frechet_distance_features(floor, real)
+    out[f"kid_{name}"], out[f"kid_{name}_std"] = kid(fake, real, num_subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE, seed=seed)
+    out[f"kid_{name}_floor"], _ = kid(floor, real, num_subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE, seed=seed)
+    out[f"precision_{name}"], out[f"recall_{name}"] = precision_recall(real, fake, k=PR_K)
+    out[f"precision_{name}_floor"], out[f"recall_{name}_floor"] = precision_recall(real, floor, k=PR_K)
+    return out
+
+
+def reconstruction(model, x: torch.Tensor, batch_size: int = 250) -> dict[str, float]:
+    """MSE and PSNR of decode(encode(x)) on the [0, 1] pixel scale (peak 1), PSNR averaged per image."""
+    errs = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            xb = x[i : i + batch_size]
+            x_hat = model.decode(model.encode(xb)).float().clamp(-1, 1)
+            errs.append(((x_hat - xb) / 2).pow(2).flatten(1).mean(1).double())
+    mse = torch.cat(errs)
+    psnr = 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+    return {"recon_mse": float(mse.mean()), "recon_psnr": float(psnr.mean())}
+
+
+def bits_per_dim(model, x: torch.Tensor, *, seed: int, batch_size: int = 100) -> tuple[float, str]:
+    """Mean bits/dim over x, and the kind of figure it is (exact / bound / estimate)."""
+    _, kind = likelihood.likelihood_of(model)
+    gen = torch.Generator().manual_seed(seed)
+    bpd = torch.cat([likelihood.model_bits_per_dim(model, x[i : i + batch_size], generator=gen)
+                     for i in range(0, len(x), batch_size)])
+    return float(bpd.mean()), kind
+
+
+def factor_codes(factors: dict[str, np.ndarray], max_values: int = 32, num_bins: int = 20) -> tuple[list[str], np.ndarray]:
+    """Factor columns as (N, K) ints: a column with few distinct values is indexed by them, a
+    continuous one cut into num_bins equal-width bins; constant columns are dropped."""
+    names, cols = [], []
+    for name, v in sorted(factors.items()):
+        values = np.unique(v)
+        if len(values) < 2:
+            continue
+        col = np.searchsorted(values, v) if len(values) <= max_values else disentanglement.discretize(v[:, None], num_bins)[:, 0]
+        names.append(name)
+        cols.append(col)
+    return names, np.stack(cols, axis=1)
+
+
+def encode_flat(model, x: torch.Tensor, batch_size: int = 500) -> np.ndarray:
+    with torch.no_grad():
+        return torch.cat([model.encode(x[i : i + batch_size]).float().flatten(1)
+                          for i in range(0, len(x), batch_size)]).double().numpy()
+
+
+def shapes_beta_vae_score(model, image_size: int, *, seed: int) -> float:
+    """The β-VAE metric on the built-in shapes, rendering factor pairs that share one factor."""
+    from components.data import shapes
+
+    def sample_factors(n: int, rng: np.random.Generator) -> np.ndarray:
+        f = shapes.sample_factors(n, rng)
+        return np.stack([f["shape"], f["scale_index"], f["rotation"], f["x"], f["y"], f["color"]], 1).astype(np.float64)
+
+    def encode(factors: np.ndarray) -> np.ndarray:
+        s = factors[:, 0].astype(int), factors[:, 1].astype(int), factors[:, 5].astype(int)
+        img = shapes.render(s[0], np.asarray(shapes.SCALES)[s[1]], factors[:, 2], factors[:, 3], factors[:, 4], s[2],
+                            image_size=image_size)  # (n, S, S, 3) uint8
+        x = normalize_images(torch.as_tensor(img).permute(0, 3, 1, 2).contiguous())
+        return encode_flat(model, x)
+
+    result = disentanglement.beta_vae_score(encode, sample_factors, num_factors=6, seed=seed)
+    return float(result.eval_accuracy)
+
+
+# ----------------------------------------------------------------------------- generation (Ray)
+
+
+def sampling_kwargs(model, sampling: dict[str, Any]) -> dict[str, Any]:
+    """Check --set sampling.* keys against what the model's sample() takes."""
+    accepted = set(inspect.signature(model.sample).parameters) - {"n", "generator", "y", "prompt", "text"}
+    unknown = sorted(set(sampling) - accepted)
+    if unknown:
+        raise ConfigError(f"--set sampling.{unknown[0]}: this model's sampler takes "
+                          f"{', '.join('sampling.' + k for k in sorted(accepted)) or 'no settings'}")
+    return dict(sampling)
+
+
+def conditions_for(model, n: int, reference: Split) -> dict[str, Any]:
+    """What each sample is asked to show: classes cycling 0..K-1 for class-conditional models,
+    the reference split's captions (cycled) for text-conditional ones, nothing otherwise."""
+    if "condition" not in model.capabilities:
+        return {}
+    num_classes = getattr(model, "num_classes", 0)
+    if num_classes:
+        return {"y": np.arange(n) % num_classes}
+    if getattr(model, "text_encoder", None) is not None and reference.captions:
+        idx = np.arange(n) % len(reference.captions)
+        return {"prompt": [reference.captions[i] for i in idx], "rows": idx}
+    return {}
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Samples quantized as they would be saved as PNG, the form every metric sees."""
+    return torch.round((x.float().clamp(-1, 1) + 1) * 127.5).to(torch.uint8).cpu().numpy()
+
+
+def generate_chunks(files: dict[str, bytes], chunks: list[tuple[int, int, int]], sampling: dict[str, Any],
+                    conditions: dict[str, Any], seed: int, threads: int) -> dict[str, Any]:
+    """Rebuild the model from checkpoint bytes and sample each (index, start, stop) chunk with
+    its own generator, so the samples do not depend on how chunks are spread over workers."""
+    import tempfile
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as d:
+        for name, blob in files.items():
+            (Path(d) / name).write_bytes(blob)
+        model, _ = checkpoint.build_model(d)
+    model.eval()
+    images, latencies = {}, []
+    for index, start, stop in chunks:
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + index)
+        kwargs = dict(sampling)
+        if "y" in conditions:
+            kwargs["y"] = torch.as_tensor(conditions["y"][start:stop], dtype=torch.long)
+        if "prompt" in conditions:
+            kwargs["prompt"] = list(conditions["prompt"][start:stop])
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            x = model.sample(stop - start, generator=gen, **kwargs)
+        latencies.append(time.perf_counter() - t0)
+        images[index] = _to_uint8(x)
+    return {"images": images, "latencies": latencies}
+
+
+def generate(ckpt_dir: Path, n: int, *, sampling: dict[str, Any], conditions: dict[str, Any], batch_size: int,
+             workers: int, seed: int) -> tuple[np.ndarray, dict[str, float]]:
+    """n samples (uint8, (n, C, H, W)) spread over `workers` Ray tasks (1 CPU each), and speed:
+    samples/s over the whole generation and the median latency of one batch."""
+    files = {f.name: f.read_bytes() for f in ckpt_dir.iterdir() if f.suffix in (".safetensors", ".json")}
+    chunks = [(i, start, min(start + batch_size, n)) for i, start in enumerate(range(0, n, batch_size))]
+    started = time.perf_counter()
+    if workers == 0:
+        parts = [generate_chunks(files, chunks, sampling, conditions, seed, torch.get_num_threads())]
+    else:
+        import ray
+
+        from pipelines.train import init_ray
+
+        init_ray()
+        task = ray.remote(num_cpus=1)(generate_chunks)
+        files_ref, cond_ref = ray.put(files), ray.put(conditions)
+        parts = ray.get([task.remote(files_ref, chunks[w::workers], sampling, cond_ref, seed, 1)
+                         for w in range(min(workers, len(chunks)))])
+    wall = time.perf_counter() - started
+    images = {k: v for p in parts for k, v in p["images"].items()}
+    x = np.concatenate([images[i] for i, _, _ in chunks])
+    # Throughput of sampling itself, all workers together: each worker's samples over the time
+    # its sample() calls took, summed. The wall time adds starting workers and loading weights.
+    rates = [sum(stop - start for i, start, stop in chunks if i in p["images"]) / sum(p["latencies"]) for p in parts]
+    latencies = [t for p in parts for t in p["latencies"]]
+    return x, {"samples_per_s": float(sum(rates)), "batch_latency_s": float(np.median(latencies)), "generation_s": wall}
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> EvalOutcome:
+    from pipelines.train import project_home, resolve_data
+
+    home = home or project_home()
+    uri = tracking.tracking_uri(home)
+    _check_request(request)
+    target = resolve_target(request.target, uri, home)
+    model, state = checkpoint.build_model(target.checkpoint)
+    model.eval()
+    spec = ExperimentSpec.model_validate(state["config"])
+    try:
+        data = resolve_data(spec, home)
+    except (ConfigError, FileNotFoundError) as e:
+        raise ConfigError(f"{request.target}: its training data is not readable here ({e})") from None
+    dataset = spec.data.dataset if spec.data.path is None else Path(spec.data.path).stem
+    ref_path, floor_path = (data.test, data.train) if request.reference == "test" else (data.train, data.test)
+    sampling = sampling_kwargs(model, request.sampling)
+
+    reference = read_split(ref_path, None, factors=True)
+    conditions = conditions_for(model, request.num_samples, reference)
+    try:  # a bad sampling value (an unknown sampler, steps > T) is the user's mistake: say so now
+        with torch.no_grad():
+            model.sample(1, generator=torch.Generator().manual_seed(0), **sampling,
+                         **({"y": torch.zeros(1, dtype=torch.long)} if "y" in conditions else {}))
+    except ValueError as e:
+        raise ConfigError(f"--set sampling: {e}") from None
+
+    nets = [n for n in (domain_classifier(request.feature_net, train_path=data.train, dataset=dataset, home=home, say=say),
+                        inception_net(request.inception)) if n is not None]
+    params = {
+        "eval.target": request.target,
+        "eval.checkpoint_step": str(state.get("step")),
+        "eval.num_samples": str(request.num_samples),
+        "eval.reference_split": request.reference,
+        "eval.reference_rows": str(len(reference.x)),
+        "eval.workers": str(request.workers),
+        "eval.batch_size": str(request.batch_size),
+        "eval.seed": str(request.seed),
+        "eval.feature_nets": ",".join(n.id for n in nets) or "none",
+        **{f"eval.sampling.{k}": str(v) for k, v in {**getattr(model, "defaults", {}), **sampling}.items()},
+    }
+
+    say(f"generating {request.num_samples} samples on {request.workers or 'no'} Ray worker(s) ...")
+    fake_u8, speed = generate(target.checkpoint, request.num_samples, sampling=sampling, conditions=conditions,
+                              batch_size=request.batch_size, workers=request.workers, seed=request.seed)
+    fake = normalize_images(torch.as_tensor(fake_u8))
+    metrics: dict[str, float] = dict(speed)
+
+    for net in nets:
+        say(f"scoring against {net.id} features ...")
+        real = reference_features(net, ref_path, None, home)
+        pool = reference_features(net, floor_path, request.num_samples, home)
+        params["eval.floor_rows"] = str(min(request.num_samples, len(pool)))
+        metrics.update(sample_quality(net.features(fake), real, pool, net.name, seed=request.seed))
+        if net.kind == "classifier":
+            metrics["classifier_accuracy_real"] = float((net.predict(reference.x) == reference.y).mean())
+            if "y" in conditions:
+                metrics["class_consistency"] = float((net.predict(fake) == conditions["y"]).mean())
+            elif "rows" in conditions and reference.y is not None:  # captions name the class
+                metrics["class_consistency"] = float((net.predict(fake) == reference.y[conditions["rows"]]).mean())
+
+    if "log_prob" in model.capabilities:
+        say(f"bits/dim on {min(request.likelihood_rows, len(reference.x))} {request.reference} images ...")
+        metrics["bits_per_dim"], params["eval.bits_per_dim_kind"] = bits_per_dim(
+            model, reference.x[: request.likelihood_rows], seed=request.seed)
+    if {"encode", "decode"} <= model.capabilities:
+        metrics.update(reconstruction(model, reference.x))
+    if "encode" in model.capabilities and reference.factors:
+        names, factors = factor_codes(reference.factors)
+        mig = disentanglement.mutual_info_gap(encode_flat(model, reference.x), factors)
+        metrics["mig"] = float(mig.score)
+        metrics.update({f"mig_{n.removeprefix('factor_')}": float(v) for n, v in zip(names, mig.per_factor)})
+        if spec.data.path is None and spec.data.dataset == "shapes":
+            metrics["beta_vae_score"] = shapes_beta_vae_score(model, data.info.shape[0], seed=request.seed)
+
+    grid = image_grid(fake[:64])
+    eval_run_id = None
+    if request.log:
+        eval_run_id = tracking.log_evaluation(uri, home, target.training_run_id, label=target.label, params=params,
+                                              metrics=metrics, step=int(state.get("step") or 0), grid=grid,
+                                              tags={"genray.eval.model_name": target.model_name or "",
+                                                    "genray.eval.model_version": target.model_version or ""})
+    return EvalOutcome(metrics, params, eval_run_id, target.training_run_id, uri)
+
+
+def _check_request(r: EvalRequest) -> None:
+    for name, value, low in (("--num-samples", r.num_samples, 2), ("--batch-size", r.batch_size, 1),
+                             ("--workers", r.workers, 0), ("--likelihood-rows", r.likelihood_rows, 1)):
+        if value < low:
+            raise ConfigError(f"{name} must be >= {low}, got {value}")
+    if r.reference not in ("test", "train"):
+        raise ConfigError(f"--reference must be test or train, got {r.reference!r}")
+
+
+def parse_sampling(overrides: list[str]) -> dict[str, Any]:
+    """--set sampling.key=value (values parsed as YAML) -> {key: value}."""
+    import yaml
+
+    out = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("sampling.") or key.count(".") != 1:
+            raise ConfigError(f"--set {item!r}: expected sampling.KEY=VALUE, e.g. --set sampling.guidance_scale=2")
+        out[key.removeprefix("sampling.")] = yaml.safe_load(value)
+    return out
+
+
+def print_report(out: EvalOutcome) -> None:
+    m = out.metrics
+    shown = set()
+    print()
+    for key in sorted(m):
+        if key in shown or key.endswith(("_floor", "_std")):
+            continue
+        line = f"{key:28s} {m[key]:.4g}"
+        if f"{key}_floor" in m:
+            line += f"   (floor {m[key + '_floor']:.4g}: two real splits, same size)"
+            shown.add(f"{key}_floor")
+        if key == "bits_per_dim":
+            line += f"   ({out.params.get('eval.bits_per_dim_kind')})"
+        print(line)
+    if out.eval_run_id:
+        print(f"\nevaluation run {out.eval_run_id} in {out.tracking_uri}"
+              + (f" (nested under training run {out.training_run_id})" if out.training_run_id else ""))
+
+
+if __name__ == "__main__":
+    from pipelines.cli import main
+
+    sys.exit(main(["eval", *sys.argv[1:]]))

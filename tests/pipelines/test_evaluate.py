@@ -1,0 +1,140 @@
+"""`genray eval` on tiny trained runs: real Ray generation, a real MLflow store."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipelines import cli, config, evaluate, train
+
+pytestmark = pytest.mark.integration
+
+
+def tiny_spec(family: str, feature_net: str, **model):
+    return config.validate({
+        "data": {"dataset": "digits", "size": "tiny"},
+        "model": {"family": family, "size": "tiny", **model},
+        "trainer": {"max_steps": 30, "batch_size": 16, "checkpoint_every": 30, "eval_every": 30, "log_every": 10,
+                    "eval_batches": 1, "num_samples": 16, "quality_samples": 16, "feature_net": feature_net},
+        "scaling": {"workers": 2, "cpus_per_worker": 0.5},
+        "tracking": {"experiment": "test"},
+    }, "<test>")
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("eval") / "home"
+
+
+@pytest.fixture(scope="module")
+def trained(ray_session, home, digits_classifier):
+    """A VAE (likelihood, encode/decode) and a class-conditional GAN, trained for 30 steps."""
+    fnet = str(digits_classifier)
+    return {
+        "vae": train.run(tiny_spec("vae", fnet), name="e-vae", home=home),
+        "gan": train.run(tiny_spec("dcgan", fnet, conditional=True), name="e-gan", home=home),
+    }
+
+
+@pytest.fixture
+def env_home(home, monkeypatch):
+    monkeypatch.setenv("GENRAY_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return home
+
+
+def client_for(home):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_eval_of_a_run_logs_every_metric_with_its_settings(trained, env_home, digits_classifier, capsys):
+    vae = trained["vae"]
+    code = cli.main(["eval", f"runs:/{vae.run_id}", "--num-samples", "200", "--workers", "2", "--batch-size", "50",
+                     "--feature-net", str(digits_classifier), "--likelihood-rows", "64"])
+    assert code == 0
+    shown = capsys.readouterr().out
+    assert "fd_digits" in shown and "floor" in shown and "(bound)" in shown
+
+    client = client_for(env_home)
+    run = client.get_run(client.get_run(vae.run_id).data.tags["genray.eval.last_run"])
+    assert run.data.tags["mlflow.parentRunId"] == vae.run_id  # nested under the training run
+    m, p = run.data.metrics, run.data.params
+    for key in ("fd_digits", "fd_digits_floor", "kid_digits", "kid_digits_floor", "precision_digits",
+                "recall_digits", "precision_digits_floor", "recall_digits_floor", "classifier_accuracy_real",
+                "bits_per_dim", "recon_mse", "recon_psnr", "samples_per_s", "batch_latency_s"):
+        assert key in m and np.isfinite(m[key]), key
+    # 30 training steps are far from the data; two real splits are close to each other.
+    assert m["fd_digits"] > m["fd_digits_floor"] and m["kid_digits"] > m["kid_digits_floor"]
+    assert 0 <= m["precision_digits"] <= 1 and 0 <= m["recall_digits"] <= 1
+    assert m["bits_per_dim"] > 0 and m["recon_mse"] > 0
+    from components.metrics.classifier import classifier_id
+
+    assert p["eval.num_samples"] == "200" and p["eval.reference_split"] == "test"
+    assert p["eval.feature_nets"] == classifier_id(digits_classifier)
+    assert p["eval.bits_per_dim_kind"] == "bound" and p["eval.floor_rows"] == "200"
+    # The training run carries the figures too, at the checkpoint's step.
+    history = client.get_metric_history(vae.run_id, "eval_full/fd_digits")
+    assert history[-1].value == pytest.approx(m["fd_digits"]) and history[-1].step == 30
+    files = [f.path for f in client.list_artifacts(run.info.run_id, "samples")]
+    assert files == ["samples/eval_grid.png"]
+    saved = json.loads(open(client.download_artifacts(run.info.run_id, "eval/metrics.json")).read())
+    assert saved["metrics"]["fd_digits"] == pytest.approx(m["fd_digits"])
+
+
+def test_eval_of_a_registered_conditional_model_measures_class_consistency(trained, env_home, digits_classifier):
+    gan = trained["gan"]
+    client = client_for(env_home)
+    client.set_registered_model_alias(gan.model_name, "champion", gan.model_version)
+    out = evaluate.evaluate(evaluate.EvalRequest(
+        target=f"models:/{gan.model_name}@champion", num_samples=100, batch_size=50, workers=0,
+        feature_net=str(digits_classifier)))
+    assert 0 <= out.metrics["class_consistency"] <= 1
+    assert "bits_per_dim" not in out.metrics and "recon_mse" not in out.metrics  # a GAN has neither
+    run = client.get_run(out.eval_run_id)
+    assert run.data.tags["genray.eval.model_version"] == gan.model_version
+    assert run.data.tags["mlflow.parentRunId"] == gan.run_id
+    # The training loop logged the cheap subset at its eval step.
+    train_metrics = client.get_run(gan.run_id).data.metrics
+    assert "eval/kid_digits" in train_metrics and "eval/class_consistency" in train_metrics
+
+
+def test_samples_do_not_depend_on_how_many_workers_generate_them(trained):
+    ckpt = trained["gan"].checkpoint
+    conditions = {"y": np.arange(40) % 10}
+    kw = dict(sampling={}, conditions=conditions, batch_size=16, seed=3)
+    local, speed = evaluate.generate(ckpt, 40, workers=0, **kw)
+    spread, _ = evaluate.generate(ckpt, 40, workers=2, **kw)
+    assert local.shape == (40, 1, 8, 8) and local.dtype == np.uint8
+    assert np.array_equal(local, spread)
+    other, _ = evaluate.generate(ckpt, 40, workers=0, **{**kw, "seed": 4})
+    assert not np.array_equal(local, other)
+    assert speed["samples_per_s"] > 0 and speed["batch_latency_s"] > 0
+
+
+@pytest.mark.parametrize("target, message", [
+    ("runs:/0123456789abcdef0123456789abcdef", "not found in the MLflow store"),
+    ("0123456789abcdef0123456789abcdef", "not found in the MLflow store"),
+    ("models:/no-such-model@champion", "not found in the MLflow store"),
+    ("no/such/dir", "not a checkpoint directory"),
+])
+def test_a_bad_target_exits_2_with_a_plain_message(target, message, genray_home, capsys):
+    assert cli.main(["eval", target]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]  # a fresh store has MLflow log its table creation first
+    assert line.startswith("genray: error: TARGET") and message in line
+    assert "runs:/RUN_ID" in line  # says what is accepted
+
+
+def test_bad_sampling_settings_exit_2_naming_what_the_model_takes(trained, env_home, capsys):
+    vae = trained["vae"]
+    assert cli.main(["eval", vae.run_id, "--set", "sampling.temperature=0.5", "--workers", "0"]) == 2
+    assert "this model's sampler takes no settings" in capsys.readouterr().err
+    assert cli.main(["eval", vae.run_id, "--set", "guidance_scale=2"]) == 2
+    assert "expected sampling.KEY=VALUE" in capsys.readouterr().err
+    assert cli.main(["eval", vae.run_id, "--num-samples", "1"]) == 2
+    assert "--num-samples must be >= 2" in capsys.readouterr().err
