@@ -55,7 +55,8 @@ from pipelines.config import ConfigError, ExperimentSpec
 DEFAULT_NUM_SAMPLES = 2000  # at a few hundred samples FD is mostly noise (see the floor)
 # How genray trains a dataset's domain classifier. Part of the cache key: change it and every
 # dataset gets a new classifier, with a new id in the results.
-CLASSIFIER_RECIPE = {"steps": 1000, "batch_size": 128, "lr": 2e-3, "seed": 0, "max_rows": 20_000, "version": 1}
+CLASSIFIER_RECIPE = {"steps": 1000, "batch_size": 128, "lr": 2e-3, "seed": 0, "max_rows": 20_000,
+                     "factor_bins": 4, "version": 2}
 KID_SUBSETS, KID_SUBSET_SIZE = 50, 1000
 PR_K = 3  # Kynkäänniemi et al. 2019 use k = 3
 
@@ -211,12 +212,16 @@ def domain_classifier(choice: str, *, train_path: str, dataset: str, home: Path,
     path = home / "cache" / "feature-nets" / f"{dataset}-{fingerprint(train_path)}-r{recipe}"
     if not (path / clf.CONFIG_FILE).exists():
         r = CLASSIFIER_RECIPE
-        split = read_split(train_path, r["max_rows"])
+        split = read_split(train_path, r["max_rows"], factors=True)
+        # Generative factors, when the data has them, become extra heads (coarse bins for the
+        # continuous ones), so the features see every factor and not only the label.
+        names, codes = factor_codes(split.factors, max_values=16, num_bins=r["factor_bins"]) if split.factors else ([], None)
+        aux = {n.removeprefix("factor_"): codes[:, i] for i, n in enumerate(names)}
         say(f"training the {dataset} domain classifier on {len(split.x)} images "
-            f"({r['steps']} steps; once per dataset, cached in {path})")
+            f"({r['steps']} steps{', factor heads ' + ', '.join(aux) if aux else ''}; once per dataset, cached in {path})")
         started = time.perf_counter()
         model = clf.train_classifier(split.x, split.y, num_classes=info.num_classes, steps=r["steps"],
-                                     batch_size=r["batch_size"], lr=r["lr"], seed=r["seed"])
+                                     batch_size=r["batch_size"], lr=r["lr"], seed=r["seed"], aux=aux)
         clf.save_classifier(model, path)
         say(f"  trained in {time.perf_counter() - started:.0f} s")
     return FeatureNet(dataset, clf.classifier_id(path), clf.load_classifier(path), "classifier")

@@ -62,14 +62,20 @@ class DomainClassifier(nn.Module):
     feature vector independent of the image size.
     """
 
-    def __init__(self, *, in_channels: int, num_classes: int, width: int = 32, feature_dim: int = 128):
-        super().__init__()
+    def __init__(self, *, in_channels: int, num_classes: int, width: int = 32, feature_dim: int = 128,
+                 aux_classes: dict[str, int] | None = None):
         for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("width", width), ("feature_dim", feature_dim)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"DomainClassifier: {name} must be a positive int, got {value!r}")
         if num_classes < 2:
             raise ValueError(f"DomainClassifier: num_classes must be at least 2, got {num_classes}")
-        self.config = {"in_channels": in_channels, "num_classes": num_classes, "width": width, "feature_dim": feature_dim}
+        aux_classes = dict(aux_classes or {})
+        for name, k in aux_classes.items():
+            if not isinstance(k, int) or k < 2:
+                raise ValueError(f"DomainClassifier: aux_classes[{name!r}] must be an int >= 2, got {k!r}")
+        super().__init__()
+        self.config = {"in_channels": in_channels, "num_classes": num_classes, "width": width,
+                       "feature_dim": feature_dim, "aux_classes": aux_classes}
         self.body = nn.Sequential(
             _conv_block(in_channels, width),  # (B, w, H, W)
             _conv_block(width, 2 * width, stride=2),  # (B, 2w, H/2, W/2)
@@ -80,6 +86,10 @@ class DomainClassifier(nn.Module):
             nn.Flatten(),  # (B, feature_dim)
         )
         self.head = nn.Linear(feature_dim, num_classes)
+        # Extra targets (a dataset's generative factors) only shape the features during training:
+        # a shapes classifier asked for the shape alone may ignore colour and position, and then
+        # its Fréchet distance could not see a model that gets them wrong.
+        self.aux_heads = nn.ModuleDict({name: nn.Linear(feature_dim, k) for name, k in aux_classes.items()})
 
     def _check(self, x: Tensor) -> None:
         c = self.config["in_channels"]
@@ -146,8 +156,12 @@ def train_classifier(
     seed: int = 0,
     augment: bool = True,
     device: str | torch.device = "cpu",
+    aux: dict[str, np.ndarray | Tensor] | None = None,
 ) -> DomainClassifier:
     """Train a DomainClassifier on images x (N, C, H, W) in [-1, 1] and labels y (N,).
+
+    aux: optional extra integer targets per image (name -> (N,) labels in [0, K)), each with
+    its own linear head; the loss is the label's cross-entropy plus the mean of theirs.
 
     AdamW with a cosine decay to 0 over `steps`; batches drawn with replacement. Deterministic
     given the seed (on the CPU), and the caller's global RNG state is left as it was. Returns
@@ -155,6 +169,10 @@ def train_classifier(
     """
     x = _as_images(x)
     y = _as_labels(y, len(x), num_classes)
+    aux_y = {}
+    for name, labels in (aux or {}).items():
+        k = int(np.asarray(labels).max()) + 1 if len(x) else 2
+        aux_y[name] = _as_labels(labels, len(x), k)
     if len(x) == 0:
         raise ValueError("train_classifier needs at least one image")
     if steps < 1 or batch_size < 1:
@@ -166,7 +184,9 @@ def train_classifier(
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = DomainClassifier(in_channels=x.shape[1], num_classes=num_classes).to(device)
+        model = DomainClassifier(in_channels=x.shape[1], num_classes=num_classes,
+                                 aux_classes={n: max(2, int(v.max()) + 1) for n, v in aux_y.items()}).to(device)
+    aux_y = {n: v.to(device) for n, v in aux_y.items()}
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     g = torch.Generator().manual_seed(seed)
@@ -177,7 +197,12 @@ def train_classifier(
         xb, yb = x[idx], y[idx]
         if augment:
             xb = _random_translate(xb, pad, g)
-        loss = F.cross_entropy(model(xb), yb)
+        if aux_y:
+            h = model.features(xb)
+            loss = F.cross_entropy(model.head(h), yb) + sum(
+                F.cross_entropy(model.aux_heads[n](h), v[idx]) for n, v in aux_y.items()) / len(aux_y)
+        else:
+            loss = F.cross_entropy(model(xb), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -261,7 +286,7 @@ def load_classifier(path: str | os.PathLike, *, map_location: str | torch.device
     config.json and the weights disagree (a hand-edited config, or a file from another model)."""
     path = Path(path)
     config = _read_config(path)
-    args = {k: config.get(k) for k in ("in_channels", "num_classes", "width", "feature_dim")}
+    args = {k: config.get(k) for k in ("in_channels", "num_classes", "width", "feature_dim", "aux_classes")}
     model = DomainClassifier(**args)
     weights = load_file(str(path / WEIGHTS_FILE), device="cpu")
     expected = model.state_dict()

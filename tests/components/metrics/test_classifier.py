@@ -138,3 +138,29 @@ def test_load_refuses_changed_weights_and_missing_files(trained, tmp_path):
         classifier_id(path)
     with pytest.raises(FileNotFoundError, match="save_classifier"):
         load_classifier(tmp_path / "nothing")
+
+
+def test_aux_factor_heads_make_the_features_carry_each_factor_and_survive_saving(tmp_path):
+    """A label that ignores a factor (bar orientation vs brightness) plus an aux head for that
+    factor: the shared features must then separate it too."""
+    g = torch.Generator().manual_seed(0)
+    n = 600
+    label = torch.randint(0, 2, (n,), generator=g)
+    level = torch.randint(0, 3, (n,), generator=g)
+    x = torch.full((n, 1, 8, 8), -1.0)
+    value = -0.5 + 0.7 * level.float()  # three brightness levels
+    for i in range(n):
+        if label[i]:
+            x[i, 0, 3:5, :] = value[i]
+        else:
+            x[i, 0, :, 3:5] = value[i]
+    model = train_classifier(x, label, num_classes=2, steps=150, batch_size=64, seed=0, aux={"level": level})
+    assert model.config["aux_classes"] == {"level": 3}
+    with torch.no_grad():
+        h = model.features(x)
+        assert (model.head(h).argmax(1) == label).float().mean() > 0.95
+        assert (model.aux_heads["level"](h).argmax(1) == level).float().mean() > 0.9
+    path = save_classifier(model, tmp_path / "clf")
+    again = load_classifier(path)
+    assert again.config == model.config
+    assert np.array_equal(extract_features(again, x[:20]), extract_features(model, x[:20]))

@@ -1,0 +1,86 @@
+"""The pieces of `genray eval` that need neither Ray nor MLflow."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines import evaluate
+from pipelines.config import ConfigError
+
+
+def test_sampling_overrides_parse_as_yaml_and_only_under_sampling():
+    assert evaluate.parse_sampling(["sampling.guidance_scale=2", "sampling.sampler=ddim", "sampling.eta=0"]) == {
+        "guidance_scale": 2, "sampler": "ddim", "eta": 0}
+    for bad in ("guidance_scale=2", "sampling.a.b=1", "sampling.eta"):
+        with pytest.raises(ConfigError, match="expected sampling.KEY=VALUE"):
+            evaluate.parse_sampling([bad])
+
+
+def test_sampling_keys_are_checked_against_the_models_sample_signature():
+    class Model:
+        def sample(self, n, *, generator=None, y=None, guidance_scale=None, num_inference_steps=None):
+            ...
+
+    assert evaluate.sampling_kwargs(Model(), {"guidance_scale": 3.0}) == {"guidance_scale": 3.0}
+    with pytest.raises(ConfigError, match="takes sampling.guidance_scale, sampling.num_inference_steps"):
+        evaluate.sampling_kwargs(Model(), {"temperature": 0.7})
+
+
+def test_sample_quality_sits_at_its_floor_for_real_data_and_above_it_for_shifted_data():
+    rng = np.random.default_rng(0)
+    real, pool = rng.normal(size=(500, 8)), rng.normal(size=(800, 8))
+    same = evaluate.sample_quality(rng.normal(size=(400, 8)), real, pool, "toy")
+    far = evaluate.sample_quality(rng.normal(size=(400, 8)) + 1.0, real, pool, "toy")
+    # A sample from the data's own distribution scores like a real split of the same size.
+    assert same["fd_toy"] == pytest.approx(same["fd_toy_floor"], abs=0.1)
+    assert abs(same["kid_toy"] - same["kid_toy_floor"]) < 0.02
+    assert far["fd_toy"] > 5 * far["fd_toy_floor"] and far["fd_toy"] == pytest.approx(8.0, rel=0.2)  # ||1||^2 = 8
+    assert far["precision_toy"] < same["precision_toy"] and far["recall_toy"] < same["recall_toy"]
+    # The floor uses as many real rows as there are samples, when the pool has them.
+    small = evaluate.sample_quality(rng.normal(size=(50, 8)), real, pool, "toy")
+    assert small["fd_toy_floor"] > same["fd_toy_floor"]  # FD's small-sample bias, which the floor shows
+
+
+def test_reconstruction_metrics_on_the_unit_pixel_scale():
+    class Identity:
+        def encode(self, x):
+            return x
+
+        def decode(self, z):
+            return z
+
+    class Offset(Identity):
+        def decode(self, z):
+            return z + 0.2  # 0.1 on the [0, 1] scale
+
+    x = torch.rand(10, 1, 4, 4) * 1.6 - 0.8
+    off = evaluate.reconstruction(Offset(), x)
+    assert off["recon_mse"] == pytest.approx(0.01, rel=1e-5)
+    assert off["recon_psnr"] == pytest.approx(20.0, rel=1e-4)  # 10 log10(1 / 0.01)
+    assert evaluate.reconstruction(Identity(), x)["recon_mse"] == 0.0
+
+
+def test_factor_columns_become_integer_codes():
+    f = {"factor_shape": np.array([0, 2, 1, 2]), "factor_x": np.linspace(0, 1, 4),
+         "factor_const": np.ones(4)}
+    names, codes = evaluate.factor_codes(f, max_values=3)
+    assert names == ["factor_shape", "factor_x"]  # the constant column carries no information
+    assert codes[:, 0].tolist() == [0, 2, 1, 2]
+    assert codes[:, 1].tolist() == [0, 6, 13, 19]  # 4 distinct values > max_values: 20 equal bins
+
+
+def test_conditions_cycle_classes_or_captions():
+    class ClassModel:
+        capabilities = frozenset({"sample", "condition"})
+        num_classes = 3
+
+    class TextModel:
+        capabilities = frozenset({"sample", "condition"})
+        num_classes = 0
+        text_encoder = object()
+
+    ref = evaluate.Split(x=torch.zeros(2, 1, 8, 8), y=np.array([4, 5]), captions=["a", "b"], factors={})
+    assert evaluate.conditions_for(ClassModel(), 5, ref)["y"].tolist() == [0, 1, 2, 0, 1]
+    text = evaluate.conditions_for(TextModel(), 3, ref)
+    assert text["prompt"] == ["a", "b", "a"] and text["rows"].tolist() == [0, 1, 0]
