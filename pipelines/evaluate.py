@@ -31,11 +31,10 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
