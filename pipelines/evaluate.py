@@ -196,15 +196,19 @@ def domain_classifier(choice: str, *, train_path: str, dataset: str, home: Path,
     "none" is none; anything else a directory written by components.metrics.classifier."""
     if choice == "none":
         return None
-    if choice != "auto":
-        path = Path(choice).expanduser()
-        try:
-            return FeatureNet(dataset, clf.classifier_id(path), clf.load_classifier(path), "classifier")
-        except (FileNotFoundError, ValueError) as e:
-            raise ConfigError(f"feature_net {choice!r}: {e} (allowed: auto, none, or a saved classifier directory)") from None
     from components.data import read_info
 
     info = read_info(train_path)
+    if choice != "auto":
+        path = Path(choice).expanduser()
+        try:
+            net = FeatureNet(dataset, clf.classifier_id(path), clf.load_classifier(path), "classifier")
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"feature_net {choice!r}: {e} (allowed: auto, none, or a saved classifier directory)") from None
+        if info.modality != "image" or net.model.config["in_channels"] != info.shape[2]:
+            raise ConfigError(f"feature_net {choice!r} takes {net.model.config['in_channels']}-channel images; "
+                              f"{train_path} holds {info.modality} of shape {list(info.shape)}")
+        return net
     if info.modality != "image" or info.num_classes < 2:
         return None  # no labels: nothing to train a classifier on
     recipe = hashlib.sha256(json.dumps(CLASSIFIER_RECIPE, sort_keys=True).encode()).hexdigest()[:8]
@@ -438,6 +442,9 @@ def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> Ev
         data = resolve_data(spec, home)
     except (ConfigError, FileNotFoundError) as e:
         raise ConfigError(f"{request.target}: its training data is not readable here ({e})") from None
+    if data.info.modality != "image":
+        raise ConfigError(f"{request.target}: genray eval scores image models; this one trained on "
+                          f"{data.info.modality} data ({data.train})")
     dataset = spec.data.dataset if spec.data.path is None else Path(spec.data.path).stem
     ref_path, floor_path = (data.test, data.train) if request.reference == "test" else (data.train, data.test)
     sampling = sampling_kwargs(model, request.sampling)

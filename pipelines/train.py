@@ -146,13 +146,13 @@ def quality_inputs(spec: ExperimentSpec, data: DataSource, home: Path) -> dict[s
     if spec.trainer.quality_samples == 0 or spec.trainer.feature_net == "none" or data.info.modality != "image":
         return None
     dataset = spec.data.dataset if spec.data.path is None else Path(spec.data.path).stem
-    net = evaluate.domain_classifier(spec.trainer.feature_net, train_path=data.train, dataset=dataset, home=home,
-                                     say=lambda line: print(line, flush=True))
+    try:
+        net = evaluate.domain_classifier(spec.trainer.feature_net, train_path=data.train, dataset=dataset, home=home,
+                                         say=lambda line: print(line, flush=True))
+    except ConfigError as e:
+        raise ConfigError(f"trainer.{e}") from None
     if net is None:
         return None
-    if net.model.config["in_channels"] != data.info.shape[2]:
-        raise ConfigError(f"trainer.feature_net: {spec.trainer.feature_net} takes {net.model.config['in_channels']}-channel "
-                          f"images; {data.train} has {data.info.shape[2]}")
     return {
         "config": net.model.config,
         "weights": save_safetensors({k: v.contiguous() for k, v in net.model.state_dict().items()}),

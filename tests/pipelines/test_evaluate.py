@@ -138,3 +138,21 @@ def test_bad_sampling_settings_exit_2_naming_what_the_model_takes(trained, env_h
     assert "expected sampling.KEY=VALUE" in capsys.readouterr().err
     assert cli.main(["eval", vae.run_id, "--num-samples", "1"]) == 2
     assert "--num-samples must be >= 2" in capsys.readouterr().err
+
+
+def test_fid_runs_on_an_inception_weights_file_the_user_supplies(trained, env_home, tmp_path):
+    """The Inception path end to end, with random weights standing in for pytorch-fid's file."""
+    import torch
+
+    from components.metrics.inception import InceptionFeatures, inception_id
+
+    torch.manual_seed(0)
+    path = tmp_path / "inception.pth"
+    torch.save(InceptionFeatures().state_dict(), path)
+    out = evaluate.evaluate(evaluate.EvalRequest(
+        target=trained["vae"].run_id, num_samples=12, batch_size=12, workers=0, feature_net="none",
+        inception=str(path), likelihood_rows=8, log=False))
+    for key in ("fd_inception", "fd_inception_floor", "kid_inception", "precision_inception", "recall_inception"):
+        assert np.isfinite(out.metrics[key]), key
+    assert "fd_digits" not in out.metrics and "class_consistency" not in out.metrics
+    assert out.params["eval.feature_nets"] == inception_id(path) and out.eval_run_id is None

@@ -84,3 +84,17 @@ def test_conditions_cycle_classes_or_captions():
     assert evaluate.conditions_for(ClassModel(), 5, ref)["y"].tolist() == [0, 1, 2, 0, 1]
     text = evaluate.conditions_for(TextModel(), 3, ref)
     assert text["prompt"] == ["a", "b", "a"] and text["rows"].tolist() == [0, 1, 0]
+
+
+def test_a_feature_net_for_other_images_is_a_config_error(tmp_path):
+    from components.data import DATASETS
+    from components.metrics.classifier import DomainClassifier, save_classifier
+
+    paths = DATASETS["shapes"](tmp_path / "shapes", size="tiny")
+    grey = save_classifier(DomainClassifier(in_channels=1, num_classes=10), tmp_path / "grey")
+    with pytest.raises(ConfigError, match="takes 1-channel images"):
+        evaluate.domain_classifier(str(grey), train_path=str(paths["train"]), dataset="shapes", home=tmp_path)
+    with pytest.raises(ConfigError, match="feature_net .*nowhere.*saved classifier directory"):
+        evaluate.domain_classifier(str(tmp_path / "nowhere"), train_path=str(paths["train"]), dataset="shapes",
+                                   home=tmp_path)
+    assert evaluate.domain_classifier("none", train_path=str(paths["train"]), dataset="shapes", home=tmp_path) is None
