@@ -27,14 +27,17 @@ class GaussianStats:
     n: int
 
 
-def _as_features(features: np.ndarray | Tensor, name: str) -> np.ndarray:
+def as_features(features: np.ndarray | Tensor, name: str, *, min_rows: int = 2,
+                why: str = "for a covariance") -> np.ndarray:
+    """(N, D) features as finite float64, N >= min_rows; every metric on feature sets checks its
+    input here, so a wrong shape or a NaN from a diverged model gets the same plain message."""
     if isinstance(features, Tensor):
         features = features.detach().to("cpu").double().numpy()
     f = np.asarray(features, dtype=np.float64)
     if f.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array (N, D) of feature vectors, got shape {f.shape}")
-    if f.shape[0] < 2:
-        raise ValueError(f"{name} needs at least 2 feature vectors for a covariance, got shape {f.shape}")
+    if f.shape[0] < min_rows:
+        raise ValueError(f"{name} needs at least {min_rows} feature vectors {why}, got shape {f.shape}")
     if not np.isfinite(f).all():
         raise ValueError(f"{name} has non-finite values (shape {f.shape}); check the model's outputs")
     return f
@@ -42,7 +45,7 @@ def _as_features(features: np.ndarray | Tensor, name: str) -> np.ndarray:
 
 def gaussian_stats(features: np.ndarray | Tensor) -> GaussianStats:
     """(N, D) features -> their mean and unbiased (N - 1) covariance, in float64."""
-    f = _as_features(features, "features")
+    f = as_features(features, "features")
     mean = f.mean(axis=0)
     cov = np.cov(f, rowvar=False, ddof=1).reshape(f.shape[1], f.shape[1])  # D = 1 gives a 0-d array
     return GaussianStats(mean=mean, cov=cov, n=f.shape[0])
@@ -85,7 +88,7 @@ def frechet_distance(a: GaussianStats, b: GaussianStats) -> float:
 
 def frechet_distance_features(fa: np.ndarray | Tensor, fb: np.ndarray | Tensor) -> float:
     """frechet_distance of two (N, D) feature sets (N may differ, D may not)."""
-    fa, fb = _as_features(fa, "fa"), _as_features(fb, "fb")
+    fa, fb = as_features(fa, "fa"), as_features(fb, "fb")
     if fa.shape[1] != fb.shape[1]:
         raise ValueError(
             f"fa and fb must have the same feature size D, got shapes {fa.shape} and {fb.shape}"

@@ -18,25 +18,12 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor
 
-
-def _as_features(features: np.ndarray | Tensor, name: str) -> np.ndarray:
-    if isinstance(features, Tensor):
-        features = features.detach().to("cpu").double().numpy()
-    f = np.asarray(features, dtype=np.float64)
-    if f.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array (N, D) of feature vectors, got shape {f.shape}")
-    if f.shape[0] < 2:
-        raise ValueError(
-            f"{name} needs at least 2 feature vectors for the unbiased MMD (it leaves out i == j), "
-            f"got shape {f.shape}"
-        )
-    if not np.isfinite(f).all():
-        raise ValueError(f"{name} has non-finite values (shape {f.shape}); check the model's outputs")
-    return f
+from .frechet import as_features
 
 
 def _check_pair(fa: np.ndarray | Tensor, fb: np.ndarray | Tensor) -> tuple[np.ndarray, np.ndarray]:
-    fa, fb = _as_features(fa, "fa"), _as_features(fb, "fb")
+    why = "for the unbiased MMD (it leaves out i == j)"
+    fa, fb = as_features(fa, "fa", why=why), as_features(fb, "fb", why=why)
     if fa.shape[1] != fb.shape[1]:
         raise ValueError(
             f"fa and fb must have the same feature size D, got shapes {fa.shape} and {fb.shape}"

@@ -21,21 +21,7 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor
 
-
-def _as_features(features: np.ndarray | Tensor, name: str, k: int) -> np.ndarray:
-    if isinstance(features, Tensor):
-        features = features.detach().to("cpu").double().numpy()
-    f = np.asarray(features, dtype=np.float64)
-    if f.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array (N, D) of feature vectors, got shape {f.shape}")
-    if f.shape[0] < k + 1:
-        raise ValueError(
-            f"{name} needs at least k + 1 = {k + 1} feature vectors for a k-th nearest neighbour "
-            f"other than the point itself, got shape {f.shape}"
-        )
-    if not np.isfinite(f).all():
-        raise ValueError(f"{name} has non-finite values (shape {f.shape}); check the model's outputs")
-    return f
+from .frechet import as_features
 
 
 def _sq_dists(a: np.ndarray, sq_a: np.ndarray, b: np.ndarray, sq_b: np.ndarray) -> np.ndarray:
@@ -78,7 +64,8 @@ def precision_recall(
         raise ValueError(f"k must be a positive integer (the paper uses 3), got {k!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    real, fake = _as_features(real, "real", k), _as_features(fake, "fake", k)
+    why = f"(k + 1 = {k + 1}) for a k-th nearest neighbour other than the point itself"
+    real, fake = (as_features(f, name, min_rows=k + 1, why=why) for f, name in ((real, "real"), (fake, "fake")))
     if real.shape[1] != fake.shape[1]:
         raise ValueError(
             f"real and fake must have the same feature size D, got shapes {real.shape} and {fake.shape}"

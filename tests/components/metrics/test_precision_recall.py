@@ -105,7 +105,7 @@ def test_bad_inputs_raise_value_errors_that_name_the_problem():
     good = rng.normal(size=(10, 4))
     with pytest.raises(ValueError, match=r"real must be a 2-D .*\(10,\)"):
         precision_recall(rng.normal(size=10), good)
-    with pytest.raises(ValueError, match=r"fake needs at least k \+ 1 = 4 .*\(3, 4\)"):
+    with pytest.raises(ValueError, match=r"fake needs at least 4 feature vectors \(k \+ 1 = 4\).*\(3, 4\)"):
         precision_recall(good, rng.normal(size=(3, 4)))
     with pytest.raises(ValueError, match=r"\(10, 4\) and \(10, 5\)"):
         precision_recall(good, rng.normal(size=(10, 5)))
