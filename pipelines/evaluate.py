@@ -385,7 +385,7 @@ def generate_chunks(files: dict[str, bytes], chunks: list[tuple[int, int, int]],
         gen = torch.Generator().manual_seed(seed * 1_000_003 + index)
         kwargs = dict(sampling)
         if "y" in conditions:
-            kwargs["y"] = torch.as_tensor(conditions["y"][start:stop], dtype=torch.long)
+            kwargs["y"] = torch.tensor(conditions["y"][start:stop], dtype=torch.long)  # a copy: Ray hands out read-only arrays
         if "prompt" in conditions:
             kwargs["prompt"] = list(conditions["prompt"][start:stop])
         t0 = time.perf_counter()
