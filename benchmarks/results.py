@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/results.py                 # this CPU: shapes configs shortened
     .venv/bin/python benchmarks/results.py --full          # every config exactly as shipped (GPU)
     .venv/bin/python benchmarks/results.py --only vae_digits,dcgan_digits
+    .venv/bin/python benchmarks/results.py --eval-only      # re-evaluate the runs in docs/results.json
 
 Runs one after another on the local Ray instance and MLflow store (GENRAY_HOME), so every
 figure is also in MLflow: a training run per config, an evaluation run nested under it.
@@ -117,6 +118,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--full", action="store_true", help="run every config as shipped (no CPU shortening)")
     p.add_argument("--only", help="comma-separated entry names")
+    p.add_argument("--eval-only", action="store_true", help="re-evaluate the runs recorded in --json, no training")
     p.add_argument("--num-samples", type=int, default=evaluate.DEFAULT_NUM_SAMPLES)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "RESULTS.md")
@@ -132,28 +134,32 @@ def main() -> None:
             if name in done and name == "autoencoder_shapes":
                 autoencoder_run = done[name]["run_id"]
             continue
-        overrides = [] if args.full else list(overrides)
-        if name == "ldm_shapes" and autoencoder_run:
-            overrides.append(f"model.autoencoder=runs:/{autoencoder_run}")
-        shipped = config.load(CONFIGS / rel)
-        spec = config.load(CONFIGS / rel, overrides)
-        run_name = f"results-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        print(f"=== {name}: training {spec.trainer.max_steps} steps ({' '.join(overrides) or 'as shipped'})", flush=True)
+        if args.eval_only:
+            if name not in done:
+                continue
+            entry = done[name]
+        else:
+            overrides = [] if args.full else list(overrides)
+            if name == "ldm_shapes" and autoencoder_run:
+                overrides.append(f"model.autoencoder=runs:/{autoencoder_run}")
+            shipped = config.load(CONFIGS / rel)
+            spec = config.load(CONFIGS / rel, overrides)
+            run_name = f"results-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            print(f"=== {name}: training {spec.trainer.max_steps} steps ({' '.join(overrides) or 'as shipped'})", flush=True)
+            started = time.perf_counter()
+            out = train.run(spec, name=run_name, home=home)
+            if name == "autoencoder_shapes":
+                autoencoder_run = out.run_id
+            entry = {"name": name, "family": spec.model.family, "dataset": spec.data.dataset, "run_id": out.run_id,
+                     "steps": spec.trainer.max_steps, "config_steps": shipped.trainer.max_steps,
+                     "train_s": time.perf_counter() - started}
+        print(f"=== {name}: evaluating run {entry['run_id']}", flush=True)
         started = time.perf_counter()
-        out = train.run(spec, name=run_name, home=home)
-        train_s = time.perf_counter() - started
-        if name == "autoencoder_shapes":
-            autoencoder_run = out.run_id
-        print(f"=== {name}: evaluating run {out.run_id}", flush=True)
-        started = time.perf_counter()
-        ev = evaluate.evaluate(evaluate.EvalRequest(target=f"runs:/{out.run_id}", num_samples=args.num_samples,
+        ev = evaluate.evaluate(evaluate.EvalRequest(target=f"runs:/{entry['run_id']}", num_samples=args.num_samples,
                                                     workers=args.workers), home=home)
         evaluate.print_report(ev)
-        done[name] = {
-            "name": name, "family": spec.model.family, "dataset": spec.data.dataset, "run_id": out.run_id,
-            "eval_run_id": ev.eval_run_id, "steps": spec.trainer.max_steps, "config_steps": shipped.trainer.max_steps,
-            "train_s": train_s, "eval_s": time.perf_counter() - started, "metrics": ev.metrics, "params": ev.params,
-        }
+        done[name] = {**entry, "eval_run_id": ev.eval_run_id, "eval_s": time.perf_counter() - started,
+                      "metrics": ev.metrics, "params": ev.params}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(done, indent=2, sort_keys=True))
         entries = [done[n] for n, _, _ in ENTRIES if n in done]

@@ -261,10 +261,16 @@ def reference_features(net: FeatureNet, split_path: str, rows: int | None, home:
 
 def sample_quality(fake: np.ndarray, real: np.ndarray, floor_pool: np.ndarray, name: str, *, seed: int = 0) -> dict[str, float]:
     """FD, KID and precision/recall of fake vs real features, and each one's floor: the same
-    statistic for len(fake) real features drawn from another split (floor_pool)."""
+    statistic for as many real features, drawn from another split (floor_pool).
+
+    Both sides use n = min(len(fake), len(floor_pool)) rows, the first n samples and a random n
+    of the pool: FD's bias shrinks with n, so a model scored on more rows than its floor could
+    come out "better than real". (digits has 1,500 training images: 2,000 samples are scored as
+    1,500.)"""
     rng = np.random.default_rng(seed)
-    n_floor = min(len(fake), len(floor_pool))
-    floor = floor_pool[rng.choice(len(floor_pool), n_floor, replace=False)]
+    n = min(len(fake), len(floor_pool))
+    fake = fake[:n]
+    floor = floor_pool[rng.choice(len(floor_pool), n, replace=False)]
     out: dict[str, float] = {}
     out[f"fd_{name}"] = frechet_distance_features(fake, real)
     out[f"fd_{name}_floor"] = frechet_distance_features(floor, real)
@@ -483,7 +489,7 @@ def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> Ev
         say(f"scoring against {net.id} features ...")
         real = reference_features(net, ref_path, None, home)
         pool = reference_features(net, floor_path, request.num_samples, home)
-        params["eval.floor_rows"] = str(min(request.num_samples, len(pool)))
+        params["eval.compared_rows"] = str(min(request.num_samples, len(pool)))  # samples and floor alike
         metrics.update(sample_quality(net.features(fake), real, pool, net.name, seed=request.seed))
         if net.kind == "classifier":
             metrics["classifier_accuracy_real"] = float((net.predict(reference.x) == reference.y).mean())

@@ -75,7 +75,7 @@ def test_eval_of_a_run_logs_every_metric_with_its_settings(trained, env_home, di
 
     assert p["eval.num_samples"] == "200" and p["eval.reference_split"] == "test"
     assert p["eval.feature_nets"] == classifier_id(digits_classifier)
-    assert p["eval.bits_per_dim_kind"] == "bound" and p["eval.floor_rows"] == "200"
+    assert p["eval.bits_per_dim_kind"] == "bound" and p["eval.compared_rows"] == "200"
     # The training run carries the figures too, at the checkpoint's step.
     history = client.get_metric_history(vae.run_id, "eval_full/fd_digits")
     assert history[-1].value == pytest.approx(m["fd_digits"]) and history[-1].step == 30

@@ -40,6 +40,10 @@ def test_sample_quality_sits_at_its_floor_for_real_data_and_above_it_for_shifted
     # The floor uses as many real rows as there are samples, when the pool has them.
     small = evaluate.sample_quality(rng.normal(size=(50, 8)), real, pool, "toy")
     assert small["fd_toy_floor"] > same["fd_toy_floor"]  # FD's small-sample bias, which the floor shows
+    # A pool smaller than the sample set: the samples are scored on as many rows as the floor.
+    fake = rng.normal(size=(400, 8))
+    short = evaluate.sample_quality(fake, real, pool[:100], "toy")
+    assert short["fd_toy"] == pytest.approx(evaluate.sample_quality(fake[:100], real, pool[:100], "toy")["fd_toy"])
 
 
 def test_reconstruction_metrics_on_the_unit_pixel_scale():
