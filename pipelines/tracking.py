@@ -6,6 +6,7 @@ absolute paths so Ray workers, whatever their working directory, write to the sa
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -35,8 +36,9 @@ def ensure_experiment(uri: str, name: str, home: Path) -> str:
     if exp is not None:
         return exp.experiment_id
     location = None
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        # Explicit location, or artifacts land in whatever folder the writer runs in.
+    if uri.startswith("sqlite:"):
+        # A local store: an explicit location, or artifacts land in ./mlruns of whatever folder
+        # the writer runs in. A tracking server picks its own.
         location = (home / "mlartifacts" / name).resolve().as_uri()
     return client.create_experiment(name, artifact_location=location)
 
@@ -96,15 +98,34 @@ def finish_run(uri: str, run_id: str, status: str) -> None:
     _client(uri).set_terminated(run_id, status=status)
 
 
+@contextlib.contextmanager
+def _fluent(uri: str):
+    """mlflow's fluent API (start_run, pyfunc.log_model, artifacts) pointed at `uri`.
+
+    mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI into this process's environment.
+    Left there, every later tracking_uri() in the process would read it as the user's choice: the
+    next run of a sweep or of benchmarks/results.py, or a test with another GENRAY_HOME, would
+    log to this store. The environment is put back as it was on the way out."""
+    import mlflow
+
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield mlflow
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def log_and_register(uri: str, run_id: str, checkpoint_dir: Path, model_name: str | None) -> str | None:
     """Log the final model as an MLflow "models from code" pyfunc: the code is
     pipelines/mlflow_model.py, the state a genray checkpoint (safetensors + JSON). Nothing is
     pickled, so loading runs only genray's own code. Returns the registered version."""
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    with mlflow.start_run(run_id=run_id):
+    with _fluent(uri) as mlflow, mlflow.start_run(run_id=run_id):
         # Only what serving needs: weights and state, not the optimizer.
         with tempfile.TemporaryDirectory() as d:
             slim = Path(d) / "checkpoint"
@@ -178,8 +199,8 @@ def resolve_checkpoint(ref: str, uri: str, cache: Path) -> Path:
         dest = cache / source.replace(":/", "-").replace("/", "-")
         if not (dest / "done").exists():
             dest.mkdir(parents=True, exist_ok=True)
-            mlflow.set_tracking_uri(uri)
-            mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest), tracking_uri=uri)
+            with _fluent(uri):
+                mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest), tracking_uri=uri)
             (dest / "done").touch()
     except MlflowException as e:
         raise ValueError(f"{ref!r}: not found in the MLflow store at {uri} ({e.message.splitlines()[0]})") from None

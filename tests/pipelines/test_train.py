@@ -69,6 +69,10 @@ def test_two_worker_run_is_tracked_checkpointed_and_registered(family, ray_sessi
     client = mlflow_client(genray_home)
     [run] = runs_named(client, f"t-{family}")
     assert run.info.status == "FINISHED"
+    # Artifacts stay under the project home, and registering the model (which uses mlflow's
+    # fluent API) left no MLFLOW_TRACKING_URI behind for the next run in this process to inherit.
+    assert client.get_experiment_by_name("test").artifact_location.startswith((genray_home / "mlartifacts").as_uri())
+    assert "MLFLOW_TRACKING_URI" not in os.environ
     assert run.data.params["model.family"] == family and run.data.params["scaling.workers"] == "2"
     assert "eval/loss" in run.data.metrics
     assert run.data.metrics["eval/kid_digits"] > -1 and run.data.metrics["eval/fd_digits_n16"] >= 0
