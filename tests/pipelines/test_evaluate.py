@@ -156,3 +156,26 @@ def test_fid_runs_on_an_inception_weights_file_the_user_supplies(trained, env_ho
         assert np.isfinite(out.metrics[key]), key
     assert "fd_digits" not in out.metrics and "class_consistency" not in out.metrics
     assert out.params["eval.feature_nets"] == inception_id(path) and out.eval_run_id is None
+
+
+def test_a_shapes_autoencoder_gets_disentanglement_scores(ray_session, tmp_path, monkeypatch):
+    """MIG on the factor columns and the β-VAE metric on pairs rendered on the fly (few points:
+    the metric's behaviour is tested in tests/components/metrics)."""
+    monkeypatch.setattr(evaluate, "BETA_VAE_POINTS", {"pairs_per_point": 4, "num_train": 40, "num_eval": 20})
+    home = tmp_path / "home"
+    spec = config.validate({
+        "data": {"dataset": "shapes", "size": "tiny"},
+        "model": {"family": "beta_vae", "size": "tiny"},
+        "trainer": {"max_steps": 6, "batch_size": 16, "checkpoint_every": 6, "eval_every": 6, "log_every": 3,
+                    "eval_batches": 1, "num_samples": 16, "quality_samples": 0},
+        "scaling": {"workers": 2, "cpus_per_worker": 0.5},
+        "tracking": {"experiment": "test"},
+    }, "<test>")
+    out = train.run(spec, name="e-bvae", home=home)
+    ev = evaluate.evaluate(evaluate.EvalRequest(target=out.run_id, num_samples=20, batch_size=20, workers=0,
+                                                feature_net="none", likelihood_rows=8, log=False), home=home)
+    m = ev.metrics
+    assert 0 <= m["mig"] <= 1 and 0 <= m["beta_vae_score"] <= 1
+    assert {"mig_shape", "mig_color", "mig_x", "mig_rotation"} <= set(m)
+    assert ev.params["eval.beta_vae.num_eval"] == "20"
+    assert m["recon_psnr"] > 0 and np.isfinite(m["bits_per_dim"])
