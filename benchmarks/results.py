@@ -35,7 +35,7 @@ ENTRIES = [
     ("ddpm_digits", "diffusion/ddpm_digits.yaml", []),
     ("beta_vae_shapes", "vae/beta_vae_shapes.yaml", ["trainer.max_steps=800", "model.capacity_steps=600"]),
     ("autoencoder_shapes", "vae/autoencoder_shapes.yaml", ["trainer.max_steps=600"]),
-    ("ldm_shapes", "diffusion/ldm_shapes.yaml", ["trainer.max_steps=1000"]),
+    ("ldm_shapes", "diffusion/ldm_shapes.yaml", ["trainer.max_steps=500", "trainer.batch_size=32"]),
     ("ddpm_shapes", "diffusion/ddpm_shapes.yaml", ["trainer.max_steps=400"]),
 ]
 
@@ -79,7 +79,7 @@ def write_markdown(entries: list[dict], path: Path, command: str, num_samples: i
         "# Results: every shipped config, trained and evaluated the same way",
         "",
         "Produced by one command, which anyone can rerun (it trains each config, then runs",
-        "`genray eval` on it; about an hour on a 2-core CPU):",
+        "`genray eval` on it; one to two hours on a 2-core CPU):",
         "",
         f"    {command}",
         "",
@@ -87,7 +87,8 @@ def write_markdown(entries: list[dict], path: Path, command: str, num_samples: i
         f"no GPU. Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "",
         "How to read it:",
-        f"- Quality metrics compare {num_samples:,} samples with the dataset's test split, on the features",
+        f"- Quality metrics compare {num_samples:,} samples (digits: 1,500, the size of its training split,",
+        "  so that samples and floor are scored on equal rows) with the dataset's test split, on the features",
         "  of genray's domain classifier for that dataset (trained once per dataset and cached; its id",
         "  is in the evaluation run's params). **(floor)** is the same statistic for a real training-",
         "  split sample of the same size: no model can be expected to beat it, and a model at its floor",
@@ -102,12 +103,18 @@ def write_markdown(entries: list[dict], path: Path, command: str, num_samples: i
         "  sampling settings (diffusion: DDIM with the config's steps and guidance).",
         "- Steps: run / in the config. The shapes recipes are sized for a GPU; on this CPU they ran",
         "  shortened, so their figures are those of early checkpoints, not of the recipes.",
+        "- train min: wall time of `genray train`, including, for the first config of each dataset, the",
+        "  one-time training of its domain classifier (digits 42 s, shapes 352 s on this machine).",
         "",
         "| config | family | steps | train min | " + " | ".join(h.format(d="D") for h, _ in COLUMNS) + " |",
         "|" + "---|" * (4 + len(COLUMNS)),
     ]
     for e in entries:
         lines.append(row(e))
+    missing = [n for n, _, _ in ENTRIES if n not in {e["name"] for e in entries}]
+    if missing:
+        lines += ["", "Not run yet: " + ", ".join(f"`{n}`" for n in missing)
+                  + f" (`.venv/bin/python benchmarks/results.py --only {','.join(missing)}` adds them)."]
     lines += ["", "D is the dataset named in the config (digits or shapes). Per-run details, sample grids",
               "and every other metric are in MLflow: the training run of each config, and its nested",
               "`eval-...` run.", ""]
