@@ -372,7 +372,7 @@ def conditions_for(model, n: int, reference: Split) -> dict[str, Any]:
     return {}
 
 
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
+def to_uint8(x: torch.Tensor) -> np.ndarray:
     """Samples quantized as they would be saved as PNG, the form every metric sees."""
     return torch.round((x.float().clamp(-1, 1) + 1) * 127.5).to(torch.uint8).cpu().numpy()
 
@@ -401,7 +401,7 @@ def generate_chunks(files: dict[str, bytes], chunks: list[tuple[int, int, int]],
         with torch.no_grad():
             x = model.sample(stop - start, generator=gen, **kwargs)
         latencies.append(time.perf_counter() - t0)
-        images[index] = _to_uint8(x)
+        images[index] = to_uint8(x)
     return {"images": images, "latencies": latencies}
 
 

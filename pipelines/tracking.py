@@ -184,18 +184,8 @@ def resolve_checkpoint(ref: str, uri: str, cache: Path) -> Path:
             client.get_run(run_id)
             source = f"runs:/{run_id}/checkpoint"
         else:
-            name, sep, alias = ref.removeprefix("models:/").partition("@")
-            if sep:
-                mv = client.get_model_version_by_alias(name, alias)
-            else:
-                name, _, version = name.partition("/")
-                if version == "latest":  # the newest version, as `genray train` registered it
-                    versions = client.search_model_versions(f"name = '{name}'")
-                    if not versions:
-                        raise ValueError(f"{ref!r}: no registered model named {name!r} in {uri}")
-                    version = str(max(int(v.version) for v in versions))
-                mv = client.get_model_version(name, version)
-            source = f"models:/{name}/{mv.version}"
+            name, version = _model_version(client, ref, uri)
+            source = f"models:/{name}/{version}"
         dest = cache / source.replace(":/", "-").replace("/", "-")
         if not (dest / "done").exists():
             dest.mkdir(parents=True, exist_ok=True)
@@ -220,16 +210,24 @@ def run_exists(uri: str, run_id: str) -> bool:
         return False
 
 
-def model_version_of(ref: str, uri: str) -> tuple[str, str]:
-    """(name, version) of models:/NAME@ALIAS, models:/NAME/VERSION or models:/NAME/latest."""
-    client = _client(uri)
+def _model_version(client, ref: str, uri: str) -> tuple[str, str]:
+    """(name, version) that models:/NAME@ALIAS, models:/NAME/VERSION or models:/NAME/latest names.
+    Raises MlflowException when the registry has no such version."""
     name, sep, alias = ref.removeprefix("models:/").partition("@")
     if sep:
         return name, str(client.get_model_version_by_alias(name, alias).version)
     name, _, version = name.partition("/")
-    if version == "latest":
-        version = str(max(int(v.version) for v in client.search_model_versions(f"name = '{name}'")))
-    return name, version
+    if version == "latest":  # the newest version, as `genray train` registered it
+        versions = client.search_model_versions(f"name = '{name}'")
+        if not versions:
+            raise ValueError(f"{ref!r}: no registered model named {name!r} in {uri}")
+        version = str(max(int(v.version) for v in versions))
+    return name, str(client.get_model_version(name, version).version)
+
+
+def model_version_of(ref: str, uri: str) -> tuple[str, str]:
+    """(name, version) of models:/NAME@ALIAS, models:/NAME/VERSION or models:/NAME/latest."""
+    return _model_version(_client(uri), ref, uri)
 
 
 EVAL_EXPERIMENT = "genray-eval"  # evaluations of models whose training run this store lacks

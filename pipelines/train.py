@@ -507,13 +507,14 @@ class _QualityProbe:
         from components.metrics.classifier import extract_features
         from components.metrics.frechet import frechet_distance_features
         from components.metrics.kid import kid
+        from pipelines.evaluate import to_uint8
 
         kwargs = {}
         num_classes = getattr(model, "num_classes", 0)
         if "condition" in model.capabilities and num_classes:
             kwargs["y"] = torch.arange(self.n, device=next(model.parameters()).device) % num_classes
         x = model.sample(self.n, generator=torch.Generator().manual_seed(self.seed + 1), **kwargs)
-        x = torch.round((x.float().clamp(-1, 1) + 1) * 127.5).cpu() / 127.5 - 1  # as saved to PNG
+        x = normalize_images(torch.as_tensor(to_uint8(x)))  # scored as saved to PNG, like genray eval
         feats = extract_features(self.net, x)
         out = {
             f"kid_{self.name}": kid(feats, self.reference, num_subsets=20, subset_size=self.n, seed=self.seed)[0],

@@ -169,14 +169,13 @@ def train_classifier(
     """
     x = _as_images(x)
     y = _as_labels(y, len(x), num_classes)
-    aux_y = {}
-    for name, labels in (aux or {}).items():
-        k = int(np.asarray(labels).max()) + 1 if len(x) else 2
-        aux_y[name] = _as_labels(labels, len(x), k)
     if len(x) == 0:
         raise ValueError("train_classifier needs at least one image")
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
+    # Each aux target's class count is read off its labels (at least 2, as a head needs).
+    aux_classes = {n: max(2, int(np.asarray(v).max()) + 1) for n, v in (aux or {}).items()}
+    aux_y = {n: _as_labels(v, len(x), aux_classes[n]) for n, v in (aux or {}).items()}
     device = torch.device(device)
     x, y = x.to(device), y.to(device)
     # Shifts of 1 px are already an eighth of an 8x8 digit; larger images take 2.
@@ -184,8 +183,7 @@ def train_classifier(
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = DomainClassifier(in_channels=x.shape[1], num_classes=num_classes,
-                                 aux_classes={n: max(2, int(v.max()) + 1) for n, v in aux_y.items()}).to(device)
+        model = DomainClassifier(in_channels=x.shape[1], num_classes=num_classes, aux_classes=aux_classes).to(device)
     aux_y = {n: v.to(device) for n, v in aux_y.items()}
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
