@@ -1,6 +1,7 @@
 """`genray`: the command line.
 
     genray train CONFIG [--set key=value ...] [--workers N] [--gpu] [--name RUN]
+    genray tune CONFIG [--set key=value ...] [--name SWEEP | --resume SWEEP]
     genray eval TARGET [--num-samples N] [--set sampling.key=value ...] [--workers W]
     genray data prepare NAME [--out PATH] [--seed S] [--size tiny|full]
     genray families
@@ -37,6 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--workers", type=int, help="Ray Train workers (scaling.workers)")
     t.add_argument("--gpu", action="store_true", help="one GPU per worker (scaling.gpu)")
     t.add_argument("--name", help="run name; an existing name continues that run")
+
+    tu = sub.add_parser("tune", help="sweep hyperparameters with Ray Tune; register the best model as champion")
+    tu.add_argument("config", help="sweep YAML (a tune: section), e.g. pipelines/configs/gan/sweep_dcgan_digits.yaml")
+    tu.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, tune.* included, e.g. --set tune.num_samples=8 (repeatable)")
+    names = tu.add_mutually_exclusive_group()
+    names.add_argument("--name", help="name of a new sweep (default: <config>-<date>-<time>)")
+    names.add_argument("--resume", metavar="NAME", help="continue the interrupted sweep NAME; finished trials are kept")
 
     e = sub.add_parser("eval", help="score a trained model (quality, likelihood, speed) into MLflow")
     e.add_argument("target", metavar="TARGET",
@@ -103,6 +112,23 @@ def print_summary(out) -> None:
         print(f"open the UI    {mlflow_cmd} ui --backend-store-uri {out.tracking_uri} --port 5000")
 
 
+def cmd_tune(args) -> int:
+    from pipelines import tune
+
+    sweep = tune.load(args.config, args.overrides)
+    name = args.resume or args.name or tune.default_sweep_name(args.config)
+    try:
+        out = tune.run(sweep, name=name, resume=args.resume is not None)
+    except KeyboardInterrupt:
+        out = None
+    if out is None or out.interrupted:
+        print(f"genray: sweep {name} interrupted; continue it with: genray tune {args.config} --resume {name}",
+              file=sys.stderr)
+        return 130
+    tune.print_report(out, sweep, args.config)
+    return 0 if out.best is not None else 1
+
+
 def cmd_eval(args) -> int:
     from pipelines import evaluate
 
@@ -155,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.config import ConfigError
 
     args = _parser().parse_args(argv)
-    handlers = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data, "families": cmd_families}
+    handlers = {"train": cmd_train, "tune": cmd_tune, "eval": cmd_eval, "data": cmd_data, "families": cmd_families}
     try:
         return handlers[args.command](args)
     except (ConfigError, DataFormatError) as e:

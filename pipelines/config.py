@@ -161,15 +161,20 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> d
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set trainer.lr=3e-4")
-        node = raw
-        *parents, leaf = key.split(".")
-        for p in parents:
-            child = node.setdefault(p, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: {p!r} is a value, not a section")
-            node = child
-        node[leaf] = yaml.safe_load(value)
+        set_key(raw, key, yaml.safe_load(value), what=f"--set {item!r}")
     return raw
+
+
+def set_key(raw: dict[str, Any], key: str, value: Any, *, what: str) -> None:
+    """raw[a][b] = value for key "a.b", creating sections on the way."""
+    node = raw
+    *parents, leaf = key.split(".")
+    for p in parents:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{what}: {p!r} is a value, not a section")
+        node = child
+    node[leaf] = value
 
 
 def _describe(err: dict[str, Any], raw: dict[str, Any]) -> str:
@@ -219,3 +224,74 @@ def load(path: str | Path, overrides: list[str] | None = None) -> ExperimentSpec
     if isinstance(raw, dict):
         raw = apply_overrides(raw, overrides or [], str(path))
     return validate(raw, str(path))
+
+
+# ----------------------------------------------------------------------------- the tune: section
+#
+# A sweep config is an experiment config plus a `tune:` section (a training sweep), or a `tune:`
+# section alone with a `target` model (a sampling-time sweep: no training). See pipelines/tune.py.
+
+DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "int")
+
+
+class StopRule(_Section):
+    """End a trial once a reported metric crosses a threshold."""
+
+    below: float | None = None
+    above: float | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "StopRule":
+        if (self.below is None) == (self.above is None):
+            raise ValueError("a stopping rule is {below: X} or {above: X}")
+        return self
+
+
+class SweepEvalSpec(_Section):
+    """`genray eval`'s metrics on each trial's model (issue 4's suite): the objective of
+    disentanglement and sampling-time sweeps."""
+
+    num_samples: int = Field(500, ge=2)
+    batch_size: int = Field(250, ge=1)
+    feature_net: str = "auto"
+    likelihood_rows: int = Field(200, ge=1)
+    seed: int = 0
+
+
+class TuneSpec(_Section):
+    target: str | None = None  # a trained model: sweep its sampling settings, train nothing
+    metric: str  # what the search optimises, as reported: eval/loss, eval_full/mig, fd_digits
+    mode: Literal["min", "max"]
+    space: dict[str, Any]  # config key -> {choice|grid: [...]} | {uniform|loguniform|int: [low, high]}
+    num_samples: int = Field(1, ge=1, description="trials; with grid entries, repeats of the whole grid")
+    max_concurrent_trials: int = Field(2, ge=1)
+    trial_resources: dict[str, float] | None = None  # default: {CPU: 0.01} training, {CPU: 1} sampling
+    scheduler: Literal["none", "asha"] = "none"
+    grace_period: int | None = Field(None, ge=1, description="ASHA: steps before a trial can be stopped")
+    reduction_factor: float = Field(2.0, gt=1)
+    search: Literal["random", "optuna"] = "random"
+    seed: int = 0
+    stop: dict[str, StopRule] = {}
+    time_budget_s: float | None = Field(None, gt=0)
+    evaluate: SweepEvalSpec | None = None  # training sweeps: score each final model with genray eval
+    report: list[str] = []  # further metrics for the table and the plot
+    register: bool = True
+    model_name: str | None = None
+    alias: str = "champion"
+
+
+def validate_tune(raw: Any, source: str) -> TuneSpec:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: tune: expected a mapping (metric, mode, space, ...)")
+    try:
+        return TuneSpec.model_validate(raw)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors(include_url=False):
+            if err["type"] == "extra_forbidden":
+                loc = ".".join(str(p) for p in err["loc"])
+                section = {"stop": StopRule, "evaluate": SweepEvalSpec}.get(err["loc"][0]) if len(err["loc"]) > 1 else TuneSpec
+                lines.append(f"tune.{loc}: unknown key; allowed: {', '.join(section.model_fields)}")
+            else:
+                lines.append("tune." + _describe(err, raw))
+        raise ConfigError(f"{source}: " + "; ".join(lines)) from None

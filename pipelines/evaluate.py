@@ -76,6 +76,8 @@ class EvalRequest:
     likelihood_rows: int = 500
     seed: int = 0
     log: bool = True
+    parent_run_id: str | None = None  # nest the evaluation run here (a sweep) instead of under the training run
+    tags: dict[str, str] = field(default_factory=dict)  # extra tags on the evaluation run
 
 
 @dataclass
@@ -456,7 +458,8 @@ def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> Ev
                           f"{data.info.modality} data ({data.train})")
     dataset = spec.data.dataset if spec.data.path is None else Path(spec.data.path).stem
     ref_path, floor_path = (data.test, data.train) if request.reference == "test" else (data.train, data.test)
-    sampling = sampling_kwargs(model, request.sampling)
+    # A champion registered by a sampling-time sweep carries its winning settings as defaults.
+    sampling = sampling_kwargs(model, {**state.get("sampling_defaults", {}), **request.sampling})
 
     reference = read_split(ref_path, None, factors=True)
     conditions = conditions_for(model, request.num_samples, reference)
@@ -522,7 +525,9 @@ def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> Ev
         eval_run_id = tracking.log_evaluation(uri, home, target.training_run_id, label=target.label, params=params,
                                               metrics=metrics, step=int(state.get("step") or 0), grid=grid,
                                               tags={"genray.eval.model_name": target.model_name or "",
-                                                    "genray.eval.model_version": target.model_version or ""})
+                                                    "genray.eval.model_version": target.model_version or "",
+                                                    **request.tags},
+                                              parent_run_id=request.parent_run_id)
     return EvalOutcome(metrics, params, eval_run_id, target.training_run_id, uri)
 
 

@@ -8,6 +8,9 @@ predict input: {"n": number of samples, "seed": int, optional "y": class labels,
     keyword the model's `sample` takes (diffusion: "prompt", "guidance_scale", "sampler",
     "num_inference_steps", "eta", "spacing")}
 predict output: float32 array (n, C, H, W) in [-1, 1]
+
+Sampling settings left out of a request take the checkpoint's `sampling_defaults` (state.json;
+written when `genray tune` registers a sampling-time sweep's winner), then the model's own.
 """
 from __future__ import annotations
 
@@ -36,7 +39,9 @@ class GenrayModel(PythonModel):
         unknown = set(request) - accepted - {"n", "seed", "y"}
         if unknown:
             raise ValueError(f"unknown sampling settings {sorted(unknown)}; this model takes {sorted(accepted)}")
-        kwargs.update({k: v for k, v in request.items() if k in accepted and v is not None})
+        # Settings a sampling-time sweep chose are the defaults; the request overrides them.
+        settings = {**self.state.get("sampling_defaults", {}), **request}
+        kwargs.update({k: v for k, v in settings.items() if k in accepted and v is not None})
         return self.model.sample(n, generator=generator, **kwargs).float().cpu().numpy()
 
 

@@ -234,14 +234,23 @@ EVAL_EXPERIMENT = "genray-eval"  # evaluations of models whose training run this
 
 
 def log_evaluation(uri: str, home: Path, training_run_id: str | None, *, label: str, params: dict[str, str],
-                   metrics: dict[str, float], step: int, grid: np.ndarray, tags: dict[str, str]) -> str:
+                   metrics: dict[str, float], step: int, grid: np.ndarray, tags: dict[str, str],
+                   parent_run_id: str | None = None) -> str:
     """One evaluation as its own MLflow run, nested under the training run when there is one,
     and its metrics copied onto the training run as eval_full/<name> at the checkpoint's step.
+    With parent_run_id (a sampling-time sweep's trial) it nests there instead and leaves the
+    training run alone: twenty trials' settings are not the training run's final figures.
     Returns the evaluation run's id."""
     from mlflow.entities import Metric, Param, RunTag
 
     client = _client(uri)
-    if training_run_id:
+    if parent_run_id:
+        parent = client.get_run(parent_run_id)
+        experiment_id = parent.info.experiment_id
+        name = f"eval-{parent.data.tags.get(RUN_NAME_TAG, parent_run_id[:8])}-{time.strftime('%Y%m%d-%H%M%S')}"
+        tags = {**tags, "mlflow.parentRunId": parent_run_id}
+        training_run_id = None
+    elif training_run_id:
         parent = client.get_run(training_run_id)
         experiment_id = parent.info.experiment_id
         name = f"eval-{parent.data.tags.get(RUN_NAME_TAG, training_run_id[:8])}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -268,3 +277,23 @@ def log_evaluation(uri: str, home: Path, training_run_id: str | None, *, label: 
         client.log_batch(training_run_id, metrics=[Metric(f"eval_full/{k}", v, now, step) for k, v in finite.items()],
                          tags=[RunTag("genray.eval.last_run", run_id)])
     return run_id
+
+
+def find_run(uri: str, experiment_name: str, run_name: str) -> str | None:
+    """The id of the run genray named `run_name` in that experiment, or None."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment_name)
+    if exp is None:
+        return None
+    found = client.search_runs([exp.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+                               max_results=1)
+    return found[0].info.run_id if found else None
+
+
+def set_alias(uri: str, model_name: str, version: str, alias: str, tags: dict[str, str]) -> None:
+    """Point models:/NAME@ALIAS at this version, and tag the version (e.g. the sweep that chose
+    it and its winning sampling settings)."""
+    client = _client(uri)
+    for k, v in tags.items():
+        client.set_model_version_tag(model_name, version, k, v)
+    client.set_registered_model_alias(model_name, alias, version)

@@ -179,20 +179,31 @@ def init_ray() -> None:
 
     if ray.is_initialized():
         return
-    # Ray Data's progress bars fight with the training progress line.
-    from ray.data import DataContext
-
-    DataContext.get_current().enable_progress_bars = False
     ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True, configure_logging=False)
 
 
-def build_trainer(spec: ExperimentSpec, data: DataSource, inputs: ModelInputs, *, name: str, home: Path, uri: str, run_id: str):
-    import ray.data
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+@dataclass(frozen=True)
+class TrainData:
+    """The training split as a Ray Dataset, ready for the workers' shards."""
 
-    columns = data.columns
-    decode = data.decode
+    dataset: Any  # ray.data.Dataset
+    repeats: int  # copies of the data in one pass (each permuted differently)
+
+    @staticmethod
+    def key(spec: ExperimentSpec) -> dict[str, Any]:
+        """What the dataset depends on: two specs with the same key can share one."""
+        return {"data": spec.data.model_dump(mode="json"), "batch_size": spec.trainer.batch_size,
+                "seed": spec.trainer.seed, "text_len": spec.model_args().get("text_len"),
+                "conditioning": spec.model_args().get("conditioning")}
+
+
+def build_dataset(spec: ExperimentSpec, data: DataSource) -> TrainData:
+    import ray.data
+    from ray.data import DataContext
+
+    # Ray Data's progress bars fight with the training progress line (and in a Tune trial they
+    # are the trial's whole log). Set here, in whichever process builds the dataset.
+    DataContext.get_current().enable_progress_bars = False
 
     # Decoding runs in Ray Data tasks, never on the driver; images stay uint8 until they reach
     # the worker's device. The decoded blocks are materialised once in the object store, and a
@@ -201,8 +212,8 @@ def build_trainer(spec: ExperimentSpec, data: DataSource, inputs: ModelInputs, *
     # epoch of digits. `epoch` in checkpoints counts these passes.
     base = (
         ray.data.read_parquet(data.train)
-        .select_columns(columns)
-        .map_batches(decode_batch, batch_format="numpy", fn_kwargs={**decode, "normalize": False})
+        .select_columns(data.columns)
+        .map_batches(decode_batch, batch_format="numpy", fn_kwargs={**data.decode, "normalize": False})
     )
     if data.info.num_rows * math.prod(data.info.shape) <= MATERIALIZE_MAX_BYTES:
         base = base.materialize()  # else: stream from Parquet every pass, as Ray Data is built to
@@ -217,6 +228,18 @@ def build_trainer(spec: ExperimentSpec, data: DataSource, inputs: ModelInputs, *
             for i in range(repeats)
         ]
         train_ds = copies[0].union(*copies[1:]).materialize()
+    return TrainData(train_ds, repeats)
+
+
+def build_trainer(spec: ExperimentSpec, data: DataSource, inputs: ModelInputs, *, name: str, home: Path, uri: str, run_id: str,
+                  callbacks: list | None = None, train_data: TrainData | None = None):
+    """The TorchTrainer for one run. `train_data` is a dataset built beforehand by build_dataset
+    (a sweep builds one for all its trials when they share TrainData.key); else one is built."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    train_data = train_data or build_dataset(spec, data)
+    columns, decode, repeats = data.columns, data.decode, train_data.repeats
 
     s = spec.scaling
     return TorchTrainer(
@@ -240,12 +263,13 @@ def build_trainer(spec: ExperimentSpec, data: DataSource, inputs: ModelInputs, *
             resources_per_worker={"CPU": s.cpus_per_worker, **({"GPU": 1} if s.gpu else {})},
         ),
         # Every worker streams its own shard; rank 0 reads a few held-out batches for eval.
-        datasets={"train": train_ds},
+        datasets={"train": train_data.dataset},
         run_config=RunConfig(
             name=name,
             storage_path=str(home / "ray_results"),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.trainer.num_to_keep),
             failure_config=FailureConfig(max_failures=s.max_failures),
+            callbacks=callbacks,
         ),
     )
 
@@ -464,6 +488,13 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
                 elapsed = time.perf_counter() - window_start
                 rate = window_steps * t.batch_size / max(elapsed, 1e-9)
                 means = {k: v / window_steps for k, v in sums.items()}
+                diverged = sorted(k for k, v in means.items() if not math.isfinite(v))
+                if diverged:
+                    # A diverged run only wastes compute from here on (and a sweep's trial is
+                    # recorded as failed with this message): stop it with the reason.
+                    raise FloatingPointError(
+                        f"[{cfg['name']}] training diverged: {', '.join(diverged)} is not finite by step {step} "
+                        f"(lr {t.lr:g}, grad_clip {t.grad_clip}); lower trainer.lr or set trainer.grad_clip")
                 means["train/lr"] = schedulers[phases[0]].get_last_lr()[0]
                 means["train/examples_per_s"] = rate
                 means["train/data_wait_frac"] = data_wait / max(elapsed, 1e-9)
@@ -596,23 +627,31 @@ class TrainOutcome:
     tracking_uri: str
 
 
-def run(spec: ExperimentSpec, *, name: str, home: Path | None = None) -> TrainOutcome:
-    """Train `spec` as run `name` (continuing it if it exists) and register the final model."""
+def run(spec: ExperimentSpec, *, name: str, home: Path | None = None, uri: str | None = None,
+        parent_run_id: str | None = None, callbacks: list | None = None,
+        train_data: TrainData | None = None) -> TrainOutcome:
+    """Train `spec` as run `name` (continuing it if it exists) and register the final model.
+
+    A Tune trial (pipelines/tune.py) passes the sweep's MLflow run as `parent_run_id`, so its run
+    nests under the sweep's, Ray's TuneReportCallback in `callbacks`, and the dataset the sweep
+    built once for all its trials as `train_data`."""
     from ray.train.v2.api.exceptions import TrainingFailedError
 
     home = home or project_home()
     home.mkdir(parents=True, exist_ok=True)
     data = resolve_data(spec, home)
-    uri = tracking.tracking_uri(home)
+    uri = uri or tracking.tracking_uri(home)
     inputs = resolve_model_inputs(spec, data, uri=uri, home=home)
     experiment_id = tracking.ensure_experiment(uri, spec.tracking.experiment, home)
-    run_id, resumed = tracking.start_run(
-        uri, experiment_id, name, spec.flat(), {"genray.family": spec.model.family, "genray.dataset": spec.data.dataset or spec.data.path or ""}
-    )
+    tags = {"genray.family": spec.model.family, "genray.dataset": spec.data.dataset or spec.data.path or ""}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run_id, resumed = tracking.start_run(uri, experiment_id, name, spec.flat(), tags)
     print(f"[{name}] MLflow run {run_id} ({'continued' if resumed else 'new'}) in {uri}", flush=True)
 
     init_ray()
-    trainer = build_trainer(spec, data, inputs, name=name, home=home, uri=uri, run_id=run_id)
+    trainer = build_trainer(spec, data, inputs, name=name, home=home, uri=uri, run_id=run_id, callbacks=callbacks,
+                            train_data=train_data)
     try:
         result = trainer.fit()
     except KeyboardInterrupt:

@@ -290,11 +290,16 @@ class VAE(nn.Module):
         return self.decoder(z).float().clamp(-1.0, 1.0)
 
     @torch.no_grad()
-    def sample(self, n: int, *, generator: torch.Generator | None = None, y: Tensor | None = None) -> Tensor:
-        """Decoder means of z ~ N(0, I) (the pixel noise would only add grain), (n, C, H, W)."""
+    def sample(self, n: int, *, generator: torch.Generator | None = None, y: Tensor | None = None,
+               temperature: float = 1.0) -> Tensor:
+        """Decoder means of z ~ N(0, temperature² I) (the pixel noise would only add grain),
+        (n, C, H, W). Temperature < 1 trades diversity for typical samples (Kingma & Dhariwal
+        2018, sec. 5, did the same for Glow)."""
         if y is not None:
             raise ValueError("vae is unconditional (no 'condition' capability); call sample without y")
-        z = randn((n, *self.latent_shape), generator=generator, device=self.step.device)
+        if not temperature >= 0:
+            raise ValueError(f"vae.sample: temperature must be >= 0, got {temperature}")
+        z = temperature * randn((n, *self.latent_shape), generator=generator, device=self.step.device)
         return self.decode(z)
 
     @torch.no_grad()

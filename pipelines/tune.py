@@ -1,0 +1,749 @@
+"""Sweep hyperparameters with Ray Tune; the best trial's model becomes the registry's champion.
+
+    genray tune pipelines/configs/gan/sweep_dcgan_digits.yaml
+    genray tune pipelines/configs/diffusion/sweep_guidance_digits.yaml --set tune.target=runs:/<RUN_ID>
+    genray tune CONFIG --resume NAME       # continue an interrupted sweep; finished trials are kept
+    python -m pipelines.tune CONFIG [...]  # the same job, for `ray job submit`
+
+Two kinds of sweep, told apart by `tune.target`:
+
+    training sweep   an experiment config plus a `tune:` section. Every trial is a whole genray
+                     training run: a TorchTrainer fitted inside the Tune function, with Ray's
+                     TuneReportCallback forwarding rank 0's checkpoint reports (step, eval/*) to
+                     Tune, so ASHA can stop a trial at a checkpoint. Its MLflow run nests under the
+                     sweep's. With `tune.evaluate`, the final model is then scored with genray
+                     eval's metrics (reported as eval_full/*: MIG, the β-VAE metric, FD, ...).
+    sampling sweep   `tune.target` names a trained model; trials vary `sampling.*` settings
+                     (guidance_scale, sampler, num_inference_steps, eta, temperature) and score
+                     samples with genray eval's metrics. Nothing trains. Every trial draws the same
+                     noise (one seed), so trials differ only by their settings.
+
+The search space maps config keys to distributions:
+
+    model.beta:        {loguniform: [1, 32]}      also uniform: [low, high]
+    trainer.lr:        {choice: [1e-4, 3e-4]}     int: [low, high] (both ends included)
+    model.schedule:    {grid: [linear, cosine]}   every value, times num_samples
+
+Afterwards: a table of every trial (printed; trials.csv and trials.md), objective.png (each
+metric against each swept key), both logged to the sweep's MLflow run; the best trial's model is
+registered with alias `champion` (tune.alias), its sweep, objective and sampling settings as tags
+of the model version. A sampling sweep's winning settings are written into the registered
+checkpoint as `sampling_defaults`, so loading the champion samples with them by default.
+
+Layout under the project home: sweeps/<name>/ holds Tune's state (what --resume reads), the
+config the sweep started with, the table and the plot; training trials' Train runs live in
+ray_results/<name>-<trial id>/.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines import tracking
+from pipelines.config import (DISTRIBUTIONS, ConfigError, ExperimentSpec, TuneSpec, SweepEvalSpec, apply_overrides,
+                              set_key, validate, validate_tune)
+
+STATE_CONFIG = "sweep.yaml"  # the resolved config a sweep started with; --resume checks it
+
+
+# ----------------------------------------------------------------------------- the search space
+
+
+@dataclass(frozen=True)
+class Dimension:
+    key: str  # a config key, e.g. model.beta or sampling.guidance_scale
+    kind: str  # one of DISTRIBUTIONS
+    values: tuple  # choice / grid: the values; ranges: (low, high)
+
+    def domain(self):
+        from ray import tune
+
+        if self.kind == "choice":
+            return tune.choice(list(self.values))
+        if self.kind == "grid":
+            return tune.grid_search(list(self.values))
+        low, high = self.values
+        if self.kind == "int":
+            return tune.randint(low, high + 1)  # randint excludes its upper end; ours includes it
+        return (tune.loguniform if self.kind == "loguniform" else tune.uniform)(low, high)
+
+    def candidates(self) -> list[Any]:
+        """Values to check against the config before anything runs: every listed value, or
+        both ends of a range."""
+        return list(self.values)
+
+    def describe(self) -> str:
+        return json.dumps({self.kind: list(self.values)})
+
+
+def parse_space(space: dict[str, Any]) -> list[Dimension]:
+    """The `tune.space` mapping as Dimensions; a malformed entry is a ConfigError naming it."""
+    if not space:
+        raise ConfigError("tune.space: empty; map config keys to distributions, e.g. model.beta: {loguniform: [1, 16]}")
+    dims = []
+    for key, entry in space.items():
+        where = f"tune.space.{key}"
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise ConfigError(f"{where}: expected one distribution, e.g. {{choice: [a, b]}} or {{uniform: [low, high]}}; "
+                              f"allowed: {', '.join(DISTRIBUTIONS)} (got {entry!r})")
+        (kind, arg), = entry.items()
+        if kind not in DISTRIBUTIONS:
+            raise ConfigError(f"{where}: unknown distribution {kind!r}; allowed: {', '.join(DISTRIBUTIONS)}")
+        if kind in ("choice", "grid"):
+            if not isinstance(arg, list) or not arg:
+                raise ConfigError(f"{where}: {kind} takes a non-empty list of values (got {arg!r})")
+            dims.append(Dimension(key, kind, tuple(arg)))
+            continue
+        if (not isinstance(arg, list) or len(arg) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in arg)):
+            raise ConfigError(f"{where}: {kind} takes [low, high], two numbers (got {arg!r})")
+        low, high = arg
+        if kind == "int" and not all(isinstance(v, int) for v in arg):
+            raise ConfigError(f"{where}: int takes two integers [low, high] (got {arg!r})")
+        if not low < high:
+            raise ConfigError(f"{where}: low must be below high (got low={low}, high={high})")
+        if kind == "loguniform" and low <= 0:
+            raise ConfigError(f"{where}: loguniform needs low > 0 (got low={low})")
+        dims.append(Dimension(key, kind, (low, high)))
+    return dims
+
+
+# ----------------------------------------------------------------------------- the sweep config
+
+
+@dataclass
+class Sweep:
+    source: str
+    tune: TuneSpec
+    dims: list[Dimension]
+    base: dict[str, Any]  # the experiment config (training sweeps); {} for sampling sweeps
+    spec: ExperimentSpec | None  # `base`, validated
+    resolved: dict[str, Any]  # the whole config after --set: what a resumed sweep must match
+
+    @property
+    def kind(self) -> str:
+        return "sample" if self.tune.target else "train"
+
+    @property
+    def eval_spec(self) -> SweepEvalSpec | None:
+        return self.tune.evaluate or (SweepEvalSpec() if self.kind == "sample" else None)
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Sweep:
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (tune, data, model, ...)")
+    raw = apply_overrides(raw, overrides or [], source)
+    resolved = copy.deepcopy(raw)
+    if "tune" not in raw:
+        raise ConfigError(f"{path}: no tune: section (metric, mode, space, ...); `genray train` runs a plain config")
+    t = validate_tune(raw.pop("tune"), source)
+    try:
+        dims = parse_space(t.space)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+    if t.target:
+        return _check_sampling_sweep(Sweep(source, t, dims, {}, None, resolved), raw)
+    return _check_training_sweep(Sweep(source, t, dims, raw, validate(copy.deepcopy(raw), source), resolved))
+
+
+def _check_training_sweep(sw: Sweep) -> Sweep:
+    t, src = sw.tune, sw.source
+    for dim in sw.dims:
+        if dim.key.startswith("sampling."):
+            raise ConfigError(f"{src}: tune.space.{dim.key}: sampling settings sweep a trained model; "
+                              "set tune.target to it (models:/NAME@ALIAS, runs:/ID or a checkpoint directory)")
+        for value in dim.candidates():
+            raw = copy.deepcopy(sw.base)
+            set_key(raw, dim.key, value, what=f"tune.space.{dim.key}")
+            try:
+                validate(raw, src)
+            except ConfigError as e:
+                raise ConfigError(f"tune.space.{dim.key}={value!r}: {e}") from None
+    if t.metric.startswith("eval_full/") and t.evaluate is None:
+        raise ConfigError(f"{src}: tune.metric {t.metric!r} comes from genray eval after training; add a tune.evaluate "
+                          "section (e.g. evaluate: {num_samples: 500}) or optimise a training metric (eval/loss)")
+    if t.scheduler == "asha":
+        if not t.metric.startswith(("eval/", "train/")):
+            raise ConfigError(f"{src}: tune.scheduler=asha compares trials at every checkpoint, so tune.metric must be "
+                              f"reported there (eval/*), not only at the end (got {t.metric!r})")
+        tr = sw.spec.trainer
+        if tr.checkpoint_every % tr.eval_every:
+            raise ConfigError(f"{src}: tune.scheduler=asha needs an eval at every checkpoint: trainer.checkpoint_every "
+                              f"({tr.checkpoint_every}) must be a multiple of trainer.eval_every ({tr.eval_every})")
+        swept = {d.key for d in sw.dims} & {"trainer.max_steps", "trainer.checkpoint_every", "trainer.eval_every"}
+        if swept:
+            raise ConfigError(f"{src}: tune.space.{sorted(swept)[0]}: ASHA's rungs are counted in steps; do not sweep it")
+    _check_common(sw)
+    return sw
+
+
+def _check_sampling_sweep(sw: Sweep, rest: dict[str, Any]) -> Sweep:
+    src = sw.source
+    if rest:
+        raise ConfigError(f"{src}: a sampling sweep (tune.target set) takes its model and data from the target; "
+                          f"remove the {', '.join(sorted(rest))} section(s)")
+    for dim in sw.dims:
+        if not dim.key.startswith("sampling.") or dim.key.count(".") != 1:
+            raise ConfigError(f"{src}: tune.space.{dim.key}: a sampling sweep varies sampling.KEY settings only "
+                              "(e.g. sampling.guidance_scale); to sweep training settings drop tune.target")
+    if sw.tune.scheduler != "none":
+        raise ConfigError(f"{src}: tune.scheduler={sw.tune.scheduler}: a sampling sweep has no training steps to stop "
+                          "early at; use scheduler: none")
+    _check_common(sw)
+    return sw
+
+
+def _check_common(sw: Sweep) -> None:
+    if sw.tune.search == "optuna" and any(d.kind == "grid" for d in sw.dims):
+        key = next(d.key for d in sw.dims if d.kind == "grid")
+        raise ConfigError(f"{sw.source}: tune.space.{key}: grid does not combine with search: optuna "
+                          "(Optuna picks every value itself); use choice, or search: random")
+
+
+# ----------------------------------------------------------------------------- trials (Ray actors)
+
+
+def train_trial(config: dict[str, Any], *, ctx: dict[str, Any]) -> None:
+    """One training trial: the base config with this trial's values, trained by train.run with
+    its MLflow run nested under the sweep's, then (optionally) scored by genray eval."""
+    import torch
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from pipelines import evaluate, train
+
+    raw = copy.deepcopy(ctx["base"])
+    for key, value in config.items():
+        set_key(raw, key, value, what=f"tune.space.{key}")
+    raw.setdefault("tracking", {})["register_model"] = False  # the sweep registers only its winner
+    spec = validate(raw, ctx["source"])
+    name = f"{ctx['name']}-{tune.get_context().get_trial_id()}"
+    out = train.run(spec, name=name, home=Path(ctx["home"]), uri=ctx["uri"], parent_run_id=ctx["run_id"],
+                    callbacks=[TuneReportCallback()], train_data=ctx.get("train_data"))
+    if ctx["eval"] is None:
+        return  # the callback has reported every checkpoint, the last one included
+    torch.set_num_threads(ctx["threads"])
+    e = ctx["eval"]
+    result = evaluate.evaluate(
+        evaluate.EvalRequest(target=str(out.checkpoint), num_samples=e["num_samples"], batch_size=e["batch_size"],
+                             workers=0, feature_net=e["feature_net"], likelihood_rows=e["likelihood_rows"],
+                             seed=e["seed"], tags={"genray.tune.trial": name}),
+        home=Path(ctx["home"]))
+    final = {k: v for k, v in out.metrics.items() if isinstance(v, (int, float))}
+    tune.report({**final, **{f"eval_full/{k}": v for k, v in result.metrics.items()},
+                 "checkpoint_path": str(out.checkpoint)})
+
+
+def sampling_trial(config: dict[str, Any], *, ctx: dict[str, Any]) -> None:
+    """One sampling trial: genray eval of the target with this trial's sampling settings, its
+    evaluation run nested under the sweep's run."""
+    import torch
+    from ray import tune
+
+    from pipelines import evaluate
+
+    torch.set_num_threads(ctx["threads"])
+    e = ctx["eval"]
+    sampling = {k.removeprefix("sampling."): v for k, v in config.items()}
+    result = evaluate.evaluate(
+        evaluate.EvalRequest(target=ctx["checkpoint"], num_samples=e["num_samples"], batch_size=e["batch_size"],
+                             workers=0, feature_net=e["feature_net"], likelihood_rows=e["likelihood_rows"],
+                             seed=e["seed"], sampling=sampling, parent_run_id=ctx["run_id"],
+                             tags={"genray.tune.trial": tune.get_context().get_trial_id()}),
+        home=Path(ctx["home"]), say=lambda line: None)
+    tune.report(result.metrics)
+
+
+class _RuleStopper:
+    """tune.stop: end a trial once a metric goes below or above a threshold."""
+
+    def __init__(self, rules: dict[str, Any]):
+        self.rules = rules
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        for metric, rule in self.rules.items():
+            v = result.get(metric)
+            if isinstance(v, (int, float)) and ((rule.below is not None and v < rule.below)
+                                                or (rule.above is not None and v > rule.above)):
+                return True
+        return False
+
+    def stop_all(self) -> bool:
+        return False
+
+
+# ----------------------------------------------------------------------------- the driver
+
+
+@dataclass
+class TrialRow:
+    trial_id: str
+    status: str  # finished | stopped early | failed
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    error: str = ""
+    checkpoint: str | None = None
+    run_name: str | None = None  # training sweeps: the trial's training run
+
+
+@dataclass
+class SweepOutcome:
+    name: str
+    run_id: str
+    rows: list[TrialRow]
+    best: TrialRow | None
+    model_name: str | None
+    model_version: str | None
+    directory: Path
+    tracking_uri: str
+    interrupted: bool = False
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def default_sweep_name(config_path: str | Path) -> str:
+    return f"{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run(sweep: Sweep, *, name: str, resume: bool = False, home: Path | None = None, say=print) -> SweepOutcome:
+    """Run the sweep `name` (or continue it with resume=True), tabulate and plot its trials and
+    register the best trial's model."""
+    from ray import tune
+
+    from pipelines import evaluate, train
+
+    home = home or train.project_home()
+    home.mkdir(parents=True, exist_ok=True)
+    uri = tracking.tracking_uri(home)
+    t = sweep.tune
+    directory = home / "sweeps" / name
+    _check_name(sweep, name, directory, resume)
+
+    # --- setup on the driver: everything the trials share is prepared once, here, so trials
+    # never race to prepare a dataset, train a feature net or download a checkpoint.
+    if sweep.kind == "train":
+        spec = sweep.spec
+        data = train.resolve_data(spec, home)
+        train.resolve_model_inputs(spec, data, uri=uri, home=home)  # a bad base config fails here
+        experiment_id = tracking.ensure_experiment(uri, spec.tracking.experiment, home)
+        parent_tags: dict[str, str] = {}
+        feature_data = (data, spec.data.dataset if spec.data.path is None else Path(spec.data.path).stem)
+        checkpoint_dir = None
+    else:
+        target = evaluate.resolve_target(t.target, uri, home)
+        checkpoint_dir = target.checkpoint
+        spec, data = _check_sampling_values(sweep, checkpoint_dir, home)
+        parent_tags = {"genray.tune.target": t.target}
+        if target.training_run_id:  # the sweep nests under the run that trained the model
+            parent_tags["mlflow.parentRunId"] = target.training_run_id
+            experiment_id = tracking._client(uri).get_run(target.training_run_id).info.experiment_id
+        else:
+            experiment_id = tracking.ensure_experiment(uri, "genray-tune", home)
+        feature_data = (data, spec.data.dataset if spec.data.path is None else Path(spec.data.path).stem)
+    ev = sweep.eval_spec
+    if ev is not None:
+        evaluate.domain_classifier(ev.feature_net, train_path=feature_data[0].train, dataset=feature_data[1], home=home,
+                                   say=say)
+
+    params = {"tune.kind": sweep.kind, "tune.metric": t.metric, "tune.mode": t.mode,
+              "tune.num_samples": t.num_samples, "tune.scheduler": t.scheduler, "tune.search": t.search,
+              "tune.seed": t.seed, **{f"tune.space.{d.key}": d.describe() for d in sweep.dims}}
+    if sweep.spec is not None:
+        params.update(sweep.spec.flat())
+    run_id, continued = tracking.start_run(uri, experiment_id, name, params,
+                                           {"genray.kind": "sweep", **parent_tags})
+    say(f"[{name}] {sweep.kind} sweep, MLflow run {run_id} ({'continued' if continued else 'new'}) in {uri}")
+
+    # --- the Tuner
+    train.init_ray()
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # eval_full/* arrive only at the end
+    resources = t.trial_resources or ({"CPU": 0.01} if sweep.kind == "train" else {"CPU": 1.0})
+    ctx = {"name": name, "home": str(home), "uri": uri, "run_id": run_id, "source": sweep.source,
+           "base": sweep.base, "checkpoint": str(checkpoint_dir) if checkpoint_dir else None,
+           "eval": ev.model_dump() if ev is not None else None,
+           "threads": max(1, int(resources.get("CPU", 1)))}
+    if sweep.kind == "train" and shares_dataset(sweep):
+        # Decoded and materialised once in the object store for every trial: per trial it cost
+        # more than the tiny trials' training on 2 cores (benchmarks/tune_asha.py).
+        ctx["train_data"] = train.build_dataset(sweep.spec, data)
+    fn = train_trial if sweep.kind == "train" else sampling_trial
+    trainable = tune.with_resources(tune.with_parameters(fn, ctx=ctx), resources)
+    if resume:
+        tuner = tune.Tuner.restore(str(directory), trainable, resume_unfinished=True, resume_errored=False,
+                                   restart_errored=False)
+    else:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / STATE_CONFIG).write_text(yaml.safe_dump(sweep.resolved, sort_keys=False))
+        tuner = tune.Tuner(trainable, param_space={d.key: d.domain() for d in sweep.dims},
+                           tune_config=_tune_config(sweep), run_config=_run_config(sweep, name, home))
+    grid = tuner.fit()
+
+    interrupted = grid.num_terminated + grid.num_errors < len(grid)
+    if interrupted:
+        tracking.finish_run(uri, run_id, "KILLED")
+        return SweepOutcome(name, run_id, [], None, None, None, directory, uri, interrupted=True)
+
+    # --- teardown: the table, the plot, the trials' MLflow status, the champion
+    rows = [_row(r, sweep, name) for r in grid]
+    rows.sort(key=lambda r: r.trial_id)
+    _close_trial_runs(rows, sweep, uri)
+    ranked = [r for r in rows if r.status != "failed" and _finite(r.metrics.get(t.metric))]
+    if not ranked and any(r.status != "failed" for r in rows):
+        reported = sorted({k for r in rows for k in r.metrics})
+        raise ConfigError(f"{sweep.source}: tune.metric {t.metric!r} was reported by no trial; they reported: "
+                          f"{', '.join(reported)}")
+    best = (min if t.mode == "min" else max)(ranked, key=lambda r: r.metrics[t.metric]) if ranked else None
+    files = write_report(rows, sweep, directory, best)
+    logger = tracking.RunLogger(uri, run_id)
+    for path in files.values():
+        logger.client.log_artifact(run_id, str(path), "sweep")
+    summary = {"tune/trials": len(rows), "tune/failed": sum(r.status == "failed" for r in rows),
+               "tune/stopped_early": sum(r.status == "stopped early" for r in rows)}
+    if best is not None:
+        summary[f"tune/best_{t.metric}"] = best.metrics[t.metric]
+    logger.metrics(summary, step=0)
+
+    model_name = version = None
+    if best is not None and t.register:
+        model_name, version = register_champion(sweep, best, name=name, run_id=run_id, uri=uri,
+                                                spec=spec, checkpoint_dir=checkpoint_dir)
+    tracking.finish_run(uri, run_id, "FINISHED" if best is not None else "FAILED")
+    return SweepOutcome(name, run_id, rows, best, model_name, version, directory, uri, files=files)
+
+
+def shares_dataset(sweep: Sweep) -> bool:
+    """Whether every trial trains on the same Ray Dataset: no swept value changes what
+    train.build_dataset builds from."""
+    from pipelines.train import TrainData
+
+    base = TrainData.key(sweep.spec)
+    for dim in sweep.dims:
+        for value in dim.candidates():
+            raw = copy.deepcopy(sweep.base)
+            set_key(raw, dim.key, value, what=dim.key)
+            if TrainData.key(validate(raw, sweep.source)) != base:
+                return False
+    return True
+
+
+def _check_name(sweep: Sweep, name: str, directory: Path, resume: bool) -> None:
+    from ray import tune
+
+    started = directory / STATE_CONFIG
+    if resume:
+        if not (started.exists() and tune.Tuner.can_restore(str(directory))):
+            known = sorted(p.name for p in directory.parent.glob("*") if (p / STATE_CONFIG).exists())
+            raise ConfigError(f"--resume {name}: no sweep of that name under {directory.parent}"
+                              + (f"; sweeps: {', '.join(known)}" if known else ""))
+        before = yaml.safe_load(started.read_text())
+        if before != sweep.resolved:
+            changed = sorted(k for k in set(_flat(before)) | set(_flat(sweep.resolved))
+                             if _flat(before).get(k) != _flat(sweep.resolved).get(k))
+            raise ConfigError(f"--resume {name}: {sweep.source} differs from the config the sweep started with "
+                              f"({started}) at {', '.join(changed)}; resume with the same config and --set values")
+    elif started.exists():
+        raise ConfigError(f"--name {name}: a sweep of that name exists ({directory}); --resume {name} continues it")
+
+
+def _flat(d: dict[str, Any]) -> dict[str, Any]:
+    from pipelines.config import flatten
+
+    return flatten(d)
+
+
+def _check_sampling_values(sweep: Sweep, checkpoint_dir: Path, home: Path):
+    """Every listed value (and both ends of every range) of the sampling space, tried on one
+    sample of the target here, so a bad value is a config error before any trial starts."""
+    import torch
+
+    from components import checkpoint
+    from pipelines import evaluate, train
+
+    model, state = checkpoint.build_model(checkpoint_dir)
+    spec = ExperimentSpec.model_validate(state["config"])
+    data = train.resolve_data(spec, home)
+    base = state.get("sampling_defaults", {})
+    for dim in sweep.dims:
+        key = dim.key.removeprefix("sampling.")
+        for value in dim.candidates():
+            try:
+                kwargs = evaluate.sampling_kwargs(model, {**base, key: value})
+            except ConfigError as e:
+                raise ConfigError(f"{sweep.source}: tune.space.{dim.key}: {str(e).removeprefix('--set ')}") from None
+            try:
+                with torch.no_grad():
+                    model.sample(1, generator=torch.Generator().manual_seed(0), **kwargs)
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"{sweep.source}: tune.space.{dim.key}={value!r}: {e}") from None
+    return spec, data
+
+
+def _tune_config(sweep: Sweep):
+    from ray import tune
+
+    t = sweep.tune
+    scheduler = None
+    if t.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        tr = sweep.spec.trainer
+        scheduler = ASHAScheduler(time_attr="step", max_t=tr.max_steps, grace_period=t.grace_period or tr.checkpoint_every,
+                                  reduction_factor=t.reduction_factor, brackets=1)
+    if t.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search, limit = OptunaSearch(seed=t.seed), t.max_concurrent_trials
+    else:
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        # Seeded, so a sweep draws the same trials every time. TuneConfig's max_concurrent_trials
+        # is ignored for a variant generator (Tune warns and runs everything at once): it takes
+        # its own limit.
+        search, limit = BasicVariantGenerator(random_state=t.seed, max_concurrent=t.max_concurrent_trials), None
+    return tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples, scheduler=scheduler,
+                           search_alg=search, max_concurrent_trials=limit, time_budget_s=t.time_budget_s)
+
+
+def _run_config(sweep: Sweep, name: str, home: Path):
+    from ray import tune
+
+    stop = _RuleStopper(sweep.tune.stop) if sweep.tune.stop else None
+    # A failed trial is recorded with its error and the sweep goes on (no retries: a config
+    # that diverges diverges again).
+    return tune.RunConfig(name=name, storage_path=str(home / "sweeps"), stop=stop,
+                          failure_config=tune.FailureConfig(max_failures=0), verbose=1)
+
+
+def _row(result, sweep: Sweep, name: str) -> TrialRow:
+    metrics = {k: float(v) for k, v in (result.metrics or {}).items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and _is_metric(k)}
+    trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+    params = {d.key: result.config.get(d.key) for d in sweep.dims}
+    if result.error is not None:
+        status = "failed"
+    elif sweep.kind == "train" and metrics.get("step", 0) < sweep.spec.trainer.max_steps:
+        status = "stopped early"  # by ASHA or a stopping rule, at its last checkpoint
+    else:
+        status = "finished"
+    ckpt = (result.metrics or {}).get("checkpoint_path")
+    return TrialRow(trial_id=str(trial_id), status=status, params=params, metrics=metrics,
+                    error=short_error(result.error) if result.error is not None else "", checkpoint=ckpt,
+                    run_name=f"{name}-{trial_id}" if sweep.kind == "train" else None)
+
+
+# Tune's bookkeeping in every result; not the trial's own metrics.
+_TUNE_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "pid", "time_since_restore",
+              "iterations_since_restore", "done", "epoch"}
+
+
+def _is_metric(key: str) -> bool:
+    return key not in _TUNE_KEYS and not key.startswith(("config/", "date", "hostname", "node_ip"))
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def short_error(error: BaseException) -> str:
+    """The line of a trial's error that says what went wrong (Tune wraps it in tracebacks)."""
+    text = str(error)
+    lines = [ln.strip() for ln in text.splitlines() if re.match(r"\s*[\w.]*(Error|Exception):", ln)]
+    return (lines[-1] if lines else text.strip().splitlines()[-1] if text.strip() else type(error).__name__)[:400]
+
+
+def _close_trial_runs(rows: list[TrialRow], sweep: Sweep, uri: str) -> None:
+    """Training trials stopped by ASHA were killed mid-run: their MLflow runs say so."""
+    if sweep.kind != "train":
+        return
+    from mlflow.entities import RunTag
+
+    client = tracking._client(uri)
+    for row in rows:
+        run_id = tracking.find_run(uri, sweep.spec.tracking.experiment, row.run_name)
+        if run_id is None:
+            continue
+        client.log_batch(run_id, tags=[RunTag("genray.tune.status", row.status)])
+        if row.status != "finished":
+            client.set_terminated(run_id, status="KILLED" if row.status == "stopped early" else "FAILED")
+
+
+# ----------------------------------------------------------------------------- table and plot
+
+
+def table_columns(sweep: Sweep) -> list[str]:
+    metrics = [sweep.tune.metric, *[m for m in sweep.tune.report if m != sweep.tune.metric]]
+    if sweep.kind == "train":
+        metrics.append("step")
+    return ["trial_id", "status", *[d.key for d in sweep.dims], *metrics, "error"]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.5g}"
+    return str(value) if not isinstance(value, (list, tuple)) else json.dumps(list(value))
+
+
+def write_report(rows: list[TrialRow], sweep: Sweep, directory: Path, best: TrialRow | None) -> dict[str, Path]:
+    """trials.csv, trials.md and objective.png in the sweep's folder."""
+    import csv
+
+    columns = table_columns(sweep)
+
+    def values(r: TrialRow) -> list[str]:
+        get = {"trial_id": r.trial_id, "status": r.status, "error": r.error, **r.params, **r.metrics}
+        return [_cell(get.get(c)) for c in columns]
+
+    directory.mkdir(parents=True, exist_ok=True)
+    csv_path = directory / "trials.csv"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(columns)
+        w.writerows(values(r) for r in rows)
+    md_path = directory / "trials.md"
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        mark = " **(best)**" if best is not None and r.trial_id == best.trial_id else ""
+        cells = values(r)
+        cells[0] += mark
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    md_path.write_text("\n".join(lines) + "\n")
+    png_path = directory / "objective.png"
+    plot(rows, sweep, png_path)
+    return {"csv": csv_path, "markdown": md_path, "plot": png_path}
+
+
+def plot(rows: list[TrialRow], sweep: Sweep, path: Path) -> None:
+    """One panel per (metric, swept key): the metric of every trial that reported it against
+    the key's value; categorical keys are spread over their listed values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [sweep.tune.metric, *[m for m in sweep.tune.report if m != sweep.tune.metric]]
+    dims = sweep.dims
+    fig, axes = plt.subplots(len(metrics), len(dims), figsize=(4.2 * len(dims), 3.2 * len(metrics)), squeeze=False)
+    for j, dim in enumerate(dims):
+        numeric = dim.kind in ("uniform", "loguniform", "int") or all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in dim.values)
+        labels = [json.dumps(v) if isinstance(v, (list, dict)) else str(v) for v in dim.values]
+        for i, metric in enumerate(metrics):
+            ax = axes[i][j]
+            xs, ys, colors = [], [], []
+            for r in rows:
+                v, m = r.params.get(dim.key), r.metrics.get(metric)
+                if not _finite(m) or v is None:
+                    continue
+                xs.append(float(v) if numeric else labels.index(json.dumps(v) if isinstance(v, (list, dict)) else str(v)))
+                ys.append(m)
+                colors.append({"finished": "tab:blue", "stopped early": "tab:orange"}.get(r.status, "tab:red"))
+            ax.scatter(xs, ys, c=colors, s=28, zorder=3)
+            if numeric and len(set(xs)) > 1 and len(xs) > 1:
+                order = sorted(range(len(xs)), key=lambda k: xs[k])
+                ax.plot([xs[k] for k in order], [ys[k] for k in order], color="0.75", lw=1, zorder=2)
+            if not numeric:
+                ax.set_xticks(range(len(labels)), labels, rotation=20)
+            if dim.kind == "loguniform" or (numeric and min(xs, default=1) > 0
+                                            and max(xs, default=1) / min(xs, default=1) >= 100):
+                ax.set_xscale("log")
+            ax.set_xlabel(dim.key)
+            ax.set_ylabel(metric + (" (objective)" if i == 0 else ""))
+            ax.grid(alpha=0.3)
+    failed = sum(r.status == "failed" for r in rows)
+    fig.suptitle(f"{len(rows)} trials ({sweep.tune.mode} {sweep.tune.metric}); orange: stopped early"
+                 + (f"; {failed} failed, not shown" if failed else ""), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- the champion
+
+
+def register_champion(sweep: Sweep, best: TrialRow, *, name: str, run_id: str, uri: str, spec: ExperimentSpec,
+                      checkpoint_dir: Path | None) -> tuple[str, str]:
+    """Register the best trial's model and point the alias at it. A training sweep logs the
+    model into the trial's own run; a sampling sweep logs the target's weights into the sweep's
+    run, with the winning settings as the checkpoint's sampling_defaults."""
+    t = sweep.tune
+    model_name = t.model_name or spec.tracking.model_name or f"{spec.model.family}-{spec.data.dataset or 'custom'}"
+    sampling: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if sweep.kind == "train":
+            source_run = tracking.find_run(uri, spec.tracking.experiment, best.run_name)
+            ckpt = _train_checkpoint(best)
+        else:
+            source_run = run_id
+            state = json.loads((checkpoint_dir / "state.json").read_text())
+            sampling = {**state.get("sampling_defaults", {}),
+                        **{k.removeprefix("sampling."): v for k, v in best.params.items()}}
+            ckpt = Path(tmp) / "checkpoint"
+            ckpt.mkdir()
+            for f in checkpoint_dir.iterdir():
+                if f.suffix == ".safetensors":
+                    shutil.copy2(f, ckpt / f.name)
+            (ckpt / "state.json").write_text(json.dumps({**state, "sampling_defaults": sampling}, indent=2,
+                                                        sort_keys=True))
+        version = tracking.log_and_register(uri, source_run, ckpt, model_name)
+    tags = {"genray.tune.sweep": name, "genray.tune.trial": best.trial_id, "genray.tune.metric": t.metric,
+            "genray.tune.objective": repr(best.metrics[t.metric]),
+            **{f"genray.tune.param.{k}": json.dumps(v) for k, v in best.params.items()},
+            **{f"genray.sampling.{k}": json.dumps(v) for k, v in sampling.items()},
+            **{f"genray.metric.{k}": repr(v) for k, v in best.metrics.items()}}
+    tracking.set_alias(uri, model_name, version, t.alias, tags)
+    return model_name, version
+
+
+def _train_checkpoint(best: TrialRow) -> Path:
+    if not best.checkpoint or not (Path(best.checkpoint) / "state.json").exists():
+        raise RuntimeError(f"trial {best.trial_id}: its checkpoint {best.checkpoint!r} is gone")
+    return Path(best.checkpoint)
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def print_report(out: SweepOutcome, sweep: Sweep, config_path: str) -> None:
+    print()
+    if out.interrupted:
+        print(f"sweep {out.name} interrupted; finished trials are saved.")
+        print(f"continue it with: genray tune {config_path} --resume {out.name}")
+        return
+    print(out.files["markdown"].read_text())
+    if out.best is not None:
+        print(f"best trial     {out.best.trial_id}: {sweep.tune.metric}={out.best.metrics[sweep.tune.metric]:.5g}  "
+              + "  ".join(f"{k}={_cell(v)}" for k, v in out.best.params.items()))
+    else:
+        print("best trial     none: every trial failed")
+    if out.model_version:
+        print(f"registered     models:/{out.model_name}@{sweep.tune.alias} (version {out.model_version})")
+    print(f"sweep run      {out.run_id}  in {out.tracking_uri}")
+    print(f"table, plot    {out.files['csv']}, {out.files['plot']}")
+
+
+if __name__ == "__main__":
+    from pipelines.cli import main
+
+    sys.exit(main(["tune", *sys.argv[1:]]))
