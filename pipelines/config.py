@@ -272,11 +272,10 @@ class TuneSpec(_Section):
     search: Literal["random", "optuna"] = "random"
     seed: int = 0
     stop: dict[str, StopRule] = {}
-    time_budget_s: float | None = Field(None, gt=0)
     evaluate: SweepEvalSpec | None = None  # training sweeps: score each final model with genray eval
     report: list[str] = []  # further metrics for the table and the plot
-    register: bool = True
-    model_name: str | None = None
+    register_model: bool = True
+    model_name: str | None = None  # registry name; default the config's, else <family>-<dataset>
     alias: str = "champion"
 
 

@@ -398,8 +398,10 @@ def run(sweep: Sweep, *, name: str, resume: bool = False, home: Path | None = No
                            tune_config=_tune_config(sweep), run_config=_run_config(sweep, name, home))
     grid = tuner.fit()
 
-    interrupted = grid.num_terminated + grid.num_errors < len(grid)
-    if interrupted:
+    # Ctrl-C: Tune saves its state and returns early. In memory it marks the trials it stopped
+    # as terminated; the state it saved for Tuner.restore says which ones did not finish.
+    saved = tune.ExperimentAnalysis(str(directory)).trials
+    if any(trial.status not in ("TERMINATED", "ERROR") for trial in saved):
         tracking.finish_run(uri, run_id, "KILLED")
         return SweepOutcome(name, run_id, [], None, None, None, directory, uri, interrupted=True)
 
@@ -424,7 +426,7 @@ def run(sweep: Sweep, *, name: str, resume: bool = False, home: Path | None = No
     logger.metrics(summary, step=0)
 
     model_name = version = None
-    if best is not None and t.register:
+    if best is not None and t.register_model:
         model_name, version = register_champion(sweep, best, name=name, run_id=run_id, uri=uri,
                                                 spec=spec, checkpoint_dir=checkpoint_dir)
     tracking.finish_run(uri, run_id, "FINISHED" if best is not None else "FAILED")
@@ -521,7 +523,7 @@ def _tune_config(sweep: Sweep):
         # its own limit.
         search, limit = BasicVariantGenerator(random_state=t.seed, max_concurrent=t.max_concurrent_trials), None
     return tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples, scheduler=scheduler,
-                           search_alg=search, max_concurrent_trials=limit, time_budget_s=t.time_budget_s)
+                           search_alg=search, max_concurrent_trials=limit)
 
 
 def _run_config(sweep: Sweep, name: str, home: Path):

@@ -1,0 +1,322 @@
+"""Real Ray Tune sweeps on tiny configs: ASHA, failed trials, sampling-time sweeps, resume."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines import cli, config, train, tune
+
+TINY = {
+    "data": {"dataset": "digits", "size": "tiny"},
+    "model": {"family": "vae", "size": "tiny"},
+    "trainer": {"max_steps": 8, "batch_size": 16, "checkpoint_every": 2, "eval_every": 2, "log_every": 2,
+                "eval_batches": 1, "num_samples": 16, "quality_samples": 0, "warmup_steps": 0},
+    "scaling": {"workers": 1, "cpus_per_worker": 0.5},
+    "tracking": {"experiment": "test"},
+}
+
+
+def write_config(path: Path, tune_section: dict, base: dict | None = TINY) -> Path:
+    path.write_text(yaml.safe_dump({**(base or {}), "tune": tune_section}))
+    return path
+
+
+def mlflow_client(home: Path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def children(client, run_id: str):
+    experiment_id = client.get_run(run_id).info.experiment_id
+    return client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
+
+
+def read_table(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def wait_for_idle_cluster(ray, timeout: float = 60) -> None:
+    """Every CPU is free again: no trial left a Train worker group behind."""
+    deadline = time.monotonic() + timeout
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"resources still held: {ray.available_resources()} of {ray.cluster_resources()}")
+        time.sleep(0.5)
+
+
+# ----------------------------------------------------------------------------- training sweeps
+
+
+@pytest.mark.integration
+def test_asha_stops_trials_early_and_the_best_becomes_champion(ray_session, genray_home, tmp_path):
+    # Learning rates from high to low: after two steps the low ones are clearly behind, so
+    # ASHA (reduction factor 2, first rung at step 2) stops the trials that reach a rung late.
+    cfg = write_config(tmp_path / "sweep.yaml", {
+        "metric": "eval/loss", "mode": "min", "scheduler": "asha", "grace_period": 2,
+        "max_concurrent_trials": 2, "space": {"trainer.lr": {"grid": [3e-3, 1e-3, 1e-4, 1e-5]}},
+    })
+    sweep = tune.load(cfg)
+    out = tune.run(sweep, name="asha", home=genray_home)
+
+    assert len(out.rows) == 4 and len({r.trial_id for r in out.rows}) == 4
+    statuses = {r.trial_id: r.status for r in out.rows}
+    assert "failed" not in statuses.values(), [r.error for r in out.rows]
+    early = [r for r in out.rows if r.status == "stopped early"]
+    assert early and all(r.metrics["step"] < 8 for r in early), statuses
+    finished = [r for r in out.rows if r.status == "finished"]
+    assert finished and all(r.metrics["step"] == 8 for r in finished)
+    best = min((r for r in out.rows), key=lambda r: r.metrics["eval/loss"])
+    assert out.best.trial_id == best.trial_id
+
+    client = mlflow_client(genray_home)
+    version = client.get_model_version_by_alias("vae-digits", "champion")
+    assert str(version.version) == out.model_version
+    trial_run = tune.tracking.find_run(out.tracking_uri, "test", f"asha-{best.trial_id}")
+    assert version.run_id == trial_run  # the model was logged in the winning trial's own run
+    assert float(version.tags["genray.tune.objective"]) == best.metrics["eval/loss"]
+    assert version.tags["genray.tune.sweep"] == "asha"
+    # Every trial is an MLflow run nested under the sweep's; ASHA's victims are marked killed.
+    nested = {r.data.tags["genray.run_name"]: r for r in children(client, out.run_id)}
+    assert set(nested) == {f"asha-{t}" for t in statuses}
+    for trial_id, status in statuses.items():
+        run = nested[f"asha-{trial_id}"]
+        assert run.data.tags["genray.tune.status"] == status
+        assert run.info.status == ("KILLED" if status == "stopped early" else "FINISHED")
+        assert run.data.params["trainer.lr"] == str(next(r.params["trainer.lr"] for r in out.rows if r.trial_id == trial_id))
+    sweep_run = client.get_run(out.run_id)
+    assert sweep_run.data.metrics["tune/stopped_early"] == len(early)
+    assert {f.path for f in client.list_artifacts(out.run_id, "sweep")} == {
+        "sweep/trials.csv", "sweep/trials.md", "sweep/objective.png"}
+    table = read_table(out.files["csv"])
+    assert sorted(r["trial_id"] for r in table) == sorted(statuses)
+    wait_for_idle_cluster(ray_session)
+
+
+@pytest.mark.integration
+def test_a_diverging_trial_is_recorded_failed_and_the_rest_still_register(ray_session, genray_home, tmp_path,
+                                                                          digits_classifier):
+    # lr 1e12 without gradient clipping turns the loss non-finite within a few steps; the
+    # training loop stops it with the reason. The objective comes from genray eval on the final
+    # model, so this also covers the eval_full/* path (the β sweep's).
+    base = json.loads(json.dumps(TINY))
+    base["trainer"].update(max_steps=6, log_every=1, grad_clip=None, checkpoint_every=3, eval_every=3)
+    cfg = write_config(tmp_path / "sweep.yaml", {
+        "metric": "eval_full/recon_psnr", "mode": "max", "report": ["eval_full/fd_digits"],
+        "evaluate": {"num_samples": 40, "feature_net": str(digits_classifier)},
+        "space": {"trainer.lr": {"grid": [1e-3, 1e12]}},
+    }, base)
+    out = tune.run(tune.load(cfg), name="nan", home=genray_home)
+
+    by_lr = {r.params["trainer.lr"]: r for r in out.rows}
+    assert by_lr[1e12].status == "failed"
+    assert "diverged" in by_lr[1e12].error and "not finite" in by_lr[1e12].error, by_lr[1e12].error
+    good = by_lr[1e-3]
+    assert good.status == "finished" and out.best.trial_id == good.trial_id
+    assert good.metrics["eval_full/recon_psnr"] > 0 and good.metrics["eval_full/fd_digits"] >= 0
+
+    client = mlflow_client(genray_home)
+    version = client.get_model_version_by_alias("vae-digits", "champion")
+    assert float(version.tags["genray.metric.eval_full/recon_psnr"]) == good.metrics["eval_full/recon_psnr"]
+    failed_run = client.get_run(tune.tracking.find_run(out.tracking_uri, "test", f"nan-{by_lr[1e12].trial_id}"))
+    assert failed_run.info.status == "FAILED"
+    # The good trial's genray eval run nests under its training run, as `genray eval` does.
+    good_run_id = tune.tracking.find_run(out.tracking_uri, "test", f"nan-{good.trial_id}")
+    [evaluation] = children(client, good_run_id)
+    assert evaluation.data.metrics["recon_psnr"] == good.metrics["eval_full/recon_psnr"]
+    rows = read_table(out.files["csv"])
+    assert [r["status"] for r in rows if r["trainer.lr"] == "1e+12"] == ["failed"]
+
+
+# ----------------------------------------------------------------------------- sampling sweeps
+
+
+@pytest.fixture(scope="module")
+def trained_diffusion(ray_session, tmp_path_factory):
+    """A tiny class-conditional diffusion model, registered as tinydiff/1, in its own home."""
+    home = tmp_path_factory.mktemp("tune-home")
+    raw = json.loads(json.dumps(TINY))
+    raw["model"] = {"family": "diffusion", "size": "tiny", "conditioning": "class", "num_timesteps": 50,
+                    "num_inference_steps": 5, "vlb_timesteps": 5}
+    raw["trainer"].update(max_steps=6, checkpoint_every=6, eval_every=6)
+    raw["tracking"]["model_name"] = "tinydiff"
+    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        out = train.run(config.validate(raw, "<test>"), name="diff", home=home)
+    finally:
+        if saved is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
+    return home, out
+
+
+def sampling_sweep(tmp_path: Path, digits_classifier, space: dict, **extra) -> Path:
+    return write_config(tmp_path / "sweep.yaml", {
+        "target": "models:/tinydiff/1", "metric": "fd_digits", "mode": "min", "report": ["class_consistency"],
+        "evaluate": {"num_samples": 40, "feature_net": str(digits_classifier)}, "space": space, **extra,
+    }, base=None)
+
+
+@pytest.mark.integration
+def test_a_sampling_sweep_scores_guidance_scales_without_training(trained_diffusion, tmp_path, digits_classifier,
+                                                                  monkeypatch):
+    import mlflow.pyfunc
+    import numpy as np
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    home, trained = trained_diffusion
+    before = sorted(p.name for p in (home / "ray_results").iterdir())
+    cfg = sampling_sweep(tmp_path, digits_classifier, {"sampling.guidance_scale": {"grid": [0.0, 2.0, 6.0]}},
+                         max_concurrent_trials=2)
+    out = tune.run(tune.load(cfg), name="guidance", home=home)
+
+    assert sorted(p.name for p in (home / "ray_results").iterdir()) == before  # no Train run started
+    assert [r.status for r in out.rows] == ["finished"] * 3
+    fds = {r.params["sampling.guidance_scale"]: r.metrics["fd_digits"] for r in out.rows}
+    assert len(set(fds.values())) == 3  # the setting reaches the sampler
+    assert out.best.params["sampling.guidance_scale"] == min(fds, key=fds.get)
+
+    client = mlflow_client(home)
+    sweep_run = client.get_run(out.run_id)
+    assert sweep_run.data.tags["mlflow.parentRunId"] == trained.run_id  # nested under the training run
+    evals = children(client, out.run_id)
+    assert sorted(float(r.data.params["eval.sampling.guidance_scale"]) for r in evals) == [0.0, 2.0, 6.0]
+    assert "eval_full/fd_digits" not in client.get_run(trained.run_id).data.metrics  # trials leave it alone
+
+    version = client.get_model_version_by_alias("tinydiff", "champion")
+    assert version.run_id == out.run_id and str(version.version) == out.model_version != "1"
+    best_scale = out.best.params["sampling.guidance_scale"]
+    assert json.loads(version.tags["genray.sampling.guidance_scale"]) == best_scale
+    # The champion samples with the winning scale by default; a request can still override it.
+    mlflow.set_registry_uri(f"sqlite:///{home / 'mlflow.db'}")
+    champion = mlflow.pyfunc.load_model("models:/tinydiff@champion")
+    default = champion.predict({"n": 4, "seed": 3})
+    explicit = champion.predict({"n": 4, "seed": 3, "guidance_scale": best_scale})
+    other = champion.predict({"n": 4, "seed": 3, "guidance_scale": best_scale + 1.0})
+    assert np.array_equal(default, explicit) and not np.array_equal(default, other)
+
+
+@pytest.mark.integration
+def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(trained_diffusion, tmp_path, digits_classifier):
+    import ray
+
+    home, _ = trained_diffusion
+    scales = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0]
+    cfg = sampling_sweep(tmp_path, digits_classifier, {"sampling.guidance_scale": {"grid": scales}},
+                         max_concurrent_trials=1)
+    cfg = write_config(cfg, {**yaml.safe_load(cfg.read_text())["tune"],
+                             "evaluate": {"num_samples": 300, "feature_net": str(digits_classifier)}}, base=None)
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "GENRAY_HOME": str(home)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [sys.executable, "-m", "pipelines.cli", "tune", str(cfg)]
+    first = subprocess.Popen(cmd + ["--name", "resumed"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    client = mlflow_client(home)
+    deadline = time.monotonic() + 240
+    done_before: list[str] = []
+    while len(done_before) < 2:
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()[0][-3000:]
+        sweep = tune.tracking.find_run(f"sqlite:///{home / 'mlflow.db'}", "test", "resumed")
+        done_before = [r.data.tags["genray.tune.trial"] for r in children(client, sweep)] if sweep else []
+        time.sleep(0.5)
+    time.sleep(1.0)  # let Tune record the second trial's result
+    first.send_signal(signal.SIGINT)
+    log, _ = first.communicate(timeout=120)
+    assert first.returncode == 130, log[-3000:]
+    assert "--resume resumed" in log
+    started_before = len(children(client, sweep))
+    assert started_before < len(scales)
+
+    second = subprocess.run(cmd + ["--resume", "resumed"], env=env, capture_output=True, text=True, timeout=400)
+    assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
+    evaluated = [r.data.tags["genray.tune.trial"] for r in children(client, sweep)]
+    assert sorted(evaluated) == sorted(set(evaluated)), evaluated  # no trial scored twice
+    assert set(done_before) <= set(evaluated) and len(evaluated) == len(scales)
+    table = read_table(home / "sweeps" / "resumed" / "trials.csv")
+    assert len(table) == len(scales) and sorted(float(r["sampling.guidance_scale"]) for r in table) == scales
+
+    # Resuming again with another config is refused, naming what changed.
+    changed = subprocess.run(cmd + ["--resume", "resumed", "--set", "tune.num_samples=2"], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert changed.returncode == 2 and "tune.num_samples" in changed.stderr, changed.stderr
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"model.beta": {"lognormal": [1, 4]}}, "tune.space.model.beta: unknown distribution 'lognormal'; allowed: choice"),
+    ({"trainer.lr": {"uniform": [0.1, 0.01]}}, "tune.space.trainer.lr: low must be below high (got low=0.1, high=0.01)"),
+    ({"trainer.lr": {"loguniform": [0, 1]}}, "loguniform needs low > 0"),
+    ({"trainer.batch_size": {"int": [8, 16.5]}}, "int takes two integers"),
+    ({"trainer.lrr": {"choice": [0.1]}}, "trainer.lrr: unknown key; allowed: max_steps"),
+    ({"trainer.lr": {"choice": [-1.0]}}, "tune.space.trainer.lr=-1.0"),
+    ({"trainer.lr": [0.1, 0.2]}, "expected one distribution"),
+    ({"sampling.guidance_scale": {"choice": [1.0]}}, "set tune.target"),
+])
+def test_a_bad_search_space_entry_exits_2_with_a_plain_message(space, message, tmp_path, capsys):
+    cfg = write_config(tmp_path / "bad.yaml", {"metric": "eval/loss", "mode": "min", "space": space})
+    assert cli.main(["tune", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("genray: error: ") and message in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"metric": "eval/loss", "mode": "min", "space": {"trainer.lr": {"choice": [0.1]}}, "schedular": "asha"},
+     "tune.schedular: unknown key; allowed: target, metric, mode"),
+    ({"metric": "eval/loss", "mode": "lowest", "space": {"trainer.lr": {"choice": [0.1]}}}, "tune.mode"),
+    ({"metric": "eval_full/mig", "mode": "max", "scheduler": "asha", "evaluate": {},
+      "space": {"model.latent_dim": {"choice": [4]}}}, "must be reported there (eval/*)"),
+    ({"metric": "eval_full/mig", "mode": "max", "space": {"model.latent_dim": {"choice": [4]}}}, "add a tune.evaluate"),
+    ({"metric": "eval/loss", "mode": "min", "search": "optuna", "space": {"trainer.lr": {"grid": [0.1, 0.2]}}},
+     "grid does not combine with search: optuna"),
+])
+def test_bad_tune_settings_exit_2(section, message, tmp_path, capsys):
+    cfg = write_config(tmp_path / "bad.yaml", section)
+    assert cli.main(["tune", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+
+
+def test_resuming_a_sweep_that_does_not_exist_exits_2(tmp_path, genray_home, capsys):
+    cfg = write_config(tmp_path / "s.yaml", {"metric": "eval/loss", "mode": "min",
+                                             "space": {"trainer.lr": {"choice": [0.1]}}})
+    assert cli.main(["tune", str(cfg), "--resume", "nope"]) == 2
+    assert "--resume nope: no sweep of that name" in capsys.readouterr().err
+
+
+def test_space_entries_map_to_tune_domains_with_inclusive_int_ranges():
+    dims = tune.parse_space({"a": {"int": [2, 4]}, "b": {"loguniform": [1e-4, 1e-2]}, "c": {"grid": ["x", "y"]}})
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    ints = {dims[0].domain().sample(random_state=rng) for _ in range(200)}
+    assert ints == {2, 3, 4}
+    logs = np.array([dims[1].domain().sample(random_state=rng) for _ in range(2000)])
+    assert logs.min() >= 1e-4 and logs.max() <= 1e-2
+    # Log-uniform: each decade holds half the draws.
+    assert abs(np.mean(logs < 1e-3) - 0.5) < 0.05
+    assert dims[2].domain() == {"grid_search": ["x", "y"]}
+    assert dims[0].candidates() == [2, 4]
+
+
+def test_stopping_rules_and_error_lines():
+    rules = config.TuneSpec.model_validate({"metric": "m", "mode": "min", "space": {},
+                                            "stop": {"eval/loss": {"below": 0.5}, "step": {"above": 99}}}).stop
+    stopper = tune._RuleStopper(rules)
+    assert not stopper("t", {"eval/loss": 0.7, "step": 10})
+    assert stopper("t", {"eval/loss": 0.4, "step": 10}) and stopper("t", {"eval/loss": 0.9, "step": 100})
+    err = RuntimeError("Traceback (most recent call last):\n  File x\nray.exceptions.RayTaskError: boom\n"
+                       "FloatingPointError: [r] training diverged: train/loss is not finite by step 3")
+    assert tune.short_error(err) == "FloatingPointError: [r] training diverged: train/loss is not finite by step 3"
