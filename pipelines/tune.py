@@ -509,8 +509,10 @@ def _tune_config(sweep: Sweep):
         from ray.tune.schedulers import ASHAScheduler
 
         tr = sweep.spec.trainer
+        # stop_last_trials=False: a trial at max_t finishes on its own (logs its checkpoint and
+        # closes its MLflow run) instead of being killed at its last report.
         scheduler = ASHAScheduler(time_attr="step", max_t=tr.max_steps, grace_period=t.grace_period or tr.checkpoint_every,
-                                  reduction_factor=t.reduction_factor, brackets=1)
+                                  reduction_factor=t.reduction_factor, brackets=1, stop_last_trials=False)
     if t.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
