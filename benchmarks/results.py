@@ -118,7 +118,9 @@ def write_markdown(entries: list[dict], path: Path, command: str, num_samples: i
     lines += ["", "D is the dataset named in the config (digits or shapes). Per-run details, sample grids",
               "and every other metric are in MLflow: the training run of each config, and its nested",
               "`eval-...` run.", ""]
-    path.write_text("\n".join(lines))
+    # Sections written by other benchmarks (the sweeps of genray tune) are kept as they are.
+    kept = path.read_text().partition("\n## ")[2] if path.exists() else ""
+    path.write_text("\n".join(lines) + ("\n## " + kept if kept else ""))
 
 
 def main() -> None:

@@ -125,7 +125,7 @@ def cmd_tune(args) -> int:
         print(f"genray: sweep {name} interrupted; continue it with: genray tune {args.config} --resume {name}",
               file=sys.stderr)
         return 130
-    tune.print_report(out, sweep, args.config)
+    tune.print_report(out, sweep)
     return 0 if out.best is not None else 1
 
 

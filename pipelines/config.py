@@ -222,6 +222,8 @@ def load(path: str | Path, overrides: list[str] | None = None) -> ExperimentSpec
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if isinstance(raw, dict):
+        if "tune" in raw:
+            raise ConfigError(f"{path}: a sweep config (it has a tune: section); run it with `genray tune {path}`")
         raw = apply_overrides(raw, overrides or [], str(path))
     return validate(raw, str(path))
 

@@ -290,6 +290,16 @@ def find_run(uri: str, experiment_name: str, run_name: str) -> str | None:
     return found[0].info.run_id if found else None
 
 
+def tag_run(uri: str, run_id: str, tags: dict[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    _client(uri).log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
+def experiment_of(uri: str, run_id: str) -> str:
+    return _client(uri).get_run(run_id).info.experiment_id
+
+
 def set_alias(uri: str, model_name: str, version: str, alias: str, tags: dict[str, str]) -> None:
     """Point models:/NAME@ALIAS at this version, and tag the version (e.g. the sweep that chose
     it and its winning sampling settings)."""

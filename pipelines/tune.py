@@ -52,8 +52,8 @@ from typing import Any
 import yaml
 
 from pipelines import tracking
-from pipelines.config import (DISTRIBUTIONS, ConfigError, ExperimentSpec, TuneSpec, SweepEvalSpec, apply_overrides,
-                              set_key, validate, validate_tune)
+from pipelines.config import (DISTRIBUTIONS, ConfigError, ExperimentSpec, SweepEvalSpec, TuneSpec, apply_overrides,
+                              flatten, set_key, validate, validate_tune)
 
 STATE_CONFIG = "sweep.yaml"  # the resolved config a sweep started with; --resume checks it
 
@@ -347,7 +347,6 @@ def run(sweep: Sweep, *, name: str, resume: bool = False, home: Path | None = No
         train.resolve_model_inputs(spec, data, uri=uri, home=home)  # a bad base config fails here
         experiment_id = tracking.ensure_experiment(uri, spec.tracking.experiment, home)
         parent_tags: dict[str, str] = {}
-        feature_data = (data, spec.data.dataset if spec.data.path is None else Path(spec.data.path).stem)
         checkpoint_dir = None
     else:
         target = evaluate.resolve_target(t.target, uri, home)
@@ -356,14 +355,13 @@ def run(sweep: Sweep, *, name: str, resume: bool = False, home: Path | None = No
         parent_tags = {"genray.tune.target": t.target}
         if target.training_run_id:  # the sweep nests under the run that trained the model
             parent_tags["mlflow.parentRunId"] = target.training_run_id
-            experiment_id = tracking._client(uri).get_run(target.training_run_id).info.experiment_id
+            experiment_id = tracking.experiment_of(uri, target.training_run_id)
         else:
             experiment_id = tracking.ensure_experiment(uri, "genray-tune", home)
-        feature_data = (data, spec.data.dataset if spec.data.path is None else Path(spec.data.path).stem)
     ev = sweep.eval_spec
-    if ev is not None:
-        evaluate.domain_classifier(ev.feature_net, train_path=feature_data[0].train, dataset=feature_data[1], home=home,
-                                   say=say)
+    if ev is not None:  # trained and cached here once, not by two trials at the same time
+        dataset = spec.data.dataset if spec.data.path is None else Path(spec.data.path).stem
+        evaluate.domain_classifier(ev.feature_net, train_path=data.train, dataset=dataset, home=home, say=say)
 
     params = {"tune.kind": sweep.kind, "tune.metric": t.metric, "tune.mode": t.mode,
               "tune.num_samples": t.num_samples, "tune.scheduler": t.scheduler, "tune.search": t.search,
@@ -457,20 +455,13 @@ def _check_name(sweep: Sweep, name: str, directory: Path, resume: bool) -> None:
             known = sorted(p.name for p in directory.parent.glob("*") if (p / STATE_CONFIG).exists())
             raise ConfigError(f"--resume {name}: no sweep of that name under {directory.parent}"
                               + (f"; sweeps: {', '.join(known)}" if known else ""))
-        before = yaml.safe_load(started.read_text())
-        if before != sweep.resolved:
-            changed = sorted(k for k in set(_flat(before)) | set(_flat(sweep.resolved))
-                             if _flat(before).get(k) != _flat(sweep.resolved).get(k))
+        before, now = flatten(yaml.safe_load(started.read_text())), flatten(sweep.resolved)
+        if before != now:
+            changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             raise ConfigError(f"--resume {name}: {sweep.source} differs from the config the sweep started with "
                               f"({started}) at {', '.join(changed)}; resume with the same config and --set values")
     elif started.exists():
         raise ConfigError(f"--name {name}: a sweep of that name exists ({directory}); --resume {name} continues it")
-
-
-def _flat(d: dict[str, Any]) -> dict[str, Any]:
-    from pipelines.config import flatten
-
-    return flatten(d)
 
 
 def _check_sampling_values(sweep: Sweep, checkpoint_dir: Path, home: Path):
@@ -579,16 +570,13 @@ def _close_trial_runs(rows: list[TrialRow], sweep: Sweep, uri: str) -> None:
     """Training trials stopped by ASHA were killed mid-run: their MLflow runs say so."""
     if sweep.kind != "train":
         return
-    from mlflow.entities import RunTag
-
-    client = tracking._client(uri)
     for row in rows:
         run_id = tracking.find_run(uri, sweep.spec.tracking.experiment, row.run_name)
         if run_id is None:
             continue
-        client.log_batch(run_id, tags=[RunTag("genray.tune.status", row.status)])
+        tracking.tag_run(uri, run_id, {"genray.tune.status": row.status})
         if row.status != "finished":
-            client.set_terminated(run_id, status="KILLED" if row.status == "stopped early" else "FAILED")
+            tracking.finish_run(uri, run_id, "KILLED" if row.status == "stopped early" else "FAILED")
 
 
 # ----------------------------------------------------------------------------- table and plot
@@ -729,12 +717,8 @@ def _train_checkpoint(best: TrialRow) -> Path:
 # ----------------------------------------------------------------------------- the report
 
 
-def print_report(out: SweepOutcome, sweep: Sweep, config_path: str) -> None:
+def print_report(out: SweepOutcome, sweep: Sweep) -> None:
     print()
-    if out.interrupted:
-        print(f"sweep {out.name} interrupted; finished trials are saved.")
-        print(f"continue it with: genray tune {config_path} --resume {out.name}")
-        return
     print(out.files["markdown"].read_text())
     if out.best is not None:
         print(f"best trial     {out.best.trial_id}: {sweep.tune.metric}={out.best.metrics[sweep.tune.metric]:.5g}  "

@@ -16,8 +16,19 @@ CONFIGS = Path(__file__).resolve().parents[2] / "pipelines" / "configs"
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_configs_validate(path):
+    if "tune" in yaml.safe_load(path.read_text()):  # a sweep: every value of its space is checked too
+        from pipelines import tune
+
+        sweep = tune.load(path)
+        assert sweep.dims and (sweep.spec is None or sweep.spec.model.family in path.read_text())
+        return
     spec = config.load(path)
     assert spec.model.family in path.read_text()
+
+
+def test_a_sweep_config_given_to_train_says_to_use_tune(capsys):
+    assert main(["train", str(CONFIGS / "gan" / "sweep_dcgan_digits.yaml")]) == 2
+    assert "genray tune" in capsys.readouterr().err
 
 
 def test_overrides_apply_and_parse_yaml_values(tmp_path):
