@@ -213,14 +213,20 @@ def validate(raw: Any, source: str) -> ExperimentSpec:
     return spec
 
 
-def load(path: str | Path, overrides: list[str] | None = None) -> ExperimentSpec:
+def read_yaml(path: str | Path) -> Any:
+    """A config file's contents; a missing file or bad YAML is a ConfigError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> ExperimentSpec:
+    path = Path(path)
+    raw = read_yaml(path)
     if isinstance(raw, dict):
         if "tune" in raw:
             raise ConfigError(f"{path}: a sweep config (it has a tune: section); run it with `genray tune {path}`")

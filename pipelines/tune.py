@@ -53,7 +53,7 @@ import yaml
 
 from pipelines import tracking
 from pipelines.config import (DISTRIBUTIONS, ConfigError, ExperimentSpec, SweepEvalSpec, TuneSpec, apply_overrides,
-                              flatten, set_key, validate, validate_tune)
+                              flatten, read_yaml, set_key, validate, validate_tune)
 
 STATE_CONFIG = "sweep.yaml"  # the resolved config a sweep started with; --resume checks it
 
@@ -142,14 +142,8 @@ class Sweep:
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> Sweep:
-    path = Path(path)
     source = str(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (tune, data, model, ...)")
     raw = apply_overrides(raw, overrides or [], source)
