@@ -404,6 +404,7 @@ def run(sweep: Sweep, *, name: str, resume: bool = False, home: Path | None = No
     ranked = [r for r in rows if r.status != "failed" and _finite(r.metrics.get(t.metric))]
     if not ranked and any(r.status != "failed" for r in rows):
         reported = sorted({k for r in rows for k in r.metrics})
+        tracking.finish_run(uri, run_id, "FAILED")
         raise ConfigError(f"{sweep.source}: tune.metric {t.metric!r} was reported by no trial; they reported: "
                           f"{', '.join(reported)}")
     best = (min if t.mode == "min" else max)(ranked, key=lambda r: r.metrics[t.metric]) if ranked else None
@@ -526,7 +527,10 @@ def _run_config(sweep: Sweep, name: str, home: Path):
 def _row(result, sweep: Sweep, name: str) -> TrialRow:
     metrics = {k: float(v) for k, v in (result.metrics or {}).items()
                if isinstance(v, (int, float)) and not isinstance(v, bool) and _is_metric(k)}
-    trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+    # A trial that failed before reporting has no metrics; its folder is named after its id
+    # (<trainable>_<experiment>_<index>_<params>...).
+    found = re.search(r"_([0-9a-f]{5}_\d{5})_", Path(result.path).name)
+    trial_id = (result.metrics or {}).get("trial_id") or (found.group(1) if found else Path(result.path).name)
     params = {d.key: result.config.get(d.key) for d in sweep.dims}
     if result.error is not None:
         status = "failed"
