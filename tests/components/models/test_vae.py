@@ -159,3 +159,16 @@ def test_latent_map_for_latent_diffusion():
 def test_latent_map_must_stay_at_least_4x4(downsample):
     with pytest.raises(ValueError, match="latent_downsample must be between 1 and 3"):
         build_vae(image_shape=(3, 32, 32), size="tiny", latent_channels=4, latent_downsample=downsample)
+
+
+def test_temperature_scales_the_prior_draw(trained):
+    model = trained[0].eval()
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    z = torch.randn((6, *model.latent_shape), generator=gen())
+    # Temperature T decodes T·z for the same noise z: T=0 is the decoded prior mean, T=1 the default.
+    assert torch.equal(model.sample(6, generator=gen(), temperature=0.5), model.decode(0.5 * z))
+    assert torch.equal(model.sample(6, generator=gen()), model.decode(z))
+    cold = model.sample(6, generator=gen(), temperature=0.0)
+    assert torch.equal(cold, model.decode(torch.zeros_like(z)))
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        model.sample(2, temperature=-1.0)
