@@ -187,6 +187,21 @@ def test_a_sampling_sweep_scores_guidance_scales_without_training(trained_diffus
 
 
 @pytest.mark.integration
+def test_optuna_searches_a_continuous_range(trained_diffusion, tmp_path, digits_classifier, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    home, _ = trained_diffusion
+    cfg = sampling_sweep(tmp_path, digits_classifier, {"sampling.guidance_scale": {"uniform": [0.5, 4.0]},
+                                                       "sampling.eta": {"choice": [0.0, 1.0]}},
+                         search="optuna", num_samples=3, max_concurrent_trials=1, register_model=False)
+    out = tune.run(tune.load(cfg), name="optuna", home=home)
+    assert [r.status for r in out.rows] == ["finished"] * 3
+    scales = [r.params["sampling.guidance_scale"] for r in out.rows]
+    assert all(0.5 <= s <= 4.0 for s in scales) and len(set(scales)) == 3
+    assert {r.params["sampling.eta"] for r in out.rows} <= {0.0, 1.0}
+    assert out.best is not None and out.model_version is None  # register_model: false
+
+
+@pytest.mark.integration
 def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(trained_diffusion, tmp_path, digits_classifier):
     import ray
 
