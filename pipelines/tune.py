@@ -380,6 +380,7 @@ def run(sweep: Sweep, *, name: str, resume: bool = False, home: Path | None = No
         ctx["train_data"] = train.build_dataset(sweep.spec, data)
     fn = train_trial if sweep.kind == "train" else sampling_trial
     trainable = tune.with_resources(tune.with_parameters(fn, ctx=ctx), resources)
+    concurrency = fitting_concurrency(sweep, resources, say=say)
     if resume:
         tuner = tune.Tuner.restore(str(directory), trainable, resume_unfinished=True, resume_errored=False,
                                    restart_errored=False)
@@ -387,7 +388,7 @@ def run(sweep: Sweep, *, name: str, resume: bool = False, home: Path | None = No
         directory.mkdir(parents=True, exist_ok=True)
         (directory / STATE_CONFIG).write_text(yaml.safe_dump(sweep.resolved, sort_keys=False))
         tuner = tune.Tuner(trainable, param_space={d.key: d.domain() for d in sweep.dims},
-                           tune_config=_tune_config(sweep), run_config=_run_config(sweep, name, home))
+                           tune_config=_tune_config(sweep, concurrency), run_config=_run_config(sweep, name, home))
     grid = tuner.fit()
 
     # Ctrl-C: Tune saves its state and returns early. In memory it marks the trials it stopped
@@ -486,7 +487,29 @@ def _check_sampling_values(sweep: Sweep, checkpoint_dir: Path, home: Path):
     return spec, data
 
 
-def _tune_config(sweep: Sweep):
+def fitting_concurrency(sweep: Sweep, trial_resources: dict[str, float], *, say=print) -> int:
+    """tune.max_concurrent_trials, lowered to what the cluster can run at once. Tune counts only
+    the trial function's own resources; a training trial's TorchTrainer asks for its workers
+    later, and a trial whose workers do not fit waits, timing out and retrying its worker group
+    every minute, while holding the CPUs of its Ray Data tasks."""
+    import ray
+
+    want = sweep.tune.max_concurrent_trials
+    need = dict(trial_resources)
+    if sweep.kind == "train":
+        s = sweep.spec.scaling
+        need["CPU"] = need.get("CPU", 0) + s.workers * s.cpus_per_worker
+        if s.gpu:
+            need["GPU"] = need.get("GPU", 0) + s.workers
+    have = ray.cluster_resources()
+    fits = min((int(have.get(k, 0) // v) for k, v in need.items() if v > 0), default=want)
+    if fits < want:
+        say(f"tune: {max(fits, 1)} trial(s) at a time, not tune.max_concurrent_trials={want}: each needs "
+            f"{need} and the cluster has {({k: have.get(k, 0) for k in need})}")
+    return max(1, min(want, fits))
+
+
+def _tune_config(sweep: Sweep, concurrency: int):
     from ray import tune
 
     t = sweep.tune
@@ -502,14 +525,14 @@ def _tune_config(sweep: Sweep):
     if t.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        search, limit = OptunaSearch(seed=t.seed), t.max_concurrent_trials
+        search, limit = OptunaSearch(seed=t.seed), concurrency
     else:
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
         # Seeded, so a sweep draws the same trials every time. TuneConfig's max_concurrent_trials
         # is ignored for a variant generator (Tune warns and runs everything at once): it takes
         # its own limit.
-        search, limit = BasicVariantGenerator(random_state=t.seed, max_concurrent=t.max_concurrent_trials), None
+        search, limit = BasicVariantGenerator(random_state=t.seed, max_concurrent=concurrency), None
     return tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples, scheduler=scheduler,
                            search_alg=search, max_concurrent_trials=limit)
 

@@ -315,3 +315,19 @@ def test_stopping_rules_and_error_lines():
     err = RuntimeError("Traceback (most recent call last):\n  File x\nray.exceptions.RayTaskError: boom\n"
                        "FloatingPointError: [r] training diverged: train/loss is not finite by step 3")
     assert tune.short_error(err) == "FloatingPointError: [r] training diverged: train/loss is not finite by step 3"
+
+
+@pytest.mark.integration
+def test_concurrency_is_lowered_to_the_trials_whose_workers_fit(ray_session, tmp_path):
+    base = json.loads(json.dumps(TINY))
+    base["scaling"] = {"workers": 2, "cpus_per_worker": 1.0}
+    cfg = write_config(tmp_path / "s.yaml", {"metric": "eval/loss", "mode": "min", "max_concurrent_trials": 3,
+                                             "space": {"trainer.lr": {"choice": [0.1]}}}, base)
+    said = []
+    # The session's cluster has 4 logical CPUs: one trial of 0.01 + 2 x 1.0 fits, two do not.
+    assert tune.fitting_concurrency(tune.load(cfg), {"CPU": 0.01}, say=said.append) == 1
+    assert "1 trial(s) at a time, not tune.max_concurrent_trials=3" in said[0]
+    base["scaling"]["cpus_per_worker"] = 0.5
+    cfg = write_config(tmp_path / "s.yaml", {"metric": "eval/loss", "mode": "min", "max_concurrent_trials": 3,
+                                             "space": {"trainer.lr": {"choice": [0.1]}}}, base)
+    assert tune.fitting_concurrency(tune.load(cfg), {"CPU": 0.01}, say=said.append) == 3 and len(said) == 1
