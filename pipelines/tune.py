@@ -238,12 +238,8 @@ def train_trial(config: dict[str, Any], *, ctx: dict[str, Any]) -> None:
     if ctx["eval"] is None:
         return  # the callback has reported every checkpoint, the last one included
     torch.set_num_threads(ctx["threads"])
-    e = ctx["eval"]
-    result = evaluate.evaluate(
-        evaluate.EvalRequest(target=str(out.checkpoint), num_samples=e["num_samples"], batch_size=e["batch_size"],
-                             workers=0, feature_net=e["feature_net"], likelihood_rows=e["likelihood_rows"],
-                             seed=e["seed"], tags={"genray.tune.trial": name}),
-        home=Path(ctx["home"]))
+    result = evaluate.evaluate(_eval_request(ctx, str(out.checkpoint), tags={"genray.tune.trial": name}),
+                               home=Path(ctx["home"]))
     final = {k: v for k, v in out.metrics.items() if isinstance(v, (int, float))}
     tune.report({**final, **{f"eval_full/{k}": v for k, v in result.metrics.items()},
                  "checkpoint_path": str(out.checkpoint)})
@@ -258,15 +254,20 @@ def sampling_trial(config: dict[str, Any], *, ctx: dict[str, Any]) -> None:
     from pipelines import evaluate
 
     torch.set_num_threads(ctx["threads"])
-    e = ctx["eval"]
     sampling = {k.removeprefix("sampling."): v for k, v in config.items()}
-    result = evaluate.evaluate(
-        evaluate.EvalRequest(target=ctx["checkpoint"], num_samples=e["num_samples"], batch_size=e["batch_size"],
-                             workers=0, feature_net=e["feature_net"], likelihood_rows=e["likelihood_rows"],
-                             seed=e["seed"], sampling=sampling, parent_run_id=ctx["run_id"],
-                             tags={"genray.tune.trial": tune.get_context().get_trial_id()}),
-        home=Path(ctx["home"]), say=lambda line: None)
-    tune.report(result.metrics)
+    request = _eval_request(ctx, ctx["checkpoint"], sampling=sampling, parent_run_id=ctx["run_id"],
+                            tags={"genray.tune.trial": tune.get_context().get_trial_id()})
+    tune.report(evaluate.evaluate(request, home=Path(ctx["home"]), say=lambda line: None).metrics)
+
+
+def _eval_request(ctx: dict[str, Any], target: str, **kwargs):
+    """genray eval of `target` with the sweep's evaluate settings, generating in this process
+    (the trial's own CPUs) rather than in Ray tasks of its own."""
+    from pipelines.evaluate import EvalRequest
+
+    e = ctx["eval"]
+    return EvalRequest(target=target, num_samples=e["num_samples"], batch_size=e["batch_size"], workers=0,
+                       feature_net=e["feature_net"], likelihood_rows=e["likelihood_rows"], seed=e["seed"], **kwargs)
 
 
 class _RuleStopper:
@@ -281,9 +282,6 @@ class _RuleStopper:
             if isinstance(v, (int, float)) and ((rule.below is not None and v < rule.below)
                                                 or (rule.above is not None and v > rule.above)):
                 return True
-        return False
-
-    def stop_all(self) -> bool:
         return False
 
 
