@@ -132,8 +132,8 @@ def test_a_bad_target_exits_2_with_a_plain_message(target, message, genray_home,
 
 def test_bad_sampling_settings_exit_2_naming_what_the_model_takes(trained, env_home, capsys):
     vae = trained["vae"]
-    assert cli.main(["eval", vae.run_id, "--set", "sampling.temperature=0.5", "--workers", "0"]) == 2
-    assert "this model's sampler takes no settings" in capsys.readouterr().err
+    assert cli.main(["eval", vae.run_id, "--set", "sampling.guidance_scale=2", "--workers", "0"]) == 2
+    assert "--set sampling.guidance_scale: this model's sampler takes sampling.temperature" in capsys.readouterr().err
     assert cli.main(["eval", vae.run_id, "--set", "guidance_scale=2"]) == 2
     assert "expected sampling.KEY=VALUE" in capsys.readouterr().err
     assert cli.main(["eval", vae.run_id, "--num-samples", "1"]) == 2
