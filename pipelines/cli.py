@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import shlex
 import sys
 from pathlib import Path
 
@@ -122,7 +123,8 @@ def cmd_tune(args) -> int:
     except KeyboardInterrupt:
         out = None
     if out is None or out.interrupted:
-        print(f"genray: sweep {name} interrupted; continue it with: genray tune {args.config} --resume {name}",
+        sets = "".join(f" --set {shlex.quote(o)}" for o in args.overrides)  # a resume must repeat them
+        print(f"genray: sweep {name} interrupted; continue it with: genray tune {args.config}{sets} --resume {name}",
               file=sys.stderr)
         return 130
     tune.print_report(out, sweep)
