@@ -100,10 +100,21 @@ def test_two_worker_run_is_tracked_checkpointed_and_registered(family, ray_sessi
 
 
 def _worker_pids() -> list[int]:
+    """Train workers of this test session's Ray instance only (another Ray on the machine, such
+    as a user's sweep, keeps its workers): those whose RAY_RAYLET_PID is our raylet."""
     import psutil
 
-    return [p.pid for p in psutil.process_iter(["cmdline"])
-            if any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))]
+    raylets = {str(c.pid) for c in psutil.Process().children(recursive=True) if c.name() == "raylet"}
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        if not any("RayTrainWorker" in part for part in (p.info["cmdline"] or [])):
+            continue
+        try:
+            if p.environ().get("RAY_RAYLET_PID") in raylets:
+                found.append(p.pid)
+        except psutil.Error:
+            pass  # gone, or not ours to read
+    return found
 
 
 def _wait_for_checkpoint(root: Path, timeout: float = 180) -> str:
