@@ -659,15 +659,15 @@ def plot(rows: list[TrialRow], sweep: Sweep, path: Path) -> None:
     for j, dim in enumerate(dims):
         numeric = dim.kind in ("uniform", "loguniform", "int") or all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in dim.values)
-        labels = [json.dumps(v) if isinstance(v, (list, dict)) else str(v) for v in dim.values]
+        labels = [_label(v) for v in dim.values]
         for i, metric in enumerate(metrics):
             ax = axes[i][j]
             xs, ys, colors = [], [], []
             for r in rows:
                 v, m = r.params.get(dim.key), r.metrics.get(metric)
-                if not _finite(m) or v is None:
+                if not _finite(m) or v is None or not (numeric or _label(v) in labels):
                     continue
-                xs.append(float(v) if numeric else labels.index(json.dumps(v) if isinstance(v, (list, dict)) else str(v)))
+                xs.append(float(v) if numeric else labels.index(_label(v)))
                 ys.append(m)
                 colors.append({"finished": "tab:blue", "stopped early": "tab:orange"}.get(r.status, "tab:red"))
             ax.scatter(xs, ys, c=colors, s=28, zorder=3)
@@ -688,6 +688,10 @@ def plot(rows: list[TrialRow], sweep: Sweep, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _label(value: Any) -> str:
+    return json.dumps(list(value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 # ----------------------------------------------------------------------------- the champion

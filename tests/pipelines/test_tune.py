@@ -331,3 +331,20 @@ def test_concurrency_is_lowered_to_the_trials_whose_workers_fit(ray_session, tmp
     cfg = write_config(tmp_path / "s.yaml", {"metric": "eval/loss", "mode": "min", "max_concurrent_trials": 3,
                                              "space": {"trainer.lr": {"choice": [0.1]}}}, base)
     assert tune.fitting_concurrency(tune.load(cfg), {"CPU": 0.01}, say=said.append) == 3 and len(said) == 1
+
+
+def test_the_report_tabulates_every_trial_and_plots_categorical_values(tmp_path):
+    sweep = tune.load(Path(__file__).resolve().parents[2] / "pipelines/configs/gan/sweep_dcgan_digits.yaml")
+    rows = [tune.TrialRow("a", "finished", {"trainer.lr": 1e-4, "trainer.betas": [0.5, 0.999]},
+                          {"eval/kid_digits": 0.3, "step": 3000.0}),
+            tune.TrialRow("b", "stopped early", {"trainer.lr": 1e-3, "trainer.betas": (0.0, 0.99)},  # Tune may hand back tuples
+                          {"eval/kid_digits": 0.5, "step": 500.0}),
+            tune.TrialRow("c", "failed", {"trainer.lr": 1e-2, "trainer.betas": [0.9, 0.999]}, {}, "FloatingPointError: x")]
+    files = tune.write_report(rows, sweep, tmp_path, rows[0])
+    table = read_table(files["csv"])
+    assert [r["trial_id"] for r in table] == ["a", "b", "c"]
+    assert table[1]["trainer.betas"] == "[0.0, 0.99]" and table[2]["error"] == "FloatingPointError: x"
+    assert list(table[0]) == ["trial_id", "status", "trainer.lr", "trainer.betas", "eval/kid_digits",
+                              "eval/fd_digits_n256", "eval/class_consistency", "step", "error"]
+    assert "| a **(best)** | finished |" in files["markdown"].read_text()
+    assert files["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
