@@ -49,9 +49,7 @@ def start_run(uri: str, experiment_id: str, run_name: str, params: dict[str, Any
     from mlflow.entities import Param, RunTag
 
     client = _client(uri)
-    found = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1
-    )
+    found = _runs_named(client, experiment_id, run_name)
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
@@ -244,17 +242,14 @@ def log_evaluation(uri: str, home: Path, training_run_id: str | None, *, label: 
     from mlflow.entities import Metric, Param, RunTag
 
     client = _client(uri)
+    nest_under = parent_run_id or training_run_id
     if parent_run_id:
-        parent = client.get_run(parent_run_id)
+        training_run_id = None  # nothing copied onto the training run
+    if nest_under:
+        parent = client.get_run(nest_under)
         experiment_id = parent.info.experiment_id
-        name = f"eval-{parent.data.tags.get(RUN_NAME_TAG, parent_run_id[:8])}-{time.strftime('%Y%m%d-%H%M%S')}"
-        tags = {**tags, "mlflow.parentRunId": parent_run_id}
-        training_run_id = None
-    elif training_run_id:
-        parent = client.get_run(training_run_id)
-        experiment_id = parent.info.experiment_id
-        name = f"eval-{parent.data.tags.get(RUN_NAME_TAG, training_run_id[:8])}-{time.strftime('%Y%m%d-%H%M%S')}"
-        tags = {**tags, "mlflow.parentRunId": training_run_id}
+        name = f"eval-{parent.data.tags.get(RUN_NAME_TAG, nest_under[:8])}-{time.strftime('%Y%m%d-%H%M%S')}"
+        tags = {**tags, "mlflow.parentRunId": nest_under}
     else:
         experiment_id = ensure_experiment(uri, EVAL_EXPERIMENT, home)
         name = f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -285,9 +280,12 @@ def find_run(uri: str, experiment_name: str, run_name: str) -> str | None:
     exp = client.get_experiment_by_name(experiment_name)
     if exp is None:
         return None
-    found = client.search_runs([exp.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
-                               max_results=1)
+    found = _runs_named(client, exp.experiment_id, run_name)
     return found[0].info.run_id if found else None
+
+
+def _runs_named(client, experiment_id: str, run_name: str):
+    return client.search_runs([experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1)
 
 
 def tag_run(uri: str, run_id: str, tags: dict[str, str]) -> None:
