@@ -52,7 +52,9 @@ def save(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
     return path
 
 
-def load(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> Checkpoint:
+def load(path: str | os.PathLike, *, map_location: str | torch.device = "cpu", with_optimizer: bool = True) -> Checkpoint:
+    """with_optimizer=False leaves optimizer.pt unread: serving needs weights only, and reads no
+    file but safetensors and JSON."""
     path = Path(path)
     state_file = path / STATE_FILE
     if not state_file.is_file():
@@ -61,7 +63,7 @@ def load(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -
     model = load_file(str(path / MODEL_FILE), device=device)
     ema = load_file(str(path / EMA_FILE), device=device) if (path / EMA_FILE).exists() else None
     optimizer: dict[str, Any] = {}
-    if (path / OPTIMIZER_FILE).exists():
+    if with_optimizer and (path / OPTIMIZER_FILE).exists():
         optimizer = torch.load(path / OPTIMIZER_FILE, map_location=map_location, weights_only=True)
     return Checkpoint(model=model, state=json.loads(state_file.read_text()), ema=ema, optimizer=optimizer)
 
@@ -80,12 +82,13 @@ def set_rng_state(rng: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in rng["cuda"]])
 
 
-def build_model(path: str | os.PathLike, *, use_ema: bool = True, map_location: str = "cpu"):
+def build_model(path: str | os.PathLike, *, use_ema: bool = True, map_location: str = "cpu",
+                with_optimizer: bool = False):
     """Rebuild the trained model from a checkpoint alone: the family and its arguments come from
     state.json, the weights from safetensors. Returns (model in eval mode, state)."""
     from components.models import FAMILIES  # here, not at the top: models import nothing of this
 
-    ckpt = load(path, map_location=map_location)
+    ckpt = load(path, map_location=map_location, with_optimizer=with_optimizer)
     spec = ckpt.state["model"]
     model = FAMILIES[spec["family"]](**spec["args"], **_data_args(spec["data_args"]))
     weights = ckpt.ema if (use_ema and ckpt.ema is not None) else ckpt.model

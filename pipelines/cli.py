@@ -3,6 +3,8 @@
     genray train CONFIG [--set key=value ...] [--workers N] [--gpu] [--name RUN]
     genray tune CONFIG [--set key=value ...] [--name SWEEP | --resume SWEEP]
     genray eval TARGET [--num-samples N] [--set sampling.key=value ...] [--workers W]
+    genray serve [--model NAME ...] [--alias champion] [--host 127.0.0.1] [--port 8000] [--config FILE]
+    genray serve --reload
     genray data prepare NAME [--out PATH] [--seed S] [--size tiny|full]
     genray families
 
@@ -65,6 +67,18 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--likelihood-rows", type=int, default=500, help="reference images scored for bits/dim")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--no-log", action="store_true", help="print only; write nothing to MLflow")
+
+    s = sub.add_parser("serve", help="serve registered models over HTTP with Ray Serve (gallery at /, API at /v1)")
+    s.add_argument("--model", dest="models", action="append", default=[], metavar="NAME",
+                   help="a registered model to serve (repeatable; default: every model with the alias)")
+    s.add_argument("--alias", help="registry alias to serve (default champion; latest: the newest version)")
+    s.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    s.add_argument("--config", help="serve settings YAML: replicas, autoscaling, batching, limits "
+                                    "(e.g. pipelines/configs/serve/default.yaml)")
+    s.add_argument("--address", help="Ray cluster to run on (default: a local Ray; --reload: auto)")
+    s.add_argument("--reload", action="store_true",
+                   help="resolve the served aliases again and swap in new versions, with no failed requests")
 
     d = sub.add_parser("data", help="built-in datasets")
     dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -144,6 +158,69 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import socket
+    import time
+
+    import ray
+
+    from pipelines import serve, tracking
+    from pipelines.config import ConfigError
+
+    home = serve.environment_home()
+    if args.reload:
+        app_name = serve.load_spec(args.config, {}).app_name
+        if not serve.state_file(home, app_name).is_file():
+            raise ConfigError(f"nothing to reload: {serve.state_file(home, app_name)} does not exist "
+                              "(is `genray serve` running with this GENRAY_HOME?)")
+        if not ray.is_initialized():
+            try:
+                ray.init(address=args.address or "auto", log_to_driver=False, configure_logging=False)
+            except ConnectionError as e:
+                raise ConfigError(f"--reload: no running Ray cluster to reload ({e}); pass --address") from None
+        for name, (old, new) in serve.reload(home=home, app_name=app_name).items():
+            print(f"{name}: version {old} -> {new}" if old != new else f"{name}: version {new} (unchanged)")
+        return 0
+    spec = serve.load_spec(args.config, {"models": args.models, "alias": args.alias, "host": args.host,
+                                         "port": args.port})
+    uri = tracking.tracking_uri(home)
+    # A bad name, a missing alias or weights that are not safetensors fail here, before Ray starts.
+    versions = serve.resolve_versions(uri, spec.models, spec.alias)
+    serve.check_versions(uri, home, versions)
+    with socket.socket() as probe:
+        try:
+            probe.bind((spec.host, spec.port))
+        except OSError as e:
+            raise ConfigError(f"--port {spec.port}: cannot listen on {spec.host}:{spec.port} ({e.strerror}); "
+                              "pick another port") from None
+    if not ray.is_initialized():
+        ray.init(address=args.address, log_to_driver=False, configure_logging=False)
+    deployed = serve.deploy(spec, uri=uri, home=home, versions=versions)
+    serve.wait_until_ready(deployed.url)
+    print_serving(deployed)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        from ray import serve as ray_serve
+
+        ray_serve.shutdown()
+        print("genray serve: stopped")
+        return 0
+
+
+def print_serving(deployed) -> None:
+    from pipelines import serve
+
+    for name, version in deployed.versions.items():
+        print(f"serving        models:/{name}/{version}  ({deployed.spec.alias})")
+    print(f"gallery        {deployed.url}/")
+    print(f"API docs       {deployed.url}/docs")
+    first = next(iter(deployed.versions))
+    print(f"try            {serve.curl_example(deployed.url, {'name': first})}")
+    print("               (Ctrl-C stops the server; `genray serve --reload` swaps in re-aliased versions)")
+
+
 def cmd_data(args) -> int:
     from pipelines.train import project_home
 
@@ -183,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.config import ConfigError
 
     args = _parser().parse_args(argv)
-    handlers = {"train": cmd_train, "tune": cmd_tune, "eval": cmd_eval, "data": cmd_data, "families": cmd_families}
+    handlers = {"train": cmd_train, "tune": cmd_tune, "eval": cmd_eval, "serve": cmd_serve, "data": cmd_data,
+                "families": cmd_families}
     try:
         return handlers[args.command](args)
     except (ConfigError, DataFormatError) as e:

@@ -187,6 +187,8 @@ def resolve_checkpoint(ref: str, uri: str, cache: Path) -> Path:
         dest = cache / source.replace(":/", "-").replace("/", "-")
         if not (dest / "done").exists():
             dest.mkdir(parents=True, exist_ok=True)
+            # A progress bar per download is noise in a server's log and a job's output.
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
             with _fluent(uri):
                 mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest), tracking_uri=uri)
             (dest / "done").touch()

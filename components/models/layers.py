@@ -29,7 +29,31 @@ def num_halvings(h: int, w: int) -> int:
     return min(h, w).bit_length() - 1 - 2
 
 
-def randn(shape: tuple[int, ...], *, generator: torch.Generator | None, device: torch.device) -> Tensor:
+class StackedGenerators:
+    """The generators of several requests sampled together as one batch: rows [0, n1) draw their
+    noise from the first, the next n2 rows from the second, and so on.
+
+    Passed as `generator=` to a family's `sample`, it makes a batched request draw exactly the
+    numbers it would draw alone, so a seed names the same image whatever it is batched with
+    (pipelines/serve.py batches HTTP requests this way). Every draw must lead with the batch.
+    """
+
+    def __init__(self, parts: list[tuple[torch.Generator, int]]):
+        if not parts or any(k < 1 for _, k in parts):
+            raise ValueError("StackedGenerators needs (generator, rows >= 1) pairs")
+        self.parts = list(parts)
+        self.rows = sum(k for _, k in parts)
+        self.device = parts[0][0].device
+
+    def randn(self, shape: tuple[int, ...]) -> Tensor:
+        if not shape or shape[0] != self.rows:
+            raise ValueError(f"StackedGenerators holds {self.rows} rows; a draw of shape {tuple(shape)} "
+                             "does not lead with them")
+        return torch.cat([torch.randn((k, *shape[1:]), generator=g, device=g.device) for g, k in self.parts])
+
+
+def randn(shape: tuple[int, ...], *, generator: "torch.Generator | StackedGenerators | None",
+          device: torch.device) -> Tensor:
     """Standard normal noise; with a generator, drawn on the generator's device, then moved.
 
     Drawing where the generator lives (usually the CPU) means one seed gives the same numbers
@@ -37,4 +61,6 @@ def randn(shape: tuple[int, ...], *, generator: torch.Generator | None, device: 
     """
     if generator is None:
         return torch.randn(shape, device=device)
+    if isinstance(generator, StackedGenerators):
+        return generator.randn(tuple(shape)).to(device)
     return torch.randn(shape, generator=generator, device=generator.device).to(device)

@@ -16,6 +16,11 @@ CONFIGS = Path(__file__).resolve().parents[2] / "pipelines" / "configs"
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_configs_validate(path):
+    if path.parent.name == "serve":  # serve settings, not an experiment
+        from pipelines import serve
+
+        assert serve.load_spec(str(path), {}) == serve.ServeSpec()  # the file documents the defaults
+        return
     if "tune" in yaml.safe_load(path.read_text()):  # a sweep: every value of its space is checked too
         from pipelines import tune
 
