@@ -40,6 +40,7 @@ import inspect
 import io
 import json
 import math
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ from typing import Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 from ray import serve
@@ -504,7 +506,8 @@ class ModelServer:
         return self.info
 
     async def stats(self) -> dict[str, Any]:
-        return {"batch_sizes": list(self.batch_sizes), "version": self.loaded.version if self.loaded else None}
+        return {"batch_sizes": list(self.batch_sizes), "version": self.loaded.version if self.loaded else None,
+                "pid": os.getpid()}
 
     # -- routes
 
@@ -718,6 +721,15 @@ def build_fastapi(limits_of):
                 if not started:
                     await too_big(scope, receive, send)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request, exc: RequestValidationError):
+        # FastAPI's own 422 echoes the input, which may hold NaN or Infinity (Python's JSON parser
+        # accepts them) that its JSON response cannot encode: a 500. Location, message and type
+        # are what a client needs.
+        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in exc.errors()]
+        return JSONResponse(status_code=422, content={"detail": detail})
+
     app.add_middleware(BodyLimit)
     return app
 
@@ -850,12 +862,33 @@ def build_app(spec: ServeSpec, uri: str, home: Path, versions: dict[str, str]):
     else:
         options["num_replicas"] = d.num_replicas
     batching = {"max_batch_size": d.max_batch_size, "batch_wait_timeout_s": d.batch_wait_timeout_s}
-    servers = {
-        name: ModelServerDeployment.options(name=deployment_name(name), user_config={"version": version}, **options)
-        .bind(name, uri, str(home), spec.limits.model_dump(), batching)
-        for name, version in versions.items()
-    }
-    return Gateway.bind(servers, spec.limits.model_dump())
+    servers = {}
+    for name, version in versions.items():
+        args = (name, uri, str(home), spec.limits.model_dump(), batching)
+        servers[name] = ModelServerDeployment.options(
+            name=deployment_name(name), user_config={"version": version}, **options,
+            **_stable_version(args, options),
+        ).bind(*args)
+    return Gateway.options(**_stable_version((sorted(versions), spec.limits.model_dump()), {})).bind(
+        servers, spec.limits.model_dump())
+
+
+def _stable_version(args: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """A deployment version that changes only with genray's code, the constructor's arguments and
+    the replica options, never with user_config.
+
+    Serve's Python API (serve.run) gives every deployment a random code version on each call, so
+    redeploying with a new user_config would replace every replica (and drop the requests routed
+    to the old ones as they stop). With the same version, Serve treats a user_config change as
+    the lightweight update that config-file deploys get: each running replica's `reconfigure`.
+    `version` is internal to Deployment.options in Ray 2.60 (pinned in pyproject.toml)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    digest.update(Path(__file__).read_bytes())
+    digest.update(WEB_PAGE.read_bytes())
+    digest.update(json.dumps([args, options], sort_keys=True, default=str).encode())
+    return {"version": digest.hexdigest()[:16], "_internal": True}
 
 
 ModelServerDeployment = serve.deployment(ModelServer)
