@@ -91,10 +91,12 @@ class DeploymentSpec(BaseModel):
     num_replicas: int = Field(1, ge=1)
     autoscaling: Autoscaling | None = None
     max_batch_size: int = Field(16, ge=1, le=1024)
+    max_ongoing_requests: int | None = Field(None, ge=1)  # per replica; default 2 x max_batch_size, at least 8
     batch_wait_timeout_s: float = Field(0.01, ge=0, le=10)
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
     health_check_period_s: float = Field(10.0, gt=0)
+    gateway_max_ongoing_requests: int = Field(1000, ge=1)  # requests the ingress holds at once
 
 
 class ServeSpec(BaseModel):
@@ -539,7 +541,11 @@ class ModelServer:
         for idx in by_version.values():
             loaded = items[idx[0]][1]
             try:
-                results, calls = await asyncio.to_thread(sample_batch, loaded.model, [items[i][0] for i in idx])
+                # On the event loop, not in a worker thread: a forward pass of small tensors holds
+                # the GIL most of the time, so a thread would starve the loop that gathers the
+                # next batch (measured at 32 clients: mean batch 3 in a thread, 18 here). Requests
+                # arriving meanwhile wait in Ray's queue and form the next batch.
+                results, calls = sample_batch(loaded.model, [items[i][0] for i in idx])
             except ValueError as e:  # a combination of settings the family itself refuses
                 for i in idx:
                     out[i] = RequestError(None, str(e))
@@ -854,8 +860,11 @@ def build_app(spec: ServeSpec, uri: str, home: Path, versions: dict[str, str]):
     options: dict[str, Any] = {
         "ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus},
         # Room for a full batch queued while one runs (RAY_NOTES: keep it >= max_batch_size).
-        "max_ongoing_requests": 2 * d.max_batch_size,
+        "max_ongoing_requests": d.max_ongoing_requests or max(2 * d.max_batch_size, 8),
         "health_check_period_s": d.health_check_period_s,
+        # The gateway logs every HTTP request; a second line per request from the model's replica
+        # costs CPU that batching would rather spend on the forward pass.
+        "logging_config": {"enable_access_log": False},
     }
     if d.autoscaling is not None:
         options["autoscaling_config"] = d.autoscaling.model_dump()
@@ -869,7 +878,10 @@ def build_app(spec: ServeSpec, uri: str, home: Path, versions: dict[str, str]):
             name=deployment_name(name), user_config={"version": version}, **options,
             **_stable_version(args, options),
         ).bind(*args)
-    return Gateway.options(**_stable_version((sorted(versions), spec.limits.model_dump()), {})).bind(
+    # The gateway only parses, checks and forwards: Serve's default of 5 requests in flight per
+    # replica would cap every model's batches at 5.
+    gateway = {"max_ongoing_requests": d.gateway_max_ongoing_requests}
+    return Gateway.options(**gateway, **_stable_version((sorted(versions), spec.limits.model_dump()), gateway)).bind(
         servers, spec.limits.model_dump())
 
 
