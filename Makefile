@@ -1,11 +1,11 @@
-# make demo: set up and train a beta-VAE on built-in data with Ray Train + MLflow.
-# make test: set up and run the test suite.
+# make demo: set up, then data -> train -> sweep -> register -> serve on built-in data, local Ray and MLflow.
+# make test: set up (the browser for the gallery test included) and run the test suite.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench results clean
+.PHONY: install browser demo test test-fast bench results clean
 
 install: $(STAMP)
 
@@ -21,7 +21,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m pipelines.demo
 
-test: $(STAMP)
+# Debian's Chromium and ChromeDriver for the gallery's browser test. Installed when missing and
+# this is root with apt-get; otherwise that one test skips (unless GENRAY_REQUIRE_BROWSER is set).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium and chromium-driver (Debian) for the browser test"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null || \
+		(apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null); \
+	else echo "chromium/chromedriver missing and not root: the browser test will skip"; fi
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
@@ -29,6 +39,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_overhead.py
+	$(BIN)/python benchmarks/serve_load.py
 
 # Train every shipped config and evaluate it: docs/RESULTS.md (about an hour on 2 CPU cores).
 results: $(STAMP)

@@ -193,20 +193,29 @@ def cmd_serve(args) -> int:
         except OSError as e:
             raise ConfigError(f"--port {spec.port}: cannot listen on {spec.host}:{spec.port} ({e.strerror}); "
                               "pick another port") from None
-    if not ray.is_initialized():
-        ray.init(address=args.address, log_to_driver=False, configure_logging=False)
-    deployed = serve.deploy(spec, uri=uri, home=home, versions=versions)
-    serve.wait_until_ready(deployed.url)
-    print_serving(deployed)
     try:
+        if not ray.is_initialized():
+            ray.init(address=args.address, log_to_driver=False, configure_logging=False)
+        deployed = serve.deploy(spec, uri=uri, home=home, versions=versions)
+        serve.wait_until_ready(deployed.url)
+        print_serving(deployed)
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
-        from ray import serve as ray_serve
-
-        ray_serve.shutdown()
-        print("genray serve: stopped")
+        stop_serving()
         return 0
+
+
+def stop_serving() -> None:
+    """Ctrl-C: take the app down and leave; a second Ctrl-C during the shutdown is ignored."""
+    import signal
+
+    from ray import serve as ray_serve
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print("genray serve: stopping", flush=True)
+    ray_serve.shutdown()
+    print("genray serve: stopped", flush=True)
 
 
 def print_serving(deployed) -> None:
@@ -218,7 +227,8 @@ def print_serving(deployed) -> None:
     print(f"API docs       {deployed.url}/docs")
     first = next(iter(deployed.versions))
     print(f"try            {serve.curl_example(deployed.url, {'name': first})}")
-    print("               (Ctrl-C stops the server; `genray serve --reload` swaps in re-aliased versions)")
+    print("               (Ctrl-C stops the server; `genray serve --reload` swaps in re-aliased versions)",
+          flush=True)
 
 
 def cmd_data(args) -> int:

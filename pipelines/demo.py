@@ -86,10 +86,9 @@ def serve_champion(model_name: str, alias: str, port: int, step) -> int:
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
-        from ray import serve as ray_serve
+        from pipelines.cli import stop_serving
 
-        ray_serve.shutdown()
-        print("genray demo: stopped")
+        stop_serving()
     return 0
 
 
