@@ -32,6 +32,8 @@ MODELS = {  # name -> (family, data and model arguments)
     "gan-t": ("dcgan", {"num_classes": 10, "conditional": True}),
     "diff-t": ("diffusion", {"num_classes": 10, "conditioning": "class", "num_timesteps": 50,
                              "num_inference_steps": 5}),
+    "text-t": ("diffusion", {"conditioning": "text", "text_len": 16, "num_timesteps": 50,
+                             "num_inference_steps": 3, "guidance_scale": 2.0}),
 }
 
 
@@ -106,6 +108,8 @@ def test_models_lists_each_family_with_its_capabilities_parameters_and_version(s
     assert (vae["family"], gan["family"], diff["family"]) == ("vae", "dcgan", "diffusion")
     assert vae["routes"] == ["sample", "encode", "decode", "interpolate", "log_prob"]
     assert gan["routes"] == ["sample"] and diff["routes"] == ["sample", "log_prob"]
+    assert "prompt" in listed["text-t"]["parameters"] and "class_label" not in listed["text-t"]["parameters"]
+    assert listed["text-t"]["defaults"]["guidance_scale"] == 2.0
     assert set(vae["parameters"]) == {"n", "seed", "temperature"} and vae["defaults"] == {"temperature": 1.0}
     assert gan["parameters"]["class_label"]["max"] == 9
     assert diff["defaults"]["num_inference_steps"] == 5 and diff["defaults"]["sampler"] == "ddim"
@@ -149,6 +153,9 @@ def test_sampling_settings_change_the_samples_and_are_echoed(served):
     assert guided["settings"]["guidance_scale"] == 3.0 and guided["images"] != base["images"]
     cold = c.post("/v1/models/vae-t/sample", json={"n": 2, "seed": 1, "temperature": 0.0}).json()
     assert cold["images"][0] == cold["images"][1]  # T = 0: every sample is the decoded prior mean
+    red = c.post("/v1/models/text-t/sample", json={"n": 2, "seed": 1, "prompt": "a red square"}).json()
+    assert red["images"] == c.post("/v1/models/text-t/sample", json={"n": 2, "seed": 1, "prompt": "a red square"}).json()["images"]
+    assert red["images"] != c.post("/v1/models/text-t/sample", json={"n": 2, "seed": 1, "prompt": "a blue disc"}).json()["images"]
     labels = c.post("/v1/models/gan-t/sample", json={"n": 2, "seed": 1, "class_label": 3}).json()
     assert labels["images"] != c.post("/v1/models/gan-t/sample", json={"n": 2, "seed": 1}).json()["images"]
 
@@ -185,7 +192,7 @@ def test_routes_a_model_lacks_answer_404_with_its_capabilities(served):
     assert detail["capabilities"] == ["condition", "sample"] and detail["routes"] == ["sample"]
     assert c.post("/v1/models/diff-t/interpolate", json={"a": "AA", "b": "AA"}).status_code == 404
     missing = c.post("/v1/models/nope/sample", json={})
-    assert missing.status_code == 404 and "diff-t, gan-t, vae-t" in missing.json()["detail"][0]["msg"]
+    assert missing.status_code == 404 and "diff-t, gan-t, text-t, vae-t" in missing.json()["detail"][0]["msg"]
 
 
 def test_the_gallery_page_is_self_contained(served):
@@ -210,6 +217,8 @@ def test_the_gallery_page_is_self_contained(served):
     ("diff-t", {"n": 3, "class_label": [1, 2]}, "class_label"),
     ("diff-t", {"temperature": 0.5}, "temperature"),
     ("diff-t", {"prompt": "a cat"}, "prompt"),
+    ("text-t", {"prompt": "x" * (LIMITS["max_prompt_chars"] + 1)}, "prompt"),
+    ("text-t", {"class_label": 1}, "class_label"),
     ("diff-t", {"steps": 3}, "steps"),
     ("vae-t", {"guidance_scale": 2}, "guidance_scale"),
     ("vae-t", {"temperature": "hot"}, "temperature"),
