@@ -31,11 +31,13 @@ browser:
 		(apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null); \
 	else echo "chromium/chromedriver missing and not root: the browser test will skip"; fi
 
+# Two passes: the cluster tests start their own Ray cluster, apart from the session Ray the others share.
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not cluster"
+	$(BIN)/python -m pytest -q -m cluster
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not integration"
+	$(BIN)/python -m pytest -q -m "not integration and not cluster"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_overhead.py

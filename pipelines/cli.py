@@ -5,6 +5,8 @@
     genray eval TARGET [--num-samples N] [--set sampling.key=value ...] [--workers W]
     genray serve [--model NAME ...] [--alias champion] [--host 127.0.0.1] [--port 8000] [--config FILE]
     genray serve --reload
+    genray submit [--address URL] {train|tune|eval} CONFIG [--set key=value ...] [--follow]
+    genray jobs list | logs ID [--follow] | stop ID   [--address URL]
     genray data prepare NAME [--out PATH] [--seed S] [--size tiny|full]
     genray families
 
@@ -79,6 +81,27 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--address", help="Ray cluster to run on (default: a local Ray; --reload: auto)")
     s.add_argument("--reload", action="store_true",
                    help="resolve the served aliases again and swap in new versions, with no failed requests")
+
+    sb = sub.add_parser("submit", help="run train, tune or eval as a Ray Job on a cluster (Ray Jobs API)")
+    sb.add_argument("--address", help="the cluster's Jobs API, e.g. http://127.0.0.1:8265 (default: RAY_ADDRESS)")
+    sb.add_argument("job", choices=["train", "tune", "eval"])
+    sb.add_argument("target", metavar="CONFIG", help="the experiment or sweep YAML (eval: the model, e.g. models:/NAME@champion)")
+    sb.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value (repeatable), as with the local command")
+    sb.add_argument("--name", help="submission id (default: Ray's raysubmit_...)")
+    sb.add_argument("--pip", action="append", default=[], metavar="REQ",
+                    help="a package the cluster's Python lacks, installed for this job (repeatable)")
+    sb.add_argument("--follow", action="store_true", help="stream the logs; exit with the job's status")
+
+    jb = sub.add_parser("jobs", help="the Ray Jobs on a cluster: list, logs, stop")
+    jsub = jb.add_subparsers(dest="jobs_command", required=True, parser_class=_Parser)
+    for name, text in (("list", "every job, oldest first"), ("logs", "a job's logs"), ("stop", "stop a job")):
+        j = jsub.add_parser(name, help=text)
+        if name != "list":
+            j.add_argument("job_id", metavar="ID")
+        if name == "logs":
+            j.add_argument("--follow", action="store_true", help="stream until the job ends; exit with its status")
+        j.add_argument("--address", help="the cluster's Jobs API (default: RAY_ADDRESS, then http://127.0.0.1:8265)")
 
     d = sub.add_parser("data", help="built-in datasets")
     dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -231,6 +254,23 @@ def print_serving(deployed) -> None:
           flush=True)
 
 
+def cmd_submit(args) -> int:
+    from pipelines import jobs
+
+    return jobs.submit(args.job, args.target, overrides=args.overrides, address=args.address, follow=args.follow,
+                       name=args.name, pip=args.pip or None)
+
+
+def cmd_jobs(args) -> int:
+    from pipelines import jobs
+
+    if args.jobs_command == "list":
+        return jobs.list_jobs(args.address)
+    if args.jobs_command == "logs":
+        return jobs.job_logs(args.job_id, args.address, args.follow)
+    return jobs.stop_job(args.job_id, args.address)
+
+
 def cmd_data(args) -> int:
     from pipelines.train import project_home
 
@@ -270,8 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.config import ConfigError
 
     args = _parser().parse_args(argv)
-    handlers = {"train": cmd_train, "tune": cmd_tune, "eval": cmd_eval, "serve": cmd_serve, "data": cmd_data,
-                "families": cmd_families}
+    handlers = {"train": cmd_train, "tune": cmd_tune, "eval": cmd_eval, "serve": cmd_serve, "submit": cmd_submit,
+                "jobs": cmd_jobs, "data": cmd_data, "families": cmd_families}
     try:
         return handlers[args.command](args)
     except (ConfigError, DataFormatError) as e:

@@ -82,6 +82,10 @@ class ScalingSpec(_Section):
     gpu: bool = False
     cpus_per_worker: float = Field(0.5, gt=0)
     max_failures: int = Field(0, ge=-1, description="-1 retries forever")
+    # How the workers' bundles are placed: PACK fills a node first; SPREAD puts them on
+    # different nodes (STRICT_*: must, or the run waits).
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: NCCL with GPUs, gloo on CPUs
 
 
 class TrackingSpec(_Section):

@@ -982,3 +982,19 @@ def environment_home() -> Path:
     from pipelines.train import project_home
 
     return project_home()
+
+
+def app_builder(args: dict[str, Any]):
+    """The app for Serve's config files (`serve run`, `serve deploy`, KubeRay's RayService):
+
+        import_path: pipelines.serve:app_builder
+        args: {models: [vae-digits], alias: champion, deployment: {...}, limits: {...}}
+
+    The registry is MLFLOW_TRACKING_URI (else GENRAY_HOME's SQLite store); aliases are resolved
+    when the config is applied. To swap versions, re-apply it: Serve reconfigures in place."""
+    from pipelines import tracking
+
+    spec = ServeSpec.model_validate({k: v for k, v in (args or {}).items() if k not in ("host", "port")})
+    home = environment_home()
+    uri = tracking.tracking_uri(home)
+    return build_app(spec, uri, home, resolve_versions(uri, spec.models, spec.alias))

@@ -43,6 +43,12 @@ def project_home() -> Path:
     return Path(os.environ.get("GENRAY_HOME", "genray-runs")).resolve()
 
 
+def storage_path(home: Path) -> str:
+    """Where Ray Train writes checkpoints: GENRAY_STORAGE when set (a path every node sees, or a
+    pyarrow-filesystem URI such as s3://bucket/genray or gs://...), else <home>/ray_results."""
+    return os.environ.get("GENRAY_STORAGE") or str(home / "ray_results")
+
+
 @dataclass(frozen=True)
 class DataSource:
     train: str
@@ -236,7 +242,7 @@ def build_trainer(spec: ExperimentSpec, data: DataSource, inputs: ModelInputs, *
     """The TorchTrainer for one run. `train_data` is a dataset built beforehand by build_dataset
     (a sweep builds one for all its trials when they share TrainData.key); else one is built."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     train_data = train_data or build_dataset(spec, data)
     columns, decode, repeats = data.columns, data.decode, train_data.repeats
@@ -261,12 +267,15 @@ def build_trainer(spec: ExperimentSpec, data: DataSource, inputs: ModelInputs, *
             num_workers=s.workers,
             use_gpu=s.gpu,
             resources_per_worker={"CPU": s.cpus_per_worker, **({"GPU": 1} if s.gpu else {})},
+            placement_strategy=s.placement_strategy,
         ),
+        # NCCL between GPUs, gloo between CPU processes, unless the config says otherwise.
+        torch_config=TorchConfig(backend=s.backend if s.backend != "auto" else ("nccl" if s.gpu else "gloo")),
         # Every worker streams its own shard; rank 0 reads a few held-out batches for eval.
         datasets={"train": train_data.dataset},
         run_config=RunConfig(
             name=name,
-            storage_path=str(home / "ray_results"),
+            storage_path=storage_path(home),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.trainer.num_to_keep),
             failure_config=FailureConfig(max_failures=s.max_failures),
             callbacks=callbacks,
@@ -662,16 +671,20 @@ def run(spec: ExperimentSpec, *, name: str, home: Path | None = None, uri: str |
         raise
 
     if result.checkpoint is None:
-        raise RuntimeError(f"run {name} finished without a checkpoint under {home / 'ray_results' / name}")
-    ckpt_dir = Path(result.checkpoint.path)
-    logger = tracking.RunLogger(uri, run_id)
-    logger.artifacts(ckpt_dir, "checkpoint")
+        raise RuntimeError(f"run {name} finished without a checkpoint under {storage_path(home)}/{name}")
     model_name = version = None
-    if spec.tracking.register_model:
-        model_name = spec.tracking.model_name or f"{spec.model.family}-{spec.data.dataset or 'custom'}"
-        version = tracking.log_and_register(uri, run_id, ckpt_dir, model_name)
+    # A local directory as it is; from s3:// or gs:// storage, a temporary download.
+    with result.checkpoint.as_directory() as local:
+        ckpt_dir = Path(local)
+        logger = tracking.RunLogger(uri, run_id)
+        logger.artifacts(ckpt_dir, "checkpoint")
+        if spec.tracking.register_model:
+            model_name = spec.tracking.model_name or f"{spec.model.family}-{spec.data.dataset or 'custom'}"
+            version = tracking.log_and_register(uri, run_id, ckpt_dir, model_name)
     tracking.finish_run(uri, run_id, "FINISHED")
-    return TrainOutcome(name, run_id, ckpt_dir, dict(result.metrics or {}), model_name, version, uri)
+    where = Path(result.checkpoint.path) if result.checkpoint.filesystem.type_name == "local" else \
+        f"{result.checkpoint.filesystem.type_name}://{result.checkpoint.path}"
+    return TrainOutcome(name, run_id, where, dict(result.metrics or {}), model_name, version, uri)
 
 
 def default_run_name(config_path: str | Path) -> str:
