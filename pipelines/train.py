@@ -76,13 +76,19 @@ class DataSource:
         return {"image_shape": (c, h, w), "num_classes": self.info.num_classes}
 
 
+def _absolute(path: str) -> str:
+    """A local path made absolute (the workers' working directory is not ours); a URI such as
+    s3://bucket/data or gs://... as it is, for pyarrow's filesystems and Ray Data."""
+    return path if "://" in path else str(Path(path).resolve())
+
+
 def resolve_data(spec: ExperimentSpec, home: Path) -> DataSource:
     d = spec.data
     if d.path is not None:
-        train = str(Path(d.path).resolve())
+        train = _absolute(d.path)
         if d.test_path is None:
             raise ConfigError("data.test_path: required with data.path (held-out Parquet for eval)")
-        test = str(Path(d.test_path).resolve())
+        test = _absolute(d.test_path)
     else:
         root = home / "data" / f"{d.dataset}-{d.size}-seed{d.seed}"
         if not (root / "test.parquet").exists():  # test is written last

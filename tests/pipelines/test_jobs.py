@@ -48,3 +48,16 @@ def test_a_config_outside_the_project_is_refused(tmp_path, capsys):
     outside.write_text("data: {dataset: digits}\n")
     assert cli.main(["submit", "train", str(outside)]) == 2
     assert "must lie inside the project" in capsys.readouterr().err
+
+
+def test_data_paths_may_be_uris_for_shared_storage(tmp_path):
+    """data.path as a pyarrow-filesystem URI (file:// here; s3:// and gs:// the same way) is
+    read as it is, not made into a local path."""
+    from components.data import DATASETS
+    from pipelines import config, train
+
+    paths = DATASETS["digits"](tmp_path / "d", seed=0, size="tiny")
+    spec = config.validate({"data": {"path": paths["train"].as_uri(), "test_path": paths["test"].as_uri()},
+                            "model": {"family": "vae", "size": "tiny"}}, "<test>")
+    data = train.resolve_data(spec, tmp_path / "home")
+    assert data.train == paths["train"].as_uri() and data.info.shape == (8, 8, 1)
