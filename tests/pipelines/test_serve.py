@@ -77,7 +77,7 @@ def served(ray_session, tmp_path_factory):
     for name, (family, args) in MODELS.items():
         register_tiny(uri, home, name, family, **args)
     spec = serve.ServeSpec(port=free_port(), limits=LIMITS,
-                           deployment={"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "num_cpus": 1})
+                           deployment={"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "num_cpus": 0.5})
     deployed = serve.deploy(spec, uri=uri, home=home)
     serve.wait_until_ready(deployed.url)
     with httpx.Client(base_url=deployed.url, timeout=60) as client:
