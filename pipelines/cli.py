@@ -206,6 +206,9 @@ def cmd_serve(args) -> int:
         return 0
     spec = serve.load_spec(args.config, {"models": args.models, "alias": args.alias, "host": args.host,
                                          "port": args.port})
+    if spec.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"genray serve: binding {spec.host}: the API has no authentication of its own; put a proxy "
+              "with auth and TLS in front of it", file=sys.stderr)
     uri = tracking.tracking_uri(home)
     # A bad name, a missing alias or weights that are not safetensors fail here, before Ray starts.
     versions = serve.resolve_versions(uri, spec.models, spec.alias)
