@@ -13,6 +13,7 @@
 Everything lands under GENRAY_HOME (default ./genray-runs).
 """
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -82,6 +83,8 @@ def serve_champion(model_name: str, alias: str, port: int, step) -> int:
     deployed = serve.deploy(spec, uri=tracking.tracking_uri(home), home=home)
     serve.wait_until_ready(deployed.url)
     print_serving(deployed)
+    # Ray Tune leaves its own SIGINT handler installed after the sweep: Ctrl-C must stop serving.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while True:
             time.sleep(1)
