@@ -784,7 +784,7 @@ class Gateway:
         for name, handle in self.models.items():
             try:
                 versions[name] = (await asyncio.wait_for(handle.stats.remote(), 10))["version"]
-            except Exception as e:  # noqa: BLE001: health is a report, not a request
+            except Exception as e:  # noqa: BLE001 (health is a report, not a request)
                 return JSONResponse(status_code=503, content={"status": "unhealthy", "model": name, "error": str(e)})
         return {"status": "ok", "models": versions}
 

@@ -44,7 +44,7 @@ def processes_of(pids_file: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    state = Path(tempfile_dir := str(tmp_path_factory.mktemp("cluster")))
+    state = tmp_path_factory.mktemp("cluster")
     env = {**os.environ, **PORTS}
     env.pop("RAY_ADDRESS", None)
     up = subprocess.run(["bash", str(LOCAL_SH), "up", "--workers", "2", "--cpus-per-worker", "1",
@@ -53,7 +53,7 @@ def cluster(tmp_path_factory):
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         client_env = read_env(state / "env.sh")
-        yield {"dir": state, "env": client_env, "up": up.stdout, "groups": groups, "tmp": tempfile_dir}
+        yield {"dir": state, "env": client_env, "up": up.stdout, "groups": groups}
     finally:
         down = subprocess.run(["bash", str(LOCAL_SH), "down", "--dir", str(state)], capture_output=True, text=True,
                               env=env, timeout=120)
