@@ -62,6 +62,19 @@ start() {  # start NAME COMMAND...: its own process group, so `down` stops its c
     echo "$name $!" >> "$pids"
 }
 
+groups_gone() {  # groups_gone SECONDS: wait until no process is left in any recorded group
+    local name pid alive
+    for _ in $(seq 1 "$(( $1 * 2 ))"); do
+        alive=0
+        while read -r name pid; do
+            if pgrep -g "$pid" >/dev/null 2>&1; then alive=1; fi
+        done < "$pids"
+        [ "$alive" = 0 ] && return 0
+        sleep 0.5
+    done
+    return 1
+}
+
 stop_all() {
     [ -f "$pids" ] || return 0
     while read -r name pid; do
@@ -70,26 +83,12 @@ stop_all() {
         fi
     done < "$pids"
     # `ray start --block` stops its node's processes on SIGTERM; give them a moment, then make sure.
-    for _ in $(seq 1 30); do
-        alive=0
-        while read -r name pid; do
-            if pgrep -g "$pid" >/dev/null 2>&1; then alive=1; fi
-        done < "$pids"
-        [ "$alive" = 0 ] && break
-        sleep 0.5
-    done
+    groups_gone 15 || true
     while read -r name pid; do
         pkill -KILL -g "$pid" 2>/dev/null || true
     done < "$pids"
-    for _ in $(seq 1 40); do  # SIGKILL is not instant: return only when every process is gone
-        alive=0
-        while read -r name pid; do
-            if pgrep -g "$pid" >/dev/null 2>&1; then alive=1; fi
-        done < "$pids"
-        [ "$alive" = 0 ] && break
-        sleep 0.5
-    done
-    if [ "$alive" = 1 ]; then
+    # SIGKILL is not instant: return only when every process is gone.
+    if ! groups_gone 20; then
         echo "cluster/local.sh: some processes of $dir survived SIGKILL:" >&2
         while read -r name pid; do pgrep -a -g "$pid" >&2 || true; done < "$pids"
         return 1

@@ -189,8 +189,9 @@ def cmd_serve(args) -> int:
 
     from pipelines import serve, tracking
     from pipelines.config import ConfigError
+    from pipelines.train import project_home
 
-    home = serve.environment_home()
+    home = project_home()
     if args.reload:
         app_name = serve.load_spec(args.config, {}).app_name
         if not serve.state_file(home, app_name).is_file():
@@ -222,7 +223,7 @@ def cmd_serve(args) -> int:
     try:
         if not ray.is_initialized():
             ray.init(address=args.address, log_to_driver=False, configure_logging=False)
-        deployed = serve.deploy(spec, uri=uri, home=home, versions=versions)
+        deployed = serve.deploy(spec, uri=uri, home=home, versions=versions, checked=True)
         serve.wait_until_ready(deployed.url)
         print_serving(deployed)
         while True:

@@ -72,7 +72,7 @@ def _is_auth_refusal(text: str) -> bool:
     return "401" in low or "403" in low or "unauthorized" in low or "token" in low or "authenticat" in low
 
 
-def entrypoint(job: str, target: str, overrides: list[str], extra: list[str]) -> str:
+def entrypoint(job: str, target: str, overrides: list[str]) -> str:
     if job not in MODULES:
         raise ConfigError(f"job {job!r}: allowed are {', '.join(MODULES)}")
     sets = [a for o in overrides for a in ("--set", o)]
@@ -86,12 +86,11 @@ def entrypoint(job: str, target: str, overrides: list[str], extra: list[str]) ->
         except ValueError:
             raise ConfigError(f"{target}: the config must lie inside the project ({PROJECT}), which is what "
                               "the job uploads") from None
-    return shlex.join(["python", "-m", MODULES[job], target, *sets, *extra])
+    return shlex.join(["python", "-m", MODULES[job], target, *sets])
 
 
-def runtime_env(env_overrides: dict[str, str] | None = None, pip: list[str] | None = None) -> dict[str, Any]:
+def runtime_env(pip: list[str] | None = None) -> dict[str, Any]:
     env = {k: os.environ[k] for k in PASSED_ENV if os.environ.get(k)}
-    env.update(env_overrides or {})
     uri = env.get("MLFLOW_TRACKING_URI", "")
     if not uri:
         print("genray submit: MLFLOW_TRACKING_URI is not set: the job will track into a SQLite file under its "
@@ -103,17 +102,16 @@ def runtime_env(env_overrides: dict[str, str] | None = None, pip: list[str] | No
 
 
 def submit(job: str, target: str, *, overrides: list[str], address: str | None, follow: bool,
-           name: str | None = None, extra: list[str] | None = None, pip: list[str] | None = None,
-           entrypoint_resources: dict[str, float] | None = None, say=print) -> int:
+           name: str | None = None, pip: list[str] | None = None, say=print) -> int:
     address = address_of(address)
-    command = entrypoint(job, target, overrides, extra or [])
+    command = entrypoint(job, target, overrides)
     c = client(address)
     started = time.perf_counter()
     # Ray logs every file it leaves out of the upload; the summary below says what was sent.
     logging.getLogger("ray").setLevel(logging.ERROR)
     try:
         job_id = c.submit_job(entrypoint=command, runtime_env=runtime_env(pip=pip), submission_id=name,
-                              entrypoint_num_cpus=0, entrypoint_resources=entrypoint_resources,
+                              entrypoint_num_cpus=0,
                               metadata={"genray.job": job, "genray.target": target})
     except RuntimeError as e:
         first = _first_line(e)

@@ -54,6 +54,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 from ray import serve
 
+from components.data.parquet import image_grid, to_uint8_image
 from pipelines.config import ConfigError
 
 DEFAULT_APP = "genray"
@@ -261,13 +262,6 @@ def png_bytes(u8: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def to_uint8(x) -> np.ndarray:
-    """(B, C, H, W) float in [-1, 1] -> (B, H, W, C) uint8, as genray writes every image."""
-    from components.data.parquet import to_uint8_image
-
-    return to_uint8_image(x)
-
-
 def decode_png(data: str, field: str, shape: tuple[int, int, int]) -> np.ndarray:
     """A base64 PNG of the model's size -> (C, H, W) float32 in [-1, 1]. Anything else is a
     RequestError naming the field; the header is checked before any pixel is decoded."""
@@ -309,16 +303,16 @@ SETTING_DESCRIPTIONS = {
     "spacing": {"type": "string", "choices": ["leading", "trailing", "linspace"]},
     "temperature": {"type": "number", "min": 0.0, "max": 10.0},
 }
-CONDITION_KEYS = ("class_label", "prompt")
 
 
 def describe(loaded: Loaded, limits: Limits) -> dict[str, Any]:
     """What GET /v1/models says of a model, and what the gateway checks requests against."""
     model = loaded.model
     caps = sorted(model.capabilities)
-    takes = set(inspect.signature(model.sample).parameters)
+    signature = inspect.signature(model.sample).parameters
+    takes = set(signature)
     defaults = dict(getattr(model, "defaults", {}))
-    for k, p in inspect.signature(model.sample).parameters.items():
+    for k, p in signature.items():
         if k in SETTING_DESCRIPTIONS and p.default is not inspect.Parameter.empty and p.default is not None:
             defaults.setdefault(k, p.default)
     defaults.update(loaded.state.get("sampling_defaults", {}))
@@ -451,7 +445,7 @@ def sample_batch(model, jobs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]
                 calls.extend([1] * len(idx))
                 continue
         x = model.sample(gens.rows, generator=gens, **kwargs).float().cpu()
-        u8 = to_uint8(x)
+        u8 = to_uint8_image(x)
         start = 0
         for i, j in zip(idx, members):
             out[i] = {"floats": x[start:start + j["n"]].numpy(), "uint8": u8[start:start + j["n"]],
@@ -487,7 +481,7 @@ class ModelServer:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.loaded: Loaded | None = None
         self.info: dict[str, Any] = {}
-        self.batch_sizes: list[int] = []  # jobs per model call, recent ones (for tests and /metrics)
+        self.batch_sizes: list[int] = []  # jobs per model call, the last 1000 (GET .../stats)
         self._sample_batched.set_max_batch_size(int(batching["max_batch_size"]))
         self._sample_batched.set_batch_wait_timeout_s(float(batching["batch_wait_timeout_s"]))
 
@@ -522,11 +516,10 @@ class ModelServer:
         result = await self._sample_batched((job, loaded))
         if isinstance(result, RequestError):
             return result.to_dict()
-        body = images_payload(result["uint8"], result["floats"], req["format"])
         if req.get("grid"):
-            from components.data.parquet import image_grid
-
             body = {"grid": png_bytes(image_grid(result["uint8"]))}
+        else:
+            body = images_payload(result["uint8"], result["floats"], req["format"])
         return {"model": self.name, "version": result["version"], "family": info["family"], "n": req["n"],
                 "seed": req["seed"], "settings": job["settings"], "batch_requests": result["batch_requests"],
                 **body}
@@ -583,7 +576,7 @@ class ModelServer:
             return e.to_dict()
         z = torch.tensor(req["latents"], dtype=torch.float32).view(-1, *shape)
         x = await asyncio.to_thread(lambda: loaded.model.decode(z.to(self.device)).float().cpu())
-        return {"model": self.name, "version": loaded.version, **images_payload(to_uint8(x), x, req["format"])}
+        return {"model": self.name, "version": loaded.version, **images_payload(to_uint8_image(x), x, req["format"])}
 
     async def interpolate(self, req: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -605,7 +598,7 @@ class ModelServer:
 
         out = await asyncio.to_thread(run)
         return {"model": self.name, "version": loaded.version, "method": req["method"],
-                **images_payload(to_uint8(out), out, req["format"])}
+                **images_payload(to_uint8_image(out), out, req["format"])}
 
     async def log_prob(self, req: dict[str, Any]) -> dict[str, Any]:
         import torch
@@ -656,7 +649,10 @@ class ModelServer:
             raise RequestError(field, f"{len(items)} images; at most {self.limits.max_images} (limits.max_images)")
         if images is not None:
             return torch.as_tensor(np.stack([decode_png(s, f"images[{i}]", shape) for i, s in enumerate(images)]))
-        x = np.asarray(arrays, dtype=np.float32) if _rectangular(arrays) else None
+        try:
+            x = np.asarray(arrays, dtype=np.float32)
+        except ValueError:  # ragged nesting
+            x = None
         if x is None or x.shape[1:] != shape:
             got = list(x.shape[1:]) if x is not None else "ragged"
             raise RequestError("arrays", f"arrays must be (B, {', '.join(map(str, shape))}); got {got}")
@@ -664,14 +660,6 @@ class ModelServer:
             raise RequestError("arrays", "pixel values must lie in [-1, 1]")
         # On the 8-bit grid, as the model was trained and as likelihoods are defined.
         return torch.as_tensor(np.round((x + 1) * 127.5) / 127.5 - 1)
-
-
-def _rectangular(arrays) -> bool:
-    try:
-        np.asarray(arrays, dtype=np.float32)
-        return True
-    except ValueError:
-        return False
 
 
 # ----------------------------------------------------------------------------------- the gateway
@@ -917,11 +905,14 @@ class Deployed:
     spec: ServeSpec
 
 
-def deploy(spec: ServeSpec, *, uri: str, home: Path, versions: dict[str, str] | None = None) -> Deployed:
+def deploy(spec: ServeSpec, *, uri: str, home: Path, versions: dict[str, str] | None = None,
+           checked: bool = False) -> Deployed:
     """Start Serve's HTTP proxy on spec.host:spec.port and run the app. Ray must be initialised.
-    Writes what was deployed to <home>/serve/<app>.json, which --reload reads."""
+    `checked=True`: the caller ran check_versions on `versions` already. Writes what was deployed
+    to <home>/serve/<app>.json, which --reload reads."""
     versions = versions or resolve_versions(uri, spec.models, spec.alias)
-    check_versions(uri, home, versions)
+    if not checked:
+        check_versions(uri, home, versions)
     serve.start(http_options={"host": spec.host, "port": spec.port})
     serve.run(build_app(spec, uri, home, versions), name=spec.app_name, route_prefix="/", blocking=False)
     path = state_file(home, spec.app_name)
@@ -978,10 +969,6 @@ def wait_until_ready(url: str, timeout_s: float = 120.0) -> None:
         time.sleep(0.5)
 
 
-def environment_home() -> Path:
-    from pipelines.train import project_home
-
-    return project_home()
 
 
 def app_builder(args: dict[str, Any]):
@@ -995,6 +982,8 @@ def app_builder(args: dict[str, Any]):
     from pipelines import tracking
 
     spec = ServeSpec.model_validate({k: v for k, v in (args or {}).items() if k not in ("host", "port")})
-    home = environment_home()
+    from pipelines.train import project_home
+
+    home = project_home()
     uri = tracking.tracking_uri(home)
     return build_app(spec, uri, home, resolve_versions(uri, spec.models, spec.alias))

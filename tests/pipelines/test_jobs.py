@@ -10,10 +10,10 @@ from pipelines import cli, jobs
 
 def test_the_entrypoint_is_the_local_command_on_the_uploaded_project():
     command = jobs.entrypoint("train", str(jobs.PROJECT / "pipelines/configs/vae/vae_digits.yaml"),
-                              ["trainer.lr=3e-4", "model.beta=2 "], [])
+                              ["trainer.lr=3e-4", "model.beta=2 "])
     assert shlex.split(command) == ["python", "-m", "pipelines.train", "pipelines/configs/vae/vae_digits.yaml",
                                     "--set", "trainer.lr=3e-4", "--set", "model.beta=2 "]
-    assert jobs.entrypoint("eval", "models:/vae-digits@champion", [], []).startswith(
+    assert jobs.entrypoint("eval", "models:/vae-digits@champion", []).startswith(
         "python -m pipelines.evaluate models:/vae-digits@champion")
 
 
