@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from components.data import DATASETS
+from components.errors import UserError
 from components.models import FAMILIES
 
 # Builder arguments the pipeline derives (from the dataset, or from a model the config names, like
@@ -26,7 +27,7 @@ from components.models import FAMILIES
 DATA_ARGS = frozenset({"image_shape", "num_classes", "autoencoder_model", "latent_scale"})
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A mistake in a config file or command-line override."""
 
 

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from components import checkpoint
-from components.data import image_grid, normalize_images
+from components.data import image_grid, normalize_images, quantize
 from components.metrics import classifier as clf
 from components.metrics import disentanglement, likelihood
 from components.metrics.frechet import frechet_distance_features
@@ -50,12 +50,12 @@ from components.metrics.kid import kid
 from components.metrics.precision_recall import precision_recall
 from pipelines import tracking
 from pipelines.config import ConfigError, ExperimentSpec
+from pipelines.data import resolve_data
+from pipelines.env import init_ray, project_home
+from pipelines.quality import (CLASSIFIER_RECIPE, FeatureNet, Split, domain_classifier, factor_codes, fingerprint,
+                               inception_net, read_split, reference_features)
 
 DEFAULT_NUM_SAMPLES = 2000  # at a few hundred samples FD is mostly noise (see the floor)
-# How genray trains a dataset's domain classifier. Part of the cache key: change it and every
-# dataset gets a new classifier, with a new id in the results.
-CLASSIFIER_RECIPE = {"steps": 1000, "batch_size": 128, "lr": 2e-3, "seed": 0, "max_rows": 20_000,
-                     "factor_bins": 4, "version": 2}
 KID_SUBSETS, KID_SUBSET_SIZE = 50, 1000
 PR_K = 3  # Kynkäänniemi et al. 2019 use k = 3
 # The β-VAE metric's points: L = 32 pairs each (Higgins et al. use 64), 300 to fit the linear
@@ -127,140 +127,6 @@ def _looks_like_run_id(s: str) -> bool:
     return len(s) == 32 and all(c in "0123456789abcdef" for c in s)
 
 
-@dataclass
-class Split:
-    x: torch.Tensor  # (N, C, H, W) float in [-1, 1]
-    y: np.ndarray | None  # (N,) labels
-    captions: list[str] | None
-    factors: dict[str, np.ndarray]  # factor_* columns
-
-
-def read_split(path: str, rows: int | None, *, factors: bool = False) -> Split:
-    """The first `rows` rows of a Parquet image dataset, decoded here with pyarrow."""
-    import pyarrow.parquet as pq
-
-    from components.data import read_info
-    from pipelines.train import read_decoded
-
-    info = read_info(path)
-    columns = ["image"] + [c for c in ("label", "caption") if c in info.columns]
-    d = read_decoded(path, columns, info.modality, info.shape, rows)
-    factor_cols = [c for c in info.columns if c.startswith("factor_")] if factors else []
-    f = {}
-    if factor_cols:
-        table = pq.read_table(path, columns=factor_cols)
-        if rows is not None:
-            table = table.slice(0, rows)
-        f = {c: table.column(c).to_numpy() for c in factor_cols}
-    captions = None
-    if "caption" in columns:
-        captions = [str(c) for c in pq.read_table(path, columns=["caption"]).column("caption").to_pylist()[: len(d["x"])]]
-    return Split(normalize_images(torch.as_tensor(d["x"])), d.get("y"), captions, f)
-
-
-def fingerprint(path: str) -> str:
-    """12 hex digits of sha256 over a dataset's Parquet bytes (a file, or a folder's files in order)."""
-    p = Path(path)
-    files = sorted(p.rglob("*.parquet")) if p.is_dir() else [p]
-    h = hashlib.sha256()
-    for f in files:
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
-    return h.hexdigest()[:12]
-
-
-# ----------------------------------------------------------------------------- feature networks
-
-
-@dataclass
-class FeatureNet:
-    """A network whose features the Fréchet distance, KID and precision/recall compare."""
-
-    name: str  # metric suffix: fd_<name>
-    id: str  # which weights, exactly (hash of the file)
-    model: torch.nn.Module
-    kind: str  # "classifier" (also predicts classes) | "inception"
-
-    def features(self, x: torch.Tensor) -> np.ndarray:
-        if self.kind == "inception":
-            from components.metrics.inception import extract_inception_features
-
-            return extract_inception_features(self.model, x)
-        return clf.extract_features(self.model, x)
-
-    def predict(self, x: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
-        with torch.no_grad():
-            return np.concatenate([self.model(x[i : i + batch_size].float()).argmax(1).numpy()
-                                   for i in range(0, len(x), batch_size)])
-
-
-def domain_classifier(choice: str, *, train_path: str, dataset: str, home: Path, say=print) -> FeatureNet | None:
-    """The feature network `choice` names: "auto" is this dataset's domain classifier, trained on
-    its training split the first time (CLASSIFIER_RECIPE) and cached by dataset fingerprint;
-    "none" is none; anything else a directory written by components.metrics.classifier."""
-    if choice == "none":
-        return None
-    from components.data import read_info
-
-    info = read_info(train_path)
-    if choice != "auto":
-        path = Path(choice).expanduser()
-        try:
-            net = FeatureNet(dataset, clf.classifier_id(path), clf.load_classifier(path), "classifier")
-        except (FileNotFoundError, ValueError) as e:
-            raise ConfigError(f"feature_net {choice!r}: {e} (allowed: auto, none, or a saved classifier directory)") from None
-        if info.modality != "image" or net.model.config["in_channels"] != info.shape[2]:
-            raise ConfigError(f"feature_net {choice!r} takes {net.model.config['in_channels']}-channel images; "
-                              f"{train_path} holds {info.modality} of shape {list(info.shape)}")
-        return net
-    if info.modality != "image" or info.num_classes < 2:
-        return None  # no labels: nothing to train a classifier on
-    recipe = hashlib.sha256(json.dumps(CLASSIFIER_RECIPE, sort_keys=True).encode()).hexdigest()[:8]
-    path = home / "cache" / "feature-nets" / f"{dataset}-{fingerprint(train_path)}-r{recipe}"
-    if not (path / clf.CONFIG_FILE).exists():
-        r = CLASSIFIER_RECIPE
-        split = read_split(train_path, r["max_rows"], factors=True)
-        # Generative factors, when the data has them, become extra heads (coarse bins for the
-        # continuous ones), so the features see every factor and not only the label.
-        names, codes = factor_codes(split.factors, max_values=16, num_bins=r["factor_bins"]) if split.factors else ([], None)
-        aux = {n.removeprefix("factor_"): codes[:, i] for i, n in enumerate(names)}
-        say(f"training the {dataset} domain classifier on {len(split.x)} images "
-            f"({r['steps']} steps{', factor heads ' + ', '.join(aux) if aux else ''}; once per dataset, cached in {path})")
-        started = time.perf_counter()
-        model = clf.train_classifier(split.x, split.y, num_classes=info.num_classes, steps=r["steps"],
-                                     batch_size=r["batch_size"], lr=r["lr"], seed=r["seed"], aux=aux)
-        clf.save_classifier(model, path)
-        say(f"  trained in {time.perf_counter() - started:.0f} s")
-    return FeatureNet(dataset, clf.classifier_id(path), clf.load_classifier(path), "classifier")
-
-
-def inception_net(explicit: str | None) -> FeatureNet | None:
-    from components.metrics.inception import find_inception_weights, inception_id, load_inception
-
-    path = find_inception_weights(explicit)
-    if path is None:
-        return None
-    try:
-        return FeatureNet("inception", inception_id(path), load_inception(path), "inception")
-    except (FileNotFoundError, ValueError) as e:
-        raise ConfigError(f"inception weights: {e}") from None
-
-
-def reference_features(net: FeatureNet, split_path: str, rows: int | None, home: Path) -> np.ndarray:
-    """Features of the first `rows` real images of a split, cached per dataset file and network."""
-    key = f"{fingerprint(split_path)}-{net.id}-{rows or 'all'}"
-    cached = home / "cache" / "reference" / f"{key}.npy"
-    if cached.exists():
-        return np.load(cached, allow_pickle=False)
-    feats = net.features(read_split(split_path, rows).x)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(f".{os.getpid()}.npy")
-    np.save(tmp, feats, allow_pickle=False)
-    tmp.replace(cached)  # atomic: a concurrent evaluation never reads half a file
-    return feats
-
-
 # ----------------------------------------------------------------------------- metrics (pure)
 
 
@@ -306,20 +172,6 @@ def bits_per_dim(model, x: torch.Tensor, *, seed: int, batch_size: int = 100) ->
     bpd = torch.cat([likelihood.model_bits_per_dim(model, x[i : i + batch_size], generator=gen)
                      for i in range(0, len(x), batch_size)])
     return float(bpd.mean()), kind
-
-
-def factor_codes(factors: dict[str, np.ndarray], max_values: int = 32, num_bins: int = 20) -> tuple[list[str], np.ndarray]:
-    """Factor columns as (N, K) ints: a column with few distinct values is indexed by them, a
-    continuous one cut into num_bins equal-width bins; constant columns are dropped."""
-    names, cols = [], []
-    for name, v in sorted(factors.items()):
-        values = np.unique(v)
-        if len(values) < 2:
-            continue
-        col = np.searchsorted(values, v) if len(values) <= max_values else disentanglement.discretize(v[:, None], num_bins)[:, 0]
-        names.append(name)
-        cols.append(col)
-    return names, np.stack(cols, axis=1)
 
 
 def encode_flat(model, x: torch.Tensor, batch_size: int = 500) -> np.ndarray:
@@ -374,11 +226,6 @@ def conditions_for(model, n: int, reference: Split) -> dict[str, Any]:
     return {}
 
 
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """Samples quantized as they would be saved as PNG, the form every metric sees."""
-    return torch.round((x.float().clamp(-1, 1) + 1) * 127.5).to(torch.uint8).cpu().numpy()
-
-
 def generate_chunks(files: dict[str, bytes], chunks: list[tuple[int, int, int]], sampling: dict[str, Any],
                     conditions: dict[str, Any], seed: int, threads: int) -> dict[str, Any]:
     """Rebuild the model from checkpoint bytes and sample each (index, start, stop) chunk with
@@ -403,7 +250,7 @@ def generate_chunks(files: dict[str, bytes], chunks: list[tuple[int, int, int]],
         with torch.no_grad():
             x = model.sample(stop - start, generator=gen, **kwargs)
         latencies.append(time.perf_counter() - t0)
-        images[index] = to_uint8(x)
+        images[index] = quantize(x)
     return {"images": images, "latencies": latencies}
 
 
@@ -419,7 +266,6 @@ def generate(ckpt_dir: Path, n: int, *, sampling: dict[str, Any], conditions: di
     else:
         import ray
 
-        from pipelines.train import init_ray
 
         init_ray()
         task = ray.remote(num_cpus=1)(generate_chunks)
@@ -440,7 +286,6 @@ def generate(ckpt_dir: Path, n: int, *, sampling: dict[str, Any], conditions: di
 
 
 def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> EvalOutcome:
-    from pipelines.train import project_home, resolve_data
 
     home = home or project_home()
     uri = tracking.tracking_uri(home)

@@ -54,7 +54,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 from ray import serve
 
-from components.data.parquet import image_grid, to_uint8_image
+from components.data.images import image_grid, to_uint8_image
 from pipelines.config import ConfigError
 
 DEFAULT_APP = "genray"

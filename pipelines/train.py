@@ -145,35 +145,6 @@ def resolve_model_inputs(spec: ExperimentSpec, data: DataSource, *, uri: str, ho
     return ModelInputs(args, init_weights, quality_inputs(spec, data, home))
 
 
-QUALITY_REFERENCE_ROWS = 2000
-
-
-def quality_inputs(spec: ExperimentSpec, data: DataSource, home: Path) -> dict[str, Any] | None:
-    """What rank 0 needs to score samples at each eval: the dataset's domain classifier (trained
-    and cached on first use, see pipelines/evaluate.py) and its features of held-out images."""
-    from safetensors.torch import save as save_safetensors
-
-    from pipelines import evaluate
-
-    if spec.trainer.quality_samples == 0 or spec.trainer.feature_net == "none" or data.info.modality != "image":
-        return None
-    dataset = spec.data.dataset if spec.data.path is None else Path(spec.data.path).stem
-    try:
-        net = evaluate.domain_classifier(spec.trainer.feature_net, train_path=data.train, dataset=dataset, home=home,
-                                         say=lambda line: print(line, flush=True))
-    except ConfigError as e:
-        raise ConfigError(f"trainer.{e}") from None
-    if net is None:
-        return None
-    return {
-        "config": net.model.config,
-        "weights": save_safetensors({k: v.contiguous() for k, v in net.model.state_dict().items()}),
-        "id": net.id,
-        "name": net.name,
-        "reference": evaluate.reference_features(net, data.test, QUALITY_REFERENCE_ROWS, home).astype(np.float32),
-    }
-
-
 def latent_scale(autoencoder: torch.nn.Module, data: DataSource, rows: int = 2048, seed: int = 0) -> float:
     """Rombach et al. 2022, appendix G: scale latents to unit variance, 1 / std of posterior
     samples over (the first `rows` of) the training data."""
@@ -530,46 +501,6 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
             epoch += 1
 
     return {"step": step, "epoch": epoch, **last_eval}
-
-
-class _QualityProbe:
-    """KID, FD and class consistency of a few hundred samples at each eval (rank 0): curves of
-    quality over training. Too few samples for a final figure (FD is biased at this size); the
-    same seed every eval, so the curve moves only with the model."""
-
-    def __init__(self, q: dict[str, Any], n: int, seed: int):
-        from safetensors.torch import load as load_safetensors
-
-        from components.metrics.classifier import DomainClassifier
-
-        self.net = DomainClassifier(**q["config"])
-        self.net.load_state_dict(load_safetensors(q["weights"]))
-        self.net.eval()
-        self.name, self.reference = q["name"], np.asarray(q["reference"], dtype=np.float64)
-        self.n, self.seed = n, seed
-
-    @torch.no_grad()
-    def score(self, model: torch.nn.Module) -> dict[str, float]:
-        from components.metrics.classifier import extract_features
-        from components.metrics.frechet import frechet_distance_features
-        from components.metrics.kid import kid
-        from pipelines.evaluate import to_uint8
-
-        kwargs = {}
-        num_classes = getattr(model, "num_classes", 0)
-        if "condition" in model.capabilities and num_classes:
-            kwargs["y"] = torch.arange(self.n, device=next(model.parameters()).device) % num_classes
-        x = model.sample(self.n, generator=torch.Generator().manual_seed(self.seed + 1), **kwargs)
-        x = normalize_images(torch.as_tensor(to_uint8(x)))  # scored as saved to PNG, like genray eval
-        feats = extract_features(self.net, x)
-        out = {
-            f"kid_{self.name}": kid(feats, self.reference, num_subsets=20, subset_size=self.n, seed=self.seed)[0],
-            f"fd_{self.name}_n{self.n}": frechet_distance_features(feats, self.reference),
-        }
-        if "y" in kwargs:
-            pred = self.net(x).argmax(1)
-            out["class_consistency"] = float((pred == kwargs["y"].cpu()).double().mean())
-        return out
 
 
 def _held_out_batches(test: dict[str, Any], batch_size: int, num_batches: int, device) -> list[dict[str, torch.Tensor]]:

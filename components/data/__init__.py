@@ -16,14 +16,11 @@ from .parquet import (
     decode_batch,
     decode_captions,
     encode_captions,
-    image_grid,
-    normalize_images,
     read_info,
     read_table,
-    save_png,
-    to_uint8_image,
     write_table,
 )
+from .images import image_grid, normalize_images, quantize, save_png, to_uint8_image
 
 DATASETS = {
     "digits": digits.prepare,
@@ -47,6 +44,7 @@ __all__ = [
     "encode_captions",
     "image_grid",
     "normalize_images",
+    "quantize",
     "read_info",
     "read_table",
     "save_png",

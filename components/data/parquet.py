@@ -38,6 +38,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from components.errors import UserError
+
 MODALITIES = ("image", "tokens", "audio", "points")
 
 # Metadata keys, kept in one place because the README and the Ray pipeline quote them.
@@ -86,7 +88,7 @@ _SCHEMA_TEXT = {
 DEFAULT_ROW_GROUP_SIZE = 10_000
 
 
-class DataFormatError(ValueError):
+class DataFormatError(UserError):
     """A dataset file (or batch) does not match the genray Parquet schema.
 
     The message always starts with the file (or "batch") and names the offending column or
@@ -107,6 +109,34 @@ class DatasetInfo:
     # Audio only: the one sample rate every row shares (models and serving need it to play
     # a waveform back). Defaulted so the fields above stay the documented constructor.
     sample_rate: int | None = None
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W), the layout image models see; stored rows are H x W x C."""
+        if len(self.shape) != 3:
+            raise UserError(f"a {self.modality} dataset of shape {list(self.shape)} has no image shape; "
+                            "this family trains on images")
+        h, w, c = self.shape
+        return (c, h, w)
+
+    def to_json(self) -> dict[str, Any]:
+        """What a checkpoint stores to rebuild a model for this data (no row counts or paths)."""
+        return {"modality": self.modality, "shape": list(self.shape), "num_rows": self.num_rows,
+                "num_classes": self.num_classes, "vocab": None if self.vocab is None else list(self.vocab),
+                "columns": list(self.columns), "sample_rate": self.sample_rate}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "DatasetInfo":
+        return cls(modality=d["modality"], shape=tuple(int(s) for s in d["shape"]), num_rows=int(d.get("num_rows", 0)),
+                   num_classes=int(d.get("num_classes", 0)), vocab=None if d.get("vocab") is None else tuple(d["vocab"]),
+                   columns=tuple(d.get("columns", ())), sample_rate=d.get("sample_rate"))
+
+    @classmethod
+    def for_images(cls, image_shape: Sequence[int], num_classes: int = 0) -> "DatasetInfo":
+        """A description of image data by (C, H, W) alone: for tests and tools that build a model
+        without a dataset at hand."""
+        c, h, w = (int(s) for s in image_shape)
+        return cls("image", (h, w, c), 0, num_classes, None, ("image",) + (("label",) if num_classes else ()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -700,14 +730,6 @@ def _with_label(out: dict[str, np.ndarray], batch: Mapping[str, Any]) -> dict[st
     return out
 
 
-def normalize_images(x):
-    """uint8 images (from decode_batch(..., normalize=False)) -> float in [-1, 1]; other dtypes
-    pass through. Works on numpy arrays and torch tensors, on any device."""
-    if x.dtype != np.uint8 and str(x.dtype) != "torch.uint8":
-        return x
-    return x.float() / 127.5 - 1.0 if hasattr(x, "float") else x.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
-
-
 def _image_rows(column: Any, shape: tuple[int, ...]) -> np.ndarray:
     h, w, c = shape
     per_row = h * w * c
@@ -748,65 +770,3 @@ def _list_rows(column: Any, length: int, dtype: type, name: str) -> np.ndarray:
         bad = int(np.flatnonzero(lengths != length)[0])
         raise DataFormatError(f"batch: column '{name}' has {lengths[bad]} values in row {bad}, expected {length}")
     return np.concatenate([np.asarray(r) for r in rows]).astype(dtype, copy=False).reshape(len(rows), length)
-
-
-# ---------------------------------------------------------------------------------------------
-# Images for humans: sample grids
-# ---------------------------------------------------------------------------------------------
-
-
-def to_uint8_image(x: Any) -> np.ndarray:
-    """Model images (B, C, H, W) in [-1, 1] (torch or numpy) -> (B, H, W, C) uint8.
-
-    The exact inverse of decode_batch's u8 / 127.5 - 1; values outside [-1, 1], which samplers
-    do produce, are clipped. A single (C, H, W) image gives (H, W, C).
-    """
-    if hasattr(x, "detach"):  # torch.Tensor, without importing torch for numpy-only callers
-        x = x.detach().to("cpu").float().numpy()
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim not in (3, 4):
-        raise ValueError(f"to_uint8_image expects (B, C, H, W) or (C, H, W), got shape {x.shape}")
-    u8 = np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    return np.moveaxis(u8, -3, -1)
-
-
-def image_grid(x: Any, nrow: int | None = None) -> np.ndarray:
-    """Tile a batch into one RGB picture with 1-px black padding, nrow images per row.
-
-    Accepts model images (B, C, H, W) float in [-1, 1] or stored images (B, H, W, C) uint8.
-    Grey images are replicated to RGB so every grid is the same kind of PNG.
-    """
-    if isinstance(x, np.ndarray) and x.dtype == np.uint8:
-        u8 = x if x.ndim == 4 else x[None]
-    else:
-        u8 = to_uint8_image(x)
-        u8 = u8 if u8.ndim == 4 else u8[None]
-    b, h, w, c = u8.shape
-    if c == 1:
-        u8 = np.repeat(u8, 3, axis=-1)
-    elif c != 3:
-        raise ValueError(f"image_grid needs 1 or 3 channels, got {c}")
-    if b == 0:
-        raise ValueError("image_grid needs at least one image")
-    ncol = nrow or math.ceil(math.sqrt(b))
-    rows = math.ceil(b / ncol)
-    grid = np.zeros((rows * (h + 1) + 1, ncol * (w + 1) + 1, 3), dtype=np.uint8)
-    for i in range(b):
-        r, col = divmod(i, ncol)
-        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + col * (w + 1) : 1 + col * (w + 1) + w] = u8[i]
-    return grid
-
-
-def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write an (H, W, 3) or (H, W) uint8 array as a PNG, creating parent directories."""
-    from PIL import Image  # lazy: only grid-writing code pays for Pillow
-
-    array = np.asarray(array)
-    if array.dtype != np.uint8:
-        raise ValueError(f"save_png needs uint8 pixels, got {array.dtype}; use to_uint8_image first")
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, format="PNG")
-    return path

@@ -1,37 +1,65 @@
 """The one interface every generative family implements (structural typing, no base class).
 
-The training loop in ``pipelines/train.py`` knows only this: for each phase, zero that phase's
-optimizer, ``loss, logs = model(batch, phase)`` through the DDP wrapper, backward, step.
+The pipelines know a model only through this Protocol and through the training recipe it names
+(`components/training/`): nothing in pipelines/ tests for a family's name or probes for optional
+methods with `hasattr`. What a family can do beyond sampling it declares in `capabilities`; how
+it is trained it declares in `recipe`; how it is sampled it declares in `sampling_settings`.
 """
 from __future__ import annotations
 
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
-from torch import Tensor, nn
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor
 
 # Capabilities a family may declare; serving and evaluation route on these.
 CAPABILITIES = frozenset(
     {"sample", "encode", "decode", "log_prob", "condition", "translate", "generate_text", "audio"}
 )
 
+# The settings model's config: unknown keys are errors (a typo must not be ignored), values are
+# checked on assignment too, and a settings object is immutable once made.
+SETTINGS_CONFIG = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoSettings(BaseModel):
+    """The sampling settings of a family that has none (e.g. a GAN without truncation)."""
+
+    model_config = SETTINGS_CONFIG
+
 
 @runtime_checkable
 class GenerativeModel(Protocol):
-    phases: tuple[str, ...]  # ("main",) for most; ("disc", "gen") for GANs
     capabilities: frozenset[str]
+    # "none" | "class" (sample takes y, labels 0..num_classes-1) | "text" (sample takes prompt)
+    conditioning: Literal["none", "class", "text"]
+    num_classes: int
+    # The training method: a recipe object from components/training (Backprop, Adversarial,
+    # ContrastiveDivergence, ...), made by the model with its own settings.
+    recipe: Any
+    # A pydantic model of this model's sampling settings: field names are the keyword arguments
+    # of `sample` beyond n, generator and the condition; ranges, defaults (this model's defaults)
+    # and descriptions are the schema that serve, eval, tune and the MLflow pyfunc all validate
+    # against. A family whose ranges depend on the instance (diffusion: steps <= T) builds it per
+    # instance with pydantic.create_model.
+    sampling_settings: type[BaseModel]
 
     def forward(self, batch: dict[str, Tensor], phase: str) -> tuple[Tensor, dict[str, Tensor]]:
-        """Loss to minimise for this phase, and detached scalars to log."""
-        ...
-
-    def parameters_for(self, phase: str) -> Iterator[nn.Parameter]:
-        """The parameters that this phase's optimizer steps."""
+        """Loss to minimise for a backprop phase of its recipe, and detached scalars to log."""
         ...
 
     @torch.no_grad()
-    def sample(self, n: int, *, generator: torch.Generator | None = None, **kwargs) -> Tensor:
-        """n samples in the data's layout and range (images: (n, C, H, W) in [-1, 1])."""
+    def sample(self, n: int, *, generator: torch.Generator | None = None, **kwargs: Any) -> Tensor:
+        """n samples in the data's layout and range (images: (n, C, H, W) in [-1, 1]).
+
+        kwargs: `y` (n,) labels when conditioning == "class", `prompt` (a string or n strings)
+        when conditioning == "text", and the fields of `sampling_settings`."""
+        ...
+
+    def sampling_cost(self, settings: BaseModel) -> int:
+        """Network evaluations one `sample` call makes with these settings (1 for one-shot
+        generators, the step count for iterative samplers): what serving limits."""
         ...
 
     @torch.no_grad()
@@ -42,12 +70,22 @@ class GenerativeModel(Protocol):
         (negative ELBO for a VAE, a sample-vs-data distance for a GAN)."""
         ...
 
-    # Optional, present when the capability is declared:
+    @torch.no_grad()
+    def eval_samples(self, n: int, *, generator_seed: int, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The sample grids to log at each training eval, by name ("" for the one grid of most
+        families; diffusion logs one per guidance scale)."""
+        ...
+
+    # Present when the capability is declared:
     #   encode(x) -> z, decode(z) -> x, log_prob(x) -> nats per example, translate(x) -> x'
     # A model with log_prob also declares log_prob_space ("discrete": log P of the 8-bit bins;
     # "continuous": a density on [-1, 1]^D) and log_prob_kind ("exact" | "bound" | "estimate"),
     # so bits/dim are computed and labelled the same way for every family (metrics/likelihood.py).
-    # Optional hook: set_step(step: int), called by the loop before each optimizer step, for
-    # schedules that live in the objective (e.g. the capacity annealing of Burgess et al. 2018).
-    # Optional hook: eval_samples(n, *, generator_seed, batch) -> {name: images}, the sample grids
-    # to log at each eval when one grid is not enough (diffusion: one per guidance scale).
+
+
+def settings_for(model: GenerativeModel, given: dict[str, Any] | None = None,
+                 defaults: dict[str, Any] | None = None) -> BaseModel:
+    """The model's sampling settings: its own defaults, then `defaults` (a checkpoint's
+    `sampling_defaults`, chosen by a sampling sweep), then `given` (a request). Raises pydantic's
+    ValidationError, whose errors name each bad field and what is allowed."""
+    return model.sampling_settings.model_validate({**(defaults or {}), **(given or {})})

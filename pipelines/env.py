@@ -1,0 +1,35 @@
+"""Where genray keeps things and how it reaches Ray: the project home, checkpoint storage, Ray
+start-up. Every job imports this; it imports no job.
+
+    GENRAY_HOME      the project home (default ./genray-runs): data, MLflow store, caches, sweeps
+    GENRAY_STORAGE   where Ray Train writes checkpoints (default <home>/ray_results); a path every
+                     node sees, or a pyarrow URI (s3://bucket/genray, gs://...)
+    RAY_ADDRESS      the cluster to join (default: start a local Ray)
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def project_home() -> Path:
+    return Path(os.environ.get("GENRAY_HOME", "genray-runs")).resolve()
+
+
+def storage_path(home: Path) -> str:
+    """Where Ray Train writes checkpoints: GENRAY_STORAGE when set, else <home>/ray_results."""
+    return os.environ.get("GENRAY_STORAGE") or str(home / "ray_results")
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute (Ray workers run in another working directory); a URI such as
+    s3://bucket/data or gs://... as it is, for pyarrow's filesystems and Ray Data."""
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def init_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True, configure_logging=False)
