@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from components.errors import UserError
+
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -84,20 +86,25 @@ def set_rng_state(rng: dict[str, Any]) -> None:
 
 def build_model(path: str | os.PathLike, *, use_ema: bool = True, map_location: str = "cpu",
                 with_optimizer: bool = False):
-    """Rebuild the trained model from a checkpoint alone: the family and its arguments come from
-    state.json, the weights from safetensors. Returns (model in eval mode, state)."""
-    from components.models import FAMILIES  # here, not at the top: models import nothing of this
+    """Rebuild the trained model from a checkpoint alone: the family, its arguments and the
+    data description come from state.json, the weights from safetensors. Returns (model in eval
+    mode, state)."""
+    from components.data import DatasetInfo
+    from components.models import build  # here, not at the top: models import nothing of this
 
     ckpt = load(path, map_location=map_location, with_optimizer=with_optimizer)
     spec = ckpt.state["model"]
-    model = FAMILIES[spec["family"]](**spec["args"], **_data_args(spec["data_args"]))
+    if "data" not in spec:
+        raise UserError(f"{path}: a checkpoint from before genray's model-description change (state.json has "
+                        "data_args, not data); retrain it or load it with the genray version that wrote it")
+    model = build(spec["family"], spec["args"], DatasetInfo.from_json(spec["data"]))
     weights = ckpt.ema if (use_ema and ckpt.ema is not None) else ckpt.model
     model.load_state_dict(weights)
     return model.to(map_location).eval(), ckpt.state
 
 
-def _data_args(data_args: dict[str, Any]) -> dict[str, Any]:
-    out = dict(data_args)
-    if "image_shape" in out:  # JSON turned the tuple into a list
-        out["image_shape"] = tuple(out["image_shape"])
-    return out
+def model_state(family: str, args: dict[str, Any], data: Any) -> dict[str, Any]:
+    """state.json's "model": what build_model needs (model references without their weights)."""
+    from components.models.refs import as_json
+
+    return {"family": family, "args": as_json(args), "data": data.to_json()}

@@ -12,19 +12,17 @@ and what is allowed; the CLI prints it without a traceback and exits with code 2
 from __future__ import annotations
 
 import inspect
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-from components.data import DATASETS
+from components.data import DATASETS, DatasetInfo
 from components.errors import UserError
 from components.models import FAMILIES
 
-# Builder arguments the pipeline derives (from the dataset, or from a model the config names, like
-# latent diffusion's autoencoder), never read from the config.
-DATA_ARGS = frozenset({"image_shape", "num_classes", "autoencoder_model", "latent_scale"})
 
 
 class ConfigError(UserError):
@@ -79,7 +77,7 @@ class TrainerSpec(_Section):
 
 
 class ScalingSpec(_Section):
-    workers: int = Field(2, ge=1)
+    workers: int = Field(2, ge=0, description="Ray Train workers; 0 runs the loop in this process (local mode)")
     gpu: bool = False
     cpus_per_worker: float = Field(0.5, gt=0)
     max_failures: int = Field(0, ge=-1, description="-1 retries forever")
@@ -118,8 +116,9 @@ class ExperimentSpec(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> "ExperimentSpec":
-        per_worker = self.trainer.batch_size // self.scaling.workers
-        if self.trainer.batch_size % self.scaling.workers or per_worker % self.trainer.grad_accum:
+        world = max(1, self.scaling.workers)  # local mode is one process
+        per_worker = self.trainer.batch_size // world
+        if self.trainer.batch_size % world or per_worker % self.trainer.grad_accum:
             raise ValueError(
                 f"trainer.batch_size={self.trainer.batch_size} must split evenly over "
                 f"scaling.workers={self.scaling.workers} and then trainer.grad_accum="
@@ -139,10 +138,12 @@ def family_args_model(family: str) -> type[BaseModel]:
     """A pydantic model of the family builder's keyword arguments: its annotations are the
     schema (types and ranges), its defaults the defaults, and nothing else is allowed."""
     fields: dict[str, Any] = {}
+    hints = typing.get_type_hints(FAMILIES[family], include_extras=True)
     for name, p in inspect.signature(FAMILIES[family]).parameters.items():
-        if name in DATA_ARGS or p.kind is not inspect.Parameter.KEYWORD_ONLY:
+        annotation = hints.get(name, Any)
+        # The dataset's description comes from the data, never from the config.
+        if annotation is DatasetInfo or p.kind is not inspect.Parameter.KEYWORD_ONLY:
             continue
-        annotation = p.annotation if p.annotation is not inspect.Parameter.empty else Any
         fields[name] = (annotation, ... if p.default is inspect.Parameter.empty else p.default)
     return create_model(
         f"{family}_args", __config__=ConfigDict(extra="forbid"), **fields  # type: ignore[call-overload]

@@ -30,11 +30,9 @@ class DataSource:
 
     @property
     def columns(self) -> list[str]:
-        """The stored columns the model trains on: the kind's main column, labels when present,
-        captions when the model reads text."""
-        main = [MAIN_COLUMN[self.info.modality]]
-        return (main + (["label"] if "label" in self.info.columns else [])
-                + (["caption"] if self.text_len else []))
+        """The stored columns the model trains on: those the data kind decodes into batch keys
+        (main columns; labels, domains when present), captions when the model reads text."""
+        return self.info.kind.read_columns(self.info.columns, text=self.text_len > 0)
 
     @property
     def decode(self) -> dict[str, Any]:

@@ -12,14 +12,14 @@
 
 Everything lands under GENRAY_HOME (default ./genray-runs).
 """
-import argparse
 import signal
 import sys
 import time
 from pathlib import Path
 
-from pipelines import config, train, tune
-from pipelines.cli import CONFIGS, print_summary
+from pipelines import arguments, config, console, train, tune
+from pipelines.console import CONFIGS
+from pipelines.env import project_home
 
 # Calibrated on a 2-core CPU machine: a tiny VAE on the 8x8 digits trains at a few hundred
 # steps per second of data there, so training, the sweep and the first samples fit in minutes.
@@ -28,12 +28,15 @@ DEMO_SIZE = "small"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipelines.demo")
+    p = arguments.Parser(prog="python -m pipelines.demo")
     p.add_argument("--steps", type=int, default=DEMO_STEPS)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--no-serve", action="store_true", help="stop after registering the champion")
-    args = p.parse_args(argv)
+    return console.run(demo, p.parse_args(argv))
+
+
+def demo(args) -> int:
     started = time.perf_counter()
     stamp = time.strftime("%Y%m%d-%H%M%S")
 
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ])
     step(2, f"train: VAE on digits, {args.workers} Ray Train workers, {args.steps} steps ({_rel(path)})")
     out = train.run(spec, name=f"demo-{stamp}")
-    print_summary(out)
+    console.print_summary(out)
     if not out.model_version:
         print("genray demo: training registered no model", file=sys.stderr)
         return 1
@@ -75,23 +78,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve_champion(model_name: str, alias: str, port: int, step) -> int:
     from pipelines import serve, tracking
-    from pipelines.cli import print_serving
 
-    home = train.project_home()
+    home = project_home()
     spec = serve.ServeSpec(models=[model_name], alias=alias, port=port)
     step(5, f"serve: Ray Serve on http://{spec.host}:{spec.port}")
     deployed = serve.deploy(spec, uri=tracking.tracking_uri(home), home=home)
     serve.wait_until_ready(deployed.url)
-    print_serving(deployed)
+    console.print_serving(deployed)
     # Ray Tune leaves its own SIGINT handler installed after the sweep: Ctrl-C must stop serving.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
-        from pipelines.cli import stop_serving
-
-        stop_serving()
+        console.stop_serving()
     return 0
 
 
@@ -100,10 +100,4 @@ def _rel(path: Path) -> Path:
 
 
 if __name__ == "__main__":
-    from pipelines.config import ConfigError
-
-    try:
-        sys.exit(main())
-    except ConfigError as e:
-        print(f"genray demo: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(main())

@@ -4,6 +4,9 @@
     genray eval models:/diffusion-digits@champion --set sampling.guidance_scale=2
     python -m pipelines.evaluate TARGET [...]          # the same job, for `ray job submit`
 
+`--set sampling.KEY=VALUE` takes the settings the model declares (its `sampling_settings`), checked
+before anything is generated.
+
 TARGET is an MLflow run id (`runs:/ID` or the bare id), a registered model (`models:/NAME@ALIAS`,
 `models:/NAME/VERSION`) or a checkpoint directory. Which metrics run depends on what the model
 declares and what the data holds:
@@ -28,10 +31,7 @@ collides with an earlier evaluation's params. Caches live under <GENRAY_HOME>/ca
 """
 from __future__ import annotations
 
-import hashlib
-import inspect
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -43,17 +43,17 @@ import torch
 
 from components import checkpoint
 from components.data import image_grid, normalize_images, quantize
-from components.metrics import classifier as clf
+from components.errors import UserError
 from components.metrics import disentanglement, likelihood
 from components.metrics.frechet import frechet_distance_features
 from components.metrics.kid import kid
 from components.metrics.precision_recall import precision_recall
-from pipelines import tracking
+from pipelines import arguments, console, tracking
 from pipelines.config import ConfigError, ExperimentSpec
 from pipelines.data import resolve_data
 from pipelines.env import init_ray, project_home
-from pipelines.quality import (CLASSIFIER_RECIPE, FeatureNet, Split, domain_classifier, factor_codes, fingerprint,
-                               inception_net, read_split, reference_features)
+from pipelines.quality import Split, domain_classifier, factor_codes, inception_net, read_split, reference_features
+from pipelines.sampling import resolve
 
 DEFAULT_NUM_SAMPLES = 2000  # at a few hundred samples FD is mostly noise (see the floor)
 KID_SUBSETS, KID_SUBSET_SIZE = 50, 1000
@@ -72,7 +72,7 @@ class EvalRequest:
     reference: str = "test"  # the real split samples are compared with; the floor uses the other
     feature_net: str = "auto"  # auto | none | a saved domain-classifier directory
     inception: str | None = None  # Inception-v3 weights file (pytorch-fid's); env GENRAY_INCEPTION_WEIGHTS
-    sampling: dict[str, Any] = field(default_factory=dict)  # keywords of model.sample
+    sampling: dict[str, Any] = field(default_factory=dict)  # fields of the model's sampling_settings
     likelihood_rows: int = 500
     seed: int = 0
     log: bool = True
@@ -108,7 +108,7 @@ def resolve_target(target: str, uri: str, home: Path) -> Target:
         ref = f"runs:/{target}"
     try:
         ckpt_dir = tracking.resolve_checkpoint(ref, uri, home / "cache")
-    except ValueError as e:
+    except UserError as e:
         raise ConfigError(
             f"TARGET {e}. Name a model as runs:/RUN_ID, a bare run id, models:/NAME@ALIAS, "
             "models:/NAME/VERSION or a checkpoint directory"
@@ -202,25 +202,19 @@ def shapes_beta_vae_score(model, image_size: int, *, seed: int) -> float:
 # ----------------------------------------------------------------------------- generation (Ray)
 
 
-def sampling_kwargs(model, sampling: dict[str, Any]) -> dict[str, Any]:
-    """Check --set sampling.* keys against what the model's sample() takes."""
-    accepted = set(inspect.signature(model.sample).parameters) - {"n", "generator", "y", "prompt", "text"}
-    unknown = sorted(set(sampling) - accepted)
-    if unknown:
-        raise ConfigError(f"--set sampling.{unknown[0]}: this model's sampler takes "
-                          f"{', '.join('sampling.' + k for k in sorted(accepted)) or 'no settings'}")
-    return dict(sampling)
+def sampling_settings(model, given: dict[str, Any], defaults: dict[str, Any] | None = None):
+    """The model's sampling settings with a champion's `defaults` and the request's `given`
+    applied, checked against the type the model declares; a mistake names --set sampling.KEY."""
+    return resolve(model, given, defaults, label="--set sampling.")
 
 
 def conditions_for(model, n: int, reference: Split) -> dict[str, Any]:
-    """What each sample is asked to show: classes cycling 0..K-1 for class-conditional models,
-    the reference split's captions (cycled) for text-conditional ones, nothing otherwise."""
-    if "condition" not in model.capabilities:
-        return {}
-    num_classes = getattr(model, "num_classes", 0)
-    if num_classes:
-        return {"y": np.arange(n) % num_classes}
-    if getattr(model, "text_encoder", None) is not None and reference.captions:
+    """What each sample is asked to show, by the model's conditioning: classes cycling 0..K-1
+    ("class"), the reference split's captions cycled ("text", when the split has them), nothing
+    otherwise."""
+    if model.conditioning == "class":
+        return {"y": np.arange(n) % model.num_classes}
+    if model.conditioning == "text" and reference.captions:
         idx = np.arange(n) % len(reference.captions)
         return {"prompt": [reference.captions[i] for i in idx], "rows": idx}
     return {}
@@ -296,7 +290,7 @@ def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> Ev
     spec = ExperimentSpec.model_validate(state["config"])
     try:
         data = resolve_data(spec, home)
-    except (ConfigError, FileNotFoundError) as e:
+    except (UserError, FileNotFoundError) as e:
         raise ConfigError(f"{request.target}: its training data is not readable here ({e})") from None
     if data.info.modality != "image":
         raise ConfigError(f"{request.target}: genray eval scores image models; this one trained on "
@@ -304,16 +298,11 @@ def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> Ev
     dataset = spec.data.dataset if spec.data.path is None else Path(spec.data.path).stem
     ref_path, floor_path = (data.test, data.train) if request.reference == "test" else (data.train, data.test)
     # A champion registered by a sampling-time sweep carries its winning settings as defaults.
-    sampling = sampling_kwargs(model, {**state.get("sampling_defaults", {}), **request.sampling})
+    settings = sampling_settings(model, request.sampling, state.get("sampling_defaults"))
+    sampling = settings.model_dump(exclude_unset=True)  # what was chosen; the model fills the rest
 
     reference = read_split(ref_path, None, factors=True)
     conditions = conditions_for(model, request.num_samples, reference)
-    try:  # a bad sampling value (an unknown sampler, steps > T) is the user's mistake: say so now
-        with torch.no_grad():
-            model.sample(1, generator=torch.Generator().manual_seed(0), **sampling,
-                         **({"y": torch.zeros(1, dtype=torch.long)} if "y" in conditions else {}))
-    except ValueError as e:
-        raise ConfigError(f"--set sampling: {e}") from None
 
     nets = [n for n in (domain_classifier(request.feature_net, train_path=data.train, dataset=dataset, home=home, say=say),
                         inception_net(request.inception)) if n is not None]
@@ -327,7 +316,7 @@ def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> Ev
         "eval.batch_size": str(request.batch_size),
         "eval.seed": str(request.seed),
         "eval.feature_nets": ",".join(n.id for n in nets) or "none",
-        **{f"eval.sampling.{k}": str(v) for k, v in {**getattr(model, "defaults", {}), **sampling}.items()},
+        **{f"eval.sampling.{k}": str(v) for k, v in settings.model_dump().items()},
     }
 
     say(f"generating {request.num_samples} samples on {request.workers or 'no'} Ray worker(s) ...")
@@ -417,7 +406,24 @@ def print_report(out: EvalOutcome) -> None:
               + (f" (nested under training run {out.training_run_id})" if out.training_run_id else ""))
 
 
-if __name__ == "__main__":
-    from pipelines.cli import main
+# ----------------------------------------------------------------------------- command line
 
-    sys.exit(main(["eval", *sys.argv[1:]]))
+
+def command(args) -> int:
+    """`genray eval` with parsed arguments (pipelines/arguments.py)."""
+    request = EvalRequest(
+        target=args.target, num_samples=args.num_samples, batch_size=args.batch_size, workers=args.workers,
+        reference=args.reference, feature_net=args.feature_net, inception=args.inception,
+        sampling=parse_sampling(args.overrides), likelihood_rows=args.likelihood_rows, seed=args.seed,
+        log=not args.no_log,
+    )
+    print_report(evaluate(request))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return console.run(command, arguments.eval_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

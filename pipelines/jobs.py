@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipelines.arguments import JOBS
 from pipelines.config import ConfigError
 
 PROJECT = Path(__file__).resolve().parents[1]
-MODULES = {"train": "pipelines.train", "tune": "pipelines.tune", "eval": "pipelines.evaluate"}
 # What a job on the cluster needs from here. RAY_AUTH_TOKEN itself is never copied into the job's
 # environment, where `ray job list` would show it: the cluster has its own.
 PASSED_ENV = ("MLFLOW_TRACKING_URI", "GENRAY_HOME", "GENRAY_STORAGE", "GENRAY_INCEPTION_WEIGHTS",
@@ -54,7 +54,7 @@ def client(address: str):
         return JobSubmissionClient(address)
     except AuthenticationError as e:
         raise ConfigError(f"--address {address}: no usable Ray token here ({_first_line(e)}); {TOKEN_HINT}") from None
-    except (ConnectionError, RuntimeError, ValueError) as e:
+    except (OSError, RuntimeError) as e:  # unreachable, a bad URL (requests' errors are OSErrors), or refused
         first = _first_line(e)
         if _is_auth_refusal(first):
             raise ConfigError(f"--address {address}: the cluster refused this client's token ({first}); "
@@ -73,8 +73,8 @@ def _is_auth_refusal(text: str) -> bool:
 
 
 def entrypoint(job: str, target: str, overrides: list[str]) -> str:
-    if job not in MODULES:
-        raise ConfigError(f"job {job!r}: allowed are {', '.join(MODULES)}")
+    if job not in JOBS:
+        raise ConfigError(f"job {job!r}: allowed are {', '.join(JOBS)}")
     sets = [a for o in overrides for a in ("--set", o)]
     if job != "eval":
         local = Path(target)
@@ -86,7 +86,7 @@ def entrypoint(job: str, target: str, overrides: list[str]) -> str:
         except ValueError:
             raise ConfigError(f"{target}: the config must lie inside the project ({PROJECT}), which is what "
                               "the job uploads") from None
-    return shlex.join(["python", "-m", MODULES[job], target, *sets])
+    return shlex.join(["python", "-m", JOBS[job], target, *sets])
 
 
 def runtime_env(pip: list[str] | None = None) -> dict[str, Any]:

@@ -4,17 +4,16 @@ MLflow stores this file as the model's code and the genray checkpoint (safetenso
 as its artifact, so `mlflow.pyfunc.load_model("models:/NAME@champion")` rebuilds the network
 from genray's own code and the weights from safetensors, with nothing unpickled.
 
-predict input: {"n": number of samples, "seed": int, optional "y": class labels, and any other
-    keyword the model's `sample` takes (diffusion: "prompt", "guidance_scale", "sampler",
-    "num_inference_steps", "eta", "spacing")}
+predict input: {"n": number of samples, "seed": int, the condition the model takes ("y": class
+    labels when its conditioning is "class", "prompt": a string or n strings when "text"), and
+    any of its sampling settings (the fields of the model's `sampling_settings`)}
 predict output: float32 array (n, C, H, W) in [-1, 1]
 
 Sampling settings left out of a request take the checkpoint's `sampling_defaults` (state.json;
-written when `genray tune` registers a sampling-time sweep's winner), then the model's own.
+written when `genray tune` registers a sampling-time sweep's winner), then the model's own. An
+unknown setting or a value out of range is a UserError naming sampling.KEY and what is allowed.
 """
 from __future__ import annotations
-
-import inspect
 
 import mlflow
 import numpy as np
@@ -22,6 +21,11 @@ import torch
 from mlflow.pyfunc import PythonModel
 
 from components.checkpoint import build_model
+from components.errors import UserError
+from pipelines.sampling import resolve
+
+# The request key that carries each kind of condition.
+CONDITION_KEYS = {"class": "y", "text": "prompt"}
 
 
 class GenrayModel(PythonModel):
@@ -29,19 +33,21 @@ class GenrayModel(PythonModel):
         self.model, self.state = build_model(context.artifacts["checkpoint"])
 
     def predict(self, context, model_input, params=None):
-        request = _first_row(model_input)
-        n = int(request.get("n", 1))
-        generator = torch.Generator().manual_seed(int(request.get("seed", 0)))
+        request = {k: v for k, v in _first_row(model_input).items() if v is not None}
+        n = int(request.pop("n", 1))
+        generator = torch.Generator().manual_seed(int(request.pop("seed", 0)))
+        condition = CONDITION_KEYS.get(self.model.conditioning)
         kwargs = {}
-        if request.get("y") is not None:
-            kwargs["y"] = torch.as_tensor(np.asarray(request["y"]), dtype=torch.long)
-        accepted = set(inspect.signature(self.model.sample).parameters) - {"n", "generator", "y"}
-        unknown = set(request) - accepted - {"n", "seed", "y"}
-        if unknown:
-            raise ValueError(f"unknown sampling settings {sorted(unknown)}; this model takes {sorted(accepted)}")
+        for key in CONDITION_KEYS.values():
+            if key not in request:
+                continue
+            if key != condition:
+                raise UserError(f"{key}: this model takes no {key!r} (its conditioning is {self.model.conditioning!r})")
+            value = request.pop(key)
+            kwargs[key] = torch.as_tensor(np.asarray(value), dtype=torch.long) if key == "y" else value
         # Settings a sampling-time sweep chose are the defaults; the request overrides them.
-        settings = {**self.state.get("sampling_defaults", {}), **request}
-        kwargs.update({k: v for k, v in settings.items() if k in accepted and v is not None})
+        settings = resolve(self.model, request, self.state.get("sampling_defaults"))
+        kwargs.update(settings.model_dump(exclude_unset=True))
         return self.model.sample(n, generator=generator, **kwargs).float().cpu().numpy()
 
 

@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from components.data import normalize_images, quantize, read_info
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from components.data import normalize_images, quantize, read_info
+from components.errors import UserError
 from components.metrics import classifier as clf
 from components.metrics.frechet import frechet_distance_features
 from components.metrics.kid import kid
@@ -126,7 +127,7 @@ def domain_classifier(choice: str, *, train_path: str, dataset: str, home: Path,
         path = Path(choice).expanduser()
         try:
             net = FeatureNet(dataset, clf.classifier_id(path), clf.load_classifier(path), "classifier")
-        except (FileNotFoundError, ValueError) as e:
+        except (FileNotFoundError, UserError) as e:
             raise ConfigError(f"feature_net {choice!r}: {e} (allowed: auto, none, or a saved classifier directory)") from None
         if info.modality != "image" or net.model.config["in_channels"] != info.shape[2]:
             raise ConfigError(f"feature_net {choice!r} takes {net.model.config['in_channels']}-channel images; "
@@ -161,7 +162,7 @@ def inception_net(explicit: str | None) -> FeatureNet | None:
         return None
     try:
         return FeatureNet("inception", inception_id(path), load_inception(path), "inception")
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, UserError) as e:
         raise ConfigError(f"inception weights: {e}") from None
 
 
@@ -220,9 +221,8 @@ class QualityProbe:
     def score(self, model: torch.nn.Module) -> dict[str, float]:
 
         kwargs = {}
-        num_classes = getattr(model, "num_classes", 0)
-        if "condition" in model.capabilities and num_classes:
-            kwargs["y"] = torch.arange(self.n, device=next(model.parameters()).device) % num_classes
+        if model.conditioning == "class":
+            kwargs["y"] = torch.arange(self.n, device=next(model.parameters()).device) % model.num_classes
         x = model.sample(self.n, generator=torch.Generator().manual_seed(self.seed + 1), **kwargs)
         x = normalize_images(torch.as_tensor(quantize(x)))  # scored as saved to PNG, like genray eval
         feats = clf.extract_features(self.net, x)

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from components.errors import UserError
+
 RUN_NAME_TAG = "genray.run_name"
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
 
@@ -161,7 +163,7 @@ def resolve_checkpoint(ref: str, uri: str, cache: Path) -> Path:
         runs:/RUN_ID                                the final checkpoint a training run logged
         a local directory                           a checkpoint directory (holds state.json)
 
-    Downloads land in `cache` keyed by the reference. Raises ValueError with a plain message
+    Downloads land in `cache` keyed by the reference. Raises UserError with a plain message
     when the reference names nothing."""
     from mlflow.exceptions import MlflowException
 
@@ -169,7 +171,7 @@ def resolve_checkpoint(ref: str, uri: str, cache: Path) -> Path:
     if not ref.startswith(("models:/", "runs:/")):
         if (local / "state.json").is_file():
             return local.resolve()
-        raise ValueError(
+        raise UserError(
             f"{ref!r} is not a checkpoint directory (no state.json) nor an MLflow reference "
             "(models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID)"
         )
@@ -193,10 +195,10 @@ def resolve_checkpoint(ref: str, uri: str, cache: Path) -> Path:
                 mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest), tracking_uri=uri)
             (dest / "done").touch()
     except MlflowException as e:
-        raise ValueError(f"{ref!r}: not found in the MLflow store at {uri} ({e.message.splitlines()[0]})") from None
+        raise UserError(f"{ref!r}: not found in the MLflow store at {uri} ({e.message.splitlines()[0]})") from None
     found = sorted(p.parent for p in dest.rglob("state.json"))
     if not found:
-        raise ValueError(f"{ref!r}: the MLflow artifacts hold no genray checkpoint (no state.json)")
+        raise UserError(f"{ref!r}: the MLflow artifacts hold no genray checkpoint (no state.json)")
     return found[0]
 
 
@@ -212,7 +214,8 @@ def run_exists(uri: str, run_id: str) -> bool:
 
 def _model_version(client, ref: str, uri: str) -> tuple[str, str]:
     """(name, version) that models:/NAME@ALIAS, models:/NAME/VERSION or models:/NAME/latest names.
-    Raises MlflowException when the registry has no such version."""
+    Raises MlflowException when the registry has no such version, UserError when it has no
+    version at all of the model."""
     name, sep, alias = ref.removeprefix("models:/").partition("@")
     if sep:
         return name, str(client.get_model_version_by_alias(name, alias).version)
@@ -220,7 +223,7 @@ def _model_version(client, ref: str, uri: str) -> tuple[str, str]:
     if version == "latest":  # the newest version, as `genray train` registered it
         versions = client.search_model_versions(f"name = '{name}'")
         if not versions:
-            raise ValueError(f"{ref!r}: no registered model named {name!r} in {uri}")
+            raise UserError(f"{ref!r}: no registered model named {name!r} in {uri}")
         version = str(max(int(v.version) for v in versions))
     return name, str(client.get_model_version(name, version).version)
 

@@ -14,9 +14,11 @@ Two kinds of sweep, told apart by `tune.target`:
                      sweep's. With `tune.evaluate`, the final model is then scored with genray
                      eval's metrics (reported as eval_full/*: MIG, the β-VAE metric, FD, ...).
     sampling sweep   `tune.target` names a trained model; trials vary `sampling.*` settings
-                     (guidance_scale, sampler, num_inference_steps, eta, temperature) and score
-                     samples with genray eval's metrics. Nothing trains. Every trial draws the same
-                     noise (one seed), so trials differ only by their settings.
+                     (those the model declares: a diffusion model's guidance_scale, sampler,
+                     num_inference_steps, eta; a VAE's temperature) and score samples with genray
+                     eval's metrics. Nothing trains. Every swept value (both ends of a range) is
+                     checked against the model's settings type before Ray starts. Every trial
+                     draws the same noise (one seed), so trials differ only by their settings.
 
 The search space maps config keys to distributions:
 
@@ -41,6 +43,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import sys
 import tempfile
@@ -51,9 +54,13 @@ from typing import Any
 
 import yaml
 
-from pipelines import tracking
+from components.errors import UserError
+from pipelines import arguments, console, tracking
 from pipelines.config import (DISTRIBUTIONS, ConfigError, ExperimentSpec, SweepEvalSpec, TuneSpec, apply_overrides,
                               flatten, read_yaml, set_key, validate, validate_tune)
+from pipelines.data import TrainData, build_dataset, resolve_data
+from pipelines.env import init_ray, project_home
+from pipelines.sampling import is_integer, resolve
 
 STATE_CONFIG = "sweep.yaml"  # the resolved config a sweep started with; --resume checks it
 
@@ -322,9 +329,9 @@ def run(sweep: Sweep, *, name: str, resume: bool = False, home: Path | None = No
     register the best trial's model."""
     from ray import tune
 
-    from pipelines import evaluate, train
+    from pipelines import evaluate, quality
 
-    home = home or train.project_home()
+    home = home or project_home()
     home.mkdir(parents=True, exist_ok=True)
     uri = tracking.tracking_uri(home)
     t = sweep.tune
@@ -334,8 +341,10 @@ def run(sweep: Sweep, *, name: str, resume: bool = False, home: Path | None = No
     # --- setup on the driver: everything the trials share is prepared once, here, so trials
     # never race to prepare a dataset, train a feature net or download a checkpoint.
     if sweep.kind == "train":
+        from pipelines import train
+
         spec = sweep.spec
-        data = train.resolve_data(spec, home)
+        data = resolve_data(spec, home)
         train.resolve_model_inputs(spec, data, uri=uri, home=home)  # a bad base config fails here
         experiment_id = tracking.ensure_experiment(uri, spec.tracking.experiment, home)
         parent_tags: dict[str, str] = {}
@@ -353,7 +362,7 @@ def run(sweep: Sweep, *, name: str, resume: bool = False, home: Path | None = No
     ev = sweep.eval_spec
     if ev is not None:  # trained and cached here once, not by two trials at the same time
         dataset = spec.data.dataset if spec.data.path is None else Path(spec.data.path).stem
-        evaluate.domain_classifier(ev.feature_net, train_path=data.train, dataset=dataset, home=home, say=say)
+        quality.domain_classifier(ev.feature_net, train_path=data.train, dataset=dataset, home=home, say=say)
 
     params = {"tune.kind": sweep.kind, "tune.metric": t.metric, "tune.mode": t.mode,
               "tune.num_samples": t.num_samples, "tune.scheduler": t.scheduler, "tune.search": t.search,
@@ -365,7 +374,7 @@ def run(sweep: Sweep, *, name: str, resume: bool = False, home: Path | None = No
     say(f"[{name}] {sweep.kind} sweep, MLflow run {run_id} ({'continued' if continued else 'new'}) in {uri}")
 
     # --- the Tuner
-    train.init_ray()
+    init_ray()
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # eval_full/* arrive only at the end
     resources = t.trial_resources or ({"CPU": 0.01} if sweep.kind == "train" else {"CPU": 1.0})
     ctx = {"name": name, "home": str(home), "uri": uri, "run_id": run_id, "source": sweep.source,
@@ -375,7 +384,7 @@ def run(sweep: Sweep, *, name: str, resume: bool = False, home: Path | None = No
     if sweep.kind == "train" and shares_dataset(sweep):
         # Decoded and materialised once in the object store for every trial: per trial it cost
         # more than the tiny trials' training on 2 cores (benchmarks/tune_asha.py).
-        ctx["train_data"] = train.build_dataset(sweep.spec, data)
+        ctx["train_data"] = build_dataset(sweep.spec, data)
     fn = train_trial if sweep.kind == "train" else sampling_trial
     trainable = tune.with_resources(tune.with_parameters(fn, ctx=ctx), resources)
     concurrency = fitting_concurrency(sweep, resources, say=say)
@@ -427,9 +436,7 @@ def run(sweep: Sweep, *, name: str, resume: bool = False, home: Path | None = No
 
 def shares_dataset(sweep: Sweep) -> bool:
     """Whether every trial trains on the same Ray Dataset: no swept value changes what
-    train.build_dataset builds from."""
-    from pipelines.train import TrainData
-
+    data.build_dataset builds from."""
     base = TrainData.key(sweep.spec)
     for dim in sweep.dims:
         for value in dim.candidates():
@@ -459,30 +466,30 @@ def _check_name(sweep: Sweep, name: str, directory: Path, resume: bool) -> None:
 
 
 def _check_sampling_values(sweep: Sweep, checkpoint_dir: Path, home: Path):
-    """Every listed value (and both ends of every range) of the sampling space, tried on one
-    sample of the target here, so a bad value is a config error before any trial starts."""
-    import torch
-
+    """The target's config and data, once its sampling space has passed check_sampling_space."""
     from components import checkpoint
-    from pipelines import evaluate, train
 
     model, state = checkpoint.build_model(checkpoint_dir)
+    check_sampling_space(sweep, model, state.get("sampling_defaults"))
     spec = ExperimentSpec.model_validate(state["config"])
-    data = train.resolve_data(spec, home)
-    base = state.get("sampling_defaults", {})
+    return spec, resolve_data(spec, home)
+
+
+def check_sampling_space(sweep: Sweep, model, defaults: dict[str, Any] | None = None) -> None:
+    """Every listed value, and both ends of every range, of the sampling space checked against
+    the settings type the model declares (with its checkpoint's sampling defaults for the other
+    settings), so a bad key or value is a ConfigError naming tune.space.sampling.KEY before any
+    trial starts. A uniform or loguniform range draws fractions: not for an integer setting."""
     for dim in sweep.dims:
         key = dim.key.removeprefix("sampling.")
         for value in dim.candidates():
             try:
-                kwargs = evaluate.sampling_kwargs(model, {**base, key: value})
-            except ConfigError as e:
-                raise ConfigError(f"{sweep.source}: tune.space.{dim.key}: {str(e).removeprefix('--set ')}") from None
-            try:
-                with torch.no_grad():
-                    model.sample(1, generator=torch.Generator().manual_seed(0), **kwargs)
-            except (ValueError, TypeError) as e:
-                raise ConfigError(f"{sweep.source}: tune.space.{dim.key}={value!r}: {e}") from None
-    return spec, data
+                resolve(model, {key: value}, defaults, label="tune.space.sampling.")
+            except UserError as e:
+                raise ConfigError(f"{sweep.source}: {e}") from None
+        if dim.kind in ("uniform", "loguniform") and is_integer(model.sampling_settings, key):
+            raise ConfigError(f"{sweep.source}: tune.space.{dim.key}: {dim.kind} draws fractions and this setting "
+                              f"takes integers; use int: [low, high] or choice: [...]")
 
 
 def fitting_concurrency(sweep: Sweep, trial_resources: dict[str, float], *, say=print) -> int:
@@ -754,7 +761,30 @@ def print_report(out: SweepOutcome, sweep: Sweep) -> None:
     print(f"table, plot    {out.files['csv']}, {out.files['plot']}")
 
 
-if __name__ == "__main__":
-    from pipelines.cli import main
+# ----------------------------------------------------------------------------- command line
 
-    sys.exit(main(["tune", *sys.argv[1:]]))
+
+def command(args) -> int:
+    """`genray tune` with parsed arguments (pipelines/arguments.py). Ctrl-C stops the sweep and
+    says how to continue it (exit 130)."""
+    sweep = load(args.config, args.overrides)
+    name = args.resume or args.name or default_sweep_name(args.config)
+    try:
+        out = run(sweep, name=name, resume=args.resume is not None)
+    except KeyboardInterrupt:
+        out = None
+    if out is None or out.interrupted:
+        sets = "".join(f" --set {shlex.quote(o)}" for o in args.overrides)  # a resume must repeat them
+        print(f"genray: sweep {name} interrupted; continue it with: genray tune {args.config}{sets} --resume {name}",
+              file=sys.stderr)
+        return console.EXIT_INTERRUPTED
+    print_report(out, sweep)
+    return 0 if out.best is not None else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return console.run(command, arguments.tune_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

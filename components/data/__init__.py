@@ -1,40 +1,50 @@
-"""Datasets on disk: the Parquet schema (parquet.py) and the built-in datasets, one file each.
+"""Datasets: the kinds of data genray trains on (kinds.py), their Parquet files (parquet.py),
+decoding rows into model batches (decode.py), pixels (images.py), captions as byte tokens
+(captions.py), and the built-in datasets, one file each.
 
 `DATASETS` maps a name to its `prepare(out_dir, *, seed=0, size="full") -> {"train": path,
 "test": path}`; `genray data prepare NAME` calls it.
+
+Importing this package loads NumPy only. The names that need pyarrow (the Parquet reader and
+writers, and DATASETS, whose modules write Parquet) load on first use through the module
+`__getattr__` (PEP 562), so a model file that imports `DatasetInfo` or `encode_captions` does not
+pull in the Parquet stack.
 """
 
-from . import digits, moons, shapes, text, tones
-from .parquet import (
-    MAIN_COLUMN,
-    MODALITIES,
-    DataFormatError,
-    DatasetInfo,
-    DatasetWriter,
-    build_table,
-    check_table,
-    decode_batch,
-    decode_captions,
-    encode_captions,
-    read_info,
-    read_table,
-    write_table,
-)
+from .captions import decode_captions, encode_captions
+from .decode import decode_batch
 from .images import image_grid, normalize_images, quantize, save_png, to_uint8_image
+from .kinds import KINDS, MAIN_COLUMN, MODALITIES, DataFormatError, DataKind, DatasetInfo
 
-DATASETS = {
-    "digits": digits.prepare,
-    "shapes": shapes.prepare,
-    "moons": moons.prepare,
-    "text": text.prepare,
-    "tones": tones.prepare,
-}
+_PARQUET = ("DatasetWriter", "build_table", "check_table", "read_info", "read_table", "write_table")
+
+
+def __getattr__(name: str):
+    if name in _PARQUET:
+        from . import parquet
+
+        return getattr(parquet, name)
+    if name == "DATASETS":
+        from . import digits, moons, shapes, text, tones
+
+        globals()["DATASETS"] = datasets = {
+            "digits": digits.prepare,
+            "shapes": shapes.prepare,
+            "moons": moons.prepare,
+            "text": text.prepare,
+            "tones": tones.prepare,
+        }
+        return datasets
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DATASETS",
+    "KINDS",
     "MAIN_COLUMN",
     "MODALITIES",
     "DataFormatError",
+    "DataKind",
     "DatasetInfo",
     "DatasetWriter",
     "build_table",

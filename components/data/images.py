@@ -21,7 +21,12 @@ def normalize_images(x):
     pass through. Works on numpy arrays and torch tensors, on any device."""
     if x.dtype != np.uint8 and str(x.dtype) != "torch.uint8":
         return x
-    return x.float() / 127.5 - 1.0 if hasattr(x, "float") else x.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+    if hasattr(x, "float"):
+        return x.float() / 127.5 - 1.0
+    y = x.astype(np.float32)  # one fresh copy, in x's memory order, then in place
+    y /= np.float32(127.5)
+    y -= np.float32(1.0)
+    return y
 
 
 def quantize(x: Any) -> np.ndarray:
@@ -33,7 +38,7 @@ def quantize(x: Any) -> np.ndarray:
 def to_uint8_image(x: Any) -> np.ndarray:
     """Model images (B, C, H, W) in [-1, 1] (torch or numpy) -> (B, H, W, C) uint8.
 
-    The exact inverse of decode_batch's u8 / 127.5 - 1; values outside [-1, 1], which samplers
+    The exact inverse of normalize_images (u8 / 127.5 - 1); values outside [-1, 1], which samplers
     do produce, are clipped. A single (C, H, W) image gives (H, W, C).
     """
     if hasattr(x, "detach"):  # torch.Tensor, without importing torch for numpy-only callers

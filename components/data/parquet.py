@@ -1,26 +1,18 @@
-"""The on-disk dataset format: Parquet files with a fixed schema per modality.
+"""The on-disk dataset format: Parquet files whose columns a data kind (kinds.py) prescribes.
 
 Every genray dataset is one Parquet file or a directory of them. Each file names what it holds in
 its key-value schema metadata, so a reader never guesses:
 
-    genray.modality   "image" | "tokens" | "audio" | "points"
-    genray.shape      JSON list, the per-example shape of the main column
+    genray.modality   the kind: a key of components.data.kinds.KINDS ("image", "tokens", ...)
+    genray.shape      JSON list, the per-example shape of the main column(s)
                       ([H, W, C] for images, [T] for tokens and audio, [D] for points)
     genray.vocab      tokens only: JSON list of strings, index = token id
 
-Columns per modality (anything else is an error, so a typo cannot silently drop a column):
-
-    image    image binary (raw uint8, row-major H x W x C); optional label int64,
-             caption string, factor_<name> int64 | float32 | float64 (ground-truth factors)
-    tokens   tokens list<int32> of length T, every id < len(vocab); optional label int64
-    audio    waveform list<float32> of length T, sample_rate int32; optional pitch_hz float32,
-             label int64
-    points   point list<float32> of length D; optional label int64
-
-`write_table` is the only writer the built-in datasets use, `check_table`/`read_info` are what
-the pipelines call before training (a bad file fails in seconds on the driver, not an hour into a
-run on a worker), and `decode_batch` is the per-batch function Ray Data runs on workers to turn
-stored rows into the model batch `{"x": ..., "y": ...}` described in shared/DESIGN.md.
+The columns of each kind are listed in kinds.py; anything else is an error, so a typo cannot
+silently drop a column. This module only reads, checks and writes: `write_table`/`DatasetWriter`
+are the writers the built-in datasets use, and `check_table`/`read_info` are what the pipelines
+call before training (a bad file fails in seconds on the driver, not an hour into a run on a
+worker). Decoding rows into the model batch is decode.py's.
 """
 
 from __future__ import annotations
@@ -28,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -38,49 +30,28 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from components.errors import UserError
-
-MODALITIES = ("image", "tokens", "audio", "points")
+from .kinds import (
+    BINARY, FACTOR, FLOAT32, INT32, INT64, KINDS, LIST_FLOAT32, LIST_INT32, STRING,
+    Column, DataFormatError, DataKind, DatasetInfo, get_kind,
+)
 
 # Metadata keys, kept in one place because the README and the Ray pipeline quote them.
 KEY_MODALITY = "genray.modality"
 KEY_SHAPE = "genray.shape"
 KEY_VOCAB = "genray.vocab"
 
-# The main column of each modality and the rank of its per-example shape.
-MAIN_COLUMN = {"image": "image", "tokens": "tokens", "audio": "waveform", "points": "point"}
-_SHAPE_RANK = {"image": 3, "tokens": 1, "audio": 1, "points": 1}
-
-# Allowed columns per modality: name -> (arrow types accepted, how we spell it in messages).
-# Readers accept only the types writers produce; a file from elsewhere that uses large_binary or
-# float64 waveforms should be rewritten with write_table rather than half-supported here.
-_INT64 = ((pa.int64(),), "int64")
-_INT32 = ((pa.int32(),), "int32")
-_FLOAT32 = ((pa.float32(),), "float32")
-_STRING = ((pa.string(),), "string")
-_BINARY = ((pa.binary(),), "binary")
-_LIST_INT32 = ((pa.list_(pa.int32()),), "list<int32>")
-_LIST_FLOAT32 = ((pa.list_(pa.float32()),), "list<float32>")
-_FACTOR = ((pa.int64(), pa.float32(), pa.float64()), "int64, float32 or float64")
-
-_REQUIRED = {
-    "image": {"image": _BINARY},
-    "tokens": {"tokens": _LIST_INT32},
-    "audio": {"waveform": _LIST_FLOAT32, "sample_rate": _INT32},
-    "points": {"point": _LIST_FLOAT32},
-}
-_OPTIONAL = {
-    "image": {"label": _INT64, "caption": _STRING},
-    "tokens": {"label": _INT64},
-    "audio": {"pitch_hz": _FLOAT32, "label": _INT64},
-    "points": {"label": _INT64},
-}
-# One line per modality for error messages, so every schema error teaches the whole schema.
-_SCHEMA_TEXT = {
-    "image": "image binary; optional label int64, caption string, factor_*",
-    "tokens": "tokens list<int32>; optional label int64; metadata genray.vocab",
-    "audio": "waveform list<float32>, sample_rate int32; optional pitch_hz float32, label int64",
-    "points": "point list<float32>; optional label int64",
+# The arrow types each stored type accepts. Readers accept only the types writers produce; a file
+# from elsewhere that uses large_binary or float64 waveforms should be rewritten with write_table
+# rather than half-supported here.
+_ARROW = {
+    BINARY: (pa.binary(),),
+    LIST_INT32: (pa.list_(pa.int32()),),
+    LIST_FLOAT32: (pa.list_(pa.float32()),),
+    INT64: (pa.int64(),),
+    INT32: (pa.int32(),),
+    FLOAT32: (pa.float32(),),
+    STRING: (pa.string(),),
+    FACTOR: (pa.int64(), pa.float32(), pa.float64()),
 }
 
 # Parquet row groups are the unit Ray Data reads in parallel; ~10k rows keeps a 32x32x3 image
@@ -88,64 +59,13 @@ _SCHEMA_TEXT = {
 DEFAULT_ROW_GROUP_SIZE = 10_000
 
 
-class DataFormatError(UserError):
-    """A dataset file (or batch) does not match the genray Parquet schema.
-
-    The message always starts with the file (or "batch") and names the offending column or
-    metadata key, plus what would have been accepted.
-    """
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a pipeline needs to know about a dataset before building a model for it."""
-
-    modality: str
-    shape: tuple[int, ...]
-    num_rows: int
-    num_classes: int  # max label + 1, or 0 without a label column
-    vocab: tuple[str, ...] | None
-    columns: tuple[str, ...]
-    # Audio only: the one sample rate every row shares (models and serving need it to play
-    # a waveform back). Defaulted so the fields above stay the documented constructor.
-    sample_rate: int | None = None
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(C, H, W), the layout image models see; stored rows are H x W x C."""
-        if len(self.shape) != 3:
-            raise UserError(f"a {self.modality} dataset of shape {list(self.shape)} has no image shape; "
-                            "this family trains on images")
-        h, w, c = self.shape
-        return (c, h, w)
-
-    def to_json(self) -> dict[str, Any]:
-        """What a checkpoint stores to rebuild a model for this data (no row counts or paths)."""
-        return {"modality": self.modality, "shape": list(self.shape), "num_rows": self.num_rows,
-                "num_classes": self.num_classes, "vocab": None if self.vocab is None else list(self.vocab),
-                "columns": list(self.columns), "sample_rate": self.sample_rate}
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "DatasetInfo":
-        return cls(modality=d["modality"], shape=tuple(int(s) for s in d["shape"]), num_rows=int(d.get("num_rows", 0)),
-                   num_classes=int(d.get("num_classes", 0)), vocab=None if d.get("vocab") is None else tuple(d["vocab"]),
-                   columns=tuple(d.get("columns", ())), sample_rate=d.get("sample_rate"))
-
-    @classmethod
-    def for_images(cls, image_shape: Sequence[int], num_classes: int = 0) -> "DatasetInfo":
-        """A description of image data by (C, H, W) alone: for tests and tools that build a model
-        without a dataset at hand."""
-        c, h, w = (int(s) for s in image_shape)
-        return cls("image", (h, w, c), 0, num_classes, None, ("image",) + (("label",) if num_classes else ()))
-
-
 # ---------------------------------------------------------------------------------------------
 # Metadata
 # ---------------------------------------------------------------------------------------------
 
 
-def _metadata(modality: str, shape: Sequence[int], vocab: Sequence[str] | None) -> dict[str, str]:
-    meta = {KEY_MODALITY: modality, KEY_SHAPE: json.dumps([int(s) for s in shape])}
+def _metadata(kind: DataKind, shape: Sequence[int], vocab: Sequence[str] | None) -> dict[str, str]:
+    meta = {KEY_MODALITY: kind.name, KEY_SHAPE: json.dumps([int(s) for s in shape])}
     if vocab is not None:
         meta[KEY_VOCAB] = json.dumps(list(vocab))
     return meta
@@ -153,29 +73,29 @@ def _metadata(modality: str, shape: Sequence[int], vocab: Sequence[str] | None) 
 
 def _parse_metadata(
     metadata: Mapping[bytes, bytes] | None, source: str
-) -> tuple[str, tuple[int, ...], tuple[str, ...] | None]:
-    """Read and check the genray.* keys; returns (modality, shape, vocab)."""
+) -> tuple[DataKind, tuple[int, ...], tuple[str, ...] | None]:
+    """Read and check the genray.* keys; returns (kind, shape, vocab)."""
     meta = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in (metadata or {}).items()}
     hint = (
-        f"every genray Parquet file needs metadata {KEY_MODALITY} (one of {', '.join(MODALITIES)}) "
+        f"every genray Parquet file needs metadata {KEY_MODALITY} (one of {', '.join(KINDS)}) "
         f"and {KEY_SHAPE}; write files with components.data.write_table"
     )
     if KEY_MODALITY not in meta:
         raise DataFormatError(f"{source}: missing metadata key '{KEY_MODALITY}' ({hint})")
-    modality = meta[KEY_MODALITY]
-    if modality not in MODALITIES:
+    if meta[KEY_MODALITY] not in KINDS:
         raise DataFormatError(
-            f"{source}: metadata '{KEY_MODALITY}' is {modality!r}, expected one of {', '.join(MODALITIES)}"
+            f"{source}: metadata '{KEY_MODALITY}' is {meta[KEY_MODALITY]!r}, expected one of {', '.join(KINDS)}"
         )
+    kind = KINDS[meta[KEY_MODALITY]]
     if KEY_SHAPE not in meta:
         raise DataFormatError(f"{source}: missing metadata key '{KEY_SHAPE}' ({hint})")
-    shape = _parse_shape(meta[KEY_SHAPE], modality, source)
+    shape = _parse_shape(meta[KEY_SHAPE], kind, source)
 
     vocab = None
-    if modality == "tokens":
+    if kind.vocab:
         if KEY_VOCAB not in meta:
             raise DataFormatError(
-                f"{source}: missing metadata key '{KEY_VOCAB}' (modality tokens needs a JSON list "
+                f"{source}: missing metadata key '{KEY_VOCAB}' (modality {kind.name} needs a JSON list "
                 "of vocabulary strings, index = token id)"
             )
         try:
@@ -183,25 +103,23 @@ def _parse_metadata(
         except json.JSONDecodeError as e:
             raise DataFormatError(f"{source}: metadata '{KEY_VOCAB}' is not valid JSON ({e})") from None
         vocab = _check_vocab(raw, source)
-    return modality, shape, vocab
+    return kind, shape, vocab
 
 
-def _parse_shape(text: str, modality: str, source: str) -> tuple[int, ...]:
-    rank = _SHAPE_RANK[modality]
-    example = {"image": "[8, 8, 1] (H, W, C)", "tokens": "[128]", "audio": "[16000]", "points": "[2]"}
+def _parse_shape(text: str, kind: DataKind, source: str) -> tuple[int, ...]:
     try:
         raw = json.loads(text)
     except json.JSONDecodeError:
         raw = None
     ok = (
         isinstance(raw, list)
-        and len(raw) == rank
+        and len(raw) == kind.rank
         and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in raw)
     )
     if not ok:
         raise DataFormatError(
-            f"{source}: metadata '{KEY_SHAPE}' is {text!r}, expected a JSON list of {rank} positive "
-            f"int(s) for modality {modality}, e.g. {example[modality]}"
+            f"{source}: metadata '{KEY_SHAPE}' is {text!r}, expected a JSON list of {kind.rank} positive "
+            f"int(s) for modality {kind.name}, e.g. {kind.shape_example}"
         )
     return tuple(raw)
 
@@ -215,13 +133,6 @@ def _check_vocab(raw: Any, source: str) -> tuple[str, ...]:
     return tuple(raw)
 
 
-def _shape_text(modality: str, shape: Sequence[int]) -> str:
-    if modality == "image":
-        h, w, c = shape
-        return f"{h}x{w}x{c} uint8 HWC"
-    return f"shape {list(shape)}"
-
-
 # ---------------------------------------------------------------------------------------------
 # Checking
 # ---------------------------------------------------------------------------------------------
@@ -233,84 +144,47 @@ def _first_true(mask: pa.ChunkedArray | pa.Array) -> int:
 
 
 def check_table(table: pa.Table, source: str) -> DatasetInfo:
-    """Validate a table against the genray schema and describe it.
+    """Validate a table against its kind's schema and describe it.
 
     Every row is checked, but with pyarrow.compute kernels over whole columns rather than a Python
     loop, so a 100k-row file checks in milliseconds. `source` is the file name used in messages.
     """
-    modality, shape, vocab = _parse_metadata(table.schema.metadata, source)
-    required, optional = _REQUIRED[modality], _OPTIONAL[modality]
-    needs = f"modality {modality} needs: {_SCHEMA_TEXT[modality]}"
+    kind, shape, vocab = _parse_metadata(table.schema.metadata, source)
+    needs = f"modality {kind.name} needs: {kind.schema_text()}"
 
     # Columns and types.
-    for name in required:
-        if name not in table.column_names:
-            raise DataFormatError(f"{source}: missing column '{name}' ({needs})")
+    for c in kind.main + kind.required:
+        if c.name not in table.column_names:
+            raise DataFormatError(f"{source}: missing column '{c.name}' ({needs})")
     for field in table.schema:
-        name = field.name
-        if name in required:
-            allowed, spelled = required[name]
-        elif name in optional:
-            allowed, spelled = optional[name]
-        elif modality == "image" and name.startswith("factor_") and len(name) > len("factor_"):
-            allowed, spelled = _FACTOR
-        else:
-            raise DataFormatError(f"{source}: unexpected column '{name}' ({needs})")
-        if not any(field.type.equals(t) for t in allowed):
+        c = kind.column(field.name)
+        if c is None:
+            raise DataFormatError(f"{source}: unexpected column '{field.name}' ({needs})")
+        if not any(field.type.equals(t) for t in _ARROW[c.stored]):
             raise DataFormatError(
-                f"{source}: column '{name}' has type {_type_text(field.type)}, expected {spelled}"
+                f"{source}: column '{field.name}' has type {_type_text(field.type)}, expected {c.stored}"
             )
-        column = table.column(name)
+        column = table.column(field.name)
         if column.null_count:
             row = _first_true(pc.is_null(column))
             raise DataFormatError(
-                f"{source}: column '{name}' has {column.null_count} null value(s) (first in row {row}); "
+                f"{source}: column '{field.name}' has {column.null_count} null value(s) (first in row {row}); "
                 "genray columns may not contain nulls"
             )
 
-    # Per-row lengths of the main column.
-    main = MAIN_COLUMN[modality]
-    column = table.column(main)
-    if modality == "image":
-        expected = math.prod(shape)
-        lengths = pc.binary_length(column)
-        unit = "bytes"
-    else:
-        expected = shape[0]
-        lengths = pc.list_value_length(column)
-        unit = {"tokens": "ids", "audio": "samples", "points": "values"}[modality]
+    # Per-row values.
     if table.num_rows:
-        bad = pc.not_equal(lengths, pa.scalar(expected, lengths.type))
-        if pc.any(bad).as_py():
-            row = _first_true(bad)
-            got = lengths[row].as_py()
-            raise DataFormatError(
-                f"{source}: column '{main}' has {got} {unit} in row {row}, "
-                f"expected {expected} ({_shape_text(modality, shape)})"
-            )
-
-    # Values. Every row has exactly T entries by now, so flat index i lies in row i // T.
-    if table.num_rows and modality != "image":
-        flat = pc.list_flatten(column)
-        if flat.null_count:
-            # A null inside a list is not counted by column.null_count above.
-            i = _first_true(pc.is_null(flat))
-            raise DataFormatError(f"{source}: column '{main}' has a null entry in row {i // expected}")
-    if table.num_rows and modality == "tokens":
-        bad = pc.or_(pc.less(flat, 0), pc.greater_equal(flat, len(vocab)))
-        if pc.any(bad).as_py():
-            i = _first_true(bad)
-            raise DataFormatError(
-                f"{source}: column 'tokens' has id {flat[i].as_py()} in row {i // expected}, but "
-                f"metadata '{KEY_VOCAB}' has {len(vocab)} entries; ids must be in [0, {len(vocab)})"
-            )
-    if table.num_rows and modality in ("audio", "points"):
-        bad = pc.invert(pc.is_finite(flat))
-        if pc.any(bad).as_py():
-            i = _first_true(bad)
-            raise DataFormatError(
-                f"{source}: column '{main}' has non-finite value {flat[i].as_py()} in row {i // expected}"
-            )
+        for c in kind.main:
+            _check_main(table.column(c.name), c, kind, shape, vocab, source)
+        for c in kind.required + kind.optional:
+            if c.values is not None and c.name in table.column_names:
+                bad = pc.invert(pc.is_in(table.column(c.name), value_set=pa.array(c.values, _ARROW[c.stored][0])))
+                if pc.any(bad).as_py():
+                    row = _first_true(bad)
+                    raise DataFormatError(
+                        f"{source}: column '{c.name}' has {table.column(c.name)[row].as_py()} in row {row}; "
+                        f"modality {kind.name} allows only {', '.join(map(str, c.values))}"
+                    )
 
     num_classes = 0
     if "label" in table.column_names and table.num_rows:
@@ -323,7 +197,7 @@ def check_table(table: pa.Table, source: str) -> DatasetInfo:
         num_classes = hi + 1
 
     sample_rate = None
-    if modality == "audio" and table.num_rows:
+    if "sample_rate" in table.column_names and table.num_rows:
         lo, hi = _min_max(table.column("sample_rate"))
         if lo != hi or lo <= 0:
             # One waveform shape [T] only means one duration if every row shares the rate.
@@ -333,7 +207,7 @@ def check_table(table: pa.Table, source: str) -> DatasetInfo:
         sample_rate = lo
 
     return DatasetInfo(
-        modality=modality,
+        modality=kind.name,
         shape=shape,
         num_rows=table.num_rows,
         num_classes=num_classes,
@@ -341,6 +215,44 @@ def check_table(table: pa.Table, source: str) -> DatasetInfo:
         columns=tuple(table.column_names),
         sample_rate=sample_rate,
     )
+
+
+def _check_main(column: pa.ChunkedArray, c: Column, kind: DataKind, shape: tuple[int, ...],
+                vocab: tuple[str, ...] | None, source: str) -> None:
+    """Every row of a main column holds one example of `shape`, and its values are allowed."""
+    expected = math.prod(shape)  # bytes of an H x W x C image, or entries of a [T] list
+    lengths = pc.binary_length(column) if c.stored == BINARY else pc.list_value_length(column)
+    bad = pc.not_equal(lengths, pa.scalar(expected, lengths.type))
+    if pc.any(bad).as_py():
+        row = _first_true(bad)
+        raise DataFormatError(
+            f"{source}: column '{c.name}' has {lengths[row].as_py()} {kind.unit} in row {row}, "
+            f"expected {expected} ({kind.shape_text(shape)})"
+        )
+    if c.stored == BINARY:
+        return
+
+    # Every row has exactly T entries by now, so flat index i lies in row i // T.
+    flat = pc.list_flatten(column)
+    if flat.null_count:
+        # A null inside a list is not counted by the column's null_count.
+        i = _first_true(pc.is_null(flat))
+        raise DataFormatError(f"{source}: column '{c.name}' has a null entry in row {i // expected}")
+    if vocab is not None:
+        bad = pc.or_(pc.less(flat, 0), pc.greater_equal(flat, len(vocab)))
+        if pc.any(bad).as_py():
+            i = _first_true(bad)
+            raise DataFormatError(
+                f"{source}: column '{c.name}' has id {flat[i].as_py()} in row {i // expected}, but "
+                f"metadata '{KEY_VOCAB}' has {len(vocab)} entries; ids must be in [0, {len(vocab)})"
+            )
+    if c.stored == LIST_FLOAT32:
+        bad = pc.invert(pc.is_finite(flat))
+        if pc.any(bad).as_py():
+            i = _first_true(bad)
+            raise DataFormatError(
+                f"{source}: column '{c.name}' has non-finite value {flat[i].as_py()} in row {i // expected}"
+            )
 
 
 def _min_max(column: pa.ChunkedArray) -> tuple[Any, Any]:
@@ -472,48 +384,42 @@ def _check_consistent(a: tuple[str, pa.Schema, DatasetInfo], b: tuple[str, pa.Sc
 # ---------------------------------------------------------------------------------------------
 
 
-def _column_kind(modality: str, name: str) -> str:
-    """How to convert a user column: a kind name, or raise for a column the schema lacks."""
-    if name == MAIN_COLUMN[modality]:
-        return {"image": "image", "tokens": "list_int", "audio": "list_float", "points": "list_float"}[modality]
-    kinds = {"label": "int64", "caption": "string", "sample_rate": "int32", "pitch_hz": "float32"}
-    if name in _REQUIRED[modality] or name in _OPTIONAL[modality]:
-        return kinds[name]
-    if modality == "image" and name.startswith("factor_") and len(name) > len("factor_"):
-        return "factor"
-    raise DataFormatError(f"column '{name}' is not part of modality {modality} ({_SCHEMA_TEXT[modality]})")
-
-
-def _to_arrow(values: Any, kind: str, name: str, n: int) -> pa.Array:
-    """Convert one user column (numpy array or list) to the arrow type the schema prescribes."""
-    if _is_scalar(values) and kind in ("image", "list_int", "list_float", "string"):
+def _to_arrow(values: Any, stored: str, name: str, n: int, shape: Sequence[int]) -> pa.Array:
+    """Convert one user column (numpy array or list) to the arrow type its stored type names."""
+    if _is_scalar(values) and stored in (BINARY, LIST_INT32, LIST_FLOAT32, STRING):
         raise DataFormatError(f"column '{name}' needs one value per row, got the scalar {values!r}")
-    if kind == "image":
+    if stored == BINARY:
         if isinstance(values, np.ndarray) and values.dtype != object:
             if values.dtype != np.uint8:
                 raise DataFormatError(
-                    f"column 'image' has dtype {values.dtype}, expected uint8 arrays (N, H, W, C) or a list of bytes"
+                    f"column '{name}' has dtype {values.dtype}, expected uint8 arrays (N, H, W, C) or a list of bytes"
+                )
+            if values.ndim == 4 and tuple(values.shape[1:]) != tuple(shape):
+                raise DataFormatError(
+                    f"column '{name}' holds images of shape (N, {', '.join(map(str, values.shape[1:]))}), "
+                    f"expected (N, {', '.join(map(str, shape))}) as metadata genray.shape {list(shape)} says"
                 )
             row_bytes = math.prod(values.shape[1:])
             flat = np.ascontiguousarray(values).reshape(len(values), row_bytes)
             if len(flat) * row_bytes >= 2**31:
-                raise DataFormatError("column 'image' holds over 2 GiB in one table; write it in chunks with DatasetWriter")
+                raise DataFormatError(f"column '{name}' holds over 2 GiB in one table; write it in chunks with DatasetWriter")
             # Wrap the pixel buffer as the binary column without copying or making per-row bytes
             # objects; every row has the same length, so the offsets are just multiples of it.
             offsets = (np.arange(len(flat) + 1, dtype=np.int32) * row_bytes).astype(np.int32)
             return pa.Array.from_buffers(pa.binary(), len(flat), [None, pa.py_buffer(offsets), pa.py_buffer(flat)])
         rows = list(values)
         if not all(isinstance(r, (bytes, bytearray, memoryview)) for r in rows):
-            raise DataFormatError("column 'image' must be a uint8 array (N, H, W, C) or a list of bytes")
+            raise DataFormatError(f"column '{name}' must be a uint8 array (N, H, W, C) or a list of bytes")
         return pa.array([bytes(r) for r in rows], type=pa.binary())
 
-    if kind in ("list_int", "list_float"):
-        dtype, value_type = (np.int32, pa.int32()) if kind == "list_int" else (np.float32, pa.float32())
-        allowed_kinds = "iu" if kind == "list_int" else "iuf"
+    if stored in (LIST_INT32, LIST_FLOAT32):
+        ints = stored == LIST_INT32
+        dtype, value_type = (np.int32, pa.int32()) if ints else (np.float32, pa.float32())
+        allowed_kinds = "iu" if ints else "iuf"
         if isinstance(values, np.ndarray) and values.dtype != object and values.ndim == 2:
             if values.dtype.kind not in allowed_kinds:
-                raise DataFormatError(f"column '{name}' has dtype {values.dtype}, expected {'integer' if kind == 'list_int' else 'float'} values")
-            if kind == "list_int" and values.size and (values.min() < np.iinfo(np.int32).min or values.max() > np.iinfo(np.int32).max):
+                raise DataFormatError(f"column '{name}' has dtype {values.dtype}, expected {'integer' if ints else 'float'} values")
+            if ints and values.size and (values.min() < np.iinfo(np.int32).min or values.max() > np.iinfo(np.int32).max):
                 raise DataFormatError(f"column '{name}' has ids outside the int32 range")
             flat = pa.array(np.ascontiguousarray(values, dtype=dtype).reshape(-1), type=value_type)
             offsets = pa.array(np.arange(len(values) + 1, dtype=np.int32) * values.shape[1], type=pa.int32())
@@ -523,11 +429,11 @@ def _to_arrow(values: Any, kind: str, name: str, n: int) -> pa.Array:
         for i, r in enumerate(values):
             arr = np.asarray(r)
             if arr.ndim != 1 or (arr.size and arr.dtype.kind not in allowed_kinds):
-                raise DataFormatError(f"column '{name}' row {i} is not a 1-D {'integer' if kind == 'list_int' else 'numeric'} sequence")
+                raise DataFormatError(f"column '{name}' row {i} is not a 1-D {'integer' if ints else 'numeric'} sequence")
             rows.append(arr.astype(dtype))
         return pa.array(rows, type=pa.list_(value_type))
 
-    if kind == "string":
+    if stored == STRING:
         rows = list(values)
         if not all(isinstance(r, str) for r in rows):
             raise DataFormatError(f"column '{name}' must hold str values")
@@ -538,20 +444,20 @@ def _to_arrow(values: Any, kind: str, name: str, n: int) -> pa.Array:
         arr = np.full(n, arr.item())
     if arr.ndim != 1:
         raise DataFormatError(f"column '{name}' must be one value per row, got an array of shape {arr.shape}")
-    if kind in ("int64", "int32"):
+    if stored in (INT64, INT32):
         if arr.size and arr.dtype.kind not in "iub":
-            raise DataFormatError(f"column '{name}' has dtype {arr.dtype}, expected {kind}")
-        return pa.array(arr.astype(np.int64 if kind == "int64" else np.int32))
-    if kind == "float32":
+            raise DataFormatError(f"column '{name}' has dtype {arr.dtype}, expected {stored}")
+        return pa.array(arr.astype(np.int64 if stored == INT64 else np.int32))
+    if stored == FLOAT32:
         if arr.size and arr.dtype.kind not in "iuf":
             raise DataFormatError(f"column '{name}' has dtype {arr.dtype}, expected float32")
         return pa.array(arr.astype(np.float32))
-    # factor_*: integers stay exact, float64 stays float64, other floats become float32.
+    # FACTOR: integers stay exact, float64 stays float64, other floats become float32.
     if arr.dtype.kind in "iub":
         return pa.array(arr.astype(np.int64))
     if arr.dtype.kind == "f":
         return pa.array(arr if arr.dtype == np.float64 else arr.astype(np.float32))
-    raise DataFormatError(f"column '{name}' has dtype {arr.dtype}, expected int64, float32 or float64")
+    raise DataFormatError(f"column '{name}' has dtype {arr.dtype}, expected {FACTOR}")
 
 
 def _is_scalar(v: Any) -> bool:
@@ -571,13 +477,13 @@ def build_table(
 
     A contiguous uint8 image array is wrapped, not copied: do not modify it while the table lives.
     """
-    if modality not in MODALITIES:
-        raise DataFormatError(f"{source}: modality {modality!r} is not one of {', '.join(MODALITIES)}")
-    if (modality == "tokens") != (vocab is not None):
-        raise DataFormatError(f"{source}: pass vocab for modality tokens, and only for tokens")
+    kind = get_kind(modality, source)
+    if kind.vocab != (vocab is not None):
+        with_vocab = " or ".join(k.name for k in KINDS.values() if k.vocab)
+        raise DataFormatError(f"{source}: pass vocab for modality {with_vocab}, and only for {with_vocab}")
     if not columns:
-        raise DataFormatError(f"{source}: no columns given ({_SCHEMA_TEXT[modality]})")
-    meta = _metadata(modality, shape, vocab)
+        raise DataFormatError(f"{source}: no columns given ({kind.schema_text()})")
+    meta = _metadata(kind, shape, vocab)
     lengths = {name: len(v) for name, v in columns.items() if not _is_scalar(v)}
     if not lengths:
         raise DataFormatError(f"{source}: every column is a scalar; cannot tell the number of rows")
@@ -588,8 +494,11 @@ def build_table(
             raise DataFormatError(f"{source}: column '{name}' has {length} rows but column '{first}' has {n}")
     arrays, names = [], []
     for name, values in columns.items():
+        c = kind.column(name)
+        if c is None:
+            raise DataFormatError(f"{source}: column '{name}' is not part of modality {kind.name} ({kind.schema_text()})")
         try:
-            arrays.append(_to_arrow(values, _column_kind(modality, name), name, n))
+            arrays.append(_to_arrow(values, c.stored, name, n, shape))
         except DataFormatError as e:
             raise DataFormatError(f"{source}: {e}") from None
         names.append(name)
@@ -655,118 +564,3 @@ class DatasetWriter:
         self.close()
         if exc_type is not None and self.path.exists():
             self.path.unlink()
-
-
-# ---------------------------------------------------------------------------------------------
-# Decoding batches (runs on Ray Data workers)
-# ---------------------------------------------------------------------------------------------
-
-
-def decode_batch(
-    batch: Mapping[str, Any], modality: str, shape: Sequence[int], *, normalize: bool = True,
-    text_len: int = 0,
-) -> dict[str, np.ndarray]:
-    """Stored rows -> the model batch. Ray Data calls this through
-    `map_batches(decode_batch, batch_format="numpy", fn_kwargs={"modality": ..., "shape": ...})`.
-
-    Ray's numpy format hands a binary column over as an object array of `bytes`, and a list column
-    either as an object array of 1-D arrays or, when every row has the same length, as one 2-D
-    array; both are accepted. Output: image -> x float32 (B, C, H, W) in [-1, 1]; tokens -> x
-    int64 (B, T); audio -> x float32 (B, T); points -> x float32 (B, D); label -> y int64;
-    with text_len > 0, caption -> text int64 (B, text_len), UTF-8 bytes + 1 with 0 as padding
-    (`encode_captions`). Other columns (captions by default, factors, pitch) are dropped.
-
-    normalize=False keeps images as uint8 (B, C, H, W): a quarter of the bytes to hold in Ray's
-    object store and to copy to a GPU; `normalize_images` finishes the job on the device.
-    """
-    if modality not in MODALITIES:
-        raise DataFormatError(f"batch: modality {modality!r} is not one of {', '.join(MODALITIES)}")
-    shape = tuple(int(s) for s in shape)
-    main = MAIN_COLUMN[modality]
-    if main not in batch:
-        raise DataFormatError(
-            f"batch: missing column '{main}' (modality {modality} needs: {_SCHEMA_TEXT[modality]}); got {sorted(batch)}"
-        )
-    if modality == "image":
-        u8 = _image_rows(batch["image"], shape)  # (B, H, W, C)
-        if not normalize:
-            return _with_label({"x": np.ascontiguousarray(u8.transpose(0, 3, 1, 2))}, batch)
-        x = u8.transpose(0, 3, 1, 2).astype(np.float32, order="C")  # (B, C, H, W), a fresh copy
-        x /= np.float32(127.5)
-        x -= np.float32(1.0)
-    elif modality == "tokens":
-        x = _list_rows(batch["tokens"], shape[0], np.int64, "tokens")  # (B, T)
-    else:
-        x = _list_rows(batch[main], shape[0], np.float32, main)  # (B, T) or (B, D)
-    out = _with_label({"x": x}, batch)
-    if text_len > 0 and "caption" in batch:
-        out["text"] = encode_captions(batch["caption"], text_len)
-    return out
-
-
-def encode_captions(texts: Any, max_len: int) -> np.ndarray:
-    """Captions -> byte tokens int64 (B, max_len): each UTF-8 byte + 1, so 0 is padding; longer
-    captions are cut at max_len bytes. A byte vocabulary (257 ids) needs no tokenizer file and
-    reads any language; shapes' captions are ~45 bytes."""
-    if max_len < 1:
-        raise ValueError(f"max_len must be >= 1, got {max_len}")
-    out = np.zeros((len(texts), max_len), dtype=np.int64)
-    for i, t in enumerate(texts):
-        b = (t if isinstance(t, bytes) else str(t).encode("utf-8"))[:max_len]
-        out[i, : len(b)] = np.frombuffer(b, dtype=np.uint8).astype(np.int64) + 1
-    return out
-
-
-def decode_captions(tokens: Any) -> list[str]:
-    """The inverse of encode_captions (padding dropped)."""
-    rows = np.asarray(tokens)
-    return [bytes((r[r > 0] - 1).astype(np.uint8).tolist()).decode("utf-8", errors="replace") for r in rows]
-
-
-def _with_label(out: dict[str, np.ndarray], batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    if "label" in batch:
-        # Always a copy: Ray may hand over read-only zero-copy views, which torch warns about.
-        out["y"] = np.array(batch["label"], dtype=np.int64).reshape(-1)
-    return out
-
-
-def _image_rows(column: Any, shape: tuple[int, ...]) -> np.ndarray:
-    h, w, c = shape
-    per_row = h * w * c
-    if isinstance(column, np.ndarray) and column.dtype == np.uint8:
-        # Already pixels (e.g. a caller that decoded itself): only the shape needs fixing.
-        if column.size % per_row:
-            raise DataFormatError(f"batch: column 'image' has {column.size} bytes, not a multiple of {per_row} ({h}x{w}x{c} uint8 HWC)")
-        return column.reshape(-1, h, w, c)
-    if isinstance(column, np.ndarray) and column.dtype.kind == "S":
-        # Fixed-width bytes pad short rows with NULs, so only a width of exactly H*W*C is trustworthy.
-        if len(column) and column.dtype.itemsize != per_row:
-            raise DataFormatError(
-                f"batch: column 'image' has {column.dtype.itemsize}-byte rows, expected {per_row} ({h}x{w}x{c} uint8 HWC)"
-            )
-        return np.frombuffer(column.tobytes(), dtype=np.uint8).reshape(-1, h, w, c)
-    rows = list(column)
-    data = b"".join(rows)  # one copy of all pixels, instead of B small frombuffer calls
-    if len(data) != per_row * len(rows):
-        bad = next(i for i, r in enumerate(rows) if len(r) != per_row)
-        raise DataFormatError(
-            f"batch: column 'image' has {len(rows[bad])} bytes in row {bad}, expected {per_row} ({h}x{w}x{c} uint8 HWC)"
-        )
-    return np.frombuffer(data, dtype=np.uint8).reshape(len(rows), h, w, c)
-
-
-def _list_rows(column: Any, length: int, dtype: type, name: str) -> np.ndarray:
-    if isinstance(column, np.ndarray) and column.dtype != object:
-        if column.ndim == 2 and column.shape[1] == length:
-            return np.array(column, dtype=dtype)  # a writable copy, as for y
-        if column.size == 0:
-            return np.zeros((0, length), dtype=dtype)
-        raise DataFormatError(f"batch: column '{name}' has array shape {column.shape}, expected (B, {length})")
-    rows = list(column)
-    if not rows:
-        return np.zeros((0, length), dtype=dtype)
-    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-    if (lengths != length).any():
-        bad = int(np.flatnonzero(lengths != length)[0])
-        raise DataFormatError(f"batch: column '{name}' has {lengths[bad]} values in row {bad}, expected {length}")
-    return np.concatenate([np.asarray(r) for r in rows]).astype(dtype, copy=False).reshape(len(rows), length)

@@ -1,9 +1,22 @@
-"""Every model family by name: a plain dict from the config's `family:` to its builder.
+"""Every model family by name, and the one way to construct a model.
 
-A builder takes keyword-only, type-annotated arguments (the pipeline validates the YAML `model:`
-section against its signature); `image_shape` and `num_classes` come from the data.
+`FAMILIES` is a plain dict from the config's `family:` to its builder. A builder takes
+keyword-only, type-annotated arguments (the pipeline validates the YAML `model:` section against
+its signature) plus `data`, the dataset's description (components.data.DatasetInfo), which the
+pipeline supplies. Arguments annotated ModelRef name other trained models (frozen parts).
 """
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from safetensors.torch import load as load_safetensors
+from torch import nn
+
+from components.data import DatasetInfo
+from components.errors import UserError
 from components.models import dcgan, diffusion, vae
+from components.models.refs import ModelRef, ref_arguments
 
 FAMILIES = {
     "vae": vae.build_vae,
@@ -11,3 +24,25 @@ FAMILIES = {
     "dcgan": dcgan.build_dcgan,
     "diffusion": diffusion.build_diffusion,
 }
+
+
+def build(family: str, args: dict[str, Any], data: DatasetInfo) -> nn.Module:
+    """family's builder on `args` and `data`, its model references made into frozen modules first."""
+    builder = FAMILIES[family]
+    args = dict(args)
+    for name in ref_arguments(builder):
+        if args.get(name) is not None:
+            args[name] = materialize(ModelRef.parse(args[name]))
+    return builder(**args, data=data)
+
+
+def materialize(ref: ModelRef) -> ModelRef:
+    """The reference with its frozen module: the architecture from the resolved family, arguments
+    and data, and the weights when they came along (a fresh run; a checkpoint has them inside)."""
+    if ref.family is None:
+        raise UserError(f"{ref.ref}: this model reference was not resolved to a trained model; "
+                        "genray train resolves model references before building")
+    module = build(ref.family, ref.args or {}, DatasetInfo.from_json(ref.data or {}))
+    if ref.weights is not None:
+        module.load_state_dict(load_safetensors(ref.weights))
+    return replace(ref, module=module.eval().requires_grad_(False), weights=None)

@@ -1,8 +1,11 @@
 """DCGAN (Radford et al. 2016) with the non-saturating GAN loss (Goodfellow et al. 2014, §3),
 optionally class-conditional with a projection discriminator (Miyato & Koyama 2018).
 
-Two phases, two optimizers: "disc" steps the discriminator on real vs. detached fakes, "gen"
-steps the generator through the discriminator. GANs have no likelihood, so ``evaluate`` scores
+Trained by the adversarial recipe (components/training/adversarial.py): "disc" steps the
+discriminator on real vs. detached fakes, "gen" steps the generator through the discriminator,
+each with its own optimizer (two learning rates, TTUR, when d_lr/g_lr differ), n_critic
+discriminator steps per generator step, and, with r1_gamma > 0, a lazy R1 penalty every r1_every
+steps ("disc_reg": Mescheder et al. 2018, eq. 9; lazily, Karras et al. 2020, §3.1). GANs have no likelihood, so ``evaluate`` scores
 samples against held-out data with the unbiased squared MMD (Gretton et al. 2012).
 """
 import math
@@ -10,10 +13,13 @@ from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
+from components.data import DatasetInfo
 from components.models.layers import check_image_shape, num_halvings, randn
+from components.models.protocol import NoSettings
+from components.training import Adversarial
 
 
 # ---------------------------------------------------------------------------------------------
@@ -32,6 +38,13 @@ def generator_loss(fake_logits: Tensor) -> Tensor:
     """-E[log D(G(z))]: the non-saturating generator loss (Goodfellow et al. 2014, §3), which
     keeps gradients alive early on, when D rejects every fake and log(1 - D(G(z))) saturates."""
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+def r1_penalty(real_logits: Tensor, x: Tensor) -> Tensor:
+    """E[|grad_x D(x)|^2] on real data (Mescheder et al. 2018, eq. 9, without the gamma / 2),
+    -> scalar. x must require grad and real_logits be computed from it."""
+    (grad,) = torch.autograd.grad(real_logits.sum(), x, create_graph=True)
+    return grad.pow(2).flatten(1).sum(1).mean()
 
 
 def mmd2_unbiased(x: Tensor, y: Tensor, scales: tuple[float, ...] = (0.5, 1.0, 2.0)) -> Tensor:
@@ -138,7 +151,7 @@ def dcgan_init(m: nn.Module) -> None:
 
 
 class DCGAN(nn.Module):
-    phases = ("disc", "gen")
+    sampling_settings = NoSettings
 
     def __init__(
         self,
@@ -148,6 +161,11 @@ class DCGAN(nn.Module):
         latent_dim: int = 64,
         num_classes: int = 0,
         conditional: bool = False,
+        g_lr: float | None = None,
+        d_lr: float | None = None,
+        n_critic: int = 1,
+        r1_gamma: float = 0.0,
+        r1_every: int = 16,
     ):
         super().__init__()
         self.image_shape = check_image_shape(image_shape, "dcgan")
@@ -161,6 +179,10 @@ class DCGAN(nn.Module):
         self.latent_dim = latent_dim
         self.num_classes = num_classes if conditional else 0
         self.capabilities = frozenset({"sample", "condition"} if conditional else {"sample"})
+        self.conditioning = "class" if conditional else "none"
+        if r1_gamma < 0:
+            raise ValueError(f"dcgan: r1_gamma must be >= 0 (0 = no R1 penalty), got {r1_gamma}")
+        self.r1_gamma, self.r1_every = r1_gamma, r1_every
 
         # The label enters the generator as an embedding concatenated to z (Mirza & Osindero
         # 2014); its width is latent_dim, a fixed choice until a config needs another.
@@ -168,6 +190,9 @@ class DCGAN(nn.Module):
         self.generator = Generator(self.image_shape, latent_dim * (2 if conditional else 1), width)
         self.discriminator = Discriminator(self.image_shape, width, self.num_classes)
         self.apply(dcgan_init)
+        generator = ("generator", "label_embed") if conditional else ("generator",)
+        self.recipe = Adversarial(generator=generator, discriminator=("discriminator",), g_lr=g_lr, d_lr=d_lr,
+                                  n_critic=n_critic, r1_every=r1_every if r1_gamma > 0 else 0)
 
     def generate(self, z: Tensor, y: Tensor | None) -> Tensor:
         if self.label_embed is not None:
@@ -193,20 +218,20 @@ class DCGAN(nn.Module):
             loss = discriminator_loss(real_logits, fake_logits)
             logs = {"d_loss": loss, "d_real": torch.sigmoid(real_logits).mean(),
                     "d_fake": torch.sigmoid(fake_logits).mean()}
+        elif phase == "disc_reg":
+            # Lazy R1 (Karras et al. 2020, §3.1): gamma / 2 * E|grad D(x)|^2, scaled by the interval
+            # so its average strength matches a penalty applied every step.
+            x = x.detach().requires_grad_(True)
+            penalty = r1_penalty(self.discriminator(x, y), x)
+            loss = 0.5 * self.r1_gamma * penalty * self.r1_every
+            logs = {"r1": penalty}
         elif phase == "gen":
             loss = generator_loss(self.discriminator(self.generate(z, y), y))
             # Log keys differ between phases: the loop sums logs by key over a step's phases.
             logs = {"g_loss": loss}
         else:
-            raise ValueError(f"dcgan phases are {self.phases}, got phase={phase!r}")
+            raise ValueError(f"dcgan phases are disc, disc_reg and gen, got phase={phase!r}")
         return loss, {k: v.detach() for k, v in logs.items()}
-
-    def parameters_for(self, phase: str):
-        if phase == "disc":
-            return self.discriminator.parameters()
-        if phase == "gen":
-            return (p for m in (self.generator, self.label_embed) if m is not None for p in m.parameters())
-        raise ValueError(f"dcgan phases are {self.phases}, got phase={phase!r}")
 
     # -- using the trained model ----------------------------------------------------------------------
 
@@ -233,6 +258,13 @@ class DCGAN(nn.Module):
             return self.generate(z, None if y is None else y.to(device)).float().clamp(-1.0, 1.0)
         finally:
             self.generator.train(was_training)
+
+    def sampling_cost(self, settings: BaseModel) -> int:
+        return 1  # one generator pass
+
+    @torch.no_grad()
+    def eval_samples(self, n: int, *, generator_seed: int, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"": self.sample(n, generator=torch.Generator().manual_seed(generator_seed))}
 
     @torch.no_grad()
     def evaluate(self, batch: dict[str, Tensor], *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
@@ -265,12 +297,20 @@ SIZES = {"tiny": dcgan_tiny, "small": dcgan_small, "base": dcgan_base}
 
 def build_dcgan(
     *,
-    image_shape: tuple[int, int, int],
-    num_classes: int = 0,
+    data: DatasetInfo,
     size: Literal["tiny", "small", "base"] = "small",
     latent_dim: Annotated[int, Field(ge=1)] = 64,
     conditional: bool = False,
+    g_lr: Annotated[float, Field(gt=0)] | None = None,
+    d_lr: Annotated[float, Field(gt=0)] | None = None,
+    n_critic: Annotated[int, Field(ge=1)] = 1,
+    r1_gamma: Annotated[float, Field(ge=0)] = 0.0,
+    r1_every: Annotated[int, Field(ge=1)] = 16,
 ) -> DCGAN:
-    """Radford et al. 2016; conditional=True adds labels to G and a projection D."""
-    return SIZES[size](image_shape=image_shape, latent_dim=latent_dim, num_classes=num_classes,
-                       conditional=conditional)
+    """Radford et al. 2016; conditional=True adds labels to G and a projection D. g_lr / d_lr
+    (default: trainer.lr) give the two networks their own learning rates (TTUR); n_critic
+    discriminator steps per generator step; r1_gamma > 0 adds a lazy R1 penalty every r1_every
+    steps."""
+    return SIZES[size](image_shape=data.image_shape, latent_dim=latent_dim, num_classes=data.num_classes,
+                       conditional=conditional, g_lr=g_lr, d_lr=d_lr, n_critic=n_critic, r1_gamma=r1_gamma,
+                       r1_every=r1_every)

@@ -15,25 +15,49 @@ so a DDPM-trained network never knows whether DDPM or DDIM steps it, and samplin
 
 Latent diffusion: the autoencoder is a genray VAE with a latent map (`latent_channels > 0`),
 trained by genray and named in the config (`model.autoencoder: models:/NAME@ALIAS`, `runs:/ID`
-or a checkpoint directory). The pipeline resolves that name into the autoencoder's architecture
-(`autoencoder_model`) and the latent scale computed from training data; its frozen weights are a
-submodule here, so a latent-diffusion checkpoint rebuilds on its own.
+or a checkpoint directory): a ModelRef, which the pipeline resolves like every model reference.
+Its frozen weights are a submodule here, so a latent-diffusion checkpoint rebuilds on its own.
+The latent scale (1 / std of the latents, Rombach et al. 2022, appendix G) is a buffer set by
+data-dependent initialisation on the first training batch.
 """
 import math
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import BaseModel, Field, create_model
 from torch import Tensor, nn
 
+from components.data import DatasetInfo
+from components.errors import UserError
 from components.models.layers import check_image_shape, randn
+from components.models.protocol import SETTINGS_CONFIG
+from components.models.refs import ModelRef
 from components.models.text_encoder import TextEncoder, encode_text
 from components.models.unet import UNet
 from components.samplers import ddim, ddpm, guidance, objective, prediction as param, schedules
+from components.training import Backprop
+
+
+def sampling_settings_type(num_timesteps: int, conditional: bool, defaults: dict[str, Any]) -> type[BaseModel]:
+    """This model's sampling settings: steps up to its T, guidance only when it is conditional,
+    defaults from its config (Song et al. 2021 for DDIM's eta and steps; Lin et al. 2024, table 2,
+    for the spacings; Ho & Salimans 2022 for the guidance scale)."""
+    fields: dict[str, Any] = {
+        "sampler": (Literal["ddpm", "ddim"], Field(defaults["sampler"],
+                    description="ddpm: ancestral, all T steps; ddim: num_inference_steps steps")),
+        "num_inference_steps": (int, Field(defaults["num_inference_steps"], ge=1, le=num_timesteps,
+                                description=f"DDIM steps (1..{num_timesteps})")),
+        "eta": (float, Field(defaults["eta"], ge=0, le=1, allow_inf_nan=False,
+                description="DDIM stochasticity: 0 deterministic, 1 DDPM-like")),
+        "spacing": (Literal[ddim.SPACINGS], Field(defaults["spacing"], description="which timesteps DDIM visits")),
+    }
+    if conditional:
+        fields["guidance_scale"] = (float, Field(defaults["guidance_scale"], ge=0, le=100, allow_inf_nan=False,
+                                    description="classifier-free guidance: 0 unconditional, 1 conditional, >1 guided"))
+    return create_model("DiffusionSampling", __config__=SETTINGS_CONFIG, **fields)
 
 
 class Diffusion(nn.Module):
-    phases = ("main",)
 
     def __init__(
         self,
@@ -73,7 +97,8 @@ class Diffusion(nn.Module):
             self.latent_shape = tuple(autoencoder.latent_shape)
         else:
             self.latent_shape = self.image_shape
-        self.latent_scale = float(latent_scale)
+        # A buffer: set from the first batch (init_latent_scale), saved with the weights.
+        self.register_buffer("latent_scale", torch.tensor(float(latent_scale)))
 
         self.schedule = schedules.make_schedule(schedule, num_timesteps, zero_terminal_snr=zero_terminal_snr)
         if prediction not in param.PREDICTIONS:
@@ -87,11 +112,13 @@ class Diffusion(nn.Module):
         self.variance = variance
         self.vlb_timesteps = vlb_timesteps
         self.eval_guidance_scales = tuple(eval_guidance_scales)
-        # Sampling defaults; every one can be overridden per call to `sample`.
-        self.defaults = self.check_sampling(
-            {"sampler": sampler, "num_inference_steps": num_inference_steps, "eta": eta,
-             "spacing": spacing, "guidance_scale": guidance_scale}
-        )
+        # Sampling settings and their defaults; every one can be overridden per call to `sample`.
+        self.sampling_settings = sampling_settings_type(
+            self.schedule.num_timesteps, self.conditional,
+            {"sampler": sampler, "num_inference_steps": min(num_inference_steps, self.schedule.num_timesteps),
+             "eta": eta, "spacing": spacing, "guidance_scale": guidance_scale})
+        self.conditioning = "class" if num_classes > 0 else "text" if text_encoder is not None else "none"
+        self.recipe = Backprop(init=self.init_latent_scale if autoencoder is not None else None)
 
         caps = {"sample"}
         if self.conditional:
@@ -109,23 +136,9 @@ class Diffusion(nn.Module):
     def conditional(self) -> bool:
         return self.num_classes > 0 or self.text_encoder is not None
 
-    def check_sampling(self, settings: dict[str, Any]) -> dict[str, Any]:
-        """Validate sampling settings with messages that name the allowed values."""
-        s = dict(settings)
-        if s["sampler"] not in ("ddpm", "ddim"):
-            raise ValueError(f"diffusion: sampler must be 'ddpm' or 'ddim', got {s['sampler']!r}")
-        if s["spacing"] not in ddim.SPACINGS:
-            raise ValueError(f"diffusion: spacing must be one of {ddim.SPACINGS}, got {s['spacing']!r}")
-        T = self.schedule.num_timesteps
-        if not 1 <= int(s["num_inference_steps"]) <= T:
-            raise ValueError(
-                f"diffusion: num_inference_steps must be between 1 and num_timesteps={T}, got {s['num_inference_steps']}"
-            )
-        if s["eta"] < 0 or s["guidance_scale"] < 0:
-            raise ValueError(f"diffusion: eta and guidance_scale must be >= 0, got eta={s['eta']}, "
-                             f"guidance_scale={s['guidance_scale']}")
-        s["num_inference_steps"] = int(s["num_inference_steps"])
-        return s
+    def sampling_cost(self, settings: BaseModel) -> int:
+        """Denoiser evaluations per sample call (a guided step batches both branches as one)."""
+        return self.schedule.num_timesteps if settings.sampler == "ddpm" else settings.num_inference_steps
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -162,6 +175,15 @@ class Diffusion(nn.Module):
                 text = text.masked_fill(drop[:, None], 0)
         return y, text
 
+    @torch.no_grad()
+    def init_latent_scale(self, batch: dict[str, Tensor]) -> None:
+        """Rombach et al. 2022, appendix G: scale latents to unit variance, 1 / std of posterior
+        samples of the first training batch (the recipe's data-dependent initialisation)."""
+        std = float(self.autoencoder.sample_posterior(batch["x"].float()).std())
+        if not math.isfinite(std) or std <= 0:
+            raise UserError(f"diffusion: the autoencoder's latents have std {std} on the training data; is it trained?")
+        self.latent_scale.fill_(1.0 / std)
+
     def to_latent(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Images -> what the diffusion runs on: the images themselves, or a scaled sample of the
         autoencoder's posterior (Rombach et al. 2022, §3 and appendix G: unit-variance latents)."""
@@ -189,11 +211,6 @@ class Diffusion(nn.Module):
         loss = objective.training_loss(self.denoiser(cond), x0, self.schedule, prediction=self.prediction,
                                        min_snr_gamma=self.min_snr_gamma)  # (B,)
         return loss.mean(), {}
-
-    def parameters_for(self, phase: str):
-        if phase != "main":
-            raise ValueError(f"diffusion has one phase, 'main'; got phase={phase!r}")
-        return (p for p in self.parameters() if p.requires_grad)  # not the frozen autoencoder
 
     # -- using the trained model ----------------------------------------------------------------------
 
@@ -273,11 +290,9 @@ class Diffusion(nn.Module):
         labels cycle 0, 1, ..., so a grid shows every class. Text-conditional: a prompt (one for
         all, or one per sample) or byte tokens `text` (n, L); without either, unconditional.
         """
-        s = self.check_sampling({
-            **self.defaults,
-            **{k: v for k, v in {"sampler": sampler, "num_inference_steps": num_inference_steps, "eta": eta,
-                                 "spacing": spacing, "guidance_scale": guidance_scale}.items() if v is not None},
-        })
+        s = self.sampling_settings.model_validate(
+            {k: v for k, v in {"sampler": sampler, "num_inference_steps": num_inference_steps, "eta": eta,
+                               "spacing": spacing, "guidance_scale": guidance_scale}.items() if v is not None})
         device = next(self.net.parameters()).device
         if not self.conditional and (y is not None or prompt is not None or text is not None):
             raise ValueError("diffusion was built unconditional (no 'condition' capability); call sample without y/prompt")
@@ -299,18 +314,18 @@ class Diffusion(nn.Module):
         cond = self.condition(n, device, y=y, text=text)
         if cond:
             null = self.condition(n, device)
-            denoise = guidance.guided_denoiser(self.net, cond, null, s["guidance_scale"])
+            denoise = guidance.guided_denoiser(self.net, cond, null, s.guidance_scale)
         else:
             denoise = self.denoiser(cond)
         shape = (n, *self.latent_shape)
         # Clipping x0 to the data range only makes sense for pixels; latents are unbounded.
         clip = self.autoencoder is None
-        if s["sampler"] == "ddpm":  # every one of the T steps: num_inference_steps does not apply
+        if s.sampler == "ddpm":  # every one of the T steps: num_inference_steps does not apply
             z = ddpm.ddpm_sample(denoise, shape, self.schedule, prediction=self.prediction, variance=self.variance,
                                  generator=generator, device=device, clip_x0=clip)
         else:
             z = ddim.ddim_sample(denoise, shape, self.schedule, prediction=self.prediction,
-                                 num_steps=s["num_inference_steps"], eta=s["eta"], spacing=s["spacing"],
+                                 num_steps=s.num_inference_steps, eta=s.eta, spacing=s.spacing,
                                  generator=generator, device=device, clip_x0=clip)
         return self.from_latent(z).float().clamp(-1.0, 1.0)
 
@@ -359,8 +374,7 @@ def levels_for(max_levels: int, hw: tuple[int, int]) -> tuple[int, tuple[int, ..
 
 def build_diffusion(
     *,
-    image_shape: tuple[int, int, int],
-    num_classes: int = 0,
+    data: DatasetInfo,
     size: Literal["tiny", "small", "base"] = "small",
     channels: Annotated[int, Field(ge=8)] | None = None,
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0,
@@ -374,39 +388,30 @@ def build_diffusion(
     p_uncond: Annotated[float, Field(ge=0, le=1)] = 0.1,
     sampler: Literal["ddpm", "ddim"] = "ddim",
     num_inference_steps: Annotated[int, Field(ge=1)] = 50,
-    eta: Annotated[float, Field(ge=0)] = 0.0,
+    eta: Annotated[float, Field(ge=0, le=1)] = 0.0,
     spacing: Literal["leading", "trailing", "linspace"] = "trailing",
     guidance_scale: Annotated[float, Field(ge=0)] = 1.0,
     variance: Literal["posterior", "beta"] = "posterior",
     vlb_timesteps: Annotated[int, Field(ge=0)] = 20,
     eval_guidance_scales: tuple[Annotated[float, Field(ge=0)], ...] = (0.0, 1.0, 3.0),
-    autoencoder: str | None = None,
-    autoencoder_model: dict[str, Any] | None = None,
-    latent_scale: Annotated[float, Field(gt=0)] = 1.0,
+    autoencoder: ModelRef | None = None,
 ) -> Diffusion:
     """DDPM-style diffusion (Ho et al. 2020) sampled with DDPM or DDIM; with `autoencoder` set,
     latent diffusion (Rombach et al. 2022).
 
     conditioning: "auto" is "class" when the data have labels, else "none"; "text" cross-attends
-    to the data's captions (byte tokens, text_len of them). `autoencoder` is the user's reference
-    to a genray VAE with a latent map; the pipeline resolves it into `autoencoder_model` (its
-    family, args and data args) and `latent_scale` (1 / std of the latents over training data).
+    to the data's captions (byte tokens, text_len of them). `autoencoder` references a genray VAE
+    with a latent map (resolved by the pipeline, like every ModelRef).
     """
-    c, h, w = check_image_shape(image_shape, "diffusion")
+    c, h, w = check_image_shape(data.image_shape, "diffusion")
+    num_classes = data.num_classes
     if conditioning == "auto":
         conditioning = "class" if num_classes > 0 else "none"
     if conditioning == "class" and num_classes < 1:
-        raise ValueError("diffusion: conditioning='class' needs labelled data (a 'label' column); "
-                         "use conditioning='none' or 'text'")
+        raise UserError("diffusion: conditioning='class' needs labelled data (a 'label' column); "
+                        "use conditioning='none' or 'text'")
 
-    ae = None
-    if autoencoder is not None or autoencoder_model is not None:
-        if autoencoder_model is None:
-            raise ValueError(
-                f"diffusion: model.autoencoder={autoencoder!r} must be resolved to its architecture "
-                "(autoencoder_model) before building; `genray train` does this"
-            )
-        ae = _build_autoencoder(autoencoder_model, (c, h, w))
+    ae = _build_autoencoder(autoencoder, (c, h, w)) if autoencoder is not None else None
     net_shape = tuple(ae.latent_shape) if ae is not None else (c, h, w)
 
     text_encoder = None
@@ -432,7 +437,7 @@ def build_diffusion(
     )
     return Diffusion(
         net=net, image_shape=(c, h, w), num_classes=num_classes if conditioning == "class" else 0,
-        text_encoder=text_encoder, text_len=text_len, autoencoder=ae, latent_scale=latent_scale,
+        text_encoder=text_encoder, text_len=text_len, autoencoder=ae,
         schedule=schedule, num_timesteps=num_timesteps, zero_terminal_snr=zero_terminal_snr,
         prediction=prediction, min_snr_gamma=min_snr_gamma, p_uncond=p_uncond, sampler=sampler,
         num_inference_steps=min(num_inference_steps, num_timesteps), eta=eta, spacing=spacing,
@@ -441,20 +446,17 @@ def build_diffusion(
     )
 
 
-def _build_autoencoder(spec: dict[str, Any], image_shape: tuple[int, int, int]) -> nn.Module:
-    from components.models import FAMILIES  # here, not at the top: FAMILIES imports this file
-
-    family = spec.get("family")
-    if family not in ("vae", "beta_vae"):
-        raise ValueError(f"diffusion: the autoencoder must be a genray vae or beta_vae, got family {family!r}")
-    data_args = dict(spec.get("data_args") or {})
-    ae_shape = tuple(data_args.get("image_shape") or ())
+def _build_autoencoder(ref: ModelRef, image_shape: tuple[int, int, int]) -> nn.Module:
+    ae = ref.module
+    if ae is None:
+        raise UserError(f"diffusion: model.autoencoder {ref.ref} was not loaded; build models with components.models.build")
+    if ref.family not in ("vae", "beta_vae"):
+        raise UserError(f"diffusion: model.autoencoder {ref.ref} is a {ref.family}; it must be a genray vae or beta_vae")
+    ae_shape = tuple(ae.image_shape)
     if ae_shape != image_shape:
-        raise ValueError(f"diffusion: the autoencoder was trained on images {ae_shape}, this data is {image_shape}")
-    ae = FAMILIES[family](**{**spec.get("args", {}), **data_args, "image_shape": ae_shape})
+        raise UserError(f"diffusion: model.autoencoder {ref.ref} was trained on images {ae_shape}, this data is {image_shape}")
     if len(ae.latent_shape) != 3:
-        raise ValueError(
-            "diffusion: latent diffusion needs an autoencoder with a latent map (a vae/beta_vae trained "
-            f"with latent_channels > 0); this one has a latent vector of {ae.latent_shape[0]}"
-        )
+        raise UserError(
+            f"diffusion: model.autoencoder {ref.ref}: latent diffusion needs an autoencoder with a latent map (a "
+            f"vae/beta_vae trained with latent_channels > 0); this one has a latent vector of {ae.latent_shape[0]}")
     return ae

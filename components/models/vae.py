@@ -14,10 +14,13 @@ from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
+from components.data import DatasetInfo
 from components.models.layers import check_image_shape, num_halvings, randn
+from components.models.protocol import SETTINGS_CONFIG
+from components.training import Backprop
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -142,9 +145,15 @@ class Decoder(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
+class VAESampling(BaseModel):
+    model_config = SETTINGS_CONFIG
+    temperature: float = Field(1.0, ge=0, le=10, description="prior scale: z ~ N(0, temperature^2 I)")
+
+
 class VAE(nn.Module):
-    phases = ("main",)
     capabilities = frozenset({"sample", "encode", "decode", "log_prob"})
+    conditioning, num_classes = "none", 0
+    sampling_settings = VAESampling
     # A Gaussian density on [-1, 1]^D, bounded from below by IWAE (components/metrics/likelihood.py).
     log_prob_space, log_prob_kind = "continuous", "bound"
 
@@ -210,6 +219,7 @@ class VAE(nn.Module):
         self.learn_sigma = decoder_sigma is None
         # The optimizer step, for the capacity schedule; a buffer so it round-trips in state_dict.
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.recipe = Backprop(on_step=self.set_step if capacity_max > 0 else None)
 
     # -- the objective ----------------------------------------------------------------------------
 
@@ -217,7 +227,7 @@ class VAE(nn.Module):
         return softclip(self.log_sigma_raw, -6.0) if self.learn_sigma else self.log_sigma_raw
 
     def set_step(self, step: int) -> None:
-        """Called by the training loop before each optimizer step (capacity annealing)."""
+        """The recipe's on_step hook: the optimizer step, for capacity annealing."""
         self.step.fill_(step)
 
     def capacity(self) -> Tensor:
@@ -257,11 +267,6 @@ class VAE(nn.Module):
         loss = loss / self.num_dims
         return loss, {k: v.detach().float() for k, v in logs.items()}
 
-    def parameters_for(self, phase: str):
-        if phase != "main":
-            raise ValueError(f"vae has one phase, 'main'; got phase={phase!r}")
-        return self.parameters()
-
     # -- using the trained model ----------------------------------------------------------------------
 
     @torch.no_grad()
@@ -297,10 +302,16 @@ class VAE(nn.Module):
         2018, sec. 5, did the same for Glow)."""
         if y is not None:
             raise ValueError("vae is unconditional (no 'condition' capability); call sample without y")
-        if not temperature >= 0:
-            raise ValueError(f"vae.sample: temperature must be >= 0, got {temperature}")
+        temperature = VAESampling(temperature=temperature).temperature
         z = temperature * randn((n, *self.latent_shape), generator=generator, device=self.step.device)
         return self.decode(z)
+
+    def sampling_cost(self, settings: BaseModel) -> int:
+        return 1  # one decoder pass
+
+    @torch.no_grad()
+    def eval_samples(self, n: int, *, generator_seed: int, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"": self.sample(n, generator=torch.Generator().manual_seed(generator_seed))}
 
     @torch.no_grad()
     def log_prob(self, x: Tensor, k: int | None = None, *, generator: torch.Generator | None = None) -> Tensor:
@@ -341,8 +352,7 @@ SIZES = {"tiny": vae_tiny, "small": vae_small, "base": vae_base}
 
 def build_vae(
     *,
-    image_shape: tuple[int, int, int],
-    num_classes: int = 0,
+    data: DatasetInfo,
     size: Literal["tiny", "small", "base"] = "small",
     latent_dim: Annotated[int, Field(ge=1)] = 16,
     decoder_sigma: Annotated[float, Field(gt=0)] | None = None,
@@ -353,16 +363,14 @@ def build_vae(
     """Kingma & Welling 2014: the plain ELBO (beta = 1). Labels, if any, are ignored.
     latent_channels > 0 makes the latent a map (latent_channels, H/2^k, W/2^k), k =
     latent_downsample, instead of a vector of latent_dim: the autoencoder of latent diffusion."""
-    del num_classes
-    return SIZES[size](image_shape=image_shape, latent_dim=latent_dim, decoder_sigma=decoder_sigma,
+    return SIZES[size](image_shape=data.image_shape, latent_dim=latent_dim, decoder_sigma=decoder_sigma,
                        iw_samples=iw_samples, latent_channels=latent_channels,
                        latent_downsample=latent_downsample)
 
 
 def build_beta_vae(
     *,
-    image_shape: tuple[int, int, int],
-    num_classes: int = 0,
+    data: DatasetInfo,
     size: Literal["tiny", "small", "base"] = "small",
     latent_dim: Annotated[int, Field(ge=1)] = 16,
     decoder_sigma: Annotated[float, Field(gt=0)] | None = None,
@@ -376,8 +384,7 @@ def build_beta_vae(
 ) -> VAE:
     """Higgins et al. 2017 (beta weights the KL); with capacity_max > 0, Burgess et al. 2018
     (gamma * |KL - C|, C annealed to capacity_max nats over capacity_steps; beta is then unused)."""
-    del num_classes
-    return SIZES[size](image_shape=image_shape, latent_dim=latent_dim, decoder_sigma=decoder_sigma,
+    return SIZES[size](image_shape=data.image_shape, latent_dim=latent_dim, decoder_sigma=decoder_sigma,
                        iw_samples=iw_samples, beta=beta, capacity_max=capacity_max,
                        capacity_steps=capacity_steps, gamma=gamma, latent_channels=latent_channels,
                        latent_downsample=latent_downsample)

@@ -5,7 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import evaluate
+from pydantic import BaseModel, Field
+
+from components.errors import UserError
+from components.models.protocol import SETTINGS_CONFIG
+from pipelines import evaluate, quality
 from pipelines.config import ConfigError
 
 
@@ -17,14 +21,39 @@ def test_sampling_overrides_parse_as_yaml_and_only_under_sampling():
             evaluate.parse_sampling([bad])
 
 
-def test_sampling_keys_are_checked_against_the_models_sample_signature():
-    class Model:
-        def sample(self, n, *, generator=None, y=None, guidance_scale=None, num_inference_steps=None):
-            ...
+class Settings(BaseModel):
+    model_config = SETTINGS_CONFIG
+    guidance_scale: float = Field(1.0, ge=0, description="classifier-free guidance")
+    num_inference_steps: int = Field(20, ge=1, le=50, description="sampler steps")
 
-    assert evaluate.sampling_kwargs(Model(), {"guidance_scale": 3.0}) == {"guidance_scale": 3.0}
-    with pytest.raises(ConfigError, match="takes sampling.guidance_scale, sampling.num_inference_steps"):
-        evaluate.sampling_kwargs(Model(), {"temperature": 0.7})
+
+class SettingsModel:
+    sampling_settings = Settings
+
+
+def test_sampling_keys_are_checked_against_the_models_settings_type():
+    chosen = evaluate.sampling_settings(SettingsModel(), {"guidance_scale": 3.0})
+    assert chosen.model_dump(exclude_unset=True) == {"guidance_scale": 3.0}  # the model fills in the rest
+    assert chosen.model_dump() == {"guidance_scale": 3.0, "num_inference_steps": 20}  # what eval logs
+    with pytest.raises(UserError, match="takes sampling.guidance_scale, sampling.num_inference_steps"):
+        evaluate.sampling_settings(SettingsModel(), {"temperature": 0.7})
+    # A champion's sampling_defaults apply under what the request says.
+    both = evaluate.sampling_settings(SettingsModel(), {"guidance_scale": 3.0}, {"guidance_scale": 1.5,
+                                                                                 "num_inference_steps": 10})
+    assert both.model_dump(exclude_unset=True) == {"guidance_scale": 3.0, "num_inference_steps": 10}
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"num_inference_steps": 500}, "--set sampling.num_inference_steps=500: Input should be less than or equal to "
+                                   "50; allowed: an integer >= 1 and <= 50 (default 20)"),
+    ({"num_inference_steps": 2.5}, "--set sampling.num_inference_steps=2.5: Input should be a valid integer"),
+    ({"guidance_scale": -1}, "allowed: a number >= 0 (default 1.0)"),
+    ({"guidance_scale": "high"}, "--set sampling.guidance_scale='high'"),
+])
+def test_a_bad_sampling_value_names_the_setting_and_what_is_allowed(given, message):
+    with pytest.raises(UserError) as e:
+        evaluate.sampling_settings(SettingsModel(), given)
+    assert message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_sample_quality_sits_at_its_floor_for_real_data_and_above_it_for_shifted_data():
@@ -68,7 +97,7 @@ def test_reconstruction_metrics_on_the_unit_pixel_scale():
 def test_factor_columns_become_integer_codes():
     f = {"factor_shape": np.array([0, 2, 1, 2]), "factor_x": np.linspace(0, 1, 4),
          "factor_const": np.ones(4)}
-    names, codes = evaluate.factor_codes(f, max_values=3)
+    names, codes = quality.factor_codes(f, max_values=3)
     assert names == ["factor_shape", "factor_x"]  # the constant column carries no information
     assert codes[:, 0].tolist() == [0, 2, 1, 2]
     assert codes[:, 1].tolist() == [0, 6, 13, 19]  # 4 distinct values > max_values: 20 equal bins
@@ -77,17 +106,26 @@ def test_factor_columns_become_integer_codes():
 def test_conditions_cycle_classes_or_captions():
     class ClassModel:
         capabilities = frozenset({"sample", "condition"})
+        conditioning = "class"
         num_classes = 3
 
     class TextModel:
         capabilities = frozenset({"sample", "condition"})
+        conditioning = "text"
         num_classes = 0
-        text_encoder = object()
 
-    ref = evaluate.Split(x=torch.zeros(2, 1, 8, 8), y=np.array([4, 5]), captions=["a", "b"], factors={})
+    class PlainModel:
+        capabilities = frozenset({"sample"})
+        conditioning = "none"
+        num_classes = 0
+
+    ref = quality.Split(x=torch.zeros(2, 1, 8, 8), y=np.array([4, 5]), captions=["a", "b"], factors={})
     assert evaluate.conditions_for(ClassModel(), 5, ref)["y"].tolist() == [0, 1, 2, 0, 1]
     text = evaluate.conditions_for(TextModel(), 3, ref)
     assert text["prompt"] == ["a", "b", "a"] and text["rows"].tolist() == [0, 1, 0]
+    assert evaluate.conditions_for(PlainModel(), 3, ref) == {}
+    no_captions = quality.Split(x=ref.x, y=ref.y, captions=None, factors={})
+    assert evaluate.conditions_for(TextModel(), 3, no_captions) == {}
 
 
 def test_a_feature_net_for_other_images_is_a_config_error(tmp_path):
@@ -97,8 +135,8 @@ def test_a_feature_net_for_other_images_is_a_config_error(tmp_path):
     paths = DATASETS["shapes"](tmp_path / "shapes", size="tiny")
     grey = save_classifier(DomainClassifier(in_channels=1, num_classes=10), tmp_path / "grey")
     with pytest.raises(ConfigError, match="takes 1-channel images"):
-        evaluate.domain_classifier(str(grey), train_path=str(paths["train"]), dataset="shapes", home=tmp_path)
+        quality.domain_classifier(str(grey), train_path=str(paths["train"]), dataset="shapes", home=tmp_path)
     with pytest.raises(ConfigError, match="feature_net .*nowhere.*saved classifier directory"):
-        evaluate.domain_classifier(str(tmp_path / "nowhere"), train_path=str(paths["train"]), dataset="shapes",
+        quality.domain_classifier(str(tmp_path / "nowhere"), train_path=str(paths["train"]), dataset="shapes",
                                    home=tmp_path)
-    assert evaluate.domain_classifier("none", train_path=str(paths["train"]), dataset="shapes", home=tmp_path) is None
+    assert quality.domain_classifier("none", train_path=str(paths["train"]), dataset="shapes", home=tmp_path) is None

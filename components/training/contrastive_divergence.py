@@ -1,0 +1,78 @@
+"""Updates that are not the gradient of a loss: contrastive divergence for energy-based models
+(restricted Boltzmann machines).
+
+CD-k (Hinton 2002) approximates the log-likelihood gradient of an energy model,
+    d log p(v) / d theta = -E_data[dF/dtheta] + E_model[dF/dtheta]        (F: free energy)
+by starting k Gibbs sweeps at the data. PCD (Tieleman 2008) keeps persistent chains instead:
+they continue from where the previous step left them, held in a model buffer (`chains`) so a
+checkpoint saves them and a resume restores them exactly.
+
+The model provides, as plain tensor functions:
+    gibbs(v, k) -> v_k                     k block-Gibbs sweeps
+    statistics(v) -> {param name: tensor}  E[-dF/dtheta] over the batch, per parameter
+    chains                                 buffer (num_chains, ...) for PCD
+The recipe writes -(positive - negative) into each parameter's .grad, so any torch optimizer
+ascends the likelihood; no autograd graph is built.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from components.training.recipe import OptimDefaults, Phase
+
+CD = Phase("cd", "main", backprop=False)
+
+
+@dataclass
+class ContrastiveDivergence:
+    k: int = 1
+    persistent: bool = True
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise ValueError(f"contrastive divergence needs k >= 1 Gibbs sweeps, got {self.k}")
+
+    def configure_optimizers(self, model: nn.Module, defaults: OptimDefaults) -> dict[str, torch.optim.Optimizer]:
+        # Plain SGD with momentum is the RBM literature's optimizer (Hinton 2010, "A practical
+        # guide", §9); weight decay as L2 on the weights, §10.
+        return {"main": torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=defaults.lr,
+                                        momentum=defaults.betas[0], weight_decay=defaults.weight_decay)}
+
+    def phases_at(self, step: int) -> list[Phase]:
+        return [CD]
+
+    def loss(self, model, batch, phase, step):
+        raise TypeError("ContrastiveDivergence has no backprop phases")
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, batch: dict[str, Tensor], phase: Phase, step: int, weight: float) -> dict[str, Tensor]:
+        v_data = batch["x"]
+        start = model.chains if self.persistent else v_data
+        v_model = model.gibbs(start, self.k)
+        if self.persistent:
+            model.chains.copy_(v_model)
+        positive, negative = model.statistics(v_data), model.statistics(v_model)
+        params = dict(model.named_parameters())
+        for name, pos in positive.items():
+            g = -(pos - negative[name]) * weight  # descend -log p
+            p = params[name]
+            p.grad = g.to(p.dtype) if p.grad is None else p.grad + g
+        # The reconstruction error after one sweep: the usual (if imperfect) progress signal.
+        recon = (model.gibbs(v_data, 1) - v_data).pow(2).mean()
+        return {"recon_mse": recon}
+
+    def data_init(self, model: nn.Module, batch: dict[str, Tensor]) -> None:
+        pass
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

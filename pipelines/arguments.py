@@ -1,0 +1,162 @@
+"""The arguments of every genray command, defined once.
+
+`genray <verb>` (pipelines/cli.py) and each job's own entry point (`python -m pipelines.train`,
+`.tune`, `.evaluate`: what `genray submit` runs on a cluster) parse with these definitions, so
+the two forms take the same arguments. Importing this module loads no job.
+
+    add_<verb>(parser)   the verb's arguments, onto a parser or a `genray` subparser
+    <job>_parser()       a job's stand-alone parser: train_parser, tune_parser, eval_parser
+    train_spec(args)     the experiment `genray train` runs: the config with --set, --workers, --gpu
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Callable
+
+from components.data import DATASETS
+from pipelines.console import EXIT_USAGE
+
+# The verbs that are whole jobs, and the module whose main(argv) runs each: `genray <verb>` hands
+# them over, `genray submit` runs `python -m <module>` on the cluster.
+JOBS = {"train": "pipelines.train", "tune": "pipelines.tune", "eval": "pipelines.evaluate"}
+
+# The verbs, with the one line `genray --help` shows for each.
+HELP = {
+    "train": "train a model with Ray Train, tracked in MLflow",
+    "tune": "sweep hyperparameters with Ray Tune; register the best model as champion",
+    "eval": "score a trained model (quality, likelihood, speed) into MLflow",
+    "serve": "serve registered models over HTTP with Ray Serve (gallery at /, API at /v1)",
+    "submit": "run train, tune or eval as a Ray Job on a cluster (Ray Jobs API)",
+    "jobs": "the Ray Jobs on a cluster: list, logs, stop",
+    "data": "built-in datasets",
+    "families": "list model families, their capabilities and configs",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own usage errors also exit 2, in one line
+        self.exit(EXIT_USAGE, f"genray: error: {message}\n")
+
+
+def add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="experiment YAML, e.g. pipelines/configs/vae/vae_digits.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set trainer.lr=3e-4 (repeatable)")
+    p.add_argument("--workers", type=int, help="Ray Train workers (scaling.workers)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker (scaling.gpu)")
+    p.add_argument("--name", help="run name; an existing name continues that run")
+
+
+def add_tune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="sweep YAML (a tune: section), e.g. pipelines/configs/gan/sweep_dcgan_digits.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, tune.* included, e.g. --set tune.num_samples=8 (repeatable)")
+    names = p.add_mutually_exclusive_group()
+    names.add_argument("--name", help="name of a new sweep (default: <config>-<date>-<time>)")
+    names.add_argument("--resume", metavar="NAME", help="continue the interrupted sweep NAME; finished trials are kept")
+
+
+def add_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", metavar="TARGET",
+                   help="runs:/RUN_ID, a run id, models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint directory")
+    p.add_argument("--num-samples", type=int, default=2000, help="samples to generate (default 2000)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="sampling.KEY=VALUE",
+                   help="a sampling setting of the model, e.g. --set sampling.temperature=0.8 (repeatable)")
+    p.add_argument("--workers", type=int, default=2, help="Ray tasks that generate (0: in this process)")
+    p.add_argument("--batch-size", type=int, default=250, help="samples per generation batch")
+    p.add_argument("--reference", choices=["test", "train"], default="test",
+                   help="the real split to compare with; the floor draws from the other one")
+    p.add_argument("--feature-net", default="auto",
+                   help="auto (the dataset's domain classifier, trained once and cached), none, or a classifier directory")
+    p.add_argument("--inception", metavar="FILE",
+                   help="pytorch-fid Inception-v3 weights for FID (default: $GENRAY_INCEPTION_WEIGHTS; never downloaded)")
+    p.add_argument("--likelihood-rows", type=int, default=500, help="reference images scored for bits/dim")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-log", action="store_true", help="print only; write nothing to MLflow")
+
+
+def add_serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", dest="models", action="append", default=[], metavar="NAME",
+                   help="a registered model to serve (repeatable; default: every model with the alias)")
+    p.add_argument("--alias", help="registry alias to serve (default champion; latest: the newest version)")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    p.add_argument("--config", help="serve settings YAML: replicas, autoscaling, batching, limits "
+                                    "(e.g. pipelines/configs/serve/default.yaml)")
+    p.add_argument("--address", help="Ray cluster to run on (default: a local Ray; --reload: auto)")
+    p.add_argument("--reload", action="store_true",
+                   help="resolve the served aliases again and swap in new versions, with no failed requests")
+
+
+def add_submit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="the cluster's Jobs API, e.g. http://127.0.0.1:8265 (default: RAY_ADDRESS)")
+    p.add_argument("job", choices=list(JOBS))
+    p.add_argument("target", metavar="CONFIG", help="the experiment or sweep YAML (eval: the model, e.g. models:/NAME@champion)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (repeatable), as with the local command")
+    p.add_argument("--name", help="submission id (default: Ray's raysubmit_...)")
+    p.add_argument("--pip", action="append", default=[], metavar="REQ",
+                   help="a package the cluster's Python lacks, installed for this job (repeatable)")
+    p.add_argument("--follow", action="store_true", help="stream the logs; exit with the job's status")
+
+
+def add_jobs(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="jobs_command", required=True, parser_class=Parser)
+    for name, text in (("list", "every job, oldest first"), ("logs", "a job's logs"), ("stop", "stop a job")):
+        j = sub.add_parser(name, help=text)
+        if name != "list":
+            j.add_argument("job_id", metavar="ID")
+        if name == "logs":
+            j.add_argument("--follow", action="store_true", help="stream until the job ends; exit with its status")
+        j.add_argument("--address", help="the cluster's Jobs API (default: RAY_ADDRESS, then http://127.0.0.1:8265)")
+
+
+def add_data(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="data_command", required=True, parser_class=Parser)
+    prep = sub.add_parser("prepare", help="write a built-in dataset as Parquet")
+    prep.add_argument("name", choices=sorted(DATASETS))
+    prep.add_argument("--out", type=Path, help="output folder (default: <GENRAY_HOME>/data/NAME-SIZE-seedS)")
+    prep.add_argument("--seed", type=int, default=0)
+    prep.add_argument("--size", choices=["tiny", "full"], default="full")
+
+
+def add_families(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+ADD: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "train": add_train, "tune": add_tune, "eval": add_eval, "serve": add_serve, "submit": add_submit,
+    "jobs": add_jobs, "data": add_data, "families": add_families,
+}
+
+
+def _job_parser(verb: str) -> argparse.ArgumentParser:
+    p = Parser(prog=f"genray {verb}", description=HELP[verb])
+    ADD[verb](p)
+    return p
+
+
+def train_parser() -> argparse.ArgumentParser:
+    return _job_parser("train")
+
+
+def tune_parser() -> argparse.ArgumentParser:
+    return _job_parser("tune")
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    return _job_parser("eval")
+
+
+def train_spec(args: argparse.Namespace):
+    """The ExperimentSpec `genray train` runs: the config file with its --set overrides, and
+    --workers / --gpu as the scaling.* values they stand for."""
+    from pipelines import config
+
+    overrides = list(args.overrides)
+    if args.workers is not None:
+        overrides.append(f"scaling.workers={args.workers}")
+    if args.gpu:
+        overrides.append("scaling.gpu=true")
+    return config.load(args.config, overrides)

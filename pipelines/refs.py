@@ -1,0 +1,41 @@
+"""Model references in a config (`model.autoencoder: models:/shapes-autoencoder@champion`),
+resolved on the driver the same way for every family and every argument typed ModelRef: the
+referenced checkpoint is found (registry, run or directory), and the reference gains that
+model's family, arguments, data description and weights. Builders then receive it through
+components.models.build, which makes the frozen module.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save as save_safetensors
+
+from components import checkpoint
+from components.errors import UserError
+from components.models import FAMILIES
+from components.models.refs import ModelRef, ref_arguments
+from pipelines import tracking
+from pipelines.config import ConfigError
+
+
+def resolve_refs(family: str, args: dict[str, Any], *, uri: str, cache: Path) -> dict[str, Any]:
+    """`args` with every ModelRef argument resolved (weights included)."""
+    out = dict(args)
+    for name in ref_arguments(FAMILIES[family]):
+        if out.get(name) is None:
+            continue
+        ref = ModelRef.parse(out[name])
+        try:
+            ckpt_dir = tracking.resolve_checkpoint(ref.ref, uri, cache)
+        except UserError as e:
+            raise ConfigError(f"model.{name}: {e}") from None
+        ck = checkpoint.load(ckpt_dir, with_optimizer=False)
+        spec = ck.state.get("model", {})
+        if "data" not in spec:
+            raise ConfigError(f"model.{name}: {ref.ref} is a checkpoint from an older genray (no data description); "
+                              "retrain it")
+        weights = ck.ema if ck.ema is not None else ck.model
+        out[name] = ModelRef(ref.ref, spec["family"], spec["args"], spec["data"],
+                             save_safetensors({k: v.contiguous() for k, v in weights.items()}))
+    return out

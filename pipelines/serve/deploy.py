@@ -1,0 +1,154 @@
+"""Putting the app on Ray Serve: build it, run it, reload it, and the builder for Serve config
+files (KubeRay's RayService).
+
+    deploy(spec, uri=..., home=...)     serve.run: the gateway plus one ModelServer per model
+    reload(home=...)                    resolve every served alias again; swap in new versions
+    app_builder(args)                   import_path: pipelines.serve:app_builder
+
+Each model's version travels in its deployment's user_config, which Serve hands to the replica's
+`reconfigure`. `reload` redeploys with `serve.run`, which gives every deployment a new code
+version, so Serve replaces the replicas one by one (a rolling update): each new replica loads its
+version before it takes traffic, and requests wait in Serve's queues rather than fail
+(README_HOTSWAP.txt says why it is not an in-place reconfigure). A Serve config re-applied with
+only `deployments[].user_config` changed does reconfigure in place.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+
+from pipelines.config import ConfigError
+from pipelines.serve.gateway import Gateway
+from pipelines.serve.registry import check_versions, resolve_versions
+from pipelines.serve.replica import ModelServerDeployment
+from pipelines.serve.spec import DEFAULT_APP, ServeSpec
+
+
+def deployment_name(model_name: str) -> str:
+    return "model-" + re.sub(r"[^A-Za-z0-9_-]", "_", model_name)
+
+
+def build_app(spec: ServeSpec, uri: str, home: Path, versions: dict[str, str]):
+    """The gateway bound to one ModelServer per model, each told its version by user_config."""
+    d = spec.deployment
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus},
+        # Room for a full batch queued while one runs (RAY_NOTES: keep it >= max_batch_size).
+        "max_ongoing_requests": d.max_ongoing_requests or max(2 * d.max_batch_size, 8),
+        "health_check_period_s": d.health_check_period_s,
+        # The gateway logs every HTTP request; a second line per request from the model's replica
+        # costs CPU that batching would rather spend on the forward pass.
+        "logging_config": {"enable_access_log": False},
+    }
+    if d.autoscaling is not None:
+        options["autoscaling_config"] = d.autoscaling.model_dump()
+    else:
+        options["num_replicas"] = d.num_replicas
+    batching = {"max_batch_size": d.max_batch_size, "batch_wait_timeout_s": d.batch_wait_timeout_s}
+    limits = spec.limits.model_dump()
+    servers = {
+        name: ModelServerDeployment.options(
+            name=deployment_name(name), user_config={"version": version}, **options,
+        ).bind(name, uri, str(home), limits, batching)
+        for name, version in versions.items()
+    }
+    # The gateway only parses, checks and forwards: Serve's default of 5 requests in flight per
+    # replica would cap every model's batches at 5.
+    return Gateway.options(max_ongoing_requests=d.gateway_max_ongoing_requests).bind(servers, limits)
+
+
+# ------------------------------------------------------------------------------- deploy and reload
+
+
+def state_file(home: Path, app_name: str) -> Path:
+    return home / "serve" / f"{app_name}.json"
+
+
+@dataclass
+class Deployed:
+    url: str
+    versions: dict[str, str]
+    spec: ServeSpec
+
+
+def deploy(spec: ServeSpec, *, uri: str, home: Path, versions: dict[str, str] | None = None,
+           checked: bool = False) -> Deployed:
+    """Start Serve's HTTP proxy on spec.host:spec.port and run the app. Ray must be initialised.
+    `checked=True`: the caller ran check_versions on `versions` already. Writes what was deployed
+    to <home>/serve/<app>.json, which --reload reads."""
+    versions = versions or resolve_versions(uri, spec.models, spec.alias)
+    if not checked:
+        check_versions(uri, home, versions)
+    serve.start(http_options={"host": spec.host, "port": spec.port})
+    serve.run(build_app(spec, uri, home, versions), name=spec.app_name, route_prefix="/", blocking=False)
+    path = state_file(home, spec.app_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"spec": spec.model_dump(), "uri": uri, "versions": versions}, indent=2))
+    host = "127.0.0.1" if spec.host in ("0.0.0.0", "::") else spec.host
+    return Deployed(f"http://{host}:{spec.port}", versions, spec)
+
+
+def reload(*, home: Path, app_name: str = DEFAULT_APP) -> dict[str, tuple[str, str]]:
+    """Resolve every served model's alias again and redeploy with the versions it names now.
+    Returns {name: (old version, new version)}."""
+    path = state_file(home, app_name)
+    if not path.is_file():
+        raise ConfigError(f"nothing to reload: {path} does not exist (is `genray serve` running with this GENRAY_HOME?)")
+    saved = json.loads(path.read_text())
+    spec = ServeSpec.model_validate(saved["spec"])
+    old = saved["versions"]
+    new = resolve_versions(saved["uri"], list(old), spec.alias)
+    check_versions(saved["uri"], home, {k: v for k, v in new.items() if v != old.get(k)})
+    serve.run(build_app(spec, saved["uri"], home, new), name=spec.app_name, route_prefix="/", blocking=False)
+    path.write_text(json.dumps({**saved, "versions": new}, indent=2))
+    return {name: (old.get(name, "-"), new[name]) for name in new}
+
+
+def app_builder(args: dict[str, Any]):
+    """The app for Serve's config files (`serve run`, `serve deploy`, KubeRay's RayService):
+
+        import_path: pipelines.serve:app_builder
+        args: {models: [vae-digits], alias: champion, deployment: {...}, limits: {...}}
+
+    The registry is MLFLOW_TRACKING_URI (else GENRAY_HOME's SQLite store); aliases are resolved
+    when the app is built, which Serve does again only when import_path or args change (and then
+    it replaces the replicas). To swap a version in place, re-apply the config with
+    `deployments: [{name: model-NAME, user_config: {version: "N"}}]`: Serve calls the running
+    replicas' `reconfigure`."""
+    from pipelines import tracking
+    from pipelines.env import project_home
+
+    spec = ServeSpec.model_validate({k: v for k, v in (args or {}).items() if k not in ("host", "port")})
+    home = project_home()
+    uri = tracking.tracking_uri(home)
+    return build_app(spec, uri, home, resolve_versions(uri, spec.models, spec.alias))
+
+
+# ---------------------------------------------------------------------------------- for the console
+
+
+def wait_until_ready(url: str, timeout_s: float = 120.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url}/healthz did not answer 200 within {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
+def curl_example(url: str, info: dict[str, Any] | None) -> str:
+    name = info["name"] if info else "MODEL"
+    return (f"curl -s -X POST {url}/v1/models/{name}/sample -H 'Content-Type: application/json' "
+            f"-H 'Accept: image/png' -d '{{\"n\": 16, \"seed\": 0}}' -o samples.png")

@@ -1,0 +1,261 @@
+"""The HTTP front door: one FastAPI ingress (`Gateway`) that checks request bodies, forwards
+them to each model's ModelServer and turns what comes back into HTTP.
+
+    GET  /                              the gallery: pick a model, set its parameters, see samples
+    GET  /healthz                       200 when every model is loaded
+    GET  /v1/models                     name, family, capabilities, parameters, defaults, version
+    GET  /v1/models/{name}
+    POST /v1/models/{name}/sample       n, seed, class_label or prompt, the model's settings, format
+    POST /v1/models/{name}/encode       images -> latents          (capability "encode")
+    POST /v1/models/{name}/decode       latents -> images          (capability "decode")
+    POST /v1/models/{name}/interpolate  two images -> a path       (encode and decode)
+    POST /v1/models/{name}/log_prob     images -> nats, bits/dim   (capability "log_prob")
+    GET  /docs, /openapi.json
+
+Statuses: 404 for a model or route that is not there; 422 naming the field for a body that does
+not fit the model or a limit; 413 for a body over limits.max_body_bytes; 503 past
+limits.request_timeout_s. Anything else that goes wrong is a bug: a 500 with a short JSON body,
+its traceback in the gateway's log (logger "ray.serve", so it lands in the replica's Serve log).
+
+The FastAPI app is built per replica, after the constructor (`__serve_build_asgi_app__`, see
+`serve.ingress`), so its routes and body limit read this deployment's own handles and limits.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from ray import serve
+
+from pipelines.serve.schemas import (
+    DecodeRequest,
+    EncodeResponse,
+    ErrorResponse,
+    ImagesOut,
+    ImagesRequest,
+    InterpolateRequest,
+    InterpolateResponse,
+    LogProbResponse,
+    SampleRequest,
+    SampleResponse,
+)
+from pipelines.serve.spec import Limits
+
+WEB_PAGE = Path(__file__).parent.parent / "web" / "index.html"
+VERSION_HEADER = "X-Genray-Model-Version"
+
+logger = logging.getLogger("ray.serve")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.ingress()
+class Gateway:
+    """Routes requests to the models' deployments. `models`: name -> DeploymentHandle of that
+    model's ModelServer; `limits`: the serve spec's Limits."""
+
+    def __init__(self, models: dict[str, Any], limits: dict[str, Any]):
+        self.models = models
+        self.limits = Limits.model_validate(limits)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return build_fastapi(self)
+
+    async def call(self, name: str, method: str, body: dict[str, Any], **kwargs: Any):
+        """The model's answer as a dict, or the HTTP error response that replaces it."""
+        handle = self.models.get(name)
+        if handle is None:
+            return not_found(name, sorted(self.models))
+        try:
+            result = await asyncio.wait_for(getattr(handle, method).remote(body, **kwargs),
+                                            self.limits.request_timeout_s)
+        except asyncio.TimeoutError:
+            return error_response(503, "timeout", f"{name} took over {self.limits.request_timeout_s:g} s "
+                                                  "(limits.request_timeout_s); ask for fewer samples or steps, or retry")
+        if "error" in result:
+            err = result["error"]
+            return JSONResponse(status_code=err["status"], content={"detail": err["detail"]})
+        return result
+
+    async def versioned(self, name: str, method: str, body: dict[str, Any]):
+        result = await self.call(name, method, body)
+        if not isinstance(result, dict):
+            return result
+        return JSONResponse(content=result, headers={VERSION_HEADER: result["version"]})
+
+
+# ------------------------------------------------------------------------------------------ routes
+
+ERRORS = {404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
+
+
+def build_fastapi(gateway: Gateway) -> FastAPI:
+    app = FastAPI(
+        title="genray",
+        version="1",
+        description="Generative models trained with genray, served by Ray Serve. "
+                    "GET /v1/models lists each model's routes and parameters.",
+    )
+
+    @app.get("/healthz")
+    async def healthz():
+        versions = {}
+        for name, handle in gateway.models.items():
+            try:
+                versions[name] = (await asyncio.wait_for(handle.stats.remote(), 10))["version"]
+            except Exception as e:  # noqa: BLE001 (health is a report, not a request)
+                return JSONResponse(status_code=503, content={"status": "unhealthy", "model": name, "error": str(e)})
+        return {"status": "ok", "models": versions}
+
+    @app.get("/v1/models")
+    async def list_models():
+        infos = await asyncio.gather(*(h.describe.remote() for h in gateway.models.values()))
+        return {"models": list(infos)}
+
+    @app.get("/v1/models/{name}", responses={404: {"model": ErrorResponse}})
+    async def get_model(name: str):
+        if name not in gateway.models:
+            return not_found(name, sorted(gateway.models))
+        return await gateway.models[name].describe.remote()
+
+    @app.get("/v1/models/{name}/stats", include_in_schema=False)
+    async def model_stats(name: str):
+        if name not in gateway.models:
+            return not_found(name, sorted(gateway.models))
+        return await gateway.models[name].stats.remote()
+
+    @app.post("/v1/models/{name}/sample", responses={
+        200: {"model": SampleResponse, "content": {"image/png": {}},
+              "description": "JSON, or a PNG grid with Accept: image/png"}, **ERRORS})
+    async def sample(name: str, body: SampleRequest, request: Request):
+        wants_png = "image/png" in request.headers.get("accept", "")
+        result = await gateway.call(name, "sample", body.model_dump(), grid=wants_png)
+        if not isinstance(result, dict):
+            return result
+        headers = {VERSION_HEADER: result["version"]}
+        if wants_png:
+            return Response(content=result["grid"], media_type="image/png", headers=headers)
+        return JSONResponse(content=result, headers=headers)
+
+    @app.post("/v1/models/{name}/encode", responses={200: {"model": EncodeResponse}, **ERRORS})
+    async def encode(name: str, body: ImagesRequest):
+        return await gateway.versioned(name, "encode", body.model_dump())
+
+    @app.post("/v1/models/{name}/decode", responses={200: {"model": ImagesOut}, **ERRORS})
+    async def decode(name: str, body: DecodeRequest):
+        return await gateway.versioned(name, "decode", body.model_dump())
+
+    @app.post("/v1/models/{name}/interpolate", responses={200: {"model": InterpolateResponse}, **ERRORS})
+    async def interpolate(name: str, body: InterpolateRequest):
+        return await gateway.versioned(name, "interpolate", body.model_dump())
+
+    @app.post("/v1/models/{name}/log_prob", responses={200: {"model": LogProbResponse}, **ERRORS})
+    async def log_prob(name: str, body: ImagesRequest):
+        return await gateway.versioned(name, "log_prob", body.model_dump())
+
+    @app.get("/", include_in_schema=False)
+    async def gallery():
+        return HTMLResponse(WEB_PAGE.read_text())
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request, exc: RequestValidationError):
+        # FastAPI's own 422 echoes the input, which may hold NaN or Infinity (Python's JSON parser
+        # accepts them) that its JSON response cannot encode: a 500. Location, message and type
+        # are what a client needs.
+        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in exc.errors()]
+        return JSONResponse(status_code=422, content={"detail": detail})
+
+    # Added last, so outermost: a bug anywhere below, the body limit included, is a logged 500.
+    app.add_middleware(BodyLimit, limit=gateway.limits.max_body_bytes)
+    app.add_middleware(InternalErrors)
+    return app
+
+
+def not_found(name: str, served: list[str]) -> JSONResponse:
+    return JSONResponse(status_code=404, content={"detail": [{
+        "loc": ["path", "name"], "type": "not_found",
+        "msg": f"no model {name!r} is served; served: {', '.join(served) or 'none'}"}]})
+
+
+def error_response(status: int, kind: str, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"detail": [{"loc": ["body"], "type": kind, "msg": message}]})
+
+
+# -------------------------------------------------------------------------------------- middleware
+
+
+class InternalErrors:
+    """Any exception a route lets through is a bug: log it with its traceback (a model
+    replica's traceback travels inside the RayTaskError) and answer a short 500."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.inner(scope, receive, send)
+        started = False
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.inner(scope, receive, tracking_send)
+        except Exception:
+            logger.exception("%s %s failed", scope.get("method"), scope.get("path"))
+            if started:  # the status line is out: nothing left to answer with
+                raise
+            await JSONResponse(status_code=500, content={"detail": [{
+                "loc": [], "type": "internal_error",
+                "msg": "internal server error; the server's log has the traceback"}]})(scope, receive, send)
+
+
+class BodyLimit:
+    """413 for a body over `limit` bytes (limits.max_body_bytes), declared or streamed."""
+
+    def __init__(self, inner, limit: int):
+        self.inner = inner
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.inner(scope, receive, send)
+        limit = self.limit
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        too_big = error_response(413, "too_large", f"request body is over {limit} bytes (limits.max_body_bytes)")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await too_big(scope, receive, send)
+        seen = 0
+        started = False
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.inner(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await too_big(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass

@@ -1,0 +1,376 @@
+"""The wire format of the HTTP API: request and response bodies, errors, and a model's own
+sampling request, read from the settings the model declares.
+
+    POST /v1/models/{name}/sample   {"n": 4, "seed": 0, "class_label": 3, "<setting>": ..., "format": "png"}
+
+n, seed, format and the condition (class_label or prompt, as `model.conditioning` says) are
+every model's; the other fields are the model's sampling settings (`model.sampling_settings`, a
+pydantic model: components/models/protocol.py), validated by it with the checkpoint's sampling
+defaults in between. What a sample call may cost is the model's own count
+(`model.sampling_cost`), held to limits.max_steps. Serve names no setting of any family.
+
+Errors look like FastAPI's own 422: {"detail": [{"loc": ["body", FIELD], "msg": ..., "type": ...}]}.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import math
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
+
+from components.data.images import normalize_images, quantize
+from components.errors import UserError
+from components.models.protocol import settings_for
+from pipelines.serve.spec import Limits
+
+# The field that carries a model's condition, by `model.conditioning`.
+CONDITION_FIELDS = {"class": "class_label", "text": "prompt"}
+
+
+# ----------------------------------------------------------------------------------- request bodies
+
+
+class SampleRequest(BaseModel):
+    """n, seed, format and the condition; every other field is one of the model's sampling
+    settings (GET /v1/models/{name} lists them with their ranges and defaults). A field the model
+    does not take is refused (422 naming it); null means the model's default."""
+
+    model_config = ConfigDict(extra="allow")
+    n: int = Field(4, ge=1, description="samples to draw (at most limits.max_n)")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="same seed, same images")
+    class_label: int | list[int] | None = Field(
+        None, description="class-conditional models: one label for all, or one per sample")
+    prompt: str | None = Field(None, description="text-conditional models")
+    format: Literal["png", "array"] = Field("png", description="base64 PNGs, or float arrays in [-1, 1]")
+
+
+class ImagesRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    images: list[str] | None = Field(None, min_length=1, description="base64 PNGs of the model's size")
+    arrays: list[list[list[list[FiniteFloat]]]] | None = Field(None, min_length=1, description="(B, C, H, W) in [-1, 1]")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="seed of the likelihood estimator's noise")
+
+
+class DecodeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    latents: list[list[FiniteFloat]] = Field(min_length=1, description="flat latent vectors, as /encode returns them")
+    format: Literal["png", "array"] = "png"
+
+
+class InterpolateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    a: str = Field(description="base64 PNG: the path starts here")
+    b: str = Field(description="base64 PNG: the path ends here")
+    steps: int = Field(8, ge=2, description="images on the path, both ends included")
+    method: Literal["linear", "slerp"] = "linear"
+    format: Literal["png", "array"] = "png"
+
+
+# ---------------------------------------------------------------------------------- response bodies
+
+
+class Served(BaseModel):
+    model: str
+    version: str = Field(description="the registered version that answered (also the X-Genray-Model-Version header)")
+
+
+class ImagesOut(Served):
+    images: list[str] | None = Field(None, description="base64 PNGs (format png)")
+    arrays: list[Any] | None = Field(None, description="(B, C, H, W) floats in [-1, 1] (format array)")
+
+
+class SampleResponse(ImagesOut):
+    family: str
+    n: int
+    seed: int
+    settings: dict[str, Any] = Field(description="the sampling settings used, defaults filled in")
+    batch_requests: int = Field(description="requests that shared this forward pass")
+
+
+class InterpolateResponse(ImagesOut):
+    method: str
+
+
+class EncodeResponse(Served):
+    latent_shape: list[int]
+    latents: list[list[float]]
+
+
+class LogProbResponse(Served):
+    kind: str = Field(description="exact, bound or estimate")
+    neg_log_prob_nats: list[float]
+    bits_per_dim: list[float]
+    note: str
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    detail: list[ErrorDetail]
+
+
+class RequestError(UserError):
+    """A request the model cannot honour: HTTP `status` with a FastAPI-shaped detail."""
+
+    def __init__(self, field: str | None, message: str, status: int = 422, *, loc: list[str] | None = None,
+                 **extra: Any):
+        super().__init__(message)
+        self.status = status
+        loc = loc or (["body", field] if field else ["body"])
+        self.detail = [{"loc": loc, "msg": message, "type": "value_error", **extra}]
+
+    @classmethod
+    def from_validation(cls, e: ValidationError) -> RequestError:
+        """A pydantic error of the model's settings, every field it names under "body" (the
+        input itself is left out: it may hold values JSON cannot encode)."""
+        err = cls(None, str(e))
+        err.detail = [{"loc": ["body", *d["loc"]], "msg": d["msg"], "type": d["type"]} for d in e.errors()]
+        return err
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": {"status": self.status, "detail": self.detail}}
+
+
+def error_body(e: UserError) -> dict[str, Any]:
+    """What a replica returns for a user's mistake: the gateway answers it as an HTTP error."""
+    if isinstance(e, RequestError):
+        return e.to_dict()
+    return RequestError(None, str(e)).to_dict()
+
+
+# ------------------------------------------------------------------ a model's own sampling request
+
+
+def sample_parameters(model, defaults: dict[str, Any], limits: Limits) -> dict[str, dict[str, Any]]:
+    """What a sample request to this model may hold, for GET /v1/models: n, seed, the condition
+    the model takes, then its sampling settings as its settings schema describes them (type,
+    min, max, choices, default, description), `defaults` being the settings a request without
+    them gets. An integer setting whose cost grows with it gets the largest value that fits
+    limits.max_steps as its max."""
+    params: dict[str, dict[str, Any]] = {
+        "n": {"type": "integer", "min": 1, "max": limits.max_n, "default": 4},
+        "seed": {"type": "integer", "min": 0, "default": 0},
+    }
+    if model.conditioning == "class":
+        params["class_label"] = {"type": "integer", "min": 0, "max": model.num_classes - 1, "default": None,
+                                 "description": "one label for all samples, or one per sample; none: labels cycle"}
+    elif model.conditioning == "text":
+        params["prompt"] = {"type": "string", "max_length": limits.max_prompt_chars, "default": None}
+    schema = model.sampling_settings.model_json_schema()
+    defs = schema.get("$defs", {})
+    for name, prop in schema.get("properties", {}).items():
+        param = {**describe_field(prop, defs), "default": defaults.get(name)}
+        if param["type"] == "integer":
+            top = _max_within_cost(model, name, param.get("min", 0), param.get("max"), defaults, limits.max_steps)
+            if top is not None:
+                param["max"] = top
+        params[name] = param
+    return params
+
+
+def describe_field(prop: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """One property of a JSON schema (as pydantic writes it) -> {type, min, max, choices,
+    max_length, nullable, description}, the keys that apply."""
+    prop = _resolve(prop, defs)
+    out: dict[str, Any] = {}
+    if "anyOf" in prop:  # Optional[X], or a union
+        options = [_resolve(p, defs) for p in prop["anyOf"]]
+        if any(p.get("type") == "null" for p in options):
+            out["nullable"] = True
+        options = [p for p in options if p.get("type") != "null"]
+        if len(options) == 1:
+            prop = {**options[0], **{k: v for k, v in prop.items() if k != "anyOf"}}
+        else:
+            out["type"] = [p.get("type", "any") for p in options]
+    if "enum" in prop or "const" in prop:
+        out["choices"] = list(prop["enum"]) if "enum" in prop else [prop["const"]]
+    out.setdefault("type", prop.get("type", "string" if "choices" in out else "any"))
+    for key, name in (("minimum", "min"), ("maximum", "max"), ("exclusiveMinimum", "min"),
+                      ("exclusiveMaximum", "max"), ("maxLength", "max_length")):
+        if key in prop:
+            out[name] = prop[key]
+            if key.startswith("exclusive"):
+                out[f"exclusive_{name}"] = True
+    if prop.get("description"):
+        out["description"] = prop["description"]
+    return out
+
+
+def _resolve(prop: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    ref = prop.get("$ref")
+    if ref is None:
+        return prop
+    return {**defs.get(ref.rsplit("/", 1)[-1], {}), **{k: v for k, v in prop.items() if k != "$ref"}}
+
+
+def _max_within_cost(model, name: str, low: int, high: int | None, defaults: dict[str, Any], limit: int) -> int | None:
+    """The largest value of integer setting NAME in [low, high] whose sampling cost, the other
+    settings at their defaults, is at most `limit`; None when the cost does not grow with NAME
+    within its range (or no value fits, which each request then hears about)."""
+
+    def fits(value: int) -> bool:
+        try:
+            return model.sampling_cost(settings_for(model, {name: value}, defaults)) <= limit
+        except ValidationError:  # a value its own validators refuse with the other settings
+            return False
+
+    high = high if high is not None else low + 2**20
+    if not fits(low) or fits(high):
+        return None
+    while high - low > 1:  # fits(low), not fits(high); the cost grows with the value
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    return low
+
+
+def parse_sample(req: dict[str, Any], loaded, limits: Limits) -> dict[str, Any]:
+    """A /sample body (SampleRequest's fields plus the model's settings) -> a sampling job
+    {n, seed, settings, conditions}: settings validated by the model's settings schema over the
+    checkpoint's defaults, conditions as `model.sample` takes them. Raises RequestError naming
+    the first field that does not fit this model."""
+    model = loaded.model
+    n = req["n"]
+    if n > limits.max_n:
+        raise RequestError("n", f"n is {n}; at most {limits.max_n} samples per request (limits.max_n)")
+    condition = CONDITION_FIELDS.get(model.conditioning)
+    setting_names = list(model.sampling_settings.model_fields)
+    given = {k: v for k, v in req.items() if v is not None and k not in ("n", "seed", "format")}
+    for k in given:
+        if k != condition and k not in setting_names:
+            takes = ([condition] if condition else []) + setting_names
+            raise RequestError(k, f"{loaded.name} ({loaded.family}) does not take {k}; it takes "
+                                  f"{', '.join(takes) or 'only n, seed and format'}")
+    conditions = _conditions(req, model, limits)
+    settings_given = {k: v for k, v in given.items() if k != condition}
+    for k, v in settings_given.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise RequestError(k, f"{k} must be a finite number")
+    try:
+        settings = settings_for(model, settings_given, loaded.sampling_defaults)
+    except ValidationError as e:
+        raise RequestError.from_validation(e) from None
+    cost = model.sampling_cost(settings)
+    if cost > limits.max_steps:
+        field = _costly_field(model, settings_given, loaded.sampling_defaults, limits.max_steps)
+        what = f"{field}={settings_given[field]!r}" if field else "this model's default settings"
+        raise RequestError(field, f"{what}: one sample call would make {cost} network evaluations; at most "
+                                  f"{limits.max_steps} (limits.max_steps): ask for fewer steps")
+    return {"n": n, "seed": req["seed"], "settings": settings.model_dump(), "conditions": conditions}
+
+
+def _conditions(req: dict[str, Any], model, limits: Limits) -> dict[str, Any]:
+    """class_label or prompt -> the `y` labels or `prompt` strings of `model.sample`, one per sample."""
+    n, conditions = req["n"], {}
+    label = req.get("class_label")
+    if label is not None:
+        labels = [label] * n if isinstance(label, int) else list(label)
+        if len(labels) != n:
+            raise RequestError("class_label", f"{len(labels)} labels for n={n} samples; give one, or one per sample")
+        top = model.num_classes - 1
+        bad = [v for v in labels if not 0 <= v <= top]
+        if bad:
+            raise RequestError("class_label", f"label {bad[0]} is out of range; this model's classes are 0..{top}")
+        conditions["y"] = labels
+    prompt = req.get("prompt")
+    if prompt is not None:
+        if len(prompt) > limits.max_prompt_chars:
+            raise RequestError("prompt", f"prompt has {len(prompt)} characters; at most "
+                                         f"{limits.max_prompt_chars} (limits.max_prompt_chars)")
+        conditions["prompt"] = [prompt] * n
+    return conditions
+
+
+def _costly_field(model, given: dict[str, Any], defaults: dict[str, Any], limit: int) -> str | None:
+    """The first setting of a request that alone, over the defaults, costs more than the limit;
+    else the first it gave (a combination over the limit); None if it gave none."""
+    for k, v in given.items():
+        try:
+            if model.sampling_cost(settings_for(model, {k: v}, defaults)) > limit:
+                return k
+        except ValidationError:
+            continue
+    return next(iter(given), None)
+
+
+def settings_key(settings: dict[str, Any]) -> str:
+    """Requests with equal keys can share one `model.sample` call."""
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
+# ------------------------------------------------------------------------------------ images in, out
+
+
+def png_bytes(u8: np.ndarray) -> bytes:
+    """(H, W, C) uint8 -> PNG bytes (grey for C = 1)."""
+    from PIL import Image
+
+    array = u8[..., 0] if u8.shape[-1] == 1 else u8
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode_png(data: str, field: str, shape: tuple[int, int, int]) -> np.ndarray:
+    """A base64 PNG of the model's size -> (C, H, W) float32 in [-1, 1]. Anything else is a
+    RequestError naming the field; the header is checked before any pixel is decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    c, h, w = shape
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(field, "not base64") from None
+    try:
+        img = Image.open(io.BytesIO(raw), formats=["PNG"])
+        if img.size != (w, h):
+            raise RequestError(field, f"image is {img.size[0]}x{img.size[1]}; this model takes {w}x{h}")
+        img = img.convert("L" if c == 1 else "RGB")
+        array = np.asarray(img, dtype=np.uint8)
+    except RequestError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        # Pillow's ways of saying "these bytes are not a PNG it can read".
+        raise RequestError(field, f"not a PNG image ({type(e).__name__})") from None
+    array = array[..., None] if array.ndim == 2 else array
+    return normalize_images(np.moveaxis(array, -1, 0))
+
+
+def decode_images(req: dict[str, Any], shape: tuple[int, int, int], limits: Limits) -> np.ndarray:
+    """The images of an ImagesRequest (base64 PNGs or float arrays) -> (B, C, H, W) float32 in
+    [-1, 1] on the 8-bit grid, as the model was trained and as likelihoods are defined."""
+    images, arrays = req.get("images"), req.get("arrays")
+    if (images is None) == (arrays is None):
+        raise RequestError("images", "give images (base64 PNGs) or arrays ((B, C, H, W) in [-1, 1]), one of them")
+    field = "images" if images is not None else "arrays"
+    items = images if images is not None else arrays
+    if len(items) > limits.max_images:
+        raise RequestError(field, f"{len(items)} images; at most {limits.max_images} (limits.max_images)")
+    if images is not None:
+        return np.stack([decode_png(s, f"images[{i}]", shape) for i, s in enumerate(images)])
+    try:
+        x = np.asarray(arrays, dtype=np.float32)
+    except ValueError:  # numpy's word for ragged nesting
+        x = None
+    if x is None or x.shape[1:] != shape:
+        got = list(x.shape[1:]) if x is not None else "ragged"
+        raise RequestError("arrays", f"arrays must be (B, {', '.join(map(str, shape))}); got {got}")
+    if x.min() < -1 or x.max() > 1:
+        raise RequestError("arrays", "pixel values must lie in [-1, 1]")
+    return normalize_images(quantize(x))
+
+
+def images_payload(u8: np.ndarray, floats, fmt: str) -> dict[str, Any]:
+    """Images for a response: base64 PNGs of the uint8 (B, H, W, C), or the floats as arrays."""
+    if fmt == "array":
+        return {"arrays": np.asarray(floats, dtype=np.float64).round(6).tolist()}
+    return {"images": [base64.b64encode(png_bytes(im)).decode() for im in u8]}

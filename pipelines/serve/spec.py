@@ -1,0 +1,78 @@
+"""What `genray serve` runs: the serve settings (ServeSpec), the per-request limits, and the serve
+config file that sets them.
+
+    genray serve --config pipelines/configs/serve/default.yaml
+
+Every key is optional; the file documents the defaults. Command-line flags (--model, --alias,
+--host, --port) win over the file.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipelines.config import ConfigError, read_yaml
+
+DEFAULT_APP = "genray"
+
+
+class Limits(BaseModel):
+    """What one request may ask for. Over a limit: 422 naming the field (413 for the body)."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_n: int = Field(16, ge=1, le=1024)
+    # Network evaluations one sample call may make, as the model counts them
+    # (model.sampling_cost): an iterative sampler's steps, 1 for a one-shot generator.
+    max_steps: int = Field(100, ge=1, le=10_000)
+    max_images: int = Field(16, ge=1, le=1024)  # images or latents in one encode/decode/log_prob
+    max_interpolation_steps: int = Field(16, ge=2, le=256)
+    max_prompt_chars: int = Field(256, ge=1, le=10_000)
+    max_body_bytes: int = Field(2_000_000, ge=1_000)
+    request_timeout_s: float = Field(60.0, gt=0)
+
+
+class Autoscaling(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(8.0, gt=0)
+
+
+class DeploymentSpec(BaseModel):
+    """How each model's deployment runs: replicas (fixed or autoscaled), batching, resources."""
+
+    model_config = ConfigDict(extra="forbid")
+    num_replicas: int = Field(1, ge=1)
+    autoscaling: Autoscaling | None = None
+    max_batch_size: int = Field(16, ge=1, le=1024)
+    max_ongoing_requests: int | None = Field(None, ge=1)  # per replica; default 2 x max_batch_size, at least 8
+    batch_wait_timeout_s: float = Field(0.01, ge=0, le=10)
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    health_check_period_s: float = Field(10.0, gt=0)
+    gateway_max_ongoing_requests: int = Field(1000, ge=1)  # requests the ingress holds at once
+
+
+class ServeSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    app_name: str = DEFAULT_APP
+    host: str = "127.0.0.1"  # loopback unless told otherwise
+    port: int = Field(8000, ge=0, le=65535)
+    alias: str = "champion"  # or "latest": the newest version
+    models: list[str] = Field(default_factory=list)  # empty: every registered model with the alias
+    deployment: DeploymentSpec = Field(default_factory=DeploymentSpec)
+    limits: Limits = Field(default_factory=Limits)
+
+
+def load_spec(path: str | None, overrides: dict[str, Any]) -> ServeSpec:
+    """The serve config file (YAML, optional) with command-line values on top. A bad value is a
+    ConfigError naming the file and the key."""
+    raw: dict[str, Any] = dict((read_yaml(path) if path else {}) or {})
+    raw.update({k: v for k, v in overrides.items() if v not in (None, [])})
+    try:
+        return ServeSpec.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{path or 'serve settings'}: {where}: {err['msg']}") from None

@@ -1,0 +1,227 @@
+"""The per-worker training loop that Ray Train runs: data shard in, engine steps, metrics and
+sample grids to MLflow (rank 0), checkpoints out. It knows a model only through the Protocol
+(components/models/protocol.py) and its recipe only through the engine
+(components/training/engine.py); it never names a family.
+
+    setup     build the model (components.models.build), the engine, resume from the latest
+              checkpoint Ray Train hands back
+    loop      a fresh run's first batch initialises data-dependent parameters; then per batch:
+              reseed, engine.train_step, log every log_every, eval every eval_every (rank 0),
+              checkpoint every checkpoint_every (every rank reports)
+    teardown  the last metrics, returned to the driver
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from components import checkpoint
+from components.data import DatasetInfo, image_grid, normalize_images
+from components.models import build
+from components.training import Engine, OptimDefaults, StepSettings, step_seed
+from pipelines import tracking
+from pipelines.config import ExperimentSpec
+from pipelines.data import read_decoded
+from pipelines.quality import QualityProbe
+
+
+def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
+    import ray.train
+    import ray.train.torch
+
+    # ------------------------------------------------------------------------- setup
+    spec = ExperimentSpec.model_validate(cfg["spec"])
+    t = spec.trainer
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    use_bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
+    data = DatasetInfo.from_json(cfg["data"])
+
+    torch.manual_seed(t.seed)  # the same initial weights on every rank (the engine broadcasts rank 0's too)
+    model = build(spec.model.family, cfg["model_args"], data).to(device)
+    engine = Engine(model, defaults=OptimDefaults(t.lr, tuple(t.betas), t.weight_decay),
+                    settings=StepSettings(max_steps=t.max_steps, grad_accum=t.grad_accum, grad_clip=t.grad_clip,
+                                          warmup_steps=t.warmup_steps, min_lr_ratio=t.min_lr_ratio,
+                                          ema_decay=t.ema_decay, bf16=use_bf16))
+    epoch = 0
+    # After a restart or a rerun: the latest reported checkpoint (Ray Train), or in local mode,
+    # which keeps no checkpoints of its own, the latest one this loop wrote itself.
+    local_dir = Path(cfg["local_checkpoints"]) if cfg.get("local_checkpoints") else None
+    resumed = ray.train.get_checkpoint() or (_latest_local(local_dir) if local_dir else None)
+    if resumed is not None:
+        with resumed.as_directory() as d:
+            ck = checkpoint.load(d, map_location=device)
+        model.load_state_dict(ck.model)
+        engine.load_state_dict(ck.optimizer, step=ck.state["step"], ema=ck.ema)
+        epoch = ck.state["epoch"]
+        if rank == 0:
+            say(f"[{cfg['name']}] resumed from step {engine.step} (epoch {epoch})")
+
+    logger = tracking.RunLogger(cfg["uri"], cfg["run_id"]) if rank == 0 else None
+    if logger is not None:
+        logger.metrics({"resumed_from_step": engine.step}, step=engine.step)
+    quality = QualityProbe(cfg["quality"], t.quality_samples, t.seed) if rank == 0 and cfg.get("quality") else None
+
+    per_worker = t.batch_size // world
+    train_shard = ray.train.get_dataset_shard("train")
+    held_out: list[dict[str, torch.Tensor]] = []
+    last_eval: dict[str, float] = {}
+    sums: dict[str, float] = {}  # train logs summed over summed_steps steps, for the next log line
+    summed_steps = 0
+    window_start, window_steps = time.perf_counter(), 0
+    data_wait = 0.0  # seconds this window spent waiting for the next batch
+
+    def evaluate() -> dict[str, float]:
+        """Rank 0: held-out scores on a fixed set of test batches, the model's sample grids, and
+        the cheap quality metrics on fresh samples."""
+        if not held_out:
+            held_out.extend(_held_out_batches(cfg["test"], per_worker, t.eval_batches, device))
+        net = engine.ema.model if engine.ema is not None else model
+        net.eval()
+        gen = torch.Generator().manual_seed(t.seed)
+        totals: dict[str, float] = {}
+        with engine.autocast():
+            for b in held_out:
+                for k, v in net.evaluate(b, generator=gen).items():
+                    totals[k] = totals.get(k, 0.0) + float(v) / len(held_out)
+            grids = net.eval_samples(t.num_samples, generator_seed=t.seed, batch=held_out[0])
+            if quality is not None:
+                totals.update(quality.score(net))
+        model.train()
+        for key, samples in grids.items():
+            logger.image(image_grid(samples.float().cpu()), f"samples/step_{engine.step:06d}{'_' + key if key else ''}.png")
+        scores = {f"eval/{k}": v for k, v in totals.items()}
+        logger.metrics(scores, step=engine.step)
+        return scores
+
+    def save_and_report() -> None:
+        metrics = {"step": engine.step, "epoch": epoch, **last_eval}
+        if rank != 0:
+            ray.train.report(metrics, checkpoint=None)  # every rank reports, or the group hangs
+            return
+        d = tempfile.mkdtemp(prefix="genray-ckpt-") if local_dir is None else str(local_dir / f"checkpoint_{engine.step:06d}")
+        try:
+            checkpoint.save(d, checkpoint.Checkpoint(
+                model=model.state_dict(),
+                ema=engine.ema.model.state_dict() if engine.ema is not None else None,
+                optimizer=engine.state_dict(),
+                state={
+                    "step": engine.step,
+                    "epoch": epoch,
+                    "rng": checkpoint.get_rng_state(),
+                    "run_name": cfg["name"],
+                    "mlflow_run_id": cfg["run_id"],
+                    "config": cfg["spec"],
+                    "model": checkpoint.model_state(spec.model.family, cfg["model_args"], data),
+                },
+            ))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        finally:
+            if local_dir is None:
+                shutil.rmtree(d, ignore_errors=True)
+            else:  # local mode keeps what it wrote, num_to_keep of them
+                for old in sorted(local_dir.glob("checkpoint_*"))[: -t.num_to_keep]:
+                    shutil.rmtree(old, ignore_errors=True)
+
+    # ------------------------------------------------------------------------- loop
+    model.train()
+    while engine.step < t.max_steps:
+        batches = train_shard.iter_torch_batches(
+            batch_size=per_worker,
+            drop_last=True,
+            device=device,
+            local_shuffle_buffer_size=4 * per_worker if cfg["local_shuffle"] else None,
+            local_shuffle_seed=step_seed(t.seed, rank, epoch) if cfg["local_shuffle"] else None,
+        )
+        fetch_start = time.perf_counter()
+        for batch in batches:
+            data_wait += time.perf_counter() - fetch_start
+            batch = {k: normalize_images(v) for k, v in batch.items()}  # uint8 pixels -> [-1, 1] on the device
+            if engine.step == 0 and resumed is None:
+                engine.initialize(batch)  # data-dependent init, then rank 0's result everywhere
+            torch.manual_seed(step_seed(t.seed, rank, engine.step))
+            logs = engine.train_step(batch)
+            window_steps += 1
+            if rank == 0:
+                summed_steps += 1
+                for k, v in logs.items():
+                    sums[f"train/{k}"] = sums.get(f"train/{k}", 0.0) + v
+            step = engine.step
+
+            if rank == 0 and (step % t.log_every == 0 or step == t.max_steps):
+                elapsed = time.perf_counter() - window_start
+                rate = window_steps * t.batch_size / max(elapsed, 1e-9)
+                means = {k: v / summed_steps for k, v in sums.items()}
+                diverged = sorted(k for k, v in means.items() if not math.isfinite(v))
+                if diverged:
+                    # A diverged run only wastes compute from here on (and a sweep's trial is
+                    # recorded as failed with this message): stop it with the reason.
+                    raise FloatingPointError(
+                        f"[{cfg['name']}] training diverged: {', '.join(diverged)} is not finite by step {step} "
+                        f"(lr {t.lr:g}, grad_clip {t.grad_clip}); lower trainer.lr or set trainer.grad_clip")
+                means["train/lr"] = engine.lr()
+                means["train/examples_per_s"] = rate
+                means["train/data_wait_frac"] = data_wait / max(elapsed, 1e-9)
+                logger.metrics(means, step=step)
+                _progress(cfg["name"], step, t.max_steps, rate / t.batch_size, means)
+                sums.clear()
+                summed_steps = 0
+                window_start, window_steps, data_wait = time.perf_counter(), 0, 0.0
+            if rank == 0 and (step % t.eval_every == 0 or step == t.max_steps):
+                last_eval = evaluate()
+                # Eval time is not training time.
+                window_start, window_steps, data_wait = time.perf_counter(), 0, 0.0
+            if step % t.checkpoint_every == 0 or step == t.max_steps:
+                save_and_report()
+            if step >= t.max_steps:
+                break
+            fetch_start = time.perf_counter()
+        else:
+            epoch += 1
+
+    # ------------------------------------------------------------------------- teardown
+    return {"step": engine.step, "epoch": epoch, **last_eval}
+
+
+def _latest_local(root: Path):
+    import ray.train
+
+    done = sorted(p for p in root.glob("checkpoint_*") if (p / checkpoint.STATE_FILE).is_file())
+    return ray.train.Checkpoint.from_directory(str(done[-1])) if done else None
+
+
+def _held_out_batches(test: dict[str, Any], batch_size: int, num_batches: int, device) -> list[dict[str, torch.Tensor]]:
+    """The first num_batches batches of the test split, the same every eval so scores compare.
+    Read with pyarrow on rank 0: a few batches do not justify starting Ray Data tasks."""
+    decoded = read_decoded(test["path"], test["columns"], test["modality"], test["shape"], batch_size * num_batches,
+                           text_len=test.get("text_len", 0))
+    num_rows = len(decoded["x"])
+    return [
+        {k: torch.as_tensor(np.asarray(v[i : i + batch_size])).to(device) for k, v in decoded.items()}
+        for i in range(0, num_rows, batch_size)
+    ]
+
+
+def _progress(name: str, step: int, total: int, steps_per_s: float, means: dict[str, float]) -> None:
+    losses = " ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in means.items() if k.endswith("loss"))
+    eta = (total - step) / max(steps_per_s, 1e-9)
+    say(
+        f"[{name}] step {step}/{total} | {means['train/examples_per_s']:.0f} ex/s "
+        f"(data wait {100 * means['train/data_wait_frac']:.0f}%) | {losses} "
+        f"| eta {int(eta // 60)}m{int(eta % 60):02d}s"
+    )
+
+
+def say(line: str) -> None:
+    # Not print(): Ray Train patches it to tee into its logger, which doubles every line.
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
