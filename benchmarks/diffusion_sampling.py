@@ -31,7 +31,7 @@ import torch
 
 def load_digits_splits(home: Path) -> dict[str, dict[str, np.ndarray]]:
     from components.data import DATASETS
-    from pipelines.train import read_decoded
+    from pipelines.data import read_decoded
 
     root = home / "data" / "digits-full-seed0"
     if not (root / "test.parquet").exists():
@@ -69,7 +69,7 @@ def main() -> None:
     from components.metrics import classifier as clf
     from components.metrics.frechet import frechet_distance, gaussian_stats
     from pipelines import tracking
-    from pipelines.train import project_home
+    from pipelines.env import project_home
 
     if args.threads:
         torch.set_num_threads(args.threads)

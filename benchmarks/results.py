@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipelines import config, evaluate, train  # noqa: E402
-from pipelines.cli import CONFIGS  # noqa: E402
+from pipelines.console import CONFIGS  # noqa: E402
+from pipelines.env import project_home  # noqa: E402
 
 # (name, config, overrides on a 2-core CPU). The digits configs run as shipped; the shapes
 # recipes are GPU-sized (the small UNet/VAE at 32x32 runs ~100 examples/s here), so they run
@@ -136,7 +137,7 @@ def main() -> None:
 
     only = set(args.only.split(",")) if args.only else None
     done = json.loads(args.json.read_text()) if args.json.exists() else {}
-    home = train.project_home()
+    home = project_home()
     autoencoder_run = None
     for name, rel, overrides in ENTRIES:
         if only and name not in only:

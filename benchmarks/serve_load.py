@@ -31,16 +31,16 @@ def register_untrained(uri: str, home: Path, name: str, recipe: dict) -> str:
     import torch
 
     from components import checkpoint
-    from components.models import FAMILIES
+    from components.data import DatasetInfo
+    from components.models import build
     from pipelines import tracking
 
     args = {k: v for k, v in recipe.items() if k not in ("family", "num_classes")}
-    data_args = {"image_shape": (1, 8, 8), "num_classes": recipe["num_classes"]}
+    data = DatasetInfo.for_images((1, 8, 8), recipe["num_classes"])
     torch.manual_seed(0)
-    model = FAMILIES[recipe["family"]](**args, **data_args)
+    model = build(recipe["family"], args, data)
     run_id, _ = tracking.start_run(uri, tracking.ensure_experiment(uri, "bench", home), name, {}, {})
-    state = {"step": 0, "mlflow_run_id": run_id,
-             "model": {"family": recipe["family"], "args": args, "data_args": {**data_args, "image_shape": [1, 8, 8]}}}
+    state = {"step": 0, "mlflow_run_id": run_id, "model": checkpoint.model_state(recipe["family"], args, data)}
     with tempfile.TemporaryDirectory() as d:
         checkpoint.save(d, checkpoint.Checkpoint(model=model.state_dict(), state=state))
         version = tracking.log_and_register(uri, run_id, Path(d), name)

@@ -51,18 +51,20 @@ def main() -> None:
     args = p.parse_args()
 
     from pipelines import train, tune
+    from pipelines.data import resolve_data
+    from pipelines.env import init_ray
 
     every = max(1, args.steps // 6)
     overrides = [f"tune.num_samples={args.trials}", f"trainer.max_steps={args.steps}",
                  f"trainer.checkpoint_every={every}", f"trainer.eval_every={every}",
                  f"tune.grace_period={every}", *args.overrides]
-    train.init_ray()
+    init_ray()
     with tempfile.TemporaryDirectory(prefix="genray-bench-tune-") as tmp:
         home = Path(tmp)
         # One home for both runs; the dataset and the domain classifier are prepared before the
         # clock starts, so neither run pays for them.
         spec = tune.load(args.config, overrides).spec
-        data = train.resolve_data(spec, home)
+        data = resolve_data(spec, home)
         train.resolve_model_inputs(spec, data, uri=tune.tracking.tracking_uri(home), home=home)
         results = []
         for scheduler in ("none", "asha"):

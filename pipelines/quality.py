@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from components.data import normalize_images, quantize, read_info
 from components.errors import UserError
 from components.metrics import classifier as clf
+from components.metrics import disentanglement
 from components.metrics.frechet import frechet_distance_features
 from components.metrics.kid import kid
 from pipelines.config import ConfigError, ExperimentSpec

@@ -7,10 +7,10 @@ files (KubeRay's RayService).
 
 Each model's version travels in its deployment's user_config, which Serve hands to the replica's
 `reconfigure`. `reload` redeploys with `serve.run`, which gives every deployment a new code
-version, so Serve replaces the replicas one by one (a rolling update): each new replica loads its
-version before it takes traffic, and requests wait in Serve's queues rather than fail
-(README_HOTSWAP.txt says why it is not an in-place reconfigure). A Serve config re-applied with
-only `deployments[].user_config` changed does reconfigure in place.
+version, so Serve replaces the replicas (a rolling update): each new replica loads its version
+before it takes traffic, requests wait in Serve's queues meanwhile, and no replica is stopped
+while it holds a request within its time limit. README_HOTSWAP.txt says why this is not an
+in-place reconfigure; a Serve config re-applied with only `deployments[].user_config` changed is.
 """
 from __future__ import annotations
 
@@ -42,6 +42,9 @@ def build_app(spec: ServeSpec, uri: str, home: Path, versions: dict[str, str]):
         # Room for a full batch queued while one runs (RAY_NOTES: keep it >= max_batch_size).
         "max_ongoing_requests": d.max_ongoing_requests or max(2 * d.max_batch_size, 8),
         "health_check_period_s": d.health_check_period_s,
+        # A replica being replaced (reload) finishes what it holds: no request is cut short
+        # before its own time limit (Serve's default kills a replica after 20 s).
+        "graceful_shutdown_timeout_s": spec.limits.request_timeout_s + 5,
         # The gateway logs every HTTP request; a second line per request from the model's replica
         # costs CPU that batching would rather spend on the forward pass.
         "logging_config": {"enable_access_log": False},
@@ -59,8 +62,12 @@ def build_app(spec: ServeSpec, uri: str, home: Path, versions: dict[str, str]):
         for name, version in versions.items()
     }
     # The gateway only parses, checks and forwards: Serve's default of 5 requests in flight per
-    # replica would cap every model's batches at 5.
-    return Gateway.options(max_ongoing_requests=d.gateway_max_ongoing_requests).bind(servers, limits)
+    # replica would cap every model's batches at 5. It takes no CPU, so a replacement can start
+    # before the old replica stops (max_surge_percent) and HTTP always finds a gateway.
+    return Gateway.options(
+        max_ongoing_requests=d.gateway_max_ongoing_requests, max_surge_percent=100,
+        graceful_shutdown_timeout_s=spec.limits.request_timeout_s + 5,
+    ).bind(servers, limits)
 
 
 # ------------------------------------------------------------------------------- deploy and reload

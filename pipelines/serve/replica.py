@@ -1,9 +1,11 @@
 """One registered model behind Ray Serve: the `ModelServer` deployment.
 
 Each replica serves the version its user_config names ({"version": "3"}). Serve calls
-`reconfigure` with it when the replica starts and whenever the user_config changes: the new
-version is loaded beside the old and swapped in with one assignment, so a batch already running
-finishes on the model it started with and no request sees a half-loaded model.
+`reconfigure` with it when the replica starts, before it takes traffic, and again on the running
+replica when a re-applied Serve config changes only the user_config: then the new version is
+loaded beside the old and swapped in with one assignment, so a batch already running finishes on
+the model it started with and no request sees a half-loaded model. (`genray serve --reload`
+redeploys through serve.run, which starts new replicas instead: README_HOTSWAP.txt.)
 
 Sampling requests are batched (`@serve.batch`): requests with equal settings run as one
 `model.sample` call, each drawing its noise from its own seeded generator

@@ -1,9 +1,11 @@
 """`genray serve` on a real `serve.run` over loopback: every route of every served family over
-HTTP, limits, a fuzzed schema, batching, a champion swapped under load, the gallery in headless
-Chromium, and weights that would run code if unpickled."""
+HTTP, limits, a fuzzed schema, a bug told apart from a user's mistake, batching, a champion
+swapped under load, the gallery in headless Chromium, and weights that would run code if
+unpickled."""
 from __future__ import annotations
 
 import base64
+import glob
 import io
 import json
 import os
@@ -13,6 +15,7 @@ import socket
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,8 @@ import pytest
 import torch
 
 from components import checkpoint
-from components.models import FAMILIES
+from components.data import DatasetInfo
+from components.models import build
 from pipelines import cli, serve, tracking
 
 pytestmark = pytest.mark.integration
@@ -41,16 +45,15 @@ def register_tiny(uri: str, home: Path, name: str, family: str, *, seed: int = 0
                   image_shape=(1, 8, 8), num_classes: int = 0, **args) -> str:
     """An untrained tiny model of `family`, saved as training saves one and registered."""
     torch.manual_seed(seed)
-    data_args = {"image_shape": tuple(image_shape), "num_classes": num_classes}
-    model = FAMILIES[family](size="tiny", **args, **data_args)
+    data = DatasetInfo.for_images(image_shape, num_classes)
+    args = {"size": "tiny", **args}
+    model = build(family, args, data)
     with torch.no_grad():  # untrained nets start with zeroed output layers: give every weight a say
         for p in model.parameters():
             p.add_(0.2 * torch.randn_like(p))
     exp = tracking.ensure_experiment(uri, "serve-test", home)
     run_id, _ = tracking.start_run(uri, exp, f"{name}-{seed}", {}, {})
-    state = {"step": 0, "mlflow_run_id": run_id,
-             "model": {"family": family, "args": {"size": "tiny", **args},
-                       "data_args": {**data_args, "image_shape": list(image_shape)}}}
+    state = {"step": 0, "mlflow_run_id": run_id, "model": checkpoint.model_state(family, args, data)}
     with tempfile.TemporaryDirectory() as d:
         checkpoint.save(d, checkpoint.Checkpoint(model=model.state_dict(), state=state))
         version = tracking.log_and_register(uri, run_id, Path(d), name)
@@ -201,6 +204,54 @@ def test_the_gallery_page_is_self_contained(served):
     assert "http://" not in page.text and "https://" not in page.text  # no CDN: works offline
 
 
+# ------------------------------------------------------------------------ a bug is not a user error
+
+
+def test_a_bug_answers_500_and_logs_its_traceback_while_a_mistake_still_answers_422(served):
+    """A model whose sample raises RuntimeError is a bug: a short 500, the traceback in the
+    gateway's Serve log. The same deployment still answers a user's mistake with a 422."""
+    import httpx
+    from ray import serve as ray_serve
+
+    from pipelines.serve import gateway, replica
+
+    marker = f"simulated bug {uuid.uuid4().hex[:8]}"
+
+    class BuggyServer(replica.ModelServer):  # defined here, so Ray ships it to the replica by value
+        async def reconfigure(self, config):
+            await super().reconfigure(config)
+
+            def broken(*args, **kwargs):
+                raise RuntimeError(marker)
+
+            self.loaded.model.sample = broken
+
+    server = ray_serve.deployment(BuggyServer).options(
+        name="model-vae-t", user_config={"version": "1"}, ray_actor_options={"num_cpus": 0},
+    ).bind("vae-t", served["uri"], str(served["home"]), LIMITS, {"max_batch_size": 4, "batch_wait_timeout_s": 0.0})
+    ray_serve.run(gateway.Gateway.bind({"vae-t": server}, LIMITS), name="buggy", route_prefix="/buggy")
+    try:
+        with httpx.Client(base_url=served["url"] + "/buggy", timeout=60) as c:
+            bug = c.post("/v1/models/vae-t/sample", json={"n": 2, "seed": 1})
+            assert bug.status_code == 500, bug.text
+            assert bug.json()["detail"][0]["type"] == "internal_error"
+            assert marker not in bug.text and "Traceback" not in bug.text and len(bug.content) < 200
+            for body, field in (({"temperature": "hot"}, "temperature"), ({"guidance_scale": 2}, "guidance_scale"),
+                                ({"n": 0}, "n")):
+                mistake = c.post("/v1/models/vae-t/sample", json=body)
+                assert mistake.status_code == 422 and detail_field(mistake) == field, mistake.text
+            assert c.get("/v1/models/vae-t").status_code == 200  # the rest of the model still answers
+    finally:
+        ray_serve.delete("buggy")
+    # The gateway logged the replica's traceback (it travels inside the RayTaskError).
+    logs = glob.glob("/tmp/gr-*/session_*/logs/serve/replica_buggy_Gateway_*.log")
+    deadline = time.monotonic() + 10
+    while not any(marker in Path(f).read_text() and "Traceback" in Path(f).read_text() for f in logs):
+        assert time.monotonic() < deadline, f"no traceback with {marker!r} in {logs}"
+        time.sleep(0.5)
+        logs = glob.glob("/tmp/gr-*/session_*/logs/serve/replica_buggy_Gateway_*.log")
+
+
 # ---------------------------------------------------------------------------------------- limits
 
 
@@ -323,8 +374,8 @@ def test_concurrent_requests_are_batched(served):
 
 def test_a_batched_request_draws_what_it_would_draw_alone():
     torch.manual_seed(0)
-    model = FAMILIES["diffusion"](size="tiny", image_shape=(1, 8, 8), num_classes=10, conditioning="class",
-                                  num_timesteps=50, num_inference_steps=4, eta=1.0).eval()
+    model = build("diffusion", {"size": "tiny", "conditioning": "class", "num_timesteps": 50,
+                                "num_inference_steps": 4, "eta": 1.0}, DatasetInfo.for_images((1, 8, 8), 10)).eval()
     settings = {"sampler": "ddim", "num_inference_steps": 4, "eta": 1.0, "spacing": "trailing", "guidance_scale": 2.0}
     jobs = [{"n": 2, "seed": 11, "settings": settings, "conditions": {"y": [3, 4]}},
             {"n": 3, "seed": 12, "settings": settings, "conditions": {}},
@@ -452,8 +503,7 @@ def test_weights_that_would_run_code_when_unpickled_are_refused(tmp_path, genray
     run_id, _ = tracking.start_run(uri, exp, "evil", {}, {})
     evil = tmp_path / "evil"
     evil.mkdir()
-    state = {"step": 0, "model": {"family": "vae", "args": {"size": "tiny"},
-                                  "data_args": {"image_shape": [1, 8, 8], "num_classes": 0}}}
+    state = {"step": 0, "model": checkpoint.model_state("vae", {"size": "tiny"}, DatasetInfo.for_images((1, 8, 8)))}
     (evil / "model.safetensors").write_bytes(pickle.dumps(_Payload(str(marker))))
     (evil / "state.json").write_text(json.dumps(state))
     version = tracking.log_and_register(uri, run_id, evil, "evil")
