@@ -140,28 +140,26 @@ def cmd_data(args) -> int:
 
 
 def cmd_families(args) -> int:
-    from components.models import FAMILIES
+    """Each family's capabilities and sampling settings, read from a tiny model of it on 8x8
+    grey images, and the shipped configs that use it."""
+    from components.data import DatasetInfo
+    from components.models import FAMILIES, build
 
-    rows = [("family", "capabilities", "configs")]
+    data = DatasetInfo(modality="image", shape=(8, 8, 1), num_rows=0, num_classes=0, vocab=None, columns=("image",))
+    rows = [("family", "capabilities", "sampling settings", "configs")]
     for name, builder in FAMILIES.items():
-        model = _tiny(builder)
+        model = build(name, {"size": "tiny"} if "size" in inspect.signature(builder).parameters else {}, data)
         configs = sorted(
             str(p.relative_to(CONFIGS.parent.parent))
             for p in CONFIGS.rglob("*.yaml")
             if f"family: {name}\n" in p.read_text()
         )
-        rows.append((name, ", ".join(sorted(model.capabilities)), ", ".join(configs) or "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+        rows.append((name, ", ".join(sorted(model.capabilities)),
+                     ", ".join(model.sampling_settings.model_fields) or "-", ", ".join(configs) or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:
-        print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]}")
+        print("  ".join(f"{c:<{w}}" for c, w in zip(r, widths)) + f"  {r[3]}")
     return 0
-
-
-def _tiny(builder):
-    kwargs = {"image_shape": (1, 8, 8), "num_classes": 0}
-    if "size" in inspect.signature(builder).parameters:
-        kwargs["size"] = "tiny"
-    return builder(**kwargs)
 
 
 if __name__ == "__main__":

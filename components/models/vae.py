@@ -302,7 +302,8 @@ class VAE(nn.Module):
         2018, sec. 5, did the same for Glow)."""
         if y is not None:
             raise ValueError("vae is unconditional (no 'condition' capability); call sample without y")
-        temperature = VAESampling(temperature=temperature).temperature
+        if not temperature >= 0:
+            raise ValueError(f"vae.sample: temperature must be >= 0, got {temperature}")
         z = temperature * randn((n, *self.latent_shape), generator=generator, device=self.step.device)
         return self.decode(z)
 

@@ -23,7 +23,7 @@ class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_n: int = Field(16, ge=1, le=1024)
     # Network evaluations one sample call may make, as the model counts them
-    # (model.sampling_cost): an iterative sampler's steps, 1 for a one-shot generator.
+    # (model.sampling_cost): the steps of an iterative method, 1 for a one-shot generator.
     max_steps: int = Field(100, ge=1, le=10_000)
     max_images: int = Field(16, ge=1, le=1024)  # images or latents in one encode/decode/log_prob
     max_interpolation_steps: int = Field(16, ge=2, le=256)

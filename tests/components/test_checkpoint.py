@@ -7,17 +7,18 @@ import pytest
 import torch
 
 from components import checkpoint
-from components.models import FAMILIES
+from components.data import DatasetInfo
+from components.models import build
 
 
 def _model():
     torch.manual_seed(0)
-    return FAMILIES["vae"](image_shape=(1, 8, 8), num_classes=10, size="tiny")
+    return build("vae", {"size": "tiny"}, DatasetInfo.for_images((1, 8, 8), 10))
 
 
 def _state():
-    return {"step": 7, "epoch": 1, "model": {"family": "vae", "args": {"size": "tiny"},
-                                              "data_args": {"image_shape": [1, 8, 8], "num_classes": 10}}}
+    return {"step": 7, "epoch": 1,
+            "model": checkpoint.model_state("vae", {"size": "tiny"}, DatasetInfo.for_images((1, 8, 8), 10))}
 
 
 def test_round_trip_restores_weights_ema_optimizer_and_state(tmp_path):

@@ -61,7 +61,8 @@ BAD = {
     "unknown_model_key": ({"model": {"family": "vae", "bta": 2}}, ["model.bta", "unknown key", "latent_dim"]),
     "wrong_type": ({**BASE, "trainer": {"max_steps": "many"}}, ["trainer.max_steps", "'many'"]),
     "negative_beta": ({"model": {"family": "beta_vae", "beta": -1}}, ["model.beta", "greater than or equal to 0", "-1"]),
-    "zero_workers": ({**BASE, "scaling": {"workers": 0}}, ["scaling.workers", "greater than or equal to 1", "0"]),
+    # workers: 0 is local mode (the loop in this process); below that is a mistake.
+    "negative_workers": ({**BASE, "scaling": {"workers": -1}}, ["scaling.workers", "greater than or equal to 0", "-1"]),
     "unknown_family": ({"model": {"family": "vqgan"}}, ["unknown family 'vqgan'", "dcgan", "vae"]),
     "unknown_dataset": ({**BASE, "data": {"dataset": "imagenet"}}, ["unknown dataset 'imagenet'", "digits", "shapes"]),
     "uneven_batch": ({**BASE, "trainer": {"batch_size": 7}, "scaling": {"workers": 2}}, ["batch_size=7", "workers=2"]),
@@ -106,8 +107,19 @@ def test_bad_parquet_names_file_and_column(tmp_path, capsys, genray_home):
 
 
 def test_real_process_exit_code_and_no_traceback(tmp_path):
-    path = _write(tmp_path, {**BASE, "scaling": {"workers": 0}})
+    path = _write(tmp_path, {**BASE, "scaling": {"workers": -1}})
     proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "train", str(path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "scaling.workers" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_families_lists_each_familys_capabilities_sampling_settings_and_configs(capsys):
+    from components.models import FAMILIES
+
+    assert main(["families"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split()[:2] == ["family", "capabilities"] and "sampling settings" in lines[0]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert set(rows) == set(FAMILIES)
+    assert "temperature" in rows["vae"] and "pipelines/configs/vae/vae_digits.yaml" in rows["vae"]

@@ -140,3 +140,57 @@ def test_a_feature_net_for_other_images_is_a_config_error(tmp_path):
         quality.domain_classifier(str(tmp_path / "nowhere"), train_path=str(paths["train"]), dataset="shapes",
                                    home=tmp_path)
     assert quality.domain_classifier("none", train_path=str(paths["train"]), dataset="shapes", home=tmp_path) is None
+
+
+# ----------------------------------------------------------------------------- how the job ends
+
+
+@pytest.mark.parametrize("bug", [ValueError("a bug, not the user's"), KeyError("boom")])
+def test_a_bug_inside_the_job_keeps_its_traceback(bug, monkeypatch, genray_home):
+    from pipelines import cli
+
+    def broken(*args, **kwargs):
+        raise bug
+
+    monkeypatch.setattr(evaluate, "resolve_target", broken)
+    # Neither entry point turns it into "your input is wrong": it propagates, traceback and all.
+    with pytest.raises(type(bug)):
+        evaluate.main(["some/checkpoint", "--workers", "0"])
+    with pytest.raises(type(bug)):
+        cli.main(["eval", "some/checkpoint", "--workers", "0"])
+
+
+def test_a_user_mistake_is_one_line_and_exit_2(genray_home, capsys):
+    assert evaluate.main(["no/such/dir"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("genray: error: TARGET 'no/such/dir' is not a checkpoint directory"), err
+    assert len(err.strip().splitlines()) == 1
+
+
+BROKEN_JOB = """
+import sys
+from pipelines import evaluate
+
+def broken(*args, **kwargs):
+    raise ValueError("a bug, not the user's")
+
+evaluate.resolve_target = broken
+sys.exit(evaluate.main(sys.argv[1:]))
+"""
+
+
+def test_in_a_real_process_a_bug_exits_1_with_its_traceback_a_mistake_2_without(genray_home):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "GENRAY_HOME": str(genray_home)}
+    bug = subprocess.run([sys.executable, "-c", BROKEN_JOB, "some/checkpoint"], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert bug.returncode == 1, bug.stderr[-2000:]
+    assert "Traceback" in bug.stderr and "ValueError: a bug, not the user's" in bug.stderr
+    mistake = subprocess.run([sys.executable, "-m", "pipelines.evaluate", "no/such/dir"], capture_output=True,
+                             text=True, env=env, timeout=300)
+    assert mistake.returncode == 2, mistake.stderr[-2000:]
+    assert "Traceback" not in mistake.stderr
+    assert mistake.stderr.strip().splitlines()[-1].startswith("genray: error: TARGET 'no/such/dir'")

@@ -10,9 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+from typing import Literal
+
 import pytest
 import yaml
+from pydantic import BaseModel, Field
 
+from components.models.protocol import SETTINGS_CONFIG
 from pipelines import cli, config, train, tune
 
 TINY = {
@@ -246,6 +250,20 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(trained_
     assert changed.returncode == 2 and "tune.num_samples" in changed.stderr, changed.stderr
 
 
+@pytest.mark.integration
+def test_a_sampling_value_the_model_does_not_allow_exits_2_before_any_trial(trained_diffusion, tmp_path,
+                                                                           digits_classifier, monkeypatch, capsys):
+    home, _ = trained_diffusion
+    monkeypatch.setenv("GENRAY_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = sampling_sweep(tmp_path, digits_classifier, {"sampling.num_inference_steps": {"choice": [5, 500]}})
+    assert cli.main(["tune", str(cfg), "--name", "too-many-steps"]) == 2
+    err = capsys.readouterr().err
+    assert "tune.space.sampling.num_inference_steps=500" in err and "<= 50" in err, err  # T = 50
+    assert "Traceback" not in err
+    assert not (home / "sweeps" / "too-many-steps").exists()  # Ray Tune never started
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -289,6 +307,50 @@ def test_resuming_a_sweep_that_does_not_exist_exits_2(tmp_path, genray_home, cap
                                              "space": {"trainer.lr": {"choice": [0.1]}}})
     assert cli.main(["tune", str(cfg), "--resume", "nope"]) == 2
     assert "--resume nope: no sweep of that name" in capsys.readouterr().err
+
+
+class SamplingSettings(BaseModel):
+    model_config = SETTINGS_CONFIG
+    guidance_scale: float = Field(1.0, ge=0, le=10)
+    num_inference_steps: int = Field(20, ge=1, le=50)
+    sampler: Literal["ddim", "ddpm"] = "ddim"
+
+
+class SettingsModel:
+    sampling_settings = SamplingSettings
+
+
+def sampling_space(tmp_path: Path, space: dict) -> tune.Sweep:
+    return tune.load(write_config(tmp_path / "s.yaml", {"target": "models:/m/1", "metric": "fd_digits", "mode": "min",
+                                                        "space": space}, base=None))
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"sampling.temperature": {"choice": [0.5]}},
+     "tune.space.sampling.temperature: this model's sampler takes sampling.guidance_scale, "
+     "sampling.num_inference_steps, sampling.sampler"),
+    ({"sampling.guidance_scale": {"uniform": [0.0, 20.0]}},
+     "tune.space.sampling.guidance_scale=20.0: Input should be less than or equal to 10; "
+     "allowed: a number >= 0 and <= 10 (default 1.0)"),
+    ({"sampling.sampler": {"grid": ["ddim", "euler"]}},
+     "tune.space.sampling.sampler='euler': Input should be 'ddim' or 'ddpm'; allowed: one of 'ddim', 'ddpm'"),
+    ({"sampling.num_inference_steps": {"uniform": [5, 40]}},
+     "tune.space.sampling.num_inference_steps: uniform draws fractions and this setting takes integers"),
+])
+def test_a_sampling_space_is_checked_against_the_models_settings_type(space, message, tmp_path):
+    sweep = sampling_space(tmp_path, space)
+    with pytest.raises(config.ConfigError) as e:
+        tune.check_sampling_space(sweep, SettingsModel())
+    assert str(e.value).startswith(f"{sweep.source}: ") and message in str(e.value), str(e.value)
+
+
+def test_a_valid_sampling_space_passes_with_the_checkpoints_defaults(tmp_path):
+    sweep = sampling_space(tmp_path, {"sampling.guidance_scale": {"loguniform": [0.5, 8.0]},
+                                      "sampling.num_inference_steps": {"int": [1, 50]},
+                                      "sampling.sampler": {"choice": ["ddim", "ddpm"]}})
+    tune.check_sampling_space(sweep, SettingsModel(), {"guidance_scale": 2.0, "sampler": "ddpm"})
+    with pytest.raises(config.ConfigError, match="sampling.guidance_scale=-1"):  # bad defaults are named too
+        tune.check_sampling_space(sweep, SettingsModel(), {"guidance_scale": -1})
 
 
 def test_space_entries_map_to_tune_domains_with_inclusive_int_ranges():

@@ -15,6 +15,7 @@ from components.metrics.likelihood import (
     likelihood_of,
     model_bits_per_dim,
 )
+from components.data import DatasetInfo
 from components.models import FAMILIES
 
 
@@ -126,7 +127,7 @@ def test_dequantized_nll_adds_the_bin_volume():
 def test_every_family_with_log_prob_declares_its_space_and_kind():
     checked = 0
     for name, builder in FAMILIES.items():
-        kwargs = {"image_shape": (1, 8, 8), "num_classes": 0}
+        kwargs = {"data": DatasetInfo.for_images((1, 8, 8))}
         if "size" in builder.__code__.co_varnames:
             kwargs["size"] = "tiny"
         model = builder(**kwargs)

@@ -7,7 +7,12 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
+from components.data import DatasetInfo
+from components.models import build
 from components.models.diffusion import build_diffusion
+from components.models.refs import ModelRef
+from components.training import OptimDefaults
+from components.training.recipe import optimizer_parameters
 from components.models.vae import build_beta_vae
 from components.samplers import ddim
 
@@ -25,9 +30,8 @@ def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def tiny(seed=0, **kw):
     torch.manual_seed(seed)
-    args = {"image_shape": SHAPE, "num_classes": 10, "size": "tiny", "num_timesteps": 100,
-            "num_inference_steps": 10, "vlb_timesteps": 10, **kw}
-    return build_diffusion(**args)
+    args = {"size": "tiny", "num_timesteps": 100, "num_inference_steps": 10, "vlb_timesteps": 10, **kw}
+    return build_diffusion(data=DatasetInfo.for_images(SHAPE, 10), **args)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +43,7 @@ def trained():
     held = {"x": xh[:200], "y": yh[:200]}
     score = lambda: {k: float(v) for k, v in model.evaluate(held, generator=torch.Generator().manual_seed(1)).items()}  # noqa: E731
     before = score()
-    opt = torch.optim.AdamW(model.parameters_for("main"), lr=2e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     for _ in range(300):
@@ -119,9 +123,11 @@ def test_condition_dropout_replaces_labels_with_the_null_label():
 
 def test_class_conditioning_needs_labels():
     with pytest.raises(ValueError, match="labelled data"):
-        build_diffusion(image_shape=SHAPE, conditioning="class", size="tiny")
+        build_diffusion(data=DatasetInfo.for_images(SHAPE), conditioning="class", size="tiny")
     with pytest.raises(ValueError, match="model.autoencoder"):
-        build_diffusion(image_shape=SHAPE, autoencoder="models:/ae@champion", size="tiny")
+        build_diffusion(data=DatasetInfo.for_images(SHAPE), autoencoder=ModelRef("models:/ae@champion"), size="tiny")
+    with pytest.raises(ValueError, match="not resolved"):  # the one construction path resolves first
+        build("diffusion", {"autoencoder": "models:/ae@champion", "size": "tiny"}, DatasetInfo.for_images(SHAPE))
 
 
 def _perturb(module: torch.nn.Module, seed: int = 0) -> None:
@@ -134,7 +140,7 @@ def _perturb(module: torch.nn.Module, seed: int = 0) -> None:
 
 def test_text_conditioning_follows_the_prompt():
     torch.manual_seed(0)
-    model = build_diffusion(image_shape=(3, 8, 8), conditioning="text", text_len=16, size="tiny",
+    model = build_diffusion(data=DatasetInfo.for_images((3, 8, 8)), conditioning="text", text_len=16, size="tiny",
                             num_timesteps=20, num_inference_steps=4)
     assert "condition" in model.capabilities
     _perturb(model)
@@ -151,15 +157,17 @@ def test_text_conditioning_follows_the_prompt():
 
 def test_latent_diffusion_keeps_its_autoencoder_frozen():
     torch.manual_seed(0)
-    ae = build_beta_vae(image_shape=(3, 16, 16), size="tiny", latent_channels=4, latent_downsample=1, beta=0.01)
-    spec = {"family": "beta_vae", "args": {"size": "tiny", "latent_channels": 4, "latent_downsample": 1, "beta": 0.01},
-            "data_args": {"image_shape": [3, 16, 16], "num_classes": 0}}
-    model = build_diffusion(image_shape=(3, 16, 16), size="tiny", autoencoder="runs:/x", autoencoder_model=spec,
-                            latent_scale=2.0, num_timesteps=20, num_inference_steps=3)
+    data = DatasetInfo.for_images((3, 16, 16))
+    ae = build_beta_vae(data=data, size="tiny", latent_channels=4, latent_downsample=1, beta=0.01)
+    ref = ModelRef("runs:/x", "beta_vae", {"size": "tiny", "latent_channels": 4, "latent_downsample": 1, "beta": 0.01},
+                   data.to_json())
+    model = build("diffusion", {"size": "tiny", "autoencoder": ref, "num_timesteps": 20, "num_inference_steps": 3}, data)
     model.autoencoder.load_state_dict(ae.state_dict())
+    model.latent_scale.fill_(2.0)
     assert model.latent_shape == (4, 8, 8) and model.capabilities == {"sample"}
     assert any(k.startswith("autoencoder.") for k in model.state_dict())  # the checkpoint is self-contained
-    trainable = {id(p) for p in model.parameters_for("main")}
+    opts = model.recipe.configure_optimizers(model, OptimDefaults())
+    trainable = {id(p) for p in optimizer_parameters(opts["main"])}
     assert not any(id(p) in trainable for p in model.autoencoder.parameters())
 
     x = torch.rand(4, 3, 16, 16) * 2 - 1
@@ -172,7 +180,7 @@ def test_latent_diffusion_keeps_its_autoencoder_frozen():
     before = {k: v.clone() for k, v in model.autoencoder.state_dict().items()}
     model.train()
     assert not model.autoencoder.training
-    opt = torch.optim.SGD(model.parameters_for("main"), lr=0.1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
     model({"x": x}, "main")[0].backward()
     opt.step()
     assert all(torch.equal(before[k], v) for k, v in model.autoencoder.state_dict().items())

@@ -1,18 +1,26 @@
-"""The test every family passes: a config-shaped builder, a loss and gradients for every phase,
-samples in range and reproducible by seed, a state round trip through safetensors.
+"""The test every family passes: a config-shaped builder, a recipe whose every phase gives its
+networks gradients, typed sampling settings, samples in range and reproducible by seed, a state
+round trip through safetensors after a real engine step.
 
 A new family adds its entry to CASES (builder kwargs for a couple of data shapes; `size` is
-"tiny" unless a case says otherwise) and, if its batches aren't images, to make_batch.
+"tiny" unless a case says otherwise; `image_shape`/`num_classes` describe the data the builder
+receives) and, if its batches aren't images, to make_batch.
 """
 import inspect
+import typing
 
 import pydantic
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from components.data import DatasetInfo
 from components.models import FAMILIES
+from components.models import build as build_model
 from components.models.protocol import CAPABILITIES, GenerativeModel
+from components.models.refs import ModelRef
+from components.training import Engine, OptimDefaults, StepSettings
+from components.training.recipe import optimizer_parameters
 
 DIGITS = {"image_shape": (1, 8, 8), "num_classes": 10}  # sklearn's 8x8 digits
 COLOUR = {"image_shape": (3, 32, 32)}  # CIFAR-shaped, unlabelled
@@ -29,12 +37,12 @@ CASES = {
         {**DIGITS, "conditioning": "none", "num_timesteps": 8, "sampler": "ddpm", "prediction": "v",
          "schedule": "linear", "zero_terminal_snr": True},
         {**COLOUR, **FAST_DIFFUSION, "conditioning": "text", "text_len": 12, "guidance_scale": 2.0},
-        {**COLOUR, **FAST_DIFFUSION, "latent_scale": 0.5, "autoencoder_model": {
-            "family": "beta_vae", "args": {"size": "tiny", "latent_channels": 4, "latent_downsample": 2},
-            "data_args": {"image_shape": [3, 32, 32], "num_classes": 0}}},
+        {**COLOUR, **FAST_DIFFUSION, "autoencoder": ModelRef(
+            "models:/ae@champion", "beta_vae", {"size": "tiny", "latent_channels": 4, "latent_downsample": 2},
+            DatasetInfo.for_images((3, 32, 32)).to_json())},
     ],
 }
-DATA_ARGS = ("image_shape", "num_classes", "autoencoder_model", "latent_scale")  # derived by the pipeline
+DATA_KEYS = ("image_shape", "num_classes")  # describe the data, which the builder gets as a DatasetInfo
 
 
 PARAMS = [
@@ -44,9 +52,26 @@ PARAMS = [
 ]
 
 
+def data_of(kwargs: dict) -> DatasetInfo:
+    return DatasetInfo.for_images(kwargs["image_shape"], kwargs.get("num_classes", 0))
+
+
 def build(name: str, kwargs: dict, seed: int = 0):
     torch.manual_seed(seed)
-    return FAMILIES[name](**kwargs)
+    return build_model(name, {k: v for k, v in kwargs.items() if k not in DATA_KEYS}, data_of(kwargs))
+
+
+def engine(model) -> Engine:
+    return Engine(model, defaults=OptimDefaults(lr=0.1), settings=StepSettings(max_steps=10, grad_clip=None))
+
+
+def backprop_phases(model):
+    """Each backprop phase the recipe runs in its first steps, once."""
+    seen = {}
+    for step in range(32):
+        for phase in model.recipe.phases_at(step):
+            seen.setdefault(phase.name, phase)
+    return [p for p in seen.values() if p.backprop]
 
 
 def make_batch(kwargs: dict, n: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -63,13 +88,9 @@ def make_batch(kwargs: dict, n: int = 8, seed: int = 0) -> dict[str, torch.Tenso
 def config_model(builder) -> type[pydantic.BaseModel]:
     """What the pipeline does with a builder: its user-facing arguments become a strict config."""
     sig = inspect.signature(builder)
-    fields = {name: (p.annotation, p.default) for name, p in sig.parameters.items() if name not in DATA_ARGS}
+    fields = {name: (p.annotation, p.default) for name, p in sig.parameters.items() if name != "data"}
     return pydantic.create_model(f"{builder.__name__}_config", __config__=pydantic.ConfigDict(extra="forbid"),
                                  **fields)
-
-
-def grad_params(model, phase):
-    return [p for p in model.parameters_for(phase) if p.requires_grad]
 
 
 def test_every_family_has_a_case():
@@ -81,8 +102,9 @@ def test_every_family_has_a_case():
 def test_builder_signature_is_a_config(name):
     builder = FAMILIES[name]
     params = inspect.signature(builder).parameters
-    assert "image_shape" in params and "num_classes" in params
-    assert params["num_classes"].default == 0
+    # The data arrive described (kind, shape, classes), never as loose image_shape/num_classes.
+    assert typing.get_type_hints(builder)["data"] is DatasetInfo
+    assert "image_shape" not in params and "num_classes" not in params
     assert "size" in params and params["size"].default == "small"
     for pname, p in params.items():
         assert p.kind is inspect.Parameter.KEYWORD_ONLY, f"{name}: {pname} must be keyword-only"
@@ -90,7 +112,7 @@ def test_builder_signature_is_a_config(name):
         # pipelines/config.py reads annotations as objects (no eval_str), so a model file must
         # not use `from __future__ import annotations`.
         assert not isinstance(p.annotation, str), f"{name}: {pname}'s annotation is a string"
-        if pname != "image_shape":
+        if pname != "data":
             assert p.default is not inspect.Parameter.empty, f"{name}: {pname} needs a default"
 
     Config = config_model(builder)
@@ -100,35 +122,55 @@ def test_builder_signature_is_a_config(name):
     with pytest.raises(pydantic.ValidationError):
         Config(size="enormous")
     # The pipeline's path: validated config + data arguments -> a model.
-    model = builder(image_shape=(1, 8, 8), num_classes=10, **{**defaults.model_dump(), "size": "tiny"})
+    model = builder(data=DatasetInfo.for_images((1, 8, 8), 10), **{**defaults.model_dump(), "size": "tiny"})
     assert isinstance(model, GenerativeModel)
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
-@pytest.mark.parametrize("image_shape", [(1, 12, 12), (1, 4, 4), (3, 32, 24), (32, 32)])
+@pytest.mark.parametrize("image_shape", [(1, 12, 12), (1, 4, 4), (3, 32, 24)])
 def test_unsupported_image_shape_is_explained(name, image_shape):
     with pytest.raises(ValueError, match="image"):
-        FAMILIES[name](image_shape=image_shape, size="tiny")
+        FAMILIES[name](data=DatasetInfo.for_images(image_shape), size="tiny")
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_data_that_are_not_images_are_explained(name):
+    tokens = DatasetInfo("tokens", (16,), 10, 0, ("a", "b"), ("tokens",))
+    with pytest.raises(ValueError, match="image"):
+        FAMILIES[name](data=tokens, size="tiny")
 
 
 @pytest.mark.parametrize("name, kwargs", PARAMS)
 def test_protocol(name, kwargs):
     model = build(name, kwargs)
     assert isinstance(model, GenerativeModel)
-    assert isinstance(model.phases, tuple) and model.phases
     assert model.capabilities <= CAPABILITIES
     assert "sample" in model.capabilities
-
+    assert model.conditioning in ("none", "class", "text")
+    assert (model.conditioning != "none") == ("condition" in model.capabilities)
+    assert (model.conditioning == "class") == (model.num_classes > 0)
+    for method in ("configure_optimizers", "phases_at", "loss", "update", "data_init", "after_step", "state_dict",
+                   "load_state_dict"):
+        assert callable(getattr(model.recipe, method)), f"{name}'s recipe lacks {method}"
+    # The sampling settings are a strict pydantic model whose defaults validate.
+    settings = model.sampling_settings()
+    assert issubclass(model.sampling_settings, pydantic.BaseModel)
+    with pytest.raises(pydantic.ValidationError):
+        model.sampling_settings(no_such_setting=1)
+    assert model.sampling_cost(settings) >= 1
+    grids = model.eval_samples(4, generator_seed=0, batch=make_batch(kwargs))
+    assert grids and all(g.shape == (4, *kwargs["image_shape"]) for g in grids.values())
 
 @pytest.mark.parametrize("name, kwargs", PARAMS)
 def test_every_phase_gives_every_parameter_a_gradient(name, kwargs):
     model = build(name, kwargs)
     batch = make_batch(kwargs)
+    optimizers = model.recipe.configure_optimizers(model, OptimDefaults())
     seen_keys: set[str] = set()
-    for phase in model.phases:
+    for phase in backprop_phases(model):
         model.zero_grad(set_to_none=True)
-        loss, logs = model(batch, phase)
-        # pipelines/train.py sums logs by key over a step's phases: a key must belong to one phase.
+        loss, logs = model.recipe.loss(model, batch, phase, 0)
+        # The engine averages logs by key over a step's phases: a key must belong to one phase.
         assert not seen_keys & set(logs), f"{phase}: log keys {seen_keys & set(logs)} repeat another phase's"
         seen_keys |= set(logs)
         assert loss.ndim == 0 and torch.isfinite(loss), f"{phase}: loss {loss}"
@@ -137,14 +179,16 @@ def test_every_phase_gives_every_parameter_a_gradient(name, kwargs):
             assert not value.requires_grad, f"{phase}: log {key} must be detached"
             assert torch.isfinite(value), f"{phase}: log {key} = {value}"
         loss.backward()
+        stepped = optimizer_parameters(optimizers[phase.optimizer])
         for pname, p in model.named_parameters():
-            if any(p is q for q in grad_params(model, phase)):
-                assert p.grad is not None, f"{phase}: no gradient reaches {pname}"
-                assert torch.isfinite(p.grad).all(), f"{phase}: non-finite gradient in {pname}"
+            if any(p is q for q in stepped) and phase.name != "disc_reg":
+                assert p.grad is not None, f"{phase.name}: no gradient reaches {pname}"
+            if p.grad is not None:
+                assert torch.isfinite(p.grad).all(), f"{phase.name}: non-finite gradient in {pname}"
 
-    # Every trainable parameter belongs to exactly one phase's optimizer.
-    owners = [{id(p) for p in grad_params(model, phase)} for phase in model.phases]
-    assert sum(len(o) for o in owners) == len(set().union(*owners)), "phases share parameters"
+    # Every trainable parameter belongs to exactly one optimizer.
+    owners = [{id(p) for p in optimizer_parameters(o)} for o in optimizers.values()]
+    assert sum(len(o) for o in owners) == len(set().union(*owners)), "optimizers share parameters"
     assert set().union(*owners) == {id(p) for p in model.parameters() if p.requires_grad}
 
 
@@ -165,15 +209,12 @@ def test_sample_shape_range_and_seed(name, kwargs):
 @pytest.mark.parametrize("name, kwargs", PARAMS)
 def test_state_round_trip_through_safetensors(name, kwargs, tmp_path):
     model = build(name, kwargs, seed=0)
-    # One step of every phase, so weights and buffers (BatchNorm statistics, schedule steps)
-    # differ from a fresh model's.
-    if hasattr(model, "set_step"):
-        model.set_step(3)
-    for phase in model.phases:
-        opt = torch.optim.SGD(model.parameters_for(phase), lr=0.1)
-        opt.zero_grad()
-        model(make_batch(kwargs), phase)[0].backward()
-        opt.step()
+    # A real engine step (data-dependent init, every phase), so weights and buffers (BatchNorm
+    # statistics, schedule steps, latent scales) differ from a fresh model's.
+    e = engine(model)
+    e.initialize(make_batch(kwargs))
+    for _ in range(3):
+        e.train_step(make_batch(kwargs))
     model.eval()
     save_file(model.state_dict(), tmp_path / "model.safetensors")
 
@@ -211,7 +252,7 @@ def test_declared_capabilities_work(name, kwargs):
         assert lp.shape == (4,) and torch.isfinite(lp).all()
     if "condition" in model.capabilities:
         # Class labels as y=..., or for a text-conditional model a prompt per sample.
-        if kwargs.get("num_classes", 0) > 0:
+        if model.conditioning == "class":
             cond = {"y": torch.arange(4) % kwargs["num_classes"]}
         else:
             cond = {"prompt": ["a small red heart", "a large blue square", "", "x"]}

@@ -8,6 +8,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch.distributions import Normal, kl_divergence
 
+from components.data import DatasetInfo
 from components.models.vae import build_beta_vae, build_vae, gaussian_kl
 
 SHAPE = (1, 8, 8)
@@ -23,7 +24,7 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
 
 def tiny_vae(seed=0, builder=build_vae, **kw):
     torch.manual_seed(seed)
-    return builder(image_shape=SHAPE, size="tiny", **kw)
+    return builder(data=DatasetInfo.for_images(SHAPE), size="tiny", **kw)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def trained():
     """A tiny VAE after 200 fixed-seed Adam steps on digits, with its held-out loss before/after."""
     train, held = digits()
     model = tiny_vae()
-    opt = torch.optim.Adam(model.parameters_for("main"), lr=3e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     held_batch = {"x": held[:256]}
     score = lambda: float(model.evaluate(held_batch, generator=torch.Generator().manual_seed(1))["loss"])  # noqa: E731
     start = score()
@@ -143,7 +144,7 @@ def test_training_lowers_heldout_loss(trained):
 
 def test_latent_map_for_latent_diffusion():
     torch.manual_seed(0)
-    model = build_beta_vae(image_shape=(3, 32, 32), size="tiny", beta=0.01, latent_channels=4, latent_downsample=2)
+    model = build_beta_vae(data=DatasetInfo.for_images((3, 32, 32)), size="tiny", beta=0.01, latent_channels=4, latent_downsample=2)
     x = torch.rand(3, 3, 32, 32) * 2 - 1
     z = model.encode(x)
     assert z.shape == (3, 4, 8, 8) and model.latent_shape == (4, 8, 8) and model.latent_dim == 256
@@ -158,7 +159,7 @@ def test_latent_map_for_latent_diffusion():
 @pytest.mark.parametrize("downsample", [0, 4])
 def test_latent_map_must_stay_at_least_4x4(downsample):
     with pytest.raises(ValueError, match="latent_downsample must be between 1 and 3"):
-        build_vae(image_shape=(3, 32, 32), size="tiny", latent_channels=4, latent_downsample=downsample)
+        build_vae(data=DatasetInfo.for_images((3, 32, 32)), size="tiny", latent_channels=4, latent_downsample=downsample)
 
 
 def test_temperature_scales_the_prior_draw(trained):
