@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.train import EMA, lr_factor, permute_rows, step_seed
+from components.training import EMA, lr_factor, step_seed
+from pipelines.data import permute_rows
 
 
 def test_lr_warmup_then_cosine_to_the_floor():
