@@ -1,4 +1,5 @@
-"""Ray Train's overhead: the same model, data and steps in a bare PyTorch loop and in `genray train`.
+"""Ray Train's overhead: the same model, data and steps through genray's training step alone and in
+`genray train` (local mode, 1 and 2 workers).
 
     .venv/bin/python benchmarks/train_overhead.py [--steps 300] [--family vae] [--size small]
 
@@ -20,9 +21,11 @@ import torch
 
 
 def bare_loop(spec, data, steps: int) -> dict:
-    """What genray's loop does per step (forward/backward per phase, clip, AdamW, EMA), without Ray."""
-    from components.models import FAMILIES
-    from pipelines.train import EMA, _data_args, read_decoded
+    """genray's training step (components.training.Engine: the recipe's phases, clipping, AdamW,
+    EMA) on in-memory batches, without Ray."""
+    from components.models import build
+    from components.training import Engine, OptimDefaults, StepSettings
+    from pipelines.data import read_decoded
 
     torch.set_num_threads(1)
     t = spec.trainer
@@ -30,21 +33,15 @@ def bare_loop(spec, data, steps: int) -> dict:
     tensors = {k: torch.as_tensor(v) for k, v in arrays.items()}
     n = len(tensors["x"])
     torch.manual_seed(t.seed)
-    model = FAMILIES[spec.model.family](**spec.model_args(), **_data_args(data.model_args()))
-    opts = {p: torch.optim.AdamW(model.parameters_for(p), lr=t.lr, betas=t.betas) for p in model.phases}
-    ema = EMA(model, t.ema_decay)
+    model = build(spec.model.family, spec.model_args(), data.info)
+    engine = Engine(model, defaults=OptimDefaults(t.lr, tuple(t.betas), t.weight_decay),
+                    settings=StepSettings(max_steps=steps, grad_clip=t.grad_clip, warmup_steps=t.warmup_steps,
+                                          min_lr_ratio=t.min_lr_ratio, ema_decay=t.ema_decay))
     b = t.batch_size
     rates, window, start = [], time.perf_counter(), time.perf_counter()
     for step in range(steps):
         idx = torch.randint(0, n, (b,))
-        batch = {k: v[idx] for k, v in tensors.items()}
-        for phase in model.phases:
-            opts[phase].zero_grad(set_to_none=True)
-            loss, _ = model(batch, phase)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(list(model.parameters_for(phase)), t.grad_clip)
-            opts[phase].step()
-        ema.update(model, step)
+        engine.train_step({k: v[idx] for k, v in tensors.items()})
         if (step + 1) % t.log_every == 0:
             now = time.perf_counter()
             rates.append(t.log_every * b / (now - window))
@@ -57,7 +54,7 @@ def bare_in_ray_task(spec, data, steps: int) -> dict:
     of sharing the machine with Ray's daemons from the cost of Ray Train's loop and data path."""
     import ray
 
-    from pipelines.train import init_ray
+    from pipelines.env import init_ray
 
     init_ray()
     task = ray.remote(num_cpus=spec.scaling.cpus_per_worker)(bare_loop)
@@ -92,7 +89,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     args = p.parse_args()
 
-    from pipelines import config, train
+    from pipelines import config
+    from pipelines.data import resolve_data
 
     home = Path(tempfile.mkdtemp(prefix="genray-bench-"))
     spec = config.validate({
@@ -103,10 +101,11 @@ def main() -> None:
         "scaling": {"workers": 1, "cpus_per_worker": 0.5},
         "tracking": {"experiment": "bench", "register_model": False},
     }, "<benchmark>")
-    data = train.resolve_data(spec, home)
+    data = resolve_data(spec, home)
 
     results = {"bare": bare_loop(spec, data, args.steps)}
     results["bare_in_ray_task"] = bare_in_ray_task(spec, data, args.steps)
+    results["ray_local"] = ray_run(spec, 0, "bench-0", home)  # Ray Train's local mode: the loop in-process
     results["ray_1"] = ray_run(spec, 1, "bench-1", home)
     two = spec.model_copy(deep=True)
     results["ray_2"] = ray_run(two, 2, "bench-2", home)
@@ -114,6 +113,7 @@ def main() -> None:
     results["ratio_ray1_over_bare_in_ray_task"] = (
         results["ray_1"]["examples_per_s"] / results["bare_in_ray_task"]["examples_per_s"]
     )
+    results["ratio_local_over_bare"] = results["ray_local"]["examples_per_s"] / results["bare"]["examples_per_s"]
     results["ratio_ray2_over_ray1"] = results["ray_2"]["examples_per_s"] / results["ray_1"]["examples_per_s"]
     print(json.dumps({"config": vars(args), **results}, indent=2))
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from components.models import build
-from pipelines import tracking
+from pipelines import arguments, console, tracking
 from pipelines.config import ExperimentSpec
 from pipelines.data import DataSource, TrainData, resolve_data
 from pipelines.env import init_ray, project_home, storage_path
@@ -113,3 +113,19 @@ def default_run_name(config_path: str | Path) -> str:
 
 
 # ----------------------------------------------------------------------------- command line
+
+
+def command(args) -> int:
+    """`genray train` with parsed arguments (pipelines/arguments.py)."""
+    spec = arguments.train_spec(args)
+    name = args.name or spec.tracking.run_name or default_run_name(args.config)
+    console.print_summary(run(spec, name=name))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return console.run(command, arguments.train_parser().parse_args(argv), interrupted=console.TRAIN_INTERRUPTED)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
