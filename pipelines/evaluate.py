@@ -292,7 +292,7 @@ def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> Ev
         data = resolve_data(spec, home)
     except (UserError, FileNotFoundError) as e:
         raise ConfigError(f"{request.target}: its training data is not readable here ({e})") from None
-    if data.info.modality != "image":
+    if not data.info.kind.is_image:
         raise ConfigError(f"{request.target}: genray eval scores image models; this one trained on "
                           f"{data.info.modality} data ({data.train})")
     dataset = spec.data.dataset if spec.data.path is None else Path(spec.data.path).stem

@@ -129,11 +129,11 @@ def domain_classifier(choice: str, *, train_path: str, dataset: str, home: Path,
             net = FeatureNet(dataset, clf.classifier_id(path), clf.load_classifier(path), "classifier")
         except (FileNotFoundError, UserError) as e:
             raise ConfigError(f"feature_net {choice!r}: {e} (allowed: auto, none, or a saved classifier directory)") from None
-        if info.modality != "image" or net.model.config["in_channels"] != info.shape[2]:
+        if not info.kind.is_image or net.model.config["in_channels"] != info.shape[2]:
             raise ConfigError(f"feature_net {choice!r} takes {net.model.config['in_channels']}-channel images; "
                               f"{train_path} holds {info.modality} of shape {list(info.shape)}")
         return net
-    if info.modality != "image" or info.num_classes < 2:
+    if not info.kind.is_image or info.num_classes < 2:
         return None  # no labels: nothing to train a classifier on
     recipe = hashlib.sha256(json.dumps(CLASSIFIER_RECIPE, sort_keys=True).encode()).hexdigest()[:8]
     path = home / "cache" / "feature-nets" / f"{dataset}-{fingerprint(train_path)}-r{recipe}"
@@ -186,7 +186,7 @@ QUALITY_REFERENCE_ROWS = 2000
 def quality_inputs(spec: ExperimentSpec, data: DataSource, home: Path) -> dict[str, Any] | None:
     """What rank 0 needs to score samples at each eval: the dataset's domain classifier (trained
     and cached on first use, see pipelines/evaluate.py) and its features of held-out images."""
-    if spec.trainer.quality_samples == 0 or spec.trainer.feature_net == "none" or data.info.modality != "image":
+    if spec.trainer.quality_samples == 0 or spec.trainer.feature_net == "none" or not data.info.kind.is_image:
         return None
     dataset = spec.data.dataset if spec.data.path is None else Path(spec.data.path).stem
     try:

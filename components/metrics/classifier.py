@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from components.errors import UserError
+
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 MIN_SIDE = 8  # two stride-2 stages leave a 2x2 map at 8x8; smaller inputs leave nothing to pool
@@ -272,7 +274,7 @@ def _read_config(path: Path) -> dict:
     config = json.loads(config_file.read_text())
     digest = _sha256(weights_file)
     if config.get("sha256") != digest:
-        raise ValueError(
+        raise UserError(
             f"{path}: {WEIGHTS_FILE} has sha256 {digest[:12]}..., but {CONFIG_FILE} records "
             f"{str(config.get('sha256'))[:12]}...; the weights were changed after saving"
         )
@@ -281,7 +283,7 @@ def _read_config(path: Path) -> dict:
 
 def load_classifier(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> DomainClassifier:
     """Rebuild a classifier written by save_classifier, in eval mode. Raises ValueError if
-    config.json and the weights disagree (a hand-edited config, or a file from another model)."""
+    config.json and the weights disagree (a hand-edited config, or a file from another model): a UserError."""
     path = Path(path)
     config = _read_config(path)
     args = {k: config.get(k) for k in ("in_channels", "num_classes", "width", "feature_dim", "aux_classes")}
@@ -292,7 +294,7 @@ def load_classifier(path: str | os.PathLike, *, map_location: str | torch.device
         want = tuple(expected[name].shape) if name in expected else "absent"
         got = tuple(weights[name].shape) if name in weights else "absent"
         if want != got:
-            raise ValueError(
+            raise UserError(
                 f"{path}: {CONFIG_FILE} ({args}) does not match {WEIGHTS_FILE}: tensor '{name}' "
                 f"should be {want} for that config, the file has {got}"
             )

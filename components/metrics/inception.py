@@ -47,6 +47,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from components.errors import UserError
+
 INCEPTION_ENV = "GENRAY_INCEPTION_WEIGHTS"
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 # torch.hub names a file <name>-<first 8 hex of its sha256>.<ext>; pytorch-fid's file follows it.
@@ -334,27 +336,27 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     with weights_only=True: a file whose pickle would run code is refused, never executed."""
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
-        raise ValueError(f"{path}: Inception weights must be one of {', '.join(SUFFIXES)}, got '{path.suffix}'")
+        raise UserError(f"{path}: Inception weights must be one of {', '.join(SUFFIXES)}, got '{path.suffix}'")
     if suffix == ".safetensors":
         try:
             state = load_file(str(path), device="cpu")
         except (SafetensorError, OSError) as e:
-            raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
+            raise UserError(f"{path}: not a readable safetensors file ({e})") from e
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            raise ValueError(
+            raise UserError(
                 f"{path}: refused by torch.load(weights_only=True): the file is corrupt, or it "
                 "pickles objects that need code to rebuild. genray only reads plain state dicts; "
                 f"re-save it as torch.save(model.state_dict(), ...) or as .safetensors. "
                 f"({str(e).splitlines()[0][:200]})"
             ) from e
         except (RuntimeError, EOFError, OSError) as e:
-            raise ValueError(f"{path}: not a readable torch file ({type(e).__name__}: {e})") from e
+            raise UserError(f"{path}: not a readable torch file ({type(e).__name__}: {e})") from e
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
         kind = type(state).__name__
-        raise ValueError(
+        raise UserError(
             f"{path}: expected a flat state dict {{name: tensor}} of the FID Inception-v3, got a {kind}"
             + (" with non-tensor values (a training checkpoint? save model.state_dict() alone)" if isinstance(state, dict) else "")
         )
@@ -384,7 +386,7 @@ def _check_keys(path: Path, state: dict[str, Tensor], expected: dict[str, Tensor
             problems.append(f"unexpected keys: {_few(unexpected)}")
         if wrong:
             problems.append(f"wrong shapes: {_few(wrong)}")
-        raise ValueError(
+        raise UserError(
             f"{path} is not the FID Inception-v3 state dict (pytorch-fid's {FID_WEIGHTS_FILE}): "
             + "; ".join(problems)
         )

@@ -35,7 +35,7 @@ class StackedGenerators:
 
     Passed as `generator=` to a family's `sample`, it makes a batched request draw exactly the
     numbers it would draw alone, so a seed names the same image whatever it is batched with
-    (pipelines/serve.py batches HTTP requests this way). Every draw must lead with the batch.
+    (pipelines/serve/replica.py batches HTTP requests this way). Every draw must lead with the batch.
     """
 
     def __init__(self, parts: list[tuple[torch.Generator, int]]):
