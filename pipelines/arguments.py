@@ -11,6 +11,7 @@ the two forms take the same arguments. Importing this module loads no job.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -31,25 +32,30 @@ HELP = {
     "jobs": "the Ray Jobs on a cluster: list, logs, stop",
     "data": "built-in datasets",
     "families": "list model families, their capabilities and configs",
+    "configs": "the shipped configs: list, show, copy",
+    "sample": "draw samples from a trained model into a file (no server needed)",
 }
 
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse's own usage errors also exit 2, in one line
+    def error(self, message: str):  # a usage mistake: the usage, then one error line; exit 2
+        self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"genray: error: {message}\n")
 
 
 def add_train(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="experiment YAML, e.g. pipelines/configs/vae/vae_digits.yaml")
+    p.add_argument("config", help="experiment YAML, or a shipped config by name (e.g. vae/vae_digits; see `genray configs list`)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set trainer.lr=3e-4 (repeatable)")
     p.add_argument("--workers", type=int, help="Ray Train workers (scaling.workers)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (scaling.gpu)")
     p.add_argument("--name", help="run name; an existing name continues that run")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config (with --set) and exit")
 
 
 def add_tune(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="sweep YAML (a tune: section), e.g. pipelines/configs/gan/sweep_dcgan_digits.yaml")
+    p.add_argument("config", help="sweep YAML (a tune: section), or a shipped one by name (e.g. gan/sweep_dcgan_digits)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved sweep config (with --set) and exit")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, tune.* included, e.g. --set tune.num_samples=8 (repeatable)")
     names = p.add_mutually_exclusive_group()
@@ -72,7 +78,7 @@ def add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inception", metavar="FILE",
                    help="pytorch-fid Inception-v3 weights for FID (default: $GENRAY_INCEPTION_WEIGHTS; never downloaded)")
     p.add_argument("--likelihood-rows", type=int, default=500, help="reference images scored for bits/dim")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed: the same seed draws the same samples")
     p.add_argument("--no-log", action="store_true", help="print only; write nothing to MLflow")
 
 
@@ -117,17 +123,41 @@ def add_data(p: argparse.ArgumentParser) -> None:
     prep = sub.add_parser("prepare", help="write a built-in dataset as Parquet")
     prep.add_argument("name", choices=sorted(DATASETS))
     prep.add_argument("--out", type=Path, help="output folder (default: <GENRAY_HOME>/data/NAME-SIZE-seedS)")
-    prep.add_argument("--seed", type=int, default=0)
-    prep.add_argument("--size", choices=["tiny", "full"], default="full")
+    prep.add_argument("--seed", type=int, default=0, help="the split and generation seed (default 0)")
+    prep.add_argument("--size", choices=["tiny", "full"], default="full", help="full, or tiny (a few hundred rows, for tests)")
 
 
 def add_families(p: argparse.ArgumentParser) -> None:
     pass
 
 
+def add_configs(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="configs_command", required=True, parser_class=Parser)
+    sub.add_parser("list", help="every shipped config, by name, with what it trains")
+    show = sub.add_parser("show", help="print a shipped config")
+    show.add_argument("name", help="a shipped config's name, e.g. vae/vae_digits")
+    cp = sub.add_parser("copy", help="copy a shipped config to edit it (never overwrites)")
+    cp.add_argument("name", help="a shipped config's name, e.g. vae/vae_digits")
+    cp.add_argument("dest", type=Path, help="a file, or a folder to put it in")
+
+
+def add_sample(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", metavar="MODEL",
+                   help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID or a checkpoint directory")
+    p.add_argument("-n", "--num-samples", type=int, default=64, help="how many samples (default 64)")
+    p.add_argument("-o", "--out", type=Path, default=Path("samples.png"),
+                   help="where to write them: a .png grid for image models (default samples.png)")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same samples")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a sampling setting of the model, e.g. --set guidance_scale=2 (repeatable; see genray families)")
+    p.add_argument("--class-label", type=int, action="append", metavar="K",
+                   help="class-conditional models: the class (repeat for one per sample; default: cycle through all)")
+    p.add_argument("--prompt", help="text-conditional models: the prompt")
+
+
 ADD: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "train": add_train, "tune": add_tune, "eval": add_eval, "serve": add_serve, "submit": add_submit,
-    "jobs": add_jobs, "data": add_data, "families": add_families,
+    "jobs": add_jobs, "data": add_data, "families": add_families, "configs": add_configs, "sample": add_sample,
 }
 
 

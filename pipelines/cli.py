@@ -34,6 +34,7 @@ from pipelines.console import CONFIGS
 
 def parser() -> argparse.ArgumentParser:
     p = arguments.Parser(prog="genray", description="Train, sweep, track and serve generative models on Ray.")
+    p.add_argument("--version", action="version", version=f"genray {version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=arguments.Parser)
     for verb, add in arguments.ADD.items():
         add(sub.add_parser(verb, help=arguments.HELP[verb], description=arguments.HELP[verb]))
@@ -42,12 +43,52 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # bare `genray`: what it can do
+        parser().print_help()
+        return 0
     args = parser().parse_args(argv)  # usage errors and --help for every verb, here
     if args.command in arguments.JOBS:  # the job parses the same arguments itself
         return importlib.import_module(arguments.JOBS[args.command]).main(argv[1:])
     handlers = {"serve": cmd_serve, "submit": cmd_submit, "jobs": cmd_jobs, "data": cmd_data,
-                "families": cmd_families}
+                "families": cmd_families, "configs": cmd_configs, "sample": cmd_sample}
     return console.run(handlers[args.command], args)
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version as installed
+
+    try:
+        return installed("genray")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
+
+
+# ----------------------------------------------------------------------------- configs and samples
+
+
+def cmd_configs(args) -> int:
+    from pipelines import catalog
+
+    if args.configs_command == "list":
+        configs = catalog.shipped()
+        width = max(len(n) for n in configs)
+        for name, path in configs.items():
+            print(f"{name:<{width}}  {catalog.describe(path)}")
+        print(f"\n{len(configs)} configs in {catalog.CONFIGS}; run one with `genray train NAME` (sweeps: `genray tune NAME`)")
+    elif args.configs_command == "show":
+        print(catalog.find(args.name).read_text(), end="")
+    else:
+        print(f"wrote {catalog.copy(args.name, args.dest)}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from pipelines import sample
+
+    out = sample.sample_to_file(args.target, args.out, n=args.num_samples, seed=args.seed,
+                                overrides=args.overrides, class_labels=args.class_label, prompt=args.prompt)
+    print(f"wrote {out.path}: {out.n} samples of {out.model} ({out.settings})")
+    return 0
 
 
 # ----------------------------------------------------------------------------- serve

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from components.data import DATASETS, DatasetInfo
 from components.errors import UserError
+from pipelines import catalog
 from components.models import FAMILIES
 
 
@@ -220,10 +221,9 @@ def validate(raw: Any, source: str) -> ExperimentSpec:
 
 
 def read_yaml(path: str | Path) -> Any:
-    """A config file's contents; a missing file or bad YAML is a ConfigError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+    """A config file's contents: a file, or a shipped config by name (pipelines/catalog.py). A
+    missing file names the close matches; bad YAML is a ConfigError naming the file."""
+    path = catalog.find(path)
     try:
         return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -231,7 +231,7 @@ def read_yaml(path: str | Path) -> Any:
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> ExperimentSpec:
-    path = Path(path)
+    path = catalog.find(path)
     raw = read_yaml(path)
     if isinstance(raw, dict):
         if "tune" in raw:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from components.models import build
 from pipelines import arguments, console, tracking
 from pipelines.config import ExperimentSpec
@@ -118,6 +120,9 @@ def default_run_name(config_path: str | Path) -> str:
 def command(args) -> int:
     """`genray train` with parsed arguments (pipelines/arguments.py)."""
     spec = arguments.train_spec(args)
+    if args.print_config:
+        print(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), end="")
+        return 0
     name = args.name or spec.tracking.run_name or default_run_name(args.config)
     console.print_summary(run(spec, name=name))
     return 0

@@ -55,7 +55,7 @@ from typing import Any
 import yaml
 
 from components.errors import UserError
-from pipelines import arguments, console, tracking
+from pipelines import arguments, catalog, console, tracking
 from pipelines.config import (DISTRIBUTIONS, ConfigError, ExperimentSpec, SweepEvalSpec, TuneSpec, apply_overrides,
                               flatten, read_yaml, set_key, validate, validate_tune)
 from pipelines.data import TrainData, build_dataset, resolve_data
@@ -149,6 +149,7 @@ class Sweep:
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> Sweep:
+    path = catalog.find(path)
     source = str(path)
     raw = read_yaml(path)
     if not isinstance(raw, dict):
@@ -768,6 +769,9 @@ def command(args) -> int:
     """`genray tune` with parsed arguments (pipelines/arguments.py). Ctrl-C stops the sweep and
     says how to continue it (exit 130)."""
     sweep = load(args.config, args.overrides)
+    if args.print_config:
+        print(yaml.safe_dump(sweep.resolved, sort_keys=False), end="")
+        return 0
     name = args.resume or args.name or default_sweep_name(args.config)
     try:
         out = run(sweep, name=name, resume=args.resume is not None)

@@ -7,10 +7,17 @@ MLflow's pyfunc wrapper nor an optimizer file.
     resolve_versions(uri, ["vae-digits"], "champion")   -> {"vae-digits": "3"}
     load_version(uri, home, "vae-digits", "3")           -> Loaded(model, state, ...)
     check_versions(uri, home, {"vae-digits": "3"})       a bad checkpoint is one ConfigError here
+
+What an app serves is written in the registry too, as a tag on each registered model
+(`serving_tag("genray")` = "genray.serve.genray.version"): `genray serve` sets it, `--reload` moves
+it, and every replica reads it (`serving_version`) and swaps when it names another version.
+An alias is where training points; the tag is what is served: only --reload copies one onto the
+other.
 """
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,3 +102,27 @@ def check_versions(uri: str, home: Path, versions: dict[str, str]) -> None:
             load_version(uri, home, name, version)
         except UserError as e:
             raise ConfigError(str(e)) from None
+
+
+# --------------------------------------------------------------------- the version an app serves
+
+
+def serving_tag(app_name: str) -> str:
+    """The registered-model tag naming the version Serve app APP_NAME serves of that model."""
+    return f"genray.serve.{re.sub(r'[^A-Za-z0-9_-]', '_', app_name)}.version"
+
+
+def set_serving_versions(uri: str, tag: str, versions: dict[str, str]) -> None:
+    """Point `tag` of each model at its version: replicas that follow the tag swap to it."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    for name, version in versions.items():
+        client.set_registered_model_tag(name, tag, str(version))
+
+
+def serving_version(uri: str, name: str, tag: str) -> str | None:
+    """The version `tag` of registered model NAME names; None when it has no such tag."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri).get_registered_model(name).tags.get(tag)

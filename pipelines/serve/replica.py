@@ -1,11 +1,20 @@
 """One registered model behind Ray Serve: the `ModelServer` deployment.
 
-Each replica serves the version its user_config names ({"version": "3"}). Serve calls
-`reconfigure` with it when the replica starts, before it takes traffic, and again on the running
-replica when a re-applied Serve config changes only the user_config: then the new version is
-loaded beside the old and swapped in with one assignment, so a batch already running finishes on
-the model it started with and no request sees a half-loaded model. (`genray serve --reload`
-redeploys through serve.run, which starts new replicas instead: README_HOTSWAP.txt.)
+Each replica serves one version of its model and swaps it in place, in the same process:
+
+- `genray serve` names the version twice, in the registry tag the app follows
+  (registry.serving_tag) and in the deployment's user_config ({"version": "3"}). Serve calls
+  `reconfigure` with the user_config when the replica starts, before it takes traffic; the
+  replica loads what the tag names then (a replica started after a --reload must not serve the
+  version deployed days ago), the user_config's version if the model has no tag.
+- `genray serve --reload` moves the tag. Every `version_poll_period_s` each replica reads it and,
+  when it names another version, loads that one in a thread beside the old and swaps with one
+  assignment: a batch already running finishes on the model it started with, each request runs
+  on the version it was checked against, and no request sees a half-loaded model.
+- A re-applied Serve config with only `user_config` changed (app_builder: no tag) calls
+  `reconfigure` on the running replicas, which swap the same way.
+
+An alias change alone swaps nothing: only --reload writes the tag.
 
 Sampling requests are batched (`@serve.batch`): requests with equal settings run as one
 `model.sample` call, each drawing its noise from its own seeded generator
@@ -18,6 +27,7 @@ any other exception propagates, and the gateway answers 500 and logs its traceba
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 from typing import Any
@@ -28,7 +38,7 @@ from ray import serve
 from components.data.images import image_grid, to_uint8_image
 from components.errors import UserError
 from components.models.protocol import settings_for
-from pipelines.serve.registry import Loaded, load_version
+from pipelines.serve.registry import Loaded, load_version, serving_version
 from pipelines.serve.schemas import (
     EncodeResponse,
     InterpolateResponse,
@@ -46,6 +56,8 @@ from pipelines.serve.schemas import (
     settings_key,
 )
 from pipelines.serve.spec import Limits
+
+logger = logging.getLogger("ray.serve")  # Serve writes it to the replica's own log file
 
 # ------------------------------------------------------------------------------- what a model offers
 
@@ -149,10 +161,12 @@ def latent_path(za, zb, steps: int, method: str):
 
 
 class ModelServer:
-    """One registered model behind Ray Serve. user_config {"version": V} names the version to
-    serve; a new one is loaded beside the old and swapped in between batches (`reconfigure`)."""
+    """One registered model behind Ray Serve. The version it serves: what registry tag
+    `version_tag` names (checked every `poll_period_s`), else user_config {"version": V}. A new
+    version is loaded beside the old and swapped in between requests (`_swap_to`)."""
 
-    def __init__(self, name: str, uri: str, home: str, limits: dict[str, Any], batching: dict[str, Any]):
+    def __init__(self, name: str, uri: str, home: str, limits: dict[str, Any], batching: dict[str, Any],
+                 version_tag: str | None = None, poll_period_s: float = 1.0):
         import torch
 
         self.name, self.uri, self.home = name, uri, home
@@ -163,19 +177,36 @@ class ModelServer:
         self.batch_sizes: list[int] = []  # jobs per model call, the last 1000 (GET .../stats)
         self._sample_batched.set_max_batch_size(int(batching["max_batch_size"]))
         self._sample_batched.set_batch_wait_timeout_s(float(batching["batch_wait_timeout_s"]))
+        self.version_tag, self.poll_period_s = version_tag, poll_period_s
+        self._swapping = asyncio.Lock()  # one load at a time: reconfigure and the tag poll may overlap
+        self._poll: asyncio.Task | None = None
+        self._poll_error: str | None = None  # the last error logged, so each distinct one is logged once
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         version = str(config["version"])
-        if self.loaded is not None and self.loaded.version == version:
-            return
-        loaded = await asyncio.to_thread(load_version, self.uri, self.home, self.name, version, device=self.device)
-        info = describe(loaded, self.limits)
-        # One assignment: a request already checked keeps the model it was checked against.
-        self.loaded, self.info = loaded, info
+        if self.version_tag is not None:
+            try:
+                version = await asyncio.to_thread(serving_version, self.uri, self.name, self.version_tag) or version
+            except Exception as e:  # noqa: BLE001 (registry unreadable now: start on user_config, follow later)
+                self._log_poll_error(e)
+            self._follow_tag()
+        await self._swap_to(version)
 
-    def check_health(self) -> None:
+    async def _swap_to(self, version: str) -> bool:
+        """Serve `version` from now on; False if it is served already."""
+        async with self._swapping:
+            if self.loaded is not None and self.loaded.version == version:
+                return False
+            loaded = await asyncio.to_thread(load_version, self.uri, self.home, self.name, version, device=self.device)
+            info = describe(loaded, self.limits)
+            # One assignment: a request already checked keeps the model it was checked against.
+            self.loaded, self.info = loaded, info
+            return True
+
+    async def check_health(self) -> None:
         if self.loaded is None:
             raise RuntimeError(f"{self.name}: no model loaded")
+        self._follow_tag()  # the poll never ends on its own; should anything end it, start it again
 
     async def describe(self) -> dict[str, Any]:
         return self.info
@@ -183,6 +214,43 @@ class ModelServer:
     async def stats(self) -> dict[str, Any]:
         return {"batch_sizes": list(self.batch_sizes), "version": self.loaded.version if self.loaded else None,
                 "pid": os.getpid()}
+
+    # -- following the registry tag (genray serve --reload)
+
+    def _follow_tag(self) -> None:
+        """Start polling the tag, on the replica's event loop, unless it is polled already."""
+        if self.version_tag is not None and (self._poll is None or self._poll.done()):
+            self._poll = asyncio.get_running_loop().create_task(self._poll_tag())
+
+    async def _poll_tag(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_period_s)
+            try:
+                await self._follow_once()
+            except Exception as e:  # noqa: BLE001 (registry down, a version that will not load: keep serving, retry)
+                self._log_poll_error(e)
+                continue
+            if self._poll_error is not None:
+                logger.info("%s: following registry tag %s again", self.name, self.version_tag)
+                self._poll_error = None
+
+    async def _follow_once(self) -> None:
+        version = await asyncio.to_thread(serving_version, self.uri, self.name, self.version_tag)
+        old = self.loaded.version if self.loaded else None
+        if version is not None and await self._swap_to(version):
+            logger.info("%s: serving version %s (was %s), as registry tag %s says", self.name, version, old,
+                        self.version_tag)
+
+    def _log_poll_error(self, e: Exception) -> None:
+        """Log a failure to follow the tag the first time it happens: the same error every period
+        would bury the log, and none of them may take the replica down."""
+        error = f"{type(e).__name__}: {e}"
+        if error != self._poll_error:
+            served = self.loaded.version if self.loaded else None
+            logger.warning("%s: cannot follow registry tag %s (%s); serving version %s, trying again every %g s",
+                           self.name, self.version_tag, error, served, self.poll_period_s,
+                           exc_info=not isinstance(e, UserError))
+            self._poll_error = error
 
     # -- sample, batched
 

@@ -51,6 +51,9 @@ class DeploymentSpec(BaseModel):
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
     health_check_period_s: float = Field(10.0, gt=0)
+    # How often each replica reads the version it should serve from the registry: a
+    # `genray serve --reload` is served within about this long plus the new version's load time.
+    version_poll_period_s: float = Field(1.0, gt=0, le=60)
     gateway_max_ongoing_requests: int = Field(1000, ge=1)  # requests the ingress holds at once
 
 

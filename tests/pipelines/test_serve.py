@@ -392,45 +392,119 @@ def test_a_batched_request_draws_what_it_would_draw_alone():
 
 
 def test_swapping_the_champion_under_load_fails_no_request(served):
+    """--reload swaps the new champion in place (the same replica processes) within seconds, with
+    no failed request and no request that sees the old model after one has seen the new; moving
+    the alias alone swaps nothing."""
     import httpx
 
     uri, home = served["uri"], served["home"]
     before = served["client"].post("/v1/models/vae-t/sample", json={"n": 2, "seed": 5}).json()
+    pids = {name: served["client"].get(f"/v1/models/{name}/stats").json()["pid"] for name in ("vae-t", "diff-t")}
     new_version = register_tiny(uri, home, "vae-t", "vae", seed=1, alias=None)
     tracking.set_alias(uri, "vae-t", new_version, "champion", {})
-    results: list[tuple[int, str | None]] = []
+    results: list[tuple[float, float, int, str | None]] = []  # (sent, answered, status, version)
     stop = threading.Event()
 
     def client_loop():
         with httpx.Client(base_url=served["url"], timeout=60) as c:
             while not stop.is_set():
+                sent = time.monotonic()
                 try:
                     r = c.post("/v1/models/vae-t/sample", json={"n": 2, "seed": 5})
-                    results.append((r.status_code, r.headers.get(serve.VERSION_HEADER)))
+                    results.append((sent, time.monotonic(), r.status_code, r.headers.get(serve.VERSION_HEADER)))
                 except httpx.HTTPError as e:
-                    results.append((0, repr(e)))
+                    results.append((sent, time.monotonic(), 0, repr(e)))
 
     threads = [threading.Thread(target=client_loop) for _ in range(3)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
+    # Three of the replicas' registry polls with the alias moved: an alias alone swaps nothing.
+    time.sleep(3 * served["spec"].deployment.version_poll_period_s)
+    reload_started = time.monotonic()
     changes = serve.reload(home=home)
+    reload_returned = time.monotonic()
     assert changes["vae-t"] == ("1", new_version) and changes["diff-t"] == ("1", "1")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (results and results[-1][1] == new_version):
-        time.sleep(0.2)
     time.sleep(1.0)
     stop.set()
     for t in threads:
         t.join()
-    assert results and all(status == 200 for status, _ in results), [r for r in results if r[0] != 200][:3]
-    versions = [v for _, v in results]
+    assert results and all(status == 200 for _, _, status, _ in results), [r for r in results if r[2] != 200][:3]
+    results.sort()  # in the order the requests were sent
+    versions = [v for *_, v in results]
     assert versions[0] == "1" and versions[-1] == new_version
-    swap = versions.index(new_version)
-    assert set(versions[swap:]) == {new_version}  # once swapped, no request sees the old model
+    assert {v for _, answered, _, v in results if answered < reload_started} == {"1"}
+    first_new = min(answered for _, answered, _, v in results if v == new_version)
+    # Once a client has had an answer from the new model, no request sent after it sees the old
+    # one. (A batch that straddles the swap answers both versions at once, in any order: what
+    # is ordered is "answered" before "sent".)
+    assert {v for sent, *_, v in results if sent > first_new} == {new_version}
+    # reload returns once every replica serves the new version, and that is quick.
+    assert {v for sent, *_, v in results if sent > reload_returned} == {new_version}
+    print(f"\nreload took {reload_returned - reload_started:.2f} s; first answer from version {new_version} "
+          f"{first_new - reload_started:.2f} s after reload started; {len(results)} requests")
+    assert reload_returned - reload_started < 20
     after = served["client"].post("/v1/models/vae-t/sample", json={"n": 2, "seed": 5}).json()
     assert after["version"] == new_version and after["images"] != before["images"]
     assert served["client"].get("/healthz").json()["models"]["vae-t"] == new_version
+    # In place: the same replica processes serve the new version (and the untouched model).
+    assert {name: served["client"].get(f"/v1/models/{name}/stats").json()["pid"] for name in pids} == pids
+
+
+def test_a_replica_follows_its_registry_tag_and_outlives_registry_errors(monkeypatch, caplog):
+    """The tag poll alone, without Ray: each distinct error is logged once and ends nothing; a
+    version that will not load leaves the old one served; a new version is swapped in."""
+    import asyncio
+    import logging
+
+    from components.errors import UserError
+    from pipelines.serve import registry, replica
+
+    script = ["1", OSError("database is locked"), OSError("database is locked"), RuntimeError("registry down"),
+              "2", "3", "3", "3", "3"]  # what each read of the tag gives; then "3" for ever
+    loads: list[str] = []
+
+    def tagged(uri, name, tag):
+        assert (name, tag) == ("m", "genray.serve.test.version")
+        answer = script.pop(0) if len(script) > 1 else script[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def load(uri, home, name, version, device="cpu"):
+        loads.append(version)
+        if version == "3" and loads.count("3") <= 2:
+            raise UserError(f"models:/m/{version}: not yet")
+        return registry.Loaded(name, version, None, {}, "vae", None)
+
+    monkeypatch.setattr(replica, "serving_version", tagged)
+    monkeypatch.setattr(replica, "load_version", load)
+    monkeypatch.setattr(replica, "describe", lambda loaded, limits: {"version": loaded.version})
+    monkeypatch.setattr(replica, "logger", logging.getLogger("genray.test.replica"))
+
+    async def run() -> list[str]:
+        server = replica.ModelServer("m", "sqlite://", "/nowhere", LIMITS,
+                                     {"max_batch_size": 2, "batch_wait_timeout_s": 0.0},
+                                     version_tag="genray.serve.test.version", poll_period_s=0.01)
+        await server.reconfigure({"version": "7"})  # the tag wins over the deploy-time user_config
+        served = [server.loaded.version]
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if served[-1] != server.loaded.version:
+                served.append(server.loaded.version)
+            if served[-1] == "3":
+                break
+        await server.check_health()
+        assert not server._poll.done()
+        server._poll.cancel()
+        return served
+
+    with caplog.at_level(logging.INFO, logger="genray.test.replica"):
+        served = asyncio.run(run())
+    assert served == ["1", "2", "3"] and loads == ["1", "2", "3", "3", "3"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3, warnings  # locked, down, not yet: once each
+    assert "database is locked" in warnings[0] and "registry down" in warnings[1]
+    assert "not yet" in warnings[2] and "serving version 2" in warnings[2]
 
 
 # ------------------------------------------------------------------------------------ the browser
