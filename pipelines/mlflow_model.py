@@ -5,8 +5,9 @@ as its artifact, so `mlflow.pyfunc.load_model("models:/NAME@champion")` rebuilds
 from genray's own code and the weights from safetensors, with nothing unpickled.
 
 predict input: {"n": number of samples, "seed": int, the condition the model takes ("y": class
-    labels when its conditioning is "class", "prompt": a string or n strings when "text"), and
-    any of its sampling settings (the fields of the model's `sampling_settings`)}
+    labels when its conditioning is "class", "prompt": a string or n strings when "text")}
+predict params: the model's sampling settings (the fields of its `sampling_settings`), as the
+    registered signature lists them; `mlflow models predict/serve` pass them as params too
 predict output: float32 array (n, C, H, W) in [-1, 1]
 
 Sampling settings left out of a request take the checkpoint's `sampling_defaults` (state.json;
@@ -45,9 +46,10 @@ class GenrayModel(PythonModel):
                 raise UserError(f"{key}: this model takes no {key!r} (its conditioning is {self.model.conditioning!r})")
             value = request.pop(key)
             kwargs[key] = torch.as_tensor(np.asarray(value), dtype=torch.long) if key == "y" else value
-        # Settings a sampling-time sweep chose are the defaults; the request overrides them.
-        settings = resolve(self.model, request, self.state.get("sampling_defaults"))
-        kwargs.update(settings.model_dump(exclude_unset=True))
+        # Settings a sampling-time sweep chose are the defaults; params (or, from older callers,
+        # settings in the input) override them.
+        settings = resolve(self.model, {**request, **(params or {})}, self.state.get("sampling_defaults"))
+        kwargs.update(settings.model_dump())
         return self.model.sample(n, generator=generator, **kwargs).float().cpu().numpy()
 
 

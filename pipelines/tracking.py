@@ -82,13 +82,17 @@ class RunLogger:
         batch = [Metric(k, float(v), now, step) for k, v in values.items() if np.isfinite(v)]
         self.client.log_batch(self.run_id, metrics=batch)
 
-    def image(self, grid: np.ndarray, artifact_file: str) -> None:
+    def image(self, grid: np.ndarray, artifact_file: str, *, key: str | None = None, step: int | None = None) -> None:
+        """A PNG at artifact_file; with key and step also an MLflow step image, which the UI
+        shows over training with a step slider."""
         from components.data import save_png
 
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / Path(artifact_file).name
             save_png(grid, path)
             self.client.log_artifact(self.run_id, str(path), str(Path(artifact_file).parent))
+        if key is not None:
+            self.client.log_image(self.run_id, grid, key=key, step=step)
 
     def artifacts(self, local_dir: str | Path, artifact_path: str) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
@@ -121,27 +125,87 @@ def _fluent(uri: str):
                 os.environ[k] = v
 
 
+# What the registered model needs beyond genray's own code, pinned to what trained it.
+MODEL_REQUIREMENTS = ("torch", "numpy", "safetensors", "pydantic", "pyyaml", "pyarrow", "pillow", "mlflow")
+
+
 def log_and_register(uri: str, run_id: str, checkpoint_dir: Path, model_name: str | None) -> str | None:
     """Log the final model as an MLflow "models from code" pyfunc: the code is
-    pipelines/mlflow_model.py, the state a genray checkpoint (safetensors + JSON). Nothing is
-    pickled, so loading runs only genray's own code. Returns the registered version."""
-    with _fluent(uri) as mlflow, mlflow.start_run(run_id=run_id):
+    pipelines/mlflow_model.py plus genray's components/ and pipelines/ packages (bundled, so
+    `mlflow models predict/serve` rebuild it anywhere its requirements install), the state a
+    genray checkpoint (safetensors + JSON). Nothing is pickled. The signature names the inputs
+    (n, seed, the condition) and the model's sampling settings as params. Returns the version."""
+    with _fluent(uri) as mlflow, mlflow.start_run(run_id=run_id), tempfile.TemporaryDirectory() as d:
         # Only what serving needs: weights and state, not the optimizer.
-        with tempfile.TemporaryDirectory() as d:
-            slim = Path(d) / "checkpoint"
-            slim.mkdir()
-            for f in checkpoint_dir.iterdir():
-                if f.suffix in (".safetensors", ".json"):
-                    (slim / f.name).write_bytes(f.read_bytes())
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(MODEL_CODE),
-                artifacts={"checkpoint": str(slim)},
-                pip_requirements=["genray"],
-                registered_model_name=model_name,
-            )
+        slim = Path(d) / "checkpoint"
+        slim.mkdir()
+        for f in checkpoint_dir.iterdir():
+            if f.suffix in (".safetensors", ".json"):
+                (slim / f.name).write_bytes(f.read_bytes())
+        signature, example = model_signature(slim)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(MODEL_CODE),
+            artifacts={"checkpoint": str(slim)},
+            code_paths=bundle_code(Path(d) / "code"),
+            pip_requirements=requirements(),
+            signature=signature,
+            input_example=example,
+            registered_model_name=model_name,
+        )
     version = getattr(info, "registered_model_version", None)
     return str(version) if version is not None else None
+
+
+def model_signature(checkpoint_dir: Path):
+    """(signature, input example) of a checkpoint's model: inputs n, seed and its condition
+    (y: class labels, prompt: text); params: its sampling settings, each with its type and the
+    default it samples with (the checkpoint's sampling_defaults over the model's own)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import DataType
+    from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
+
+    from components.checkpoint import build_model
+    from components.models.protocol import settings_for
+
+    model, state = build_model(checkpoint_dir)
+    inputs = [ColSpec(DataType.long, "n", required=False), ColSpec(DataType.long, "seed", required=False)]
+    if model.conditioning == "class":
+        inputs.append(ColSpec(Array(DataType.long), "y", required=False))
+    elif model.conditioning == "text":
+        inputs.append(ColSpec(DataType.string, "prompt", required=False))
+    defaults = settings_for(model, {}, state.get("sampling_defaults")).model_dump()
+    kinds = {"integer": DataType.long, "number": DataType.double, "boolean": DataType.boolean}
+    props = model.sampling_settings.model_json_schema().get("properties", {})
+    params = [ParamSpec(name, kinds.get(props[name].get("type"), DataType.string), value)
+              for name, value in defaults.items()]
+    signature = ModelSignature(inputs=Schema(inputs), params=ParamSchema(params) if params else None)
+    return signature, {"n": 4, "seed": 0}
+
+
+def bundle_code(dest: Path) -> list[str]:
+    """genray's packages (Python files, configs, the gallery page) copied for code_paths."""
+    import shutil
+
+    root = Path(__file__).resolve().parents[1]
+    out = []
+    for package in ("components", "pipelines"):
+        shutil.copytree(root / package, dest / package,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        out.append(str(dest / package))
+    return out
+
+
+def requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for name in MODEL_REQUIREMENTS:
+        try:
+            out.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            out.append(name)
+    return out
 
 
 def latest_sample_grid(uri: str, run_id: str) -> str | None:

@@ -98,7 +98,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
                 totals.update(quality.score(net))
         model.train()
         for key, samples in grids.items():
-            logger.image(image_grid(samples.float().cpu()), f"samples/step_{engine.step:06d}{'_' + key if key else ''}.png")
+            logger.image(image_grid(samples.float().cpu()), f"samples/step_{engine.step:06d}{'_' + key if key else ''}.png",
+                         key=f"samples{'_' + key if key else ''}", step=engine.step)
         scores = {f"eval/{k}": v for k, v in totals.items()}
         logger.metrics(scores, step=engine.step)
         return scores

@@ -88,6 +88,8 @@ def test_run_is_tracked_checkpointed_and_registered(family, workers, ray_session
     for step in ("000003", "000006"):
         assert any(f.startswith(f"samples/step_{step}") and f.endswith(".png") for f in files), files
     assert "checkpoint/model.safetensors" in files
+    # The grids are MLflow step images too, for the UI's step slider.
+    assert any(f.startswith("images/samples") for f in files), files
 
     # The registered model loads from safetensors + genray's code, and samples.
     import mlflow.pyfunc
@@ -98,10 +100,10 @@ def test_run_is_tracked_checkpointed_and_registered(family, workers, ray_session
     x = model.predict({"n": 3, "seed": 1})
     assert x.shape == (3, 1, 8, 8) and x.min() >= -1 and x.max() <= 1
     if family == "diffusion":  # sampling settings pass through to the model, checked there
-        x2 = model.predict({"n": 3, "seed": 1, "guidance_scale": 3.0, "num_inference_steps": 2})
+        x2 = model.predict({"n": 3, "seed": 1}, params={"guidance_scale": 3.0, "num_inference_steps": 2})
         assert x2.shape == x.shape and not (x2 == x).all()
         with pytest.raises(Exception, match="guidance_scale"):
-            model.predict({"n": 3, "seed": 1, "guidance_scale": -1.0})
+            model.predict({"n": 3, "seed": 1}, params={"guidance_scale": -1.0})
 
 
 def test_local_mode_continues_from_its_own_checkpoints(ray_session, genray_home):
