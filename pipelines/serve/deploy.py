@@ -8,7 +8,7 @@ files (KubeRay's RayService).
 `deploy` writes each model's version to its registry tag (registry.serving_tag) and runs the app
 with serve.run; the replicas follow the tag. `reload` resolves the aliases again, moves the tags,
 and waits until every replica answers with its new version: the replicas swap in place, in the
-same processes, with no serve.run (which would replace them all: README_HOTSWAP.txt). So
+same processes, with no serve.run (which would replace them all: docs/ARCHITECTURE.md, Serving). So
 serve.run runs only when what is deployed changes (the models, the deployment options); a version
 change is a tag change. Serve config files (app_builder) use no tag: there a re-applied config
 with only `deployments[].user_config` changed swaps in place.
