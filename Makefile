@@ -5,9 +5,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo test test-fast bench results clean
+.PHONY: install datasets browser demo test test-fast bench results clean
 
-install: $(STAMP)
+install: $(STAMP) datasets
+
+# Debian's dataset-fashion-mnist (Fashion-MNIST's four IDX files) for `genray data prepare
+# fashion_mnist`. Installed when missing and this is root with apt-get; otherwise that dataset
+# needs `--from DIR` (its test of the real files skips).
+datasets:
+	@if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing dataset-fashion-mnist (Debian)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null || \
+		(apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null); \
+	else echo "dataset-fashion-mnist missing and not root: genray data prepare fashion_mnist needs --from DIR"; fi
 
 # Reinstall only when the project's metadata changes. torch first, pinned: the CPU build lies
 # on local disk here, and an unpinned torch would pull a multi-GB CUDA build.
@@ -32,11 +43,11 @@ browser:
 	else echo "chromium/chromedriver missing and not root: the browser test will skip"; fi
 
 # Two passes: the cluster tests start their own Ray cluster, apart from the session Ray the others share.
-test: $(STAMP) browser
+test: $(STAMP) datasets browser
 	$(BIN)/python -m pytest -q -m "not cluster"
 	$(BIN)/python -m pytest -q -m cluster
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) datasets
 	$(BIN)/python -m pytest -q -m "not integration and not cluster"
 
 bench: $(STAMP)

@@ -125,6 +125,8 @@ def add_data(p: argparse.ArgumentParser) -> None:
     prep.add_argument("--out", type=Path, help="output folder (default: <GENRAY_HOME>/data/NAME-SIZE-seedS)")
     prep.add_argument("--seed", type=int, default=0, help="the split and generation seed (default 0)")
     prep.add_argument("--size", choices=["tiny", "full"], default="full", help="full, or tiny (a few hundred rows, for tests)")
+    prep.add_argument("--from", dest="source", type=Path, metavar="DIR",
+                      help="fashion_mnist: the folder with its four .gz files (default: Debian's dataset-fashion-mnist)")
 
 
 def add_families(p: argparse.ArgumentParser) -> None:

@@ -28,6 +28,7 @@ import inspect
 import sys
 from pathlib import Path
 
+from components.errors import UserError
 from pipelines import arguments, console
 from pipelines.console import CONFIGS
 
@@ -174,7 +175,12 @@ def cmd_data(args) -> int:
     from pipelines.env import project_home
 
     out = args.out or project_home() / "data" / f"{args.name}-{args.size}-seed{args.seed}"
-    paths = DATASETS[args.name](Path(out), seed=args.seed, size=args.size)
+    extra = {}
+    if args.source is not None:
+        if args.name != "fashion_mnist":
+            raise UserError(f"--from: only fashion_mnist reads files from a folder; {args.name} is generated or bundled")
+        extra["source"] = args.source
+    paths = DATASETS[args.name](Path(out), seed=args.seed, size=args.size, **extra)
     for split, path in paths.items():
         print(f"{split:6s} {path}")
     return 0

@@ -25,10 +25,11 @@ def __getattr__(name: str):
 
         return getattr(parquet, name)
     if name == "DATASETS":
-        from . import digits, moons, shapes, text, tones
+        from . import digits, fashion_mnist, moons, shapes, text, tones
 
         globals()["DATASETS"] = datasets = {
             "digits": digits.prepare,
+            "fashion_mnist": fashion_mnist.prepare,
             "shapes": shapes.prepare,
             "moons": moons.prepare,
             "text": text.prepare,

@@ -1,0 +1,74 @@
+"""Fashion-MNIST from its IDX files: the reader against the format, the padded Parquet, clear
+errors for a missing package or a bad file, and the real Debian files when installed."""
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from components.data import fashion_mnist, read_info, read_table
+from components.errors import UserError
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = b"\0\0\x08" + bytes([array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def source(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "fm"
+    root.mkdir()
+    for split, n in (("train", 40), ("test", 12)):
+        images, labels = fashion_mnist.FILES[split]
+        write_idx(root / images, rng.integers(0, 256, (n, 28, 28)))
+        write_idx(root / labels, np.arange(n) % 10)
+    return root
+
+
+def test_idx_reader_follows_the_format(source):
+    x = fashion_mnist.read_idx(source / "train-images-idx3-ubyte.gz")
+    y = fashion_mnist.read_idx(source / "train-labels-idx1-ubyte.gz")
+    assert x.shape == (40, 28, 28) and x.dtype == np.uint8 and y.tolist() == [i % 10 for i in range(40)]
+
+
+def test_prepare_pads_to_32_and_keeps_every_pixel(source, tmp_path):
+    paths = fashion_mnist.prepare(tmp_path / "out", source=source)
+    info = read_info(paths["train"])
+    assert (info.num_rows, info.shape, info.num_classes) == (40, (32, 32, 1), 10)
+    assert read_info(paths["test"]).num_rows == 12
+    table = read_table(paths["train"])
+    pixels = np.stack([np.frombuffer(b, np.uint8) for b in table.column("image").to_pylist()]).reshape(-1, 32, 32)
+    assert not pixels[:, :2].any() and not pixels[:, -2:].any() and not pixels[:, :, :2].any()  # the padding
+    original = fashion_mnist.read_idx(source / "train-images-idx3-ubyte.gz")
+    labels = np.asarray(table.column("label").to_pylist())
+    # Every original image is there once, uncropped, with its label (rows are only reordered).
+    inner = pixels[:, 2:-2, 2:-2]
+    matches = [int(np.flatnonzero((original == img).all(axis=(1, 2)))[0]) for img in inner]
+    assert sorted(matches) == list(range(40)) and all(labels[i] == m % 10 for i, m in enumerate(matches))
+    assert table.column("caption").to_pylist()[0].startswith("a photo of a ")
+
+
+def test_missing_files_name_the_package_and_the_option(tmp_path):
+    with pytest.raises(UserError, match="dataset-fashion-mnist.*--from DIR"):
+        fashion_mnist.prepare(tmp_path / "out", source=tmp_path / "nowhere")
+
+
+def test_a_file_that_is_not_idx_is_named(source):
+    (source / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"PK\x03\x04 not idx"))
+    with pytest.raises(UserError, match="train-labels-idx1-ubyte.gz: not an IDX file"):
+        fashion_mnist.load(source)
+
+
+@pytest.mark.skipif(not (fashion_mnist.DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file(),
+                    reason="Debian's dataset-fashion-mnist is not installed (make install installs it as root)")
+def test_the_real_dataset():
+    splits = fashion_mnist.load()
+    (x, y), (xt, yt) = splits["train"], splits["test"]
+    assert x.shape == (60000, 28, 28) and xt.shape == (10000, 28, 28)
+    assert np.bincount(y).tolist() == [6000] * 10 and np.bincount(yt).tolist() == [1000] * 10
