@@ -44,8 +44,8 @@ browser:
 
 # Two passes: the cluster tests start their own Ray cluster, apart from the session Ray the others share.
 test: $(STAMP) datasets browser
-	$(BIN)/python -m pytest -q -m "not cluster"
-	$(BIN)/python -m pytest -q -m cluster
+	$(BIN)/python -m pytest -q -m "not cluster" --durations=20
+	$(BIN)/python -m pytest -q -m cluster --durations=20
 
 test-fast: $(STAMP) datasets
 	$(BIN)/python -m pytest -q -m "not integration and not cluster"
