@@ -51,11 +51,15 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (scaling.gpu)")
     p.add_argument("--name", help="run name; an existing name continues that run")
     p.add_argument("--print-config", action="store_true", help="print the resolved config (with --set) and exit")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's, Tune's and the workers' own output here too (default: in a log file under the project home)")
 
 
 def add_tune(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="sweep YAML (a tune: section), or a shipped one by name (e.g. gan/sweep_dcgan_digits)")
     p.add_argument("--print-config", action="store_true", help="print the resolved sweep config (with --set) and exit")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's, Tune's and the workers' own output here too (default: in a log file under the project home)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, tune.* included, e.g. --set tune.num_samples=8 (repeatable)")
     names = p.add_mutually_exclusive_group()
@@ -80,6 +84,8 @@ def add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--likelihood-rows", type=int, default=500, help="reference images scored for bits/dim")
     p.add_argument("--seed", type=int, default=0, help="sampling seed: the same seed draws the same samples")
     p.add_argument("--no-log", action="store_true", help="print only; write nothing to MLflow")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's, Tune's and the workers' own output here too (default: in a log file under the project home)")
 
 
 def add_serve(p: argparse.ArgumentParser) -> None:
@@ -91,6 +97,8 @@ def add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="serve settings YAML: replicas, autoscaling, batching, limits "
                                     "(e.g. pipelines/configs/serve/default.yaml)")
     p.add_argument("--address", help="Ray cluster to run on (default: a local Ray; --reload: auto)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's, Tune's and the workers' own output here too (default: in a log file under the project home)")
     p.add_argument("--reload", action="store_true",
                    help="resolve the served aliases again and swap in new versions, with no failed requests")
 

@@ -96,6 +96,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    console.set_verbose(args.verbose)
     import socket
     import time
 
@@ -103,7 +104,7 @@ def cmd_serve(args) -> int:
 
     from pipelines import serve, tracking
     from pipelines.config import ConfigError
-    from pipelines.env import project_home
+    from pipelines.env import log_path, project_home
 
     home = project_home()
     if args.reload:
@@ -125,6 +126,9 @@ def cmd_serve(args) -> int:
         print(f"genray serve: binding {spec.host}: the API has no authentication of its own; put a proxy "
               "with auth and TLS in front of it", file=sys.stderr)
     uri = tracking.tracking_uri(home)
+    logs = console.route_logs(log_path(home, "serve", spec.app_name))
+    if logs is not None:
+        print(f"Ray Serve and library output: {logs} (--verbose shows it here)")
     # A bad name, a missing alias or weights that are not safetensors fail here, before Ray starts.
     versions = serve.resolve_versions(uri, spec.models, spec.alias)
     serve.check_versions(uri, home, versions)

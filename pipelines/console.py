@@ -10,6 +10,9 @@ never dressed up as one. This module imports no job; the jobs and the CLI import
 """
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -34,6 +37,75 @@ def run(command: Callable[..., int], *args: Any, interrupted: str = INTERRUPTED)
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+# ----------------------------------------------------------------------------- what is shown
+#
+# By default the console shows genray's own lines: the job header, the driver's progress bar,
+# eval lines and the closing summary. Ray's, Ray Data's, Tune's, Serve's and MLflow's log
+# records and Python's warnings go to a log file under the project home, named in the header;
+# --verbose (GENRAY_VERBOSE=1) shows everything, workers' output included.
+
+VERBOSE_ENV = "GENRAY_VERBOSE"
+LIBRARY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve", "mlflow", "py.warnings", "alembic", "optuna", "filelock", "urllib3", "httpx",
+                   "fastapi", "uvicorn", "matplotlib", "PIL")
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0", "false")
+
+
+def set_verbose(on: bool) -> None:
+    """--verbose: for this process and what it starts (Ray workers read it from the environment)."""
+    if on:
+        os.environ[VERBOSE_ENV] = "1"
+
+
+def route_logs(path: Path) -> Path | None:
+    """Unless verbose, send library log records and Python warnings to `path` (appended). Returns
+    the file, or None when everything is shown."""
+    global _LOG_FILE
+    if verbose():
+        return None
+    # Ray, Ray Data and MLflow set up their loggers when first imported: import them first,
+    # then reroute. ray.init() empties the "ray" logger again, so what it logs while starting
+    # (the token-auth notice) reaches logging's handler of last resort, which is set here too.
+    import mlflow  # noqa: F401
+    import ray  # noqa: F401
+    import ray.data  # noqa: F401
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _LOG_FILE = path
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.captureWarnings(True)
+    logging.lastResort = handler
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        for h in list(logger.handlers):
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                logger.removeHandler(h)
+        if not any(getattr(h, "baseFilename", None) == str(path) for h in logger.handlers):
+            logger.addHandler(handler)
+        logger.propagate = False
+    # Libraries that print instead of logging: MLflow's download bars, Ray Data's plan.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    return path
+
+
+_LOG_FILE: Path | None = None
+
+
+@contextlib.contextmanager
+def library_output():
+    """Around a library call that prints instead of logging (MLflow's "Successfully registered
+    model" lines): its stdout and stderr go to the log file when the console is quiet."""
+    if _LOG_FILE is None or verbose():
+        yield
+        return
+    with open(_LOG_FILE, "a", encoding="utf-8") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        yield
 
 
 # ----------------------------------------------------------------------------- what succeeded

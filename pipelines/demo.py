@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipelines import arguments, config, console, train, tune
 from pipelines.console import CONFIGS
-from pipelines.env import project_home
+from pipelines.env import log_path, project_home
 
 # Calibrated on a 2-core CPU machine: a tiny VAE on the 8x8 digits trains at a few hundred
 # steps per second of data there, so training, the sweep and the first samples fit in minutes.
@@ -33,10 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--no-serve", action="store_true", help="stop after registering the champion")
+    p.add_argument("--verbose", action="store_true", help="show Ray's, Tune's and the workers' own output too")
     return console.run(demo, p.parse_args(argv))
 
 
 def demo(args) -> int:
+    console.set_verbose(args.verbose)
     started = time.perf_counter()
     stamp = time.strftime("%Y%m%d-%H%M%S")
 
@@ -80,6 +82,7 @@ def serve_champion(model_name: str, alias: str, port: int, step) -> int:
     from pipelines import serve, tracking
 
     home = project_home()
+    console.route_logs(log_path(home, "serve", "demo"))
     spec = serve.ServeSpec(models=[model_name], alias=alias, port=port)
     step(5, f"serve: Ray Serve on http://{spec.host}:{spec.port}")
     deployed = serve.deploy(spec, uri=tracking.tracking_uri(home), home=home)

@@ -28,8 +28,19 @@ def absolute(path: str) -> str:
 
 
 def init_ray() -> None:
+    """Join RAY_ADDRESS or start a local Ray. Workers' output reaches this console only with
+    --verbose (GENRAY_VERBOSE); otherwise it stays in Ray's session logs, and the driver shows
+    genray's own lines (pipelines/console.py)."""
     import ray
+    from ray.data import DataContext
 
     if ray.is_initialized():
         return
-    ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True, configure_logging=False)
+    verbose = os.environ.get("GENRAY_VERBOSE", "") not in ("", "0", "false")
+    ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=verbose, configure_logging=False)
+    DataContext.get_current().print_on_execution_start = verbose
+
+
+def log_path(home: Path, job: str, name: str) -> Path:
+    """Where a job's library output goes when the console is quiet."""
+    return home / "logs" / f"{job}-{name}.log"

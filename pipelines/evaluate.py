@@ -51,7 +51,7 @@ from components.metrics.precision_recall import precision_recall
 from pipelines import arguments, console, tracking
 from pipelines.config import ConfigError, ExperimentSpec
 from pipelines.data import resolve_data
-from pipelines.env import init_ray, project_home
+from pipelines.env import init_ray, log_path, project_home
 from pipelines.quality import Split, domain_classifier, factor_codes, inception_net, read_split, reference_features
 from pipelines.sampling import resolve
 
@@ -411,6 +411,10 @@ def print_report(out: EvalOutcome) -> None:
 
 def command(args) -> int:
     """`genray eval` with parsed arguments (pipelines/arguments.py)."""
+    console.set_verbose(args.verbose)
+    logs = console.route_logs(log_path(project_home(), "eval", time.strftime("%Y%m%d-%H%M%S")))
+    if logs is not None:
+        print(f"Ray and library output: {logs} (--verbose shows it here)")
     request = EvalRequest(
         target=args.target, num_samples=args.num_samples, batch_size=args.batch_size, workers=args.workers,
         reference=args.reference, feature_net=args.feature_net, inception=args.inception,

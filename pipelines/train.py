@@ -16,6 +16,7 @@ checkpoint, in the same MLflow run. Layout under the project home (GENRAY_HOME, 
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ from components.models import build
 from pipelines import arguments, console, tracking
 from pipelines.config import ExperimentSpec
 from pipelines.data import DataSource, TrainData, resolve_data
-from pipelines.env import init_ray, project_home, storage_path
+from pipelines.env import init_ray, log_path, project_home, storage_path
+from pipelines.progress import TrainingProgress
 from pipelines.quality import quality_inputs
 from pipelines.refs import resolve_refs
 from pipelines.training.trainer import ModelInputs, build_trainer
@@ -61,16 +63,18 @@ class TrainOutcome:
 
 def run(spec: ExperimentSpec, *, name: str, home: Path | None = None, uri: str | None = None,
         parent_run_id: str | None = None, callbacks: list | None = None,
-        train_data: TrainData | None = None) -> TrainOutcome:
+        train_data: TrainData | None = None, show_progress: bool = True) -> TrainOutcome:
     """Train `spec` as run `name` (continuing it if it exists) and register the final model.
 
     A Tune trial (pipelines/tune.py) passes the sweep's MLflow run as `parent_run_id`, so its run
     nests under the sweep's, Ray's TuneReportCallback in `callbacks`, and the dataset the sweep
-    built once for all its trials as `train_data`."""
+    built once for all its trials as `train_data`, and shows no progress bar (the sweep's driver
+    shows the trials)."""
     from ray.train.v2.api.exceptions import TrainingFailedError
 
     home = home or project_home()
     home.mkdir(parents=True, exist_ok=True)
+    logs = console.route_logs(log_path(home, "train", name)) if show_progress else None
     data = resolve_data(spec, home)
     uri = uri or tracking.tracking_uri(home)
     inputs = resolve_model_inputs(spec, data, uri=uri, home=home)
@@ -80,12 +84,16 @@ def run(spec: ExperimentSpec, *, name: str, home: Path | None = None, uri: str |
         tags["mlflow.parentRunId"] = parent_run_id
     run_id, resumed = tracking.start_run(uri, experiment_id, name, spec.flat(), tags)
     print(f"[{name}] MLflow run {run_id} ({'continued' if resumed else 'new'}) in {uri}", flush=True)
+    if logs is not None:
+        print(f"[{name}] Ray and library output: {logs} (--verbose shows it here)", flush=True)
 
     init_ray()
     trainer = build_trainer(spec, data, inputs, name=name, home=home, uri=uri, run_id=run_id, callbacks=callbacks,
                             train_data=train_data)
+    progress = TrainingProgress(uri, run_id, name, spec.trainer.max_steps) if show_progress else contextlib.nullcontext()
     try:
-        result = trainer.fit()
+        with progress:
+            result = trainer.fit()
     except KeyboardInterrupt:
         tracking.finish_run(uri, run_id, "KILLED")
         raise
@@ -103,7 +111,8 @@ def run(spec: ExperimentSpec, *, name: str, home: Path | None = None, uri: str |
         logger.artifacts(ckpt_dir, "checkpoint")
         if spec.tracking.register_model:
             model_name = spec.tracking.model_name or f"{spec.model.family}-{spec.data.dataset or 'custom'}"
-            version = tracking.log_and_register(uri, run_id, ckpt_dir, model_name)
+            with console.library_output():
+                version = tracking.log_and_register(uri, run_id, ckpt_dir, model_name)
     tracking.finish_run(uri, run_id, "FINISHED")
     where = Path(result.checkpoint.path) if result.checkpoint.filesystem.type_name == "local" else \
         f"{result.checkpoint.filesystem.type_name}://{result.checkpoint.path}"
@@ -119,6 +128,7 @@ def default_run_name(config_path: str | Path) -> str:
 
 def command(args) -> int:
     """`genray train` with parsed arguments (pipelines/arguments.py)."""
+    console.set_verbose(args.verbose)
     spec = arguments.train_spec(args)
     if args.print_config:
         print(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), end="")

@@ -59,7 +59,7 @@ from pipelines import arguments, catalog, console, tracking
 from pipelines.config import (DISTRIBUTIONS, ConfigError, ExperimentSpec, SweepEvalSpec, TuneSpec, apply_overrides,
                               flatten, read_yaml, set_key, validate, validate_tune)
 from pipelines.data import TrainData, build_dataset, resolve_data
-from pipelines.env import init_ray, project_home
+from pipelines.env import init_ray, log_path, project_home
 from pipelines.sampling import is_integer, resolve
 
 STATE_CONFIG = "sweep.yaml"  # the resolved config a sweep started with; --resume checks it
@@ -242,7 +242,7 @@ def train_trial(config: dict[str, Any], *, ctx: dict[str, Any]) -> None:
     spec = validate(raw, ctx["source"])
     name = f"{ctx['name']}-{tune.get_context().get_trial_id()}"
     out = train.run(spec, name=name, home=Path(ctx["home"]), uri=ctx["uri"], parent_run_id=ctx["run_id"],
-                    callbacks=[TuneReportCallback()], train_data=ctx.get("train_data"))
+                    callbacks=[TuneReportCallback()], train_data=ctx.get("train_data"), show_progress=False)
     if ctx["eval"] is None:
         return  # the callback has reported every checkpoint, the last one included
     torch.set_num_threads(ctx["threads"])
@@ -334,6 +334,7 @@ def run(sweep: Sweep, *, name: str, resume: bool = False, home: Path | None = No
 
     home = home or project_home()
     home.mkdir(parents=True, exist_ok=True)
+    logs = console.route_logs(log_path(home, "tune", name))
     uri = tracking.tracking_uri(home)
     t = sweep.tune
     directory = home / "sweeps" / name
@@ -373,6 +374,8 @@ def run(sweep: Sweep, *, name: str, resume: bool = False, home: Path | None = No
     run_id, continued = tracking.start_run(uri, experiment_id, name, params,
                                            {"genray.kind": "sweep", **parent_tags})
     say(f"[{name}] {sweep.kind} sweep, MLflow run {run_id} ({'continued' if continued else 'new'}) in {uri}")
+    if logs is not None:
+        say(f"[{name}] Ray, Tune and library output: {logs} (--verbose shows it here)")
 
     # --- the Tuner
     init_ray()
@@ -396,7 +399,8 @@ def run(sweep: Sweep, *, name: str, resume: bool = False, home: Path | None = No
         directory.mkdir(parents=True, exist_ok=True)
         (directory / STATE_CONFIG).write_text(yaml.safe_dump(sweep.resolved, sort_keys=False))
         tuner = tune.Tuner(trainable, param_space={d.key: d.domain() for d in sweep.dims},
-                           tune_config=_tune_config(sweep, concurrency), run_config=_run_config(sweep, name, home))
+                           tune_config=_tune_config(sweep, concurrency),
+                           run_config=_run_config(sweep, name, home, callbacks=[TrialLines(name, sweep, say)]))
     grid = tuner.fit()
 
     # Ctrl-C: Tune saves its state and returns early. In memory it marks the trials it stopped
@@ -543,14 +547,46 @@ def _tune_config(sweep: Sweep, concurrency: int):
                            search_alg=search, max_concurrent_trials=limit)
 
 
-def _run_config(sweep: Sweep, name: str, home: Path):
+def _run_config(sweep: Sweep, name: str, home: Path, callbacks: list | None = None):
     from ray import tune
 
     stop = _RuleStopper(sweep.tune.stop) if sweep.tune.stop else None
     # A failed trial is recorded with its error and the sweep goes on (no retries: a config
-    # that diverges diverges again).
+    # that diverges diverges again). Tune's own status tables only with --verbose; the
+    # TrialLines callback prints one line per trial that ends.
     return tune.RunConfig(name=name, storage_path=str(home / "sweeps"), stop=stop,
-                          failure_config=tune.FailureConfig(max_failures=0), verbose=1)
+                          failure_config=tune.FailureConfig(max_failures=0), verbose=1 if console.verbose() else 0,
+                          callbacks=callbacks)
+
+
+def TrialLines(name: str, sweep: Sweep, say):  # noqa: N802 (a factory: Tune's Callback is imported lazily)
+    """A Tune callback that prints one line per trial that ends: its values, its objective and
+    the best so far."""
+    from ray.tune import Callback
+
+    t = sweep.tune
+
+    class _Lines(Callback):
+        def __init__(self):
+            self.done, self.best = 0, None
+
+        def _end(self, trial, how: str) -> None:
+            self.done += 1
+            value = (trial.last_result or {}).get(t.metric)
+            if _finite(value) and (self.best is None or (value < self.best if t.mode == "min" else value > self.best)):
+                self.best = value
+            values = ", ".join(f"{d.key}={_cell(trial.config.get(d.key))}" for d in sweep.dims)
+            score = f"{t.metric} {value:.4g}" if _finite(value) else f"{t.metric} -"
+            best = f" (best {self.best:.4g})" if self.best is not None else ""
+            say(f"[{name}] trial {trial.trial_id} {how}: {values} | {score}{best}")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._end(trial, "finished")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._end(trial, "failed")
+
+    return _Lines()
 
 
 def _row(result, sweep: Sweep, name: str) -> TrialRow:
@@ -729,7 +765,8 @@ def register_champion(sweep: Sweep, best: TrialRow, *, name: str, run_id: str, u
                     shutil.copy2(f, ckpt / f.name)
             (ckpt / "state.json").write_text(json.dumps({**state, "sampling_defaults": sampling}, indent=2,
                                                         sort_keys=True))
-        version = tracking.log_and_register(uri, source_run, ckpt, model_name)
+        with console.library_output():
+            version = tracking.log_and_register(uri, source_run, ckpt, model_name)
     tags = {"genray.tune.sweep": name, "genray.tune.trial": best.trial_id, "genray.tune.metric": t.metric,
             "genray.tune.objective": repr(best.metrics[t.metric]),
             **{f"genray.tune.param.{k}": json.dumps(v) for k, v in best.params.items()},
@@ -768,6 +805,7 @@ def print_report(out: SweepOutcome, sweep: Sweep) -> None:
 def command(args) -> int:
     """`genray tune` with parsed arguments (pipelines/arguments.py). Ctrl-C stops the sweep and
     says how to continue it (exit 130)."""
+    console.set_verbose(args.verbose)
     sweep = load(args.config, args.overrides)
     if args.print_config:
         print(yaml.safe_dump(sweep.resolved, sort_keys=False), end="")

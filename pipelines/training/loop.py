@@ -63,7 +63,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
         model.load_state_dict(ck.model)
         engine.load_state_dict(ck.optimizer, step=ck.state["step"], ema=ck.ema)
         epoch = ck.state["epoch"]
-        if rank == 0:
+        if rank == 0 and cfg.get("echo"):
             say(f"[{cfg['name']}] resumed from step {engine.step} (epoch {epoch})")
 
     logger = tracking.RunLogger(cfg["uri"], cfg["run_id"]) if rank == 0 else None
@@ -171,9 +171,11 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
                         f"(lr {t.lr:g}, grad_clip {t.grad_clip}); lower trainer.lr or set trainer.grad_clip")
                 means["train/lr"] = engine.lr()
                 means["train/examples_per_s"] = rate
+                means["train/steps_per_s"] = rate / t.batch_size
                 means["train/data_wait_frac"] = data_wait / max(elapsed, 1e-9)
                 logger.metrics(means, step=step)
-                _progress(cfg["name"], step, t.max_steps, rate / t.batch_size, means)
+                if cfg.get("echo"):  # --verbose: the worker's own line too (the driver shows a bar)
+                    _progress(cfg["name"], step, t.max_steps, rate / t.batch_size, means)
                 sums.clear()
                 summed_steps = 0
                 window_start, window_steps, data_wait = time.perf_counter(), 0, 0.0

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines import console
 from pipelines.config import ExperimentSpec
 from pipelines.data import DataSource, TrainData, build_dataset
 from pipelines.env import storage_path
@@ -49,6 +50,7 @@ def build_trainer(spec: ExperimentSpec, data: DataSource, inputs: ModelInputs, *
             "local_shuffle": train_data.repeats == 1,
             # Local mode (workers: 0) persists no checkpoints itself: the loop writes them here.
             "local_checkpoints": str(Path(storage_path(home)) / name) if s.workers == 0 else None,
+            "echo": console.verbose(),  # the workers' own progress lines (the driver shows a bar either way)
         },
         scaling_config=ScalingConfig(
             num_workers=s.workers,

@@ -56,3 +56,12 @@ def test_permute_rows_keeps_rows_together():
     assert sorted(out["y"].tolist()) == list(range(10)) and out["y"].tolist() != list(range(10))
     assert np.array_equal(out["x"][:, 0], out["y"])
     assert np.array_equal(permute_rows(batch, seed=1)["y"], out["y"])
+
+
+def test_permute_rows_repeats_every_row_once_per_copy():
+    batch = {"y": np.arange(10)}
+    out = permute_rows(batch, seed=3, repeats=4)["y"]
+    assert len(out) == 40
+    copies = out.reshape(4, 10)
+    assert all(sorted(c.tolist()) == list(range(10)) for c in copies)
+    assert len({tuple(c) for c in copies}) == 4  # each copy in its own order
