@@ -133,6 +133,15 @@ def add_data(p: argparse.ArgumentParser) -> None:
     prep.add_argument("--out", type=Path, help="output folder (default: <GENRAY_HOME>/data/NAME-SIZE-seedS)")
     prep.add_argument("--seed", type=int, default=0, help="the split and generation seed (default 0)")
     prep.add_argument("--size", choices=["tiny", "full"], default="full", help="full, or tiny (a few hundred rows, for tests)")
+    imp = sub.add_parser("import", help="an image folder (one subfolder per class) or Hugging Face Parquet into genray's Parquet")
+    imp.add_argument("source", type=Path, metavar="DIR|PARQUET", help="an image folder, or a Hugging Face `datasets` Parquet file or folder")
+    imp.add_argument("--out", type=Path, required=True, help="output folder: train.parquet, test.parquet (and skipped.tsv)")
+    imp.add_argument("--size", type=int, default=32, help="side of the square images, a power of two (default 32)")
+    imp.add_argument("--grayscale", action="store_true", help="one channel instead of RGB")
+    imp.add_argument("--test-fraction", type=float, default=0.1, help="share of images held out as test.parquet (default 0.1)")
+    imp.add_argument("--seed", type=int, default=0, help="the seed of the train/test draw")
+    imp.add_argument("--image-column", default="image", help="Hugging Face Parquet: the image column (default image)")
+    imp.add_argument("--label-column", default="label", help="Hugging Face Parquet: the label column (default label)")
     prep.add_argument("--from", dest="source", type=Path, metavar="DIR",
                       help="fashion_mnist: the folder with its four .gz files (default: Debian's dataset-fashion-mnist)")
 

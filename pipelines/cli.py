@@ -178,6 +178,22 @@ def cmd_data(args) -> int:
     from components.data import DATASETS
     from pipelines.env import project_home
 
+    if args.data_command == "import":
+        from components.data.importing import import_images
+
+        r = import_images(args.source, args.out, size=args.size, grayscale=args.grayscale,
+                          test_fraction=args.test_fraction, seed=args.seed, image_column=args.image_column,
+                          label_column=args.label_column)
+        print(f"train  {r.train}  ({r.rows['train']} images)")
+        print(f"test   {r.test}  ({r.rows['test']} images)")
+        if r.classes:
+            print(f"classes {len(r.classes)}: {', '.join(r.classes[:10])}{' ...' if len(r.classes) > 10 else ''}")
+        if r.skipped:
+            shown = "; ".join(f"{n} ({why})" for n, why in r.skipped[:5])
+            print(f"skipped {len(r.skipped)} unreadable images: {shown}{' ...' if len(r.skipped) > 5 else ''} "
+                  f"(all listed in {r.skipped_file})", file=sys.stderr)
+        print(f"train on it with --set data.path={r.train} --set data.test_path={r.test}")
+        return 0
     out = args.out or project_home() / "data" / f"{args.name}-{args.size}-seed{args.seed}"
     extra = {}
     if args.source is not None:
