@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from components.errors import UserError
@@ -62,8 +63,11 @@ def load(path: str | os.PathLike, *, map_location: str | torch.device = "cpu", w
     if not state_file.is_file():
         raise FileNotFoundError(f"{path} is not a genray checkpoint: {STATE_FILE} is missing")
     device = str(map_location)
-    model = load_file(str(path / MODEL_FILE), device=device)
-    ema = load_file(str(path / EMA_FILE), device=device) if (path / EMA_FILE).exists() else None
+    try:
+        model = load_file(str(path / MODEL_FILE), device=device)
+        ema = load_file(str(path / EMA_FILE), device=device) if (path / EMA_FILE).exists() else None
+    except SafetensorError as e:
+        raise UserError(f"{path}: the weights are not a safetensors file ({e}); genray loads no pickled weights") from None
     optimizer: dict[str, Any] = {}
     if with_optimizer and (path / OPTIMIZER_FILE).exists():
         optimizer = torch.load(path / OPTIMIZER_FILE, map_location=map_location, weights_only=True)

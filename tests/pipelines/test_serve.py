@@ -24,6 +24,7 @@ import torch
 
 from components import checkpoint
 from components.data import DatasetInfo
+from components.errors import UserError
 from components.models import build
 from pipelines import cli, serve, tracking
 
@@ -580,7 +581,23 @@ def test_weights_that_would_run_code_when_unpickled_are_refused(tmp_path, genray
     state = {"step": 0, "model": checkpoint.model_state("vae", {"size": "tiny"}, DatasetInfo.for_images((1, 8, 8)))}
     (evil / "model.safetensors").write_bytes(pickle.dumps(_Payload(str(marker))))
     (evil / "state.json").write_text(json.dumps(state))
-    version = tracking.log_and_register(uri, run_id, evil, "evil")
+    # genray's own registration refuses it (it reads the weights for the signature) ...
+    with pytest.raises(UserError, match="not a safetensors file"):
+        tracking.log_and_register(uri, run_id, evil, "evil")
+    assert not marker.exists()
+    # ... so it arrives the way another tool would register it: MLflow's API, genray's model code.
+    import mlflow.pyfunc
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(name="model", python_model=str(tracking.MODEL_CODE),
+                                           artifacts={"checkpoint": str(evil)}, registered_model_name="evil")
+    finally:
+        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+            os.environ.pop(var, None)
+    version = str(info.registered_model_version)
     tracking.set_alias(uri, "evil", version, "champion", {})
 
     with pytest.raises(ValueError, match="not a safetensors file"):

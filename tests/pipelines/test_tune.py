@@ -185,8 +185,8 @@ def test_a_sampling_sweep_scores_guidance_scales_without_training(trained_diffus
     mlflow.set_registry_uri(f"sqlite:///{home / 'mlflow.db'}")
     champion = mlflow.pyfunc.load_model("models:/tinydiff@champion")
     default = champion.predict({"n": 4, "seed": 3})
-    explicit = champion.predict({"n": 4, "seed": 3, "guidance_scale": best_scale})
-    other = champion.predict({"n": 4, "seed": 3, "guidance_scale": best_scale + 1.0})
+    explicit = champion.predict({"n": 4, "seed": 3}, params={"guidance_scale": best_scale})
+    other = champion.predict({"n": 4, "seed": 3}, params={"guidance_scale": best_scale + 1.0})
     assert np.array_equal(default, explicit) and not np.array_equal(default, other)
 
 
