@@ -91,6 +91,9 @@ def route_logs(path: Path) -> Path | None:
     # Libraries that print instead of logging: MLflow's download bars, Ray Data's plan.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    # Tune's newer console output prints its experiment box and a TensorBoard hint even at
+    # verbose=0; the classic reporter at verbose=0 prints nothing (Ray's documented switch).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     return path
 
 
