@@ -158,5 +158,9 @@ def stop_serving() -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     print("genray serve: stopping", flush=True)
-    ray_serve.shutdown()
+    # Serve's shutdown kills its controller while the controller's own graceful-shutdown task is
+    # still queued; Ray then prints a "(raylet) Task ... failed" line that asks nothing of the
+    # user. It goes to the log file with the rest of Ray's output.
+    with library_output():
+        ray_serve.shutdown()
     print("genray serve: stopped", flush=True)
