@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from components import checkpoint
-from components.data import image_grid, normalize_images, quantize
+from components.data import image_grid, normalize_images, quantize, shapes
 from components.errors import UserError
 from components.metrics import disentanglement, likelihood
 from components.metrics.frechet import frechet_distance_features
@@ -182,7 +182,6 @@ def encode_flat(model, x: torch.Tensor, batch_size: int = 500) -> np.ndarray:
 
 def shapes_beta_vae_score(model, image_size: int, *, seed: int) -> float:
     """The β-VAE metric on the built-in shapes, rendering factor pairs that share one factor."""
-    from components.data import shapes
 
     def sample_factors(n: int, rng: np.random.Generator) -> np.ndarray:
         f = shapes.sample_factors(n, rng)

@@ -27,6 +27,7 @@ from components.errors import UserError
 from components.metrics import classifier as clf
 from components.metrics import disentanglement
 from components.metrics.frechet import frechet_distance_features
+from components.metrics.inception import extract_inception_features, find_inception_weights, inception_id, load_inception
 from components.metrics.kid import kid
 from pipelines.config import ConfigError, ExperimentSpec
 from pipelines.data import DataSource, read_decoded
@@ -105,7 +106,6 @@ class FeatureNet:
 
     def features(self, x: torch.Tensor) -> np.ndarray:
         if self.kind == "inception":
-            from components.metrics.inception import extract_inception_features
 
             return extract_inception_features(self.model, x)
         return clf.extract_features(self.model, x)
@@ -155,7 +155,6 @@ def domain_classifier(choice: str, *, train_path: str, dataset: str, home: Path,
 
 
 def inception_net(explicit: str | None) -> FeatureNet | None:
-    from components.metrics.inception import find_inception_weights, inception_id, load_inception
 
     path = find_inception_weights(explicit)
     if path is None:

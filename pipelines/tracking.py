@@ -16,7 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from components.checkpoint import build_model
+from components.data import save_png
 from components.errors import UserError
+from components.models.protocol import settings_for
 
 RUN_NAME_TAG = "genray.run_name"
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
@@ -85,7 +88,6 @@ class RunLogger:
     def image(self, grid: np.ndarray, artifact_file: str, *, key: str | None = None, step: int | None = None) -> None:
         """A PNG at artifact_file; with key and step also an MLflow step image, which the UI
         shows over training with a step slider."""
-        from components.data import save_png
 
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / Path(artifact_file).name
@@ -165,8 +167,6 @@ def model_signature(checkpoint_dir: Path):
     from mlflow.types import DataType
     from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
-    from components.checkpoint import build_model
-    from components.models.protocol import settings_for
 
     model, state = build_model(checkpoint_dir)
     inputs = [ColSpec(DataType.long, "n", required=False), ColSpec(DataType.long, "seed", required=False)]

@@ -54,12 +54,14 @@ from typing import Any
 
 import yaml
 
+from components import checkpoint
 from components.errors import UserError
-from pipelines import arguments, catalog, console, tracking
+from pipelines import arguments, catalog, console, evaluate, quality, tracking, train
 from pipelines.config import (DISTRIBUTIONS, ConfigError, ExperimentSpec, SweepEvalSpec, TuneSpec, apply_overrides,
                               flatten, read_yaml, set_key, validate, validate_tune)
 from pipelines.data import TrainData, build_dataset, resolve_data
 from pipelines.env import init_ray, log_path, project_home
+from pipelines.evaluate import EvalRequest
 from pipelines.sampling import is_integer, resolve
 
 STATE_CONFIG = "sweep.yaml"  # the resolved config a sweep started with; --resume checks it
@@ -233,7 +235,6 @@ def train_trial(config: dict[str, Any], *, ctx: dict[str, Any]) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipelines import evaluate, train
 
     raw = copy.deepcopy(ctx["base"])
     for key, value in config.items():
@@ -259,7 +260,6 @@ def sampling_trial(config: dict[str, Any], *, ctx: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
-    from pipelines import evaluate
 
     torch.set_num_threads(ctx["threads"])
     sampling = {k.removeprefix("sampling."): v for k, v in config.items()}
@@ -271,7 +271,6 @@ def sampling_trial(config: dict[str, Any], *, ctx: dict[str, Any]) -> None:
 def _eval_request(ctx: dict[str, Any], target: str, **kwargs):
     """genray eval of `target` with the sweep's evaluate settings, generating in this process
     (the trial's own CPUs) rather than in Ray tasks of its own."""
-    from pipelines.evaluate import EvalRequest
 
     e = ctx["eval"]
     return EvalRequest(target=target, num_samples=e["num_samples"], batch_size=e["batch_size"], workers=0,
@@ -330,7 +329,6 @@ def run(sweep: Sweep, *, name: str, resume: bool = False, home: Path | None = No
     register the best trial's model."""
     from ray import tune
 
-    from pipelines import evaluate, quality
 
     home = home or project_home()
     home.mkdir(parents=True, exist_ok=True)
@@ -343,7 +341,6 @@ def run(sweep: Sweep, *, name: str, resume: bool = False, home: Path | None = No
     # --- setup on the driver: everything the trials share is prepared once, here, so trials
     # never race to prepare a dataset, train a feature net or download a checkpoint.
     if sweep.kind == "train":
-        from pipelines import train
 
         spec = sweep.spec
         data = resolve_data(spec, home)
@@ -472,7 +469,6 @@ def _check_name(sweep: Sweep, name: str, directory: Path, resume: bool) -> None:
 
 def _check_sampling_values(sweep: Sweep, checkpoint_dir: Path, home: Path):
     """The target's config and data, once its sampling space has passed check_sampling_space."""
-    from components import checkpoint
 
     model, state = checkpoint.build_model(checkpoint_dir)
     check_sampling_space(sweep, model, state.get("sampling_defaults"))

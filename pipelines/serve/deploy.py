@@ -25,7 +25,9 @@ from typing import Any
 
 from ray import serve
 
+from pipelines import tracking
 from pipelines.config import ConfigError
+from pipelines.env import project_home
 from pipelines.serve.gateway import Gateway
 from pipelines.serve.registry import check_versions, resolve_versions, serving_tag, set_serving_versions
 from pipelines.serve.replica import ModelServerDeployment
@@ -175,8 +177,6 @@ def app_builder(args: dict[str, Any]):
     it replaces the replicas). To swap a version in place, re-apply the config with
     `deployments: [{name: model-NAME, user_config: {version: "N"}}]`: Serve calls the running
     replicas' `reconfigure`."""
-    from pipelines import tracking
-    from pipelines.env import project_home
 
     spec = ServeSpec.model_validate({k: v for k, v in (args or {}).items() if k not in ("host", "port")})
     home = project_home()

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from components.checkpoint import build_model
 from components.errors import UserError
+from pipelines import tracking
 from pipelines.config import ConfigError
 
 
@@ -80,8 +82,6 @@ def load_version(uri: str, home: str | Path, name: str, version: str, *, device:
     weights that are not safetensors (a pickle is refused unread)."""
     from safetensors import SafetensorError
 
-    from components.checkpoint import build_model
-    from pipelines import tracking
 
     ref = f"models:/{name}/{version}"
     ckpt_dir = tracking.resolve_checkpoint(ref, uri, Path(home) / "cache" / "serve")

@@ -37,6 +37,8 @@ from ray import serve
 
 from components.data.images import image_grid, to_uint8_image
 from components.errors import UserError
+from components.metrics import likelihood
+from components.models.layers import StackedGenerators
 from components.models.protocol import settings_for
 from pipelines.serve.registry import Loaded, load_version, serving_version
 from pipelines.serve.schemas import (
@@ -106,7 +108,6 @@ def sample_batch(model, jobs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]
     "batch_requests": jobs in its call}, and the number of jobs in each call made."""
     import torch
 
-    from components.models.layers import StackedGenerators
 
     groups: dict[str, list[int]] = {}
     for i, job in enumerate(jobs):
@@ -355,7 +356,6 @@ class ModelServer:
     async def log_prob(self, req: dict[str, Any]) -> dict[str, Any]:
         import torch
 
-        from components.metrics import likelihood
 
         try:
             loaded = self._needs("log_prob")
