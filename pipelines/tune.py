@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ray.tune import Callback
 
 from components import checkpoint
 from components.errors import UserError
@@ -397,7 +398,7 @@ def run(sweep: Sweep, *, name: str, resume: bool = False, home: Path | None = No
         (directory / STATE_CONFIG).write_text(yaml.safe_dump(sweep.resolved, sort_keys=False))
         tuner = tune.Tuner(trainable, param_space={d.key: d.domain() for d in sweep.dims},
                            tune_config=_tune_config(sweep, concurrency),
-                           run_config=_run_config(sweep, name, home, callbacks=[TrialLines(name, sweep, say)]))
+                           run_config=_run_config(sweep, name, home, callbacks=[TrialLines(name, sweep)]))
     grid = tuner.fit()
 
     # Ctrl-C: Tune saves its state and returns early. In memory it marks the trials it stopped
@@ -555,34 +556,30 @@ def _run_config(sweep: Sweep, name: str, home: Path, callbacks: list | None = No
                           callbacks=callbacks)
 
 
-def TrialLines(name: str, sweep: Sweep, say):  # noqa: N802 (a factory: Tune's Callback is imported lazily)
+class TrialLines(Callback):
     """A Tune callback that prints one line per trial that ends: its values, its objective and
-    the best so far."""
-    from ray.tune import Callback
+    the best so far. Plain data only: Tune pickles its callbacks with the sweep's state."""
 
-    t = sweep.tune
+    def __init__(self, name: str, sweep: Sweep):
+        self.name, self.metric, self.mode = name, sweep.tune.metric, sweep.tune.mode
+        self.keys = [d.key for d in sweep.dims]
+        self.best: float | None = None
 
-    class _Lines(Callback):
-        def __init__(self):
-            self.done, self.best = 0, None
+    def _end(self, trial, how: str) -> None:
+        value = (trial.last_result or {}).get(self.metric)
+        if _finite(value) and (self.best is None or (value < self.best if self.mode == "min" else value > self.best)):
+            self.best = value
+        values = ", ".join(f"{k}={_cell(trial.config.get(k))}" for k in self.keys)
+        score = f"{self.metric} {value:.4g}" if _finite(value) else f"{self.metric} -"
+        best = f" (best {self.best:.4g})" if self.best is not None else ""
+        sys.stdout.write(f"[{self.name}] trial {trial.trial_id} {how}: {values} | {score}{best}\n")
+        sys.stdout.flush()
 
-        def _end(self, trial, how: str) -> None:
-            self.done += 1
-            value = (trial.last_result or {}).get(t.metric)
-            if _finite(value) and (self.best is None or (value < self.best if t.mode == "min" else value > self.best)):
-                self.best = value
-            values = ", ".join(f"{d.key}={_cell(trial.config.get(d.key))}" for d in sweep.dims)
-            score = f"{t.metric} {value:.4g}" if _finite(value) else f"{t.metric} -"
-            best = f" (best {self.best:.4g})" if self.best is not None else ""
-            say(f"[{name}] trial {trial.trial_id} {how}: {values} | {score}{best}")
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial, "finished")
 
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self._end(trial, "finished")
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self._end(trial, "failed")
-
-    return _Lines()
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial, "failed")
 
 
 def _row(result, sweep: Sweep, name: str) -> TrialRow:
