@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from components.errors import UserError
+from pipelines.env import set_verbose, verbose  # noqa: F401 (the jobs call console.set_verbose)
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -46,19 +47,8 @@ def run(command: Callable[..., int], *args: Any, interrupted: str = INTERRUPTED)
 # records and Python's warnings go to a log file under the project home, named in the header;
 # --verbose (GENRAY_VERBOSE=1) shows everything, workers' output included.
 
-VERBOSE_ENV = "GENRAY_VERBOSE"
 LIBRARY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve", "mlflow", "py.warnings", "alembic", "optuna", "filelock", "urllib3", "httpx",
                    "fastapi", "uvicorn", "matplotlib", "PIL")
-
-
-def verbose() -> bool:
-    return os.environ.get(VERBOSE_ENV, "") not in ("", "0", "false")
-
-
-def set_verbose(on: bool) -> None:
-    """--verbose: for this process and what it starts (Ray workers read it from the environment)."""
-    if on:
-        os.environ[VERBOSE_ENV] = "1"
 
 
 def route_logs(path: Path) -> Path | None:

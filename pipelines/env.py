@@ -5,11 +5,24 @@ start-up. Every job imports this; it imports no job.
     GENRAY_STORAGE   where Ray Train writes checkpoints (default <home>/ray_results); a path every
                      node sees, or a pyarrow URI (s3://bucket/genray, gs://...)
     RAY_ADDRESS      the cluster to join (default: start a local Ray)
+    GENRAY_VERBOSE   1: Ray's, Tune's and the workers' output on the console too (--verbose)
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+VERBOSE_ENV = "GENRAY_VERBOSE"  # --verbose: Ray's and the workers' output on the console too
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0", "false")
+
+
+def set_verbose(on: bool) -> None:
+    """--verbose: for this process and what it starts (Ray workers read it from the environment)."""
+    if on:
+        os.environ[VERBOSE_ENV] = "1"
 
 
 def project_home() -> Path:
@@ -36,9 +49,8 @@ def init_ray() -> None:
 
     if ray.is_initialized():
         return
-    verbose = os.environ.get("GENRAY_VERBOSE", "") not in ("", "0", "false")
-    ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=verbose, configure_logging=False)
-    DataContext.get_current().print_on_execution_start = verbose
+    ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=verbose(), configure_logging=False)
+    DataContext.get_current().print_on_execution_start = verbose()
 
 
 def log_path(home: Path, job: str, name: str) -> Path:

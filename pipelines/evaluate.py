@@ -53,7 +53,7 @@ from pipelines.config import ConfigError, ExperimentSpec
 from pipelines.data import resolve_data
 from pipelines.env import init_ray, log_path, project_home
 from pipelines.quality import Split, domain_classifier, factor_codes, inception_net, read_split, reference_features
-from pipelines.sampling import resolve
+from pipelines.sampling import parse_overrides, resolve
 
 DEFAULT_NUM_SAMPLES = 2000  # at a few hundred samples FD is mostly noise (see the floor)
 KID_SUBSETS, KID_SUBSET_SIZE = 50, 1000
@@ -373,19 +373,6 @@ def _check_request(r: EvalRequest) -> None:
         raise ConfigError(f"--reference must be test or train, got {r.reference!r}")
 
 
-def parse_sampling(overrides: list[str]) -> dict[str, Any]:
-    """--set sampling.key=value (values parsed as YAML) -> {key: value}."""
-    import yaml
-
-    out = {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key.startswith("sampling.") or key.count(".") != 1:
-            raise ConfigError(f"--set {item!r}: expected sampling.KEY=VALUE, e.g. --set sampling.guidance_scale=2")
-        out[key.removeprefix("sampling.")] = yaml.safe_load(value)
-    return out
-
-
 def print_report(out: EvalOutcome) -> None:
     m = out.metrics
     shown = set()
@@ -417,7 +404,7 @@ def command(args) -> int:
     request = EvalRequest(
         target=args.target, num_samples=args.num_samples, batch_size=args.batch_size, workers=args.workers,
         reference=args.reference, feature_net=args.feature_net, inception=args.inception,
-        sampling=parse_sampling(args.overrides), likelihood_rows=args.likelihood_rows, seed=args.seed,
+        sampling=parse_overrides(args.overrides), likelihood_rows=args.likelihood_rows, seed=args.seed,
         log=not args.no_log,
     )
     print_report(evaluate(request))

@@ -65,11 +65,11 @@ class TrainingProgress:
         if rates:
             step = max(m.step for m in rates)
             self._bar(step, latest)
-        evals = self.client.get_metric_history(self.run_id, "eval/loss")
-        for m in sorted(evals, key=lambda m: m.step):
+        evals = sorted(self.client.get_metric_history(self.run_id, "eval/loss"), key=lambda m: m.step)
+        for m in evals:
             if m.step not in self.seen_eval:
                 self.seen_eval.add(m.step)
-                if m.step == max(x.step for x in evals):  # earlier ones' other metrics are gone from `latest`
+                if m is evals[-1]:  # earlier ones' other metrics are gone from `latest`
                     shown = " | ".join(f"{k[5:]} {v:.4g}" for k, v in sorted(latest.items()) if k.startswith("eval/"))
                 else:
                     shown = f"loss {m.value:.4g}"

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
 from components import checkpoint
 from components.data import DatasetInfo, image_grid, save_png
@@ -43,12 +42,7 @@ def sample_to_file(target: str, out: Path, *, n: int = 64, seed: int = 0, overri
     if out.suffix.lower() != ".png":
         raise UserError(f"-o {out}: image samples are written as a PNG grid; name a .png file")
 
-    given = {}
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set temperature=0.8")
-        given[key.removeprefix("sampling.")] = yaml.safe_load(value)
+    given = sampling.parse_overrides(overrides or [], prefix_required=False)
     settings = sampling.resolve(model, given, state.get("sampling_defaults"), label="--set ")
 
     kwargs = {}

@@ -10,10 +10,28 @@ from __future__ import annotations
 
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ValidationError
 
 from components.errors import UserError
 from components.models.protocol import settings_for
+from pipelines.config import ConfigError
+
+
+def parse_overrides(overrides: list[str], *, prefix_required: bool = True) -> dict[str, Any]:
+    """`--set sampling.KEY=VALUE` items (values parsed as YAML) -> {KEY: value}. With
+    prefix_required=False (`genray sample`, where every --set is a sampling setting) the
+    `sampling.` prefix may be left out."""
+    out = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        bare = key.removeprefix("sampling.")
+        if not sep or not bare or "." in bare or (prefix_required and bare == key):
+            expected = ("sampling.KEY=VALUE, e.g. --set sampling.guidance_scale=2" if prefix_required
+                        else "KEY=VALUE, e.g. --set temperature=0.8")
+            raise ConfigError(f"--set {item!r}: expected {expected}")
+        out[bare] = yaml.safe_load(value)
+    return out
 
 
 def resolve(model, given: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None, *,

@@ -10,15 +10,13 @@ receives it: `model(batch, "main", target=target)`. A frozen teacher for consist
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
-from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from components.training.recipe import OptimDefaults, Phase, adamw
+from components.training.recipe import OptimDefaults, Phase, adamw, ema_step, frozen_copy
 
 MAIN = Phase("main", "main")
 
@@ -30,7 +28,7 @@ class EMATarget:
     target: nn.Module | None = field(default=None, repr=False)
 
     def configure_optimizers(self, model: nn.Module, defaults: OptimDefaults) -> dict[str, torch.optim.Optimizer]:
-        self.target = _frozen_copy(model)
+        self.target = frozen_copy(model)
         return {"main": adamw(model.parameters(), lr=defaults.lr, betas=defaults.betas,
                               weight_decay=defaults.weight_decay)}
 
@@ -49,23 +47,11 @@ class EMATarget:
         # Data-dependent init may have moved the weights: the target starts from them.
         self.target.load_state_dict(model.state_dict())
 
-    @torch.no_grad()
     def after_step(self, model: nn.Module, step: int) -> None:
-        get_ema_multi_avg_fn(self.decay)(list(self.target.parameters()), [p.detach() for p in model.parameters()], None)
-        for t, b in zip(self.target.buffers(), model.buffers()):
-            t.copy_(b)
+        ema_step(self.target, model, self.decay)
 
     def state_dict(self) -> dict[str, Any]:
         return {"target": self.target.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.target.load_state_dict(state["target"])
-
-
-def _frozen_copy(model: nn.Module) -> nn.Module:
-    recipe = model.__dict__.pop("recipe", None)  # the copy needs no recipe (and must not copy this target)
-    try:
-        return copy.deepcopy(model).eval().requires_grad_(False)
-    finally:
-        if recipe is not None:
-            model.recipe = recipe

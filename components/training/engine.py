@@ -17,7 +17,6 @@ EMA target stay identical on every rank without further communication.
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -25,9 +24,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from components.training.recipe import OptimDefaults, Phase, optimizer_parameters
+from components.training.recipe import OptimDefaults, Phase, ema_step, frozen_copy, optimizer_parameters
 
 
 @dataclass(frozen=True)
@@ -60,20 +58,11 @@ class EMA:
     BatchNorm statistics) are copied, not averaged."""
 
     def __init__(self, model: nn.Module, decay: float):
-        recipe = model.__dict__.pop("recipe", None)  # the copy is for sampling; it trains nothing
-        try:
-            self.model = copy.deepcopy(model).eval().requires_grad_(False)
-        finally:
-            if recipe is not None:
-                model.recipe = recipe
+        self.model = frozen_copy(model)
         self.decay = decay
 
-    @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
-        get_ema_multi_avg_fn(d)(list(self.model.parameters()), [p.detach() for p in model.parameters()], None)
-        for b_ema, b in zip(self.model.buffers(), model.buffers()):
-            b_ema.copy_(b)
+        ema_step(self.model, model, min(self.decay, (1 + step) / (10 + step)))
 
 
 def world_size() -> int:

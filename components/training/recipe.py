@@ -15,11 +15,13 @@ family; the Ray loop in pipelines/training/ knows only the engine.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Iterable, Protocol, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 
 @dataclass(frozen=True)
@@ -85,3 +87,23 @@ def submodule_parameters(model: nn.Module, names: Sequence[str]) -> list[nn.Para
 
 def optimizer_parameters(opt: torch.optim.Optimizer) -> list[nn.Parameter]:
     return [p for g in opt.param_groups for p in g["params"]]
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A deep copy in eval mode with no gradients, for averaged weights; without the model's
+    recipe, which trains nothing in a copy (and may hold such a copy itself)."""
+    recipe = model.__dict__.pop("recipe", None)
+    try:
+        return copy.deepcopy(model).eval().requires_grad_(False)
+    finally:
+        if recipe is not None:
+            model.recipe = recipe
+
+
+@torch.no_grad()
+def ema_step(average: nn.Module, model: nn.Module, decay: float) -> None:
+    """average <- decay * average + (1 - decay) * model for the parameters (torch's public EMA
+    function); buffers such as BatchNorm statistics are copied, not averaged."""
+    get_ema_multi_avg_fn(decay)(list(average.parameters()), [p.detach() for p in model.parameters()], None)
+    for b_avg, b in zip(average.buffers(), model.buffers()):
+        b_avg.copy_(b)

@@ -10,15 +10,16 @@ from pydantic import BaseModel, Field
 from components.errors import UserError
 from components.models.protocol import SETTINGS_CONFIG
 from pipelines import evaluate, quality
+from pipelines.sampling import parse_overrides
 from pipelines.config import ConfigError
 
 
 def test_sampling_overrides_parse_as_yaml_and_only_under_sampling():
-    assert evaluate.parse_sampling(["sampling.guidance_scale=2", "sampling.sampler=ddim", "sampling.eta=0"]) == {
+    assert parse_overrides(["sampling.guidance_scale=2", "sampling.sampler=ddim", "sampling.eta=0"]) == {
         "guidance_scale": 2, "sampler": "ddim", "eta": 0}
     for bad in ("guidance_scale=2", "sampling.a.b=1", "sampling.eta"):
         with pytest.raises(ConfigError, match="expected sampling.KEY=VALUE"):
-            evaluate.parse_sampling([bad])
+            parse_overrides([bad])
 
 
 class Settings(BaseModel):
