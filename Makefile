@@ -22,7 +22,7 @@ datasets:
 
 # Reinstall only when the project's metadata changes. torch first, pinned: the CPU build lies
 # on local disk here, and an unpinned torch would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m pipelines.demo
+	$(BIN)/python -m genray.pipelines.demo
 
 # Debian's Chromium and ChromeDriver for the gallery's browser test. Installed when missing and
 # this is root with apt-get; otherwise that one test skips (unless GENRAY_REQUIRE_BROWSER is set).

@@ -30,8 +30,8 @@ import torch
 
 
 def load_digits_splits(home: Path) -> dict[str, dict[str, np.ndarray]]:
-    from components.data import DATASETS
-    from pipelines.data import read_decoded
+    from genray.components.data import DATASETS
+    from genray.pipelines.data import read_decoded
 
     root = home / "data" / "digits-full-seed0"
     if not (root / "test.parquet").exists():
@@ -40,7 +40,7 @@ def load_digits_splits(home: Path) -> dict[str, dict[str, np.ndarray]]:
 
 
 def digits_classifier(home: Path, splits):
-    from components.metrics import classifier as clf
+    from genray.components.metrics import classifier as clf
 
     path = home / "cache" / "classifiers" / "digits"
     if (path / "config.json").exists():
@@ -64,12 +64,12 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/diffusion_sampling")
     args = ap.parse_args()
 
-    from components.checkpoint import build_model
-    from components.data import image_grid, save_png
-    from components.metrics import classifier as clf
-    from components.metrics.frechet import frechet_distance, gaussian_stats
-    from pipelines import tracking
-    from pipelines.env import project_home
+    from genray.components.checkpoint import build_model
+    from genray.components.data import image_grid, save_png
+    from genray.components.metrics import classifier as clf
+    from genray.components.metrics.frechet import frechet_distance, gaussian_stats
+    from genray.pipelines import tracking
+    from genray.pipelines.env import project_home
 
     if args.threads:
         torch.set_num_threads(args.threads)

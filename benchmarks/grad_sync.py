@@ -22,7 +22,7 @@ spec_.loader.exec_module(bench)
 
 import ray  # noqa: E402
 
-from pipelines import config  # noqa: E402  (the given tree's)
+from genray.pipelines import config  # noqa: E402  (the given tree's)
 
 ray.init(address="local", num_cpus=4, log_to_driver=False, configure_logging=False)
 home = Path(tempfile.mkdtemp(prefix="bench-"))

@@ -23,9 +23,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines import config, evaluate, train  # noqa: E402
-from pipelines.console import CONFIGS  # noqa: E402
-from pipelines.env import project_home  # noqa: E402
+from genray.pipelines import config, evaluate, train  # noqa: E402
+from genray.pipelines.console import CONFIGS  # noqa: E402
+from genray.pipelines.env import project_home  # noqa: E402
 
 # (name, config, overrides on a 2-core CPU). The digits configs run as shipped; the shapes
 # recipes are GPU-sized (the small UNet/VAE at 32x32 runs ~100 examples/s here), so they run

@@ -30,10 +30,10 @@ RECIPES = {
 def register_untrained(uri: str, home: Path, name: str, recipe: dict) -> str:
     import torch
 
-    from components import checkpoint
-    from components.data import DatasetInfo
-    from components.models import build
-    from pipelines import tracking
+    from genray.components import checkpoint
+    from genray.components.data import DatasetInfo
+    from genray.components.models import build
+    from genray.pipelines import tracking
 
     args = {k: v for k, v in recipe.items() if k not in ("family", "num_classes")}
     data = DatasetInfo.for_images((1, 8, 8), recipe["num_classes"])
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve as ray_serve
 
-    from pipelines import serve
+    from genray.pipelines import serve
 
     home = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     uri = f"sqlite:///{home / 'mlflow.db'}"

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                 k, _, v = line.removeprefix("export ").partition("=")
                 cluster_env[k] = v
         cluster_env["GENRAY_HOME"] = str(state / "cluster" / "home")
-        genray = [sys.executable, "-m", "pipelines.cli"]
+        genray = [sys.executable, "-m", "genray.pipelines.cli"]
         # Once untimed, so both timed runs find the data prepared and the code uploaded before.
         timed([*genray, "submit", "train", config, *sets, "--set", "trainer.max_steps=10", "--follow"], cluster_env)
         submitted = timed([*genray, "submit", "train", config, *sets, "--set", "scaling.placement_strategy=SPREAD",

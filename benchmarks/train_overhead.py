@@ -23,9 +23,9 @@ import torch
 def bare_loop(spec, data, steps: int) -> dict:
     """genray's training step (components.training.Engine: the recipe's phases, clipping, AdamW,
     EMA) on in-memory batches, without Ray."""
-    from components.models import build
-    from components.training import Engine, OptimDefaults, StepSettings
-    from pipelines.data import read_decoded
+    from genray.components.models import build
+    from genray.components.training import Engine, OptimDefaults, StepSettings
+    from genray.pipelines.data import read_decoded
 
     torch.set_num_threads(1)
     t = spec.trainer
@@ -54,7 +54,7 @@ def bare_in_ray_task(spec, data, steps: int) -> dict:
     of sharing the machine with Ray's daemons from the cost of Ray Train's loop and data path."""
     import ray
 
-    from pipelines.env import init_ray
+    from genray.pipelines.env import init_ray
 
     init_ray()
     task = ray.remote(num_cpus=spec.scaling.cpus_per_worker)(bare_loop)
@@ -64,7 +64,7 @@ def bare_in_ray_task(spec, data, steps: int) -> dict:
 def ray_run(spec, workers: int, name: str, home: Path) -> dict:
     from mlflow import MlflowClient
 
-    from pipelines import train
+    from genray.pipelines import train
 
     spec = spec.model_copy(deep=True)
     spec.scaling.workers = workers
@@ -89,8 +89,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     args = p.parse_args()
 
-    from pipelines import config
-    from pipelines.data import resolve_data
+    from genray.pipelines import config
+    from genray.pipelines.data import resolve_data
 
     home = Path(tempfile.mkdtemp(prefix="genray-bench-"))
     spec = config.validate({

@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 def run_once(config: str, overrides: list[str], scheduler: str, home: Path) -> dict:
-    from pipelines import tune
+    from genray.pipelines import tune
 
     sweep = tune.load(config, [*overrides, f"tune.scheduler={scheduler}", "tune.search=random",
                                "tune.register_model=false"])
@@ -50,9 +50,9 @@ def main() -> None:
     p.add_argument("--out", type=Path)
     args = p.parse_args()
 
-    from pipelines import train, tune
-    from pipelines.data import resolve_data
-    from pipelines.env import init_ray
+    from genray.pipelines import train, tune
+    from genray.pipelines.data import resolve_data
+    from genray.pipelines.env import init_ray
 
     every = max(1, args.steps // 6)
     overrides = [f"tune.num_samples={args.trials}", f"trainer.max_steps={args.steps}",

@@ -111,7 +111,7 @@ up)
     token="$dir/auth_token"
     [ -s "$token" ] || (umask 077 && "$bin/python" -c "import secrets; print(secrets.token_hex(32), end='')" > "$token")
     export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$token"
-    # Jobs run `python -m pipelines...` with the nodes' PATH: this project's environment.
+    # Jobs run `python -m genray.pipelines...` with the nodes' PATH: this project's environment.
     export PATH="$bin:$PATH"
     # Ray's sockets live under its temp dir, capped at 107 bytes: keep it short.
     tmp="/tmp/grc-$ray_port"

@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from components.errors import UserError
+from genray.components.errors import UserError
 
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
@@ -93,8 +93,8 @@ def build_model(path: str | os.PathLike, *, use_ema: bool = True, map_location: 
     """Rebuild the trained model from a checkpoint alone: the family, its arguments and the
     data description come from state.json, the weights from safetensors. Returns (model in eval
     mode, state)."""
-    from components.data import DatasetInfo
-    from components.models import build  # here, not at the top: models import nothing of this
+    from genray.components.data import DatasetInfo
+    from genray.components.models import build  # here, not at the top: models import nothing of this
 
     ckpt = load(path, map_location=map_location, with_optimizer=with_optimizer)
     spec = ckpt.state["model"]
@@ -109,6 +109,6 @@ def build_model(path: str | os.PathLike, *, use_ema: bool = True, map_location: 
 
 def model_state(family: str, args: dict[str, Any], data: Any) -> dict[str, Any]:
     """state.json's "model": what build_model needs (model references without their weights)."""
-    from components.models.refs import as_json
+    from genray.components.models.refs import as_json
 
     return {"family": family, "args": as_json(args), "data": data.to_json()}

@@ -1,6 +1,6 @@
 """The arguments of every genray command, defined once.
 
-`genray <verb>` (pipelines/cli.py) and each job's own entry point (`python -m pipelines.train`,
+`genray <verb>` (pipelines/cli.py) and each job's own entry point (`python -m genray.pipelines.train`,
 `.tune`, `.evaluate`: what `genray submit` runs on a cluster) parse with these definitions, so
 the two forms take the same arguments. Importing this module loads no job.
 
@@ -15,12 +15,12 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from components.data import DATASETS
-from pipelines.console import EXIT_USAGE
+from genray.components.data import DATASETS
+from genray.pipelines.console import EXIT_USAGE
 
 # The verbs that are whole jobs, and the module whose main(argv) runs each: `genray <verb>` hands
 # them over, `genray submit` runs `python -m <module>` on the cluster.
-JOBS = {"train": "pipelines.train", "tune": "pipelines.tune", "eval": "pipelines.evaluate"}
+JOBS = {"train": "genray.pipelines.train", "tune": "genray.pipelines.tune", "eval": "genray.pipelines.evaluate"}
 
 # The verbs, with the one line `genray --help` shows for each.
 HELP = {
@@ -201,7 +201,7 @@ def eval_parser() -> argparse.ArgumentParser:
 def train_spec(args: argparse.Namespace):
     """The ExperimentSpec `genray train` runs: the config file with its --set overrides, and
     --workers / --gpu as the scaling.* values they stand for."""
-    from pipelines import config
+    from genray.pipelines import config
 
     overrides = list(args.overrides)
     if args.workers is not None:

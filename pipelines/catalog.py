@@ -14,7 +14,7 @@ import difflib
 import shutil
 from pathlib import Path
 
-from components.errors import UserError
+from genray.components.errors import UserError
 
 CONFIGS = Path(__file__).with_name("configs")
 PREFIX = "pipelines/configs/"

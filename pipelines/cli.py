@@ -10,12 +10,12 @@
     genray data prepare NAME [--out PATH] [--seed S] [--size tiny|full]
     genray families
 
-    python -m pipelines VERB ...               the same
-    python -m pipelines.train|tune|evaluate    one job alone (what `genray submit` runs on a cluster)
+    python -m genray VERB ...                         the same
+    python -m genray.pipelines.train|tune|evaluate    one job alone (what `genray submit` runs on a cluster)
 
 train, tune and eval are handed to the job's own `main` (train.main, tune.main, evaluate.main),
 which parses the same arguments (pipelines/arguments.py): both forms run the same code. The other
-verbs are here. No module imports this one; it imports the jobs only when their verb is run.
+verbs are here. Only genray/__main__.py imports this module; it imports the jobs only when their verb is run.
 
 User mistakes (a missing file, an unknown key, a value out of range, bad Parquet) print one
 line naming what is wrong and what is allowed, and exit with code 2. No traceback.
@@ -28,9 +28,9 @@ import inspect
 import sys
 from pathlib import Path
 
-from components.errors import UserError
-from pipelines import arguments, console
-from pipelines.console import CONFIGS
+from genray.components.errors import UserError
+from genray.pipelines import arguments, console
+from genray.pipelines.console import CONFIGS
 
 
 def parser() -> argparse.ArgumentParser:
@@ -68,7 +68,7 @@ def version() -> str:
 
 
 def cmd_configs(args) -> int:
-    from pipelines import catalog
+    from genray.pipelines import catalog
 
     if args.configs_command == "list":
         configs = catalog.shipped()
@@ -84,7 +84,7 @@ def cmd_configs(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from pipelines import sample
+    from genray.pipelines import sample
 
     out = sample.sample_to_file(args.target, args.out, n=args.num_samples, seed=args.seed,
                                 overrides=args.overrides, class_labels=args.class_label, prompt=args.prompt)
@@ -102,9 +102,9 @@ def cmd_serve(args) -> int:
 
     import ray
 
-    from pipelines import serve, tracking
-    from pipelines.config import ConfigError
-    from pipelines.env import log_path, project_home
+    from genray.pipelines import serve, tracking
+    from genray.pipelines.config import ConfigError
+    from genray.pipelines.env import log_path, project_home
 
     home = project_home()
     if args.reload:
@@ -155,14 +155,14 @@ def cmd_serve(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from pipelines import jobs
+    from genray.pipelines import jobs
 
     return jobs.submit(args.job, args.target, overrides=args.overrides, address=args.address, follow=args.follow,
                        name=args.name, pip=args.pip or None)
 
 
 def cmd_jobs(args) -> int:
-    from pipelines import jobs
+    from genray.pipelines import jobs
 
     if args.jobs_command == "list":
         return jobs.list_jobs(args.address)
@@ -175,11 +175,11 @@ def cmd_jobs(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from components.data import DATASETS
-    from pipelines.env import project_home
+    from genray.components.data import DATASETS
+    from genray.pipelines.env import project_home
 
     if args.data_command == "import":
-        from components.data.importing import import_images
+        from genray.components.data.importing import import_images
 
         r = import_images(args.source, args.out, size=args.size, grayscale=args.grayscale,
                           test_fraction=args.test_fraction, seed=args.seed, image_column=args.image_column,
@@ -209,8 +209,8 @@ def cmd_data(args) -> int:
 def cmd_families(args) -> int:
     """Each family's capabilities and sampling settings, read from a tiny model of it on 8x8
     grey images, and the shipped configs that use it."""
-    from components.data import DatasetInfo
-    from components.models import FAMILIES, build
+    from genray.components.data import DatasetInfo
+    from genray.components.models import FAMILIES, build
 
     data = DatasetInfo(modality="image", shape=(8, 8, 1), num_rows=0, num_classes=0, vocab=None, columns=("image",))
     rows = [("family", "capabilities", "sampling settings", "configs")]

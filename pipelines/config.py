@@ -11,18 +11,20 @@ and what is allowed; the CLI prints it without a traceback and exits with code 2
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-from components.data import DATASETS, DatasetInfo
-from components.errors import UserError
-from pipelines import catalog
-from components.models import FAMILIES
+from genray.components.data import DATASETS, DatasetInfo
+from genray.components.errors import UserError
+from genray.pipelines import catalog
+from genray.components.models import FAMILIES
 
 
 
@@ -162,8 +164,13 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
-    """Apply `a.b=value` overrides; values are parsed as YAML (`3`, `0.5`, `true`, `[1, 2]`)."""
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Apply `a.b=value` overrides; values are parsed as YAML (`3`, `0.5`, `true`, `[1, 2]`).
+    A mapping ({"trainer.lr": 3e-4}, from the Python API) sets its values as they are."""
+    if isinstance(overrides, Mapping):
+        for key, value in overrides.items():
+            set_key(raw, str(key), value, what=f"override {key!r}")
+        return raw
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -220,9 +227,15 @@ def validate(raw: Any, source: str) -> ExperimentSpec:
     return spec
 
 
-def read_yaml(path: str | Path) -> Any:
-    """A config file's contents: a file, or a shipped config by name (pipelines/catalog.py). A
-    missing file names the close matches; bad YAML is a ConfigError naming the file."""
+Source = str | Path | Mapping[str, Any]  # a config: a file, a shipped config's name, or its contents
+
+
+def read_yaml(path: Source) -> Any:
+    """A config file's contents: a file, or a shipped config by name (pipelines/catalog.py), or
+    a mapping given as it is (copied). A missing file names the close matches; bad YAML is a
+    ConfigError naming the file."""
+    if isinstance(path, Mapping):
+        return copy.deepcopy(dict(path))
     path = catalog.find(path)
     try:
         return yaml.safe_load(path.read_text()) or {}
@@ -230,9 +243,14 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
 
 
-def load(path: str | Path, overrides: list[str] | None = None) -> ExperimentSpec:
-    path = catalog.find(path)
+def source_name(path: Source) -> str:
+    """How errors name a config: its file, or "config" for a mapping."""
+    return "config" if isinstance(path, Mapping) else str(catalog.find(path))
+
+
+def load(path: Source, overrides: list[str] | Mapping[str, Any] | None = None) -> ExperimentSpec:
     raw = read_yaml(path)
+    path = source_name(path)
     if isinstance(raw, dict):
         if "tune" in raw:
             raise ConfigError(f"{path}: a sweep config (it has a tune: section); run it with `genray tune {path}`")

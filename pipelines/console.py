@@ -5,7 +5,7 @@
     anything else                                                       its traceback, exit 1
 
 Every entry point runs its command through `run`: `genray <verb>` (pipelines/cli.py), each job's
-`python -m pipelines.<job>` and the demo, so a mistake reads the same everywhere and a bug is
+`python -m genray.pipelines.<job>` and the demo, so a mistake reads the same everywhere and a bug is
 never dressed up as one. This module imports no job; the jobs and the CLI import it.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from components.errors import UserError
-from pipelines.env import set_verbose, verbose  # noqa: F401 (the jobs call console.set_verbose)
+from genray.components.errors import UserError
+from genray.pipelines.env import set_verbose, verbose  # noqa: F401 (the jobs call console.set_verbose)
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -106,7 +106,7 @@ def library_output():
 
 def print_summary(out) -> None:
     """A finished training run (train.TrainOutcome): where its run, checkpoint and samples are."""
-    from pipelines import tracking
+    from genray.pipelines import tracking
 
     print()
     print(f"run            {out.name}  (rerun with --name {out.name} to continue it)")
@@ -127,7 +127,7 @@ def print_summary(out) -> None:
 
 def print_serving(deployed) -> None:
     """A deployed Serve app: what it serves, where, and a request to try."""
-    from pipelines import serve
+    from genray.pipelines import serve
 
     for name, version in deployed.versions.items():
         print(f"serving        models:/{name}/{version}  ({deployed.spec.alias})")

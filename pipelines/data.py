@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from components.data import DATASETS, MAIN_COLUMN, DatasetInfo, decode_batch, read_info
-from pipelines.config import ConfigError, ExperimentSpec
-from pipelines.env import absolute
+from genray.components.data import DATASETS, MAIN_COLUMN, DatasetInfo, decode_batch, read_info
+from genray.pipelines.config import ConfigError, ExperimentSpec
+from genray.pipelines.env import absolute
 
 MIN_STEPS_PER_PASS = 200
 MATERIALIZE_MAX_BYTES = 2 * 2**30  # decoded uint8 data held in the object store at most

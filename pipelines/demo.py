@@ -1,6 +1,6 @@
 """`make demo`: the whole pipeline on embedded defaults, on a fresh machine, in minutes.
 
-    python -m pipelines.demo [--steps N] [--workers N] [--port P] [--no-serve]
+    python -m genray.pipelines.demo [--steps N] [--workers N] [--port P] [--no-serve]
 
 1. data      the built-in 8x8 digits, written as Parquet (scikit-learn's copy: offline)
 2. train     a VAE with 2 Ray Train workers on a local Ray instance, tracked in the local
@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines import arguments, config, console, train, tune
-from pipelines.console import CONFIGS
-from pipelines.env import log_path, project_home
+from genray.pipelines import arguments, config, console, train, tune
+from genray.pipelines.console import CONFIGS
+from genray.pipelines.env import log_path, project_home
 
 # Calibrated on a 2-core CPU machine: a tiny VAE on the 8x8 digits trains at a few hundred
 # steps per second of data there, so training, the sweep and the first samples fit in minutes.
@@ -28,7 +28,7 @@ DEMO_SIZE = "small"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = arguments.Parser(prog="python -m pipelines.demo")
+    p = arguments.Parser(prog="python -m genray.pipelines.demo")
     p.add_argument("--steps", type=int, default=DEMO_STEPS)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--port", type=int, default=8000)
@@ -79,7 +79,7 @@ def demo(args) -> int:
 
 
 def serve_champion(model_name: str, alias: str, port: int, step) -> int:
-    from pipelines import serve, tracking
+    from genray.pipelines import serve, tracking
 
     home = project_home()
     console.route_logs(log_path(home, "serve", "demo"))

@@ -2,7 +2,7 @@
 
     genray eval runs:/<RUN_ID> --num-samples 2000 --workers 2
     genray eval models:/diffusion-digits@champion --set sampling.guidance_scale=2
-    python -m pipelines.evaluate TARGET [...]          # the same job, for `ray job submit`
+    python -m genray.pipelines.evaluate TARGET [...]          # the same job, for `ray job submit`
 
 `--set sampling.KEY=VALUE` takes the settings the model declares (its `sampling_settings`), checked
 before anything is generated.
@@ -41,19 +41,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from components import checkpoint
-from components.data import image_grid, normalize_images, quantize, shapes
-from components.errors import UserError
-from components.metrics import disentanglement, likelihood
-from components.metrics.frechet import frechet_distance_features
-from components.metrics.kid import kid
-from components.metrics.precision_recall import precision_recall
-from pipelines import arguments, console, tracking
-from pipelines.config import ConfigError, ExperimentSpec
-from pipelines.data import resolve_data
-from pipelines.env import init_ray, log_path, project_home
-from pipelines.quality import Split, domain_classifier, factor_codes, inception_net, read_split, reference_features
-from pipelines.sampling import parse_overrides, resolve
+from genray.components import checkpoint
+from genray.components.data import image_grid, normalize_images, quantize, shapes
+from genray.components.errors import UserError
+from genray.components.metrics import disentanglement, likelihood
+from genray.components.metrics.frechet import frechet_distance_features
+from genray.components.metrics.kid import kid
+from genray.components.metrics.precision_recall import precision_recall
+from genray.pipelines import arguments, console, tracking
+from genray.pipelines.config import ConfigError, ExperimentSpec
+from genray.pipelines.data import resolve_data
+from genray.pipelines.env import init_ray, log_path, project_home
+from genray.pipelines.quality import Split, domain_classifier, factor_codes, inception_net, read_split, reference_features
+from genray.pipelines.sampling import parse_overrides, resolve
 
 DEFAULT_NUM_SAMPLES = 2000  # at a few hundred samples FD is mostly noise (see the floor)
 KID_SUBSETS, KID_SUBSET_SIZE = 50, 1000
@@ -104,7 +104,7 @@ class Target:
 def resolve_target(target: str, uri: str, home: Path) -> Target:
     """The checkpoint a TARGET names, and the training run it came from."""
     ref = target
-    if not target.startswith(("models:/", "runs:/")) and _looks_like_run_id(target):
+    if not target.startswith(("models:/", "runs:/")) and tracking.looks_like_run_id(target):
         ref = f"runs:/{target}"
     try:
         ckpt_dir = tracking.resolve_checkpoint(ref, uri, home / "cache")
@@ -121,10 +121,6 @@ def resolve_target(target: str, uri: str, home: Path) -> Target:
     if target.startswith("models:/"):
         name, version = tracking.model_version_of(target, uri)
     return Target(ckpt_dir, target, run_id, name, version)
-
-
-def _looks_like_run_id(s: str) -> bool:
-    return len(s) == 32 and all(c in "0123456789abcdef" for c in s)
 
 
 # ----------------------------------------------------------------------------- metrics (pure)

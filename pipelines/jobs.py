@@ -5,7 +5,7 @@
     genray jobs logs ID [--address URL] [--follow]
     genray jobs stop ID [--address URL]
 
-A submission is the same job `genray train|tune|eval` runs here, as `python -m pipelines.<job>`
+A submission is the same job `genray train|tune|eval` runs here, as `python -m genray.pipelines.<job>`
 on the cluster, with this project as the runtime_env working_dir (the virtual environment, the
 runs folder and git's files left out) and the environment it needs passed through:
 MLFLOW_TRACKING_URI (a tracking server every node reaches, not a local SQLite file),
@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.arguments import JOBS
-from pipelines.config import ConfigError
+from genray.pipelines import catalog
+from genray.pipelines.arguments import JOBS
+from genray.pipelines.config import ConfigError
 
 PROJECT = Path(__file__).resolve().parents[1]
 # What a job on the cluster needs from here. RAY_AUTH_TOKEN itself is never copied into the job's
@@ -77,9 +78,7 @@ def entrypoint(job: str, target: str, overrides: list[str]) -> str:
         raise ConfigError(f"job {job!r}: allowed are {', '.join(JOBS)}")
     sets = [a for o in overrides for a in ("--set", o)]
     if job != "eval":
-        local = Path(target)
-        if not local.is_file():
-            raise ConfigError(f"{target}: no such config file")
+        local = catalog.find(target)  # a file, or a shipped config by name
         # The job runs in the uploaded copy of this project: name the config relative to it.
         try:
             target = str(local.resolve().relative_to(PROJECT))

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from mlflow.pyfunc import PythonModel
 
-from components.checkpoint import build_model
-from components.errors import UserError
-from pipelines.sampling import resolve
+from genray.components.checkpoint import build_model
+from genray.components.errors import UserError
+from genray.pipelines.sampling import resolve
 
 # The request key that carries each kind of condition.
 CONDITION_KEYS = {"class": "y", "text": "prompt"}

@@ -22,15 +22,15 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from components.data import normalize_images, quantize, read_info
-from components.errors import UserError
-from components.metrics import classifier as clf
-from components.metrics import disentanglement
-from components.metrics.frechet import frechet_distance_features
-from components.metrics.inception import extract_inception_features, find_inception_weights, inception_id, load_inception
-from components.metrics.kid import kid
-from pipelines.config import ConfigError, ExperimentSpec
-from pipelines.data import DataSource, read_decoded
+from genray.components.data import normalize_images, quantize, read_info
+from genray.components.errors import UserError
+from genray.components.metrics import classifier as clf
+from genray.components.metrics import disentanglement
+from genray.components.metrics.frechet import frechet_distance_features
+from genray.components.metrics.inception import extract_inception_features, find_inception_weights, inception_id, load_inception
+from genray.components.metrics.kid import kid
+from genray.pipelines.config import ConfigError, ExperimentSpec
+from genray.pipelines.data import DataSource, read_decoded
 
 # How genray trains a dataset's domain classifier. Part of the cache key: change it and every
 # dataset gets a new classifier, with a new id in the results.

@@ -11,12 +11,12 @@ from typing import Any
 
 from safetensors.torch import save as save_safetensors
 
-from components import checkpoint
-from components.errors import UserError
-from components.models import FAMILIES
-from components.models.refs import ModelRef, ref_arguments
-from pipelines import tracking
-from pipelines.config import ConfigError
+from genray.components import checkpoint
+from genray.components.errors import UserError
+from genray.components.models import FAMILIES
+from genray.components.models.refs import ModelRef, ref_arguments
+from genray.pipelines import tracking
+from genray.pipelines.config import ConfigError
 
 
 def resolve_refs(family: str, args: dict[str, Any], *, uri: str, cache: Path) -> dict[str, Any]:

@@ -1,24 +1,122 @@
-"""`genray sample`: samples from a trained model straight into a file, without a server.
+"""A trained model, loaded to sample from without a server: `genray.load` and `genray sample`.
 
     genray sample models:/diffusion-digits@champion -n 64 -o grid.png --set guidance_scale=3
     genray sample runs:/<RUN_ID> --class-label 7 -o sevens.png
 
-The model is found like any model reference (registry, run, checkpoint directory), rebuilt from
-safetensors + JSON, sampled with its typed settings (a checkpoint's sampling_defaults, then
---set), and written the way its data kind is shown: image kinds as a PNG grid.
+    model = genray.load("models:/diffusion-digits@champion")
+    x = model.sample(64, seed=0, class_labels=[7], guidance_scale=3.0)
+    model.save_grid(x, "sevens.png")
+
+The model is found like any model reference (registry, run, bare run id, checkpoint directory),
+rebuilt from safetensors + JSON, sampled with its typed settings (a checkpoint's
+sampling_defaults, then the caller's), and written the way its data kind is shown: image kinds
+as a PNG grid.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from components import checkpoint
-from components.data import DatasetInfo, image_grid, save_png
-from components.errors import UserError
-from pipelines import sampling, tracking
-from pipelines.env import project_home
+from genray.components import checkpoint
+from genray.components.data import DatasetInfo, image_grid, save_png
+from genray.components.errors import UserError
+from genray.pipelines import sampling, tracking
+from genray.pipelines.env import project_home
+
+
+@dataclass
+class LoadedModel:
+    """A trained genray model ready to sample: `module` is the family's torch module in eval
+    mode, `data` the description of what it was trained on, `defaults` the sampling settings its
+    checkpoint carries (a sampling-time sweep's winner), `ref` what it was loaded from."""
+    module: torch.nn.Module
+    data: DatasetInfo
+    defaults: dict[str, Any] | None
+    ref: str
+    state: dict[str, Any]
+
+    @property
+    def family(self) -> str:
+        return self.state["model"]["family"]
+
+    @property
+    def conditioning(self) -> str:
+        return self.module.conditioning
+
+    @property
+    def num_classes(self) -> int:
+        return self.module.num_classes
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    def settings(self, **given: Any):
+        """The sampling settings a call with `given` uses (typed, validated, defaults filled)."""
+        return sampling.resolve(self.module, given, self.defaults, label="")
+
+    @torch.no_grad()
+    def sample(self, n: int = 16, *, seed: int = 0, class_labels: list[int] | None = None,
+               prompt: str | list[str] | None = None, **settings: Any) -> torch.Tensor:
+        """n samples as a tensor in the data's range ([-1, 1] for images), the same for the same
+        seed. class_labels: one label for all, or one per sample (class-conditional models);
+        prompt: text-conditional models; settings: the model's sampling settings by name."""
+        if n < 1:
+            raise UserError(f"n: at least one sample, got {n}")
+        kwargs = self.conditions(n, class_labels, prompt)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        return self.module.sample(n, generator=generator, **kwargs, **self.settings(**settings).model_dump())
+
+    def conditions(self, n: int, class_labels: list[int] | None, prompt: str | list[str] | None, *,
+                   names: tuple[str, str] = ("class_labels", "prompt")) -> dict[str, Any]:
+        """The model's condition arguments (y, prompt) for n samples, checked against what the
+        model takes; an error names the caller's option (`names`: how it spells the two)."""
+        label_name, prompt_name = names
+        kwargs: dict[str, Any] = {}
+        if class_labels is not None:
+            labels = list(class_labels)
+            if self.conditioning != "class":
+                raise UserError(f"{label_name}: {self.ref} is not class-conditional (conditioning: {self.conditioning})")
+            bad = [k for k in labels if not 0 <= k < self.num_classes]
+            if bad:
+                raise UserError(f"{label_name} {bad[0]}: this model's classes are 0..{self.num_classes - 1}")
+            labels = labels * n if len(labels) == 1 else labels
+            if len(labels) != n:
+                raise UserError(f"{label_name}: give one label, or one per sample ({n}); got {len(class_labels)}")
+            kwargs["y"] = torch.tensor(labels, dtype=torch.long, device=self.device)
+        if prompt is not None:
+            if self.conditioning != "text":
+                raise UserError(f"{prompt_name}: {self.ref} is not text-conditional (conditioning: {self.conditioning})")
+            kwargs["prompt"] = prompt
+        return kwargs
+
+    def save_grid(self, x: torch.Tensor, path: str | Path) -> Path:
+        """Image samples as one PNG grid at `path`."""
+        path = Path(path)
+        if self.data.kind.show != "grid":
+            raise UserError(f"{self.ref}: its samples are shown as {self.data.kind.show}, not as an image grid")
+        if path.suffix.lower() != ".png":
+            raise UserError(f"{path}: image samples are written as a PNG grid; name a .png file")
+        if not path.parent.is_dir():
+            raise UserError(f"{path}: no such folder {path.parent}")
+        save_png(image_grid(x.cpu()), path)
+        return path
+
+
+def load(ref: str | Path, *, device: str = "cpu", home: Path | None = None) -> LoadedModel:
+    """The model `ref` names: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID, a bare run
+    id, or a checkpoint directory; anything with a `run_id` (genray.train's result) works too."""
+    ref = getattr(ref, "model_uri", None) or getattr(ref, "run_id", None) or ref
+    ref = str(ref)
+    if tracking.looks_like_run_id(ref):
+        ref = f"runs:/{ref}"
+    home = home or project_home()
+    ckpt = tracking.resolve_checkpoint(ref, tracking.tracking_uri(home), home / "cache")
+    module, state = checkpoint.build_model(ckpt, map_location=device)
+    return LoadedModel(module, DatasetInfo.from_json(state["model"]["data"]), state.get("sampling_defaults"), ref, state)
 
 
 @dataclass(frozen=True)
@@ -31,39 +129,21 @@ class Sampled:
 
 def sample_to_file(target: str, out: Path, *, n: int = 64, seed: int = 0, overrides: list[str] | None = None,
                    class_labels: list[int] | None = None, prompt: str | None = None, home: Path | None = None) -> Sampled:
+    """`genray sample`: n samples of `target` written to `out`."""
     if n < 1:
         raise UserError(f"-n: at least one sample, got {n}")
-    home = home or project_home()
-    ckpt = tracking.resolve_checkpoint(target, tracking.tracking_uri(home), home / "cache")
-    model, state = checkpoint.build_model(ckpt)
-    show = DatasetInfo.from_json(state["model"]["data"]).kind.show
-    if show != "grid":
-        raise UserError(f"{target}: its samples are shown as {show}; genray sample writes image grids so far")
+    model = load(target, home=home)
+    if model.data.kind.show != "grid":
+        raise UserError(f"{target}: its samples are shown as {model.data.kind.show}; genray sample writes image "
+                        "grids so far")
     if out.suffix.lower() != ".png":
         raise UserError(f"-o {out}: image samples are written as a PNG grid; name a .png file")
-
     given = sampling.parse_overrides(overrides or [], prefix_required=False)
-    settings = sampling.resolve(model, given, state.get("sampling_defaults"), label="--set ")
-
-    kwargs = {}
-    if class_labels is not None:
-        if model.conditioning != "class":
-            raise UserError(f"--class-label: {target} is not class-conditional (conditioning: {model.conditioning})")
-        bad = [k for k in class_labels if not 0 <= k < model.num_classes]
-        if bad:
-            raise UserError(f"--class-label {bad[0]}: this model's classes are 0..{model.num_classes - 1}")
-        labels = class_labels * n if len(class_labels) == 1 else class_labels
-        if len(labels) != n:
-            raise UserError(f"--class-label: give one label, or one per sample ({n}); got {len(class_labels)}")
-        kwargs["y"] = torch.tensor(labels, dtype=torch.long)
-    if prompt is not None:
-        if model.conditioning != "text":
-            raise UserError(f"--prompt: {target} is not text-conditional (conditioning: {model.conditioning})")
-        kwargs["prompt"] = prompt
-    with torch.no_grad():
-        x = model.sample(n, generator=torch.Generator().manual_seed(seed), **kwargs, **settings.model_dump())
+    settings = sampling.resolve(model.module, given, model.defaults, label="--set ")
+    model.conditions(n, class_labels, prompt, names=("--class-label", "--prompt"))
+    x = model.sample(n, seed=seed, class_labels=class_labels, prompt=prompt, **settings.model_dump())
     if not out.parent.is_dir():
         raise UserError(f"-o {out}: no such folder {out.parent}")
-    save_png(image_grid(x), out)
+    model.save_grid(x, out)
     shown = ", ".join(f"{k}={v}" for k, v in settings.model_dump().items()) or "no settings"
     return Sampled(out, n, target, shown)

@@ -13,9 +13,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from components.errors import UserError
-from components.models.protocol import settings_for
-from pipelines.config import ConfigError
+from genray.components.errors import UserError
+from genray.components.models.protocol import settings_for
+from genray.pipelines.config import ConfigError
 
 
 def parse_overrides(overrides: list[str], *, prefix_required: bool = True) -> dict[str, Any]:

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from components.checkpoint import build_model
-from components.data import save_png
-from components.errors import UserError
-from components.models.protocol import settings_for
+from genray.components.checkpoint import build_model
+from genray.components.data import save_png
+from genray.components.errors import UserError
+from genray.components.models.protocol import settings_for
 
 RUN_NAME_TAG = "genray.run_name"
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
@@ -133,7 +133,7 @@ MODEL_REQUIREMENTS = ("torch", "numpy", "safetensors", "pydantic", "pyyaml", "py
 
 def log_and_register(uri: str, run_id: str, checkpoint_dir: Path, model_name: str | None) -> str | None:
     """Log the final model as an MLflow "models from code" pyfunc: the code is
-    pipelines/mlflow_model.py plus genray's components/ and pipelines/ packages (bundled, so
+    pipelines/mlflow_model.py plus the genray package, components/ and pipelines/ inside (bundled, so
     `mlflow models predict/serve` rebuild it anywhere its requirements install), the state a
     genray checkpoint (safetensors + JSON). Nothing is pickled. The signature names the inputs
     (n, seed, the condition) and the model's sampling settings as params. Returns the version."""
@@ -184,16 +184,19 @@ def model_signature(checkpoint_dir: Path):
 
 
 def bundle_code(dest: Path) -> list[str]:
-    """genray's packages (Python files, configs, the gallery page) copied for code_paths."""
+    """genray's code (Python files, configs, the gallery page) laid out as the wheel installs it,
+    genray/ with components/ and pipelines/ inside, for code_paths."""
     import shutil
 
-    root = Path(__file__).resolve().parents[1]
-    out = []
-    for package in ("components", "pipelines"):
-        shutil.copytree(root / package, dest / package,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        out.append(str(dest / package))
-    return out
+    import genray
+    import genray.components
+
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "components", "pipelines")
+    # The same from a checkout (the layers beside genray/) and from a wheel (inside it).
+    shutil.copytree(Path(genray.__file__).parent, dest / "genray", ignore=skip)
+    for layer in (Path(genray.components.__file__).parent, Path(__file__).parent):
+        shutil.copytree(layer, dest / "genray" / layer.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return [str(dest / "genray")]
 
 
 def requirements() -> list[str]:
@@ -217,6 +220,11 @@ def latest_sample_grid(uri: str, run_id: str) -> str | None:
     base = client.get_run(run_id).info.artifact_uri
     location = f"{base}/{grids[-1]}"
     return location.removeprefix("file://")
+
+
+def looks_like_run_id(s: str) -> bool:
+    """An MLflow run id as a user pastes it: 32 lowercase hex digits."""
+    return len(s) == 32 and all(c in "0123456789abcdef" for c in s)
 
 
 def resolve_checkpoint(ref: str, uri: str, cache: Path) -> Path:

@@ -2,7 +2,7 @@
 
     genray train pipelines/configs/vae/beta_vae_shapes.yaml --workers 2 --name shapes-b4
     genray train CONFIG --workers 0          # the same loop in this process (Ray Train local mode)
-    python -m pipelines.train CONFIG [--set k=v ...]     # the same job, for `ray job submit`
+    python -m genray.pipelines.train CONFIG [--set k=v ...]     # the same job, for `ray job submit`
 
 config -> data (pipelines/data.py) -> model inputs (model references resolved, the quality
 probe's feature network) -> TorchTrainer (pipelines/training/) -> checkpoint + MLflow run ->
@@ -25,15 +25,15 @@ from typing import Any
 
 import yaml
 
-from components.models import build
-from pipelines import arguments, console, tracking
-from pipelines.config import ExperimentSpec
-from pipelines.data import DataSource, TrainData, resolve_data
-from pipelines.env import init_ray, log_path, project_home, storage_path
-from pipelines.progress import TrainingProgress
-from pipelines.quality import quality_inputs
-from pipelines.refs import resolve_refs
-from pipelines.training.trainer import ModelInputs, build_trainer
+from genray.components.models import build
+from genray.pipelines import arguments, console, tracking
+from genray.pipelines.config import ExperimentSpec
+from genray.pipelines.data import DataSource, TrainData, resolve_data
+from genray.pipelines.env import init_ray, log_path, project_home, storage_path
+from genray.pipelines.progress import TrainingProgress
+from genray.pipelines.quality import quality_inputs
+from genray.pipelines.refs import resolve_refs
+from genray.pipelines.training.trainer import ModelInputs, build_trainer
 
 # ----------------------------------------------------------------------------- setup (driver)
 
@@ -59,6 +59,11 @@ class TrainOutcome:
     model_name: str | None
     model_version: str | None
     tracking_uri: str
+
+    @property
+    def model_uri(self) -> str | None:
+        """models:/NAME/VERSION of the registered model (genray.load takes it), when one was registered."""
+        return f"models:/{self.model_name}/{self.model_version}" if self.model_version else None
 
 
 def run(spec: ExperimentSpec, *, name: str, home: Path | None = None, uri: str | None = None,

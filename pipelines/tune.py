@@ -3,7 +3,7 @@
     genray tune pipelines/configs/gan/sweep_dcgan_digits.yaml
     genray tune pipelines/configs/diffusion/sweep_guidance_digits.yaml --set tune.target=runs:/<RUN_ID>
     genray tune CONFIG --resume NAME       # continue an interrupted sweep; finished trials are kept
-    python -m pipelines.tune CONFIG [...]  # the same job, for `ray job submit`
+    python -m genray.pipelines.tune CONFIG [...]  # the same job, for `ray job submit`
 
 Two kinds of sweep, told apart by `tune.target`:
 
@@ -48,6 +48,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,15 +56,15 @@ from typing import Any
 import yaml
 from ray.tune import Callback
 
-from components import checkpoint
-from components.errors import UserError
-from pipelines import arguments, catalog, console, evaluate, quality, tracking, train
-from pipelines.config import (DISTRIBUTIONS, ConfigError, ExperimentSpec, SweepEvalSpec, TuneSpec, apply_overrides,
+from genray.components import checkpoint
+from genray.components.errors import UserError
+from genray.pipelines import arguments, config, console, evaluate, quality, tracking, train
+from genray.pipelines.config import (DISTRIBUTIONS, ConfigError, ExperimentSpec, SweepEvalSpec, TuneSpec, apply_overrides,
                               flatten, read_yaml, set_key, validate, validate_tune)
-from pipelines.data import TrainData, build_dataset, resolve_data
-from pipelines.env import init_ray, log_path, project_home
-from pipelines.evaluate import EvalRequest
-from pipelines.sampling import is_integer, resolve
+from genray.pipelines.data import TrainData, build_dataset, resolve_data
+from genray.pipelines.env import init_ray, log_path, project_home
+from genray.pipelines.evaluate import EvalRequest
+from genray.pipelines.sampling import is_integer, resolve
 
 STATE_CONFIG = "sweep.yaml"  # the resolved config a sweep started with; --resume checks it
 
@@ -151,10 +152,9 @@ class Sweep:
         return self.tune.evaluate or (SweepEvalSpec() if self.kind == "sample" else None)
 
 
-def load(path: str | Path, overrides: list[str] | None = None) -> Sweep:
-    path = catalog.find(path)
-    source = str(path)
+def load(path: config.Source, overrides: list[str] | Mapping[str, Any] | None = None) -> Sweep:
     raw = read_yaml(path)
+    path = source = config.source_name(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (tune, data, model, ...)")
     raw = apply_overrides(raw, overrides or [], source)

@@ -34,8 +34,8 @@ def digits_classifier(tmp_path_factory):
     way `genray eval` caches one: feature network for the pipelines' quality metrics."""
     import torch
 
-    from components.data import digits
-    from components.metrics import classifier
+    from genray.components.data import digits
+    from genray.components.metrics import classifier
 
     images, labels = digits.load()
     x = torch.as_tensor(images, dtype=torch.float32)[:, None] / 8.0 - 1.0  # 0..16 -> [-1, 1]

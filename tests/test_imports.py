@@ -4,9 +4,11 @@ Every import statement of every module under components/ and pipelines/ counts, 
 functions too: a function-level import is still a dependency, only a later one.
 
     no cycle among these modules
-    no module imports pipelines.cli (only pipelines/__main__.py, the entry point nothing imports)
-    components/ imports neither ray nor mlflow nor pipelines
-    `python -m pipelines.<job>` loads the job's module once (as __main__, never again by name)
+    no module imports genray.pipelines.cli (only genray/__main__.py, the entry point nothing imports)
+    components/ imports neither ray nor mlflow nor pipelines nor the genray API
+    nothing imports the top-level names components or pipelines: they are genray.components and
+    genray.pipelines (the installed wheel has no others)
+    `python -m genray.pipelines.<job>` loads the job's module once (as __main__, never again by name)
 """
 from __future__ import annotations
 
@@ -18,13 +20,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("components", "pipelines")
+PACKAGES = ("genray", "components", "pipelines")
 
 
 def module_name(path: Path) -> str:
+    """The import name of a file: genray/x.py is genray.x, components/ and pipelines/ sit under
+    genray (setup.py maps them there)."""
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
+    if parts[0] != "genray":
+        parts.insert(0, "genray")
     return ".".join(parts)
 
 
@@ -150,16 +156,16 @@ def test_the_graph_reader_resolves_every_form_of_import(tmp_path, monkeypatch):
     (pkg / "serve").mkdir(parents=True)
     for f in ("__init__.py", "a.py", "b.py", "serve/__init__.py", "serve/spec.py"):
         (pkg / f).write_text("")
-    (pkg / "a.py").write_text("from pipelines import b\nimport pipelines.serve.spec as s\n"
+    (pkg / "a.py").write_text("from genray.pipelines import b\nimport genray.pipelines.serve.spec as s\n"
                               "def f():\n    from .serve import spec\n    from . import b\n")
     (pkg / "serve" / "spec.py").write_text("from .. import a\nfrom ..b import thing\nimport numpy\n")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     monkeypatch.setattr(sys.modules[__name__], "PACKAGES", ("pipelines",))
     graph, _ = import_graph()
-    assert graph["pipelines.a"] == {"pipelines.b", "pipelines.serve.spec"}
-    assert graph["pipelines.serve.spec"] == {"pipelines.a", "pipelines.b"}
-    assert cycles(graph) == [(["pipelines.a", "pipelines.serve.spec", "pipelines.a"],
-                              ["pipelines.a", "pipelines.serve.spec"])]
+    assert graph["genray.pipelines.a"] == {"genray.pipelines.b", "genray.pipelines.serve.spec"}
+    assert graph["genray.pipelines.serve.spec"] == {"genray.pipelines.a", "genray.pipelines.b"}
+    assert cycles(graph) == [(["genray.pipelines.a", "genray.pipelines.serve.spec", "genray.pipelines.a"],
+                              ["genray.pipelines.a", "genray.pipelines.serve.spec"])]
 
 
 def test_no_import_cycle_among_components_and_pipelines():
@@ -172,16 +178,25 @@ def test_no_import_cycle_among_components_and_pipelines():
 def test_no_module_imports_the_cli():
     _, every = import_graph()
     offenders = [f"{m} (line {line})" for m, imports in every.items() for target, line in imports
-                 if target == "pipelines.cli" and m != "pipelines.__main__"]
-    assert not offenders, "pipelines.cli is the command line; jobs are imported by it, never the reverse: " + \
+                 if target == "genray.pipelines.cli" and m != "genray.__main__"]
+    assert not offenders, "genray.pipelines.cli is the command line; jobs are imported by it, never the reverse: " + \
         ", ".join(offenders)
 
 
 def test_components_import_neither_ray_nor_mlflow_nor_pipelines():
     _, every = import_graph()
-    offenders = [f"{m} imports {target} (line {line})" for m, imports in every.items() if m.startswith("components")
-                 for target, line in imports if target.split(".")[0] in ("ray", "mlflow", "pipelines")]
+    offenders = [f"{m} imports {target} (line {line})" for m, imports in every.items()
+                 if m.startswith("genray.components") for target, line in imports
+                 if target.split(".")[0] in ("ray", "mlflow") or target == "genray"
+                 or target.startswith("genray.pipelines")]
     assert not offenders, "\n".join(offenders)
+
+
+def test_nothing_imports_the_bare_layer_names():
+    _, every = import_graph()
+    offenders = [f"{m} imports {target} (line {line})" for m, imports in every.items()
+                 for target, line in imports if target.split(".")[0] in ("components", "pipelines")]
+    assert not offenders, "import genray.components / genray.pipelines instead:\n" + "\n".join(offenders)
 
 
 # Run a job module as `python -m` does, asking only for --help, then list what got imported.
@@ -192,23 +207,23 @@ try:
     runpy.run_module("{job}", run_name="__main__", alter_sys=True)
 except SystemExit as e:
     assert e.code == 0, e.code
-print(sorted(m for m in sys.modules if m.startswith("pipelines")))
+print(sorted(m for m in sys.modules if m.startswith("genray.pipelines")))
 """
 
 
-@pytest.mark.parametrize("job", ["pipelines.evaluate", "pipelines.tune", "pipelines.train"])
+@pytest.mark.parametrize("job", ["genray.pipelines.evaluate", "genray.pipelines.tune", "genray.pipelines.train"])
 def test_running_a_job_module_loads_it_once(job):
     proc = subprocess.run([sys.executable, "-c", LOADED_ONCE.format(job=job)], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     loaded = eval(proc.stdout.strip().splitlines()[-1])
     assert job not in loaded, f"python -m {job} imported {job} a second time: {loaded}"
-    assert "pipelines.cli" not in loaded, loaded
+    assert "genray.pipelines.cli" not in loaded, loaded
     assert "usage: genray" in proc.stdout
 
 
-def test_python_m_pipelines_is_the_genray_command():
-    proc = subprocess.run([sys.executable, "-m", "pipelines", "--help"], cwd=ROOT, capture_output=True, text=True,
+def test_python_m_genray_is_the_genray_command():
+    proc = subprocess.run([sys.executable, "-m", "genray", "--help"], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert all(verb in proc.stdout for verb in ("train", "tune", "eval", "serve", "submit", "families"))

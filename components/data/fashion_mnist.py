@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.errors import UserError
+from genray.components.errors import UserError
 
 from .parquet import write_table
 

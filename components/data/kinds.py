@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from components.errors import UserError
+from genray.components.errors import UserError
 
 
 class DataFormatError(UserError):

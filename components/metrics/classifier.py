@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from components.errors import UserError
+from genray.components.errors import UserError
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"

@@ -47,7 +47,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from components.errors import UserError
+from genray.components.errors import UserError
 
 INCEPTION_ENV = "GENRAY_INCEPTION_WEIGHTS"
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"

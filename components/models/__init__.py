@@ -13,10 +13,10 @@ from typing import Any
 from safetensors.torch import load as load_safetensors
 from torch import nn
 
-from components.data import DatasetInfo
-from components.errors import UserError
-from components.models import dcgan, diffusion, vae
-from components.models.refs import ModelRef, ref_arguments
+from genray.components.data import DatasetInfo
+from genray.components.errors import UserError
+from genray.components.models import dcgan, diffusion, vae
+from genray.components.models.refs import ModelRef, ref_arguments
 
 FAMILIES = {
     "vae": vae.build_vae,

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
-from components.data import DatasetInfo
-from components.models.layers import check_image_shape, num_halvings, randn
-from components.models.protocol import NoSettings
-from components.training import Adversarial
+from genray.components.data import DatasetInfo
+from genray.components.models.layers import check_image_shape, num_halvings, randn
+from genray.components.models.protocol import NoSettings
+from genray.components.training import Adversarial
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,15 +27,15 @@ import torch
 from pydantic import BaseModel, Field, create_model
 from torch import Tensor, nn
 
-from components.data import DatasetInfo
-from components.errors import UserError
-from components.models.layers import check_image_shape, randn
-from components.models.protocol import SETTINGS_CONFIG
-from components.models.refs import ModelRef
-from components.models.text_encoder import TextEncoder, encode_text
-from components.models.unet import UNet
-from components.samplers import ddim, ddpm, guidance, objective, prediction as param, schedules
-from components.training import Backprop
+from genray.components.data import DatasetInfo
+from genray.components.errors import UserError
+from genray.components.models.layers import check_image_shape, randn
+from genray.components.models.protocol import SETTINGS_CONFIG
+from genray.components.models.refs import ModelRef
+from genray.components.models.text_encoder import TextEncoder, encode_text
+from genray.components.models.unet import UNet
+from genray.components.samplers import ddim, ddpm, guidance, objective, prediction as param, schedules
+from genray.components.training import Backprop
 
 
 def sampling_settings_type(num_timesteps: int, conditional: bool, defaults: dict[str, Any]) -> type[BaseModel]:

@@ -9,7 +9,7 @@ each sub-layer as in Xiong et al. 2020) whose per-token outputs a denoiser cross
 import torch
 from torch import Tensor, nn
 
-from components.data import encode_captions
+from genray.components.data import encode_captions
 
 PAD = 0
 

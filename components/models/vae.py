@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
-from components.data import DatasetInfo
-from components.models.layers import check_image_shape, num_halvings, randn
-from components.models.protocol import SETTINGS_CONFIG
-from components.training import Backprop
+from genray.components.data import DatasetInfo
+from genray.components.models.layers import check_image_shape, num_halvings, randn
+from genray.components.models.protocol import SETTINGS_CONFIG
+from genray.components.training import Backprop
 
 LOG_2PI = math.log(2 * math.pi)
 

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from components.models.layers import randn
-from components.samplers.objective import Denoiser
-from components.samplers.prediction import to_x0_eps, x0_to_eps
-from components.samplers.schedules import NoiseSchedule, check_prediction
+from genray.components.models.layers import randn
+from genray.components.samplers.objective import Denoiser
+from genray.components.samplers.prediction import to_x0_eps, x0_to_eps
+from genray.components.samplers.schedules import NoiseSchedule, check_prediction
 
 SPACINGS = ("leading", "trailing", "linspace")
 

@@ -10,10 +10,10 @@ no noise and returns the posterior mean, which is x0_hat.
 import torch
 from torch import Tensor
 
-from components.models.layers import randn
-from components.samplers.objective import Denoiser, check_variance
-from components.samplers.prediction import to_x0_eps
-from components.samplers.schedules import NoiseSchedule, check_prediction
+from genray.components.models.layers import randn
+from genray.components.samplers.objective import Denoiser, check_variance
+from genray.components.samplers.prediction import to_x0_eps
+from genray.components.samplers.schedules import NoiseSchedule, check_prediction
 
 
 def ddpm_step(

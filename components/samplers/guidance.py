@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from components.samplers.objective import Denoiser
+from genray.components.samplers.objective import Denoiser
 
 
 def _batched(value: Tensor | None, null: Tensor | None, key: str, batch_size: int) -> Tensor | None:

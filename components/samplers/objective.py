@@ -12,9 +12,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from components.models.layers import randn
-from components.samplers.prediction import target, to_x0_eps
-from components.samplers.schedules import NoiseSchedule, check_prediction, q_sample
+from genray.components.models.layers import randn
+from genray.components.samplers.prediction import target, to_x0_eps
+from genray.components.samplers.schedules import NoiseSchedule, check_prediction, q_sample
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]  # (x_t (B, ...), t long (B,)) -> output (B, ...)
 

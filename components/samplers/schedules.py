@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from components.samplers.prediction import PREDICTIONS
+from genray.components.samplers.prediction import PREDICTIONS
 
 SCHEDULES = ("linear", "cosine", "sigmoid")
 

@@ -7,12 +7,12 @@ trained by, and the engine runs any recipe. See recipe.py for the interface.
     distill.py                 an EMA target inside the loss (consistency training)
     engine.py                  the step: phases, accumulation, gradient sync, clipping, EMA
 """
-from components.training.adversarial import Adversarial
-from components.training.backprop import Backprop
-from components.training.contrastive_divergence import ContrastiveDivergence
-from components.training.distill import EMATarget
-from components.training.engine import EMA, Engine, StepSettings, lr_factor, step_seed
-from components.training.recipe import OptimDefaults, Phase, Recipe
+from genray.components.training.adversarial import Adversarial
+from genray.components.training.backprop import Backprop
+from genray.components.training.contrastive_divergence import ContrastiveDivergence
+from genray.components.training.distill import EMATarget
+from genray.components.training.engine import EMA, Engine, StepSettings, lr_factor, step_seed
+from genray.components.training.recipe import OptimDefaults, Phase, Recipe
 
 __all__ = ["Adversarial", "Backprop", "ContrastiveDivergence", "EMA", "EMATarget", "Engine", "OptimDefaults",
            "Phase", "Recipe", "StepSettings", "lr_factor", "step_seed"]

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from components.training.recipe import OptimDefaults, Phase, adamw, submodule_parameters
+from genray.components.training.recipe import OptimDefaults, Phase, adamw, submodule_parameters
 
 DISC = Phase("disc", "disc")
 GEN = Phase("gen", "gen")

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from components.training.recipe import OptimDefaults, Phase, adamw
+from genray.components.training.recipe import OptimDefaults, Phase, adamw
 
 MAIN = Phase("main", "main")
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from components.training.recipe import OptimDefaults, Phase
+from genray.components.training.recipe import OptimDefaults, Phase
 
 CD = Phase("cd", "main", backprop=False)
 

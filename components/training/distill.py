@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from components.training.recipe import OptimDefaults, Phase, adamw, ema_step, frozen_copy
+from genray.components.training.recipe import OptimDefaults, Phase, adamw, ema_step, frozen_copy
 
 MAIN = Phase("main", "main")
 

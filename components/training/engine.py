@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from components.training.recipe import OptimDefaults, Phase, ema_step, frozen_copy, optimizer_parameters
+from genray.components.training.recipe import OptimDefaults, Phase, ema_step, frozen_copy, optimizer_parameters
 
 
 @dataclass(frozen=True)

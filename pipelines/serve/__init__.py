@@ -20,9 +20,9 @@ One module per concern, in the order a request meets them:
 Serve routes on what a model declares (capabilities, conditioning, sampling_settings,
 sampling_cost: components/models/protocol.py), never on its family. The names below are the
 package's API for the CLI, the demo, the benchmarks and Serve config files
-(`import_path: pipelines.serve:app_builder`).
+(`import_path: genray.pipelines.serve:app_builder`).
 """
-from pipelines.serve.deploy import (
+from genray.pipelines.serve.deploy import (
     Deployed,
     app_builder,
     build_app,
@@ -33,10 +33,10 @@ from pipelines.serve.deploy import (
     state_file,
     wait_until_ready,
 )
-from pipelines.serve.gateway import VERSION_HEADER
-from pipelines.serve.registry import Loaded, check_versions, load_version, resolve_versions, serving_tag
-from pipelines.serve.replica import describe, sample_batch
-from pipelines.serve.spec import DEFAULT_APP, Limits, ServeSpec, load_spec
+from genray.pipelines.serve.gateway import VERSION_HEADER
+from genray.pipelines.serve.registry import Loaded, check_versions, load_version, resolve_versions, serving_tag
+from genray.pipelines.serve.replica import describe, sample_batch
+from genray.pipelines.serve.spec import DEFAULT_APP, Limits, ServeSpec, load_spec
 
 __all__ = [
     "DEFAULT_APP", "Deployed", "Limits", "Loaded", "ServeSpec", "VERSION_HEADER", "app_builder", "build_app",

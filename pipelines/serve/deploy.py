@@ -3,7 +3,7 @@ files (KubeRay's RayService).
 
     deploy(spec, uri=..., home=...)     serve.run: the gateway plus one ModelServer per model
     reload(home=...)                    resolve every served alias again; swap in new versions
-    app_builder(args)                   import_path: pipelines.serve:app_builder
+    app_builder(args)                   import_path: genray.pipelines.serve:app_builder
 
 `deploy` writes each model's version to its registry tag (registry.serving_tag) and runs the app
 with serve.run; the replicas follow the tag. `reload` resolves the aliases again, moves the tags,
@@ -25,13 +25,13 @@ from typing import Any
 
 from ray import serve
 
-from pipelines import tracking
-from pipelines.config import ConfigError
-from pipelines.env import project_home
-from pipelines.serve.gateway import Gateway
-from pipelines.serve.registry import check_versions, resolve_versions, serving_tag, set_serving_versions
-from pipelines.serve.replica import ModelServerDeployment
-from pipelines.serve.spec import DEFAULT_APP, ServeSpec
+from genray.pipelines import tracking
+from genray.pipelines.config import ConfigError
+from genray.pipelines.env import project_home
+from genray.pipelines.serve.gateway import Gateway
+from genray.pipelines.serve.registry import check_versions, resolve_versions, serving_tag, set_serving_versions
+from genray.pipelines.serve.replica import ModelServerDeployment
+from genray.pipelines.serve.spec import DEFAULT_APP, ServeSpec
 
 
 def deployment_name(model_name: str) -> str:
@@ -169,7 +169,7 @@ def wait_for_versions(app_name: str, versions: dict[str, str], *, timeout_s: flo
 def app_builder(args: dict[str, Any]):
     """The app for Serve's config files (`serve run`, `serve deploy`, KubeRay's RayService):
 
-        import_path: pipelines.serve:app_builder
+        import_path: genray.pipelines.serve:app_builder
         args: {models: [vae-digits], alias: champion, deployment: {...}, limits: {...}}
 
     The registry is MLFLOW_TRACKING_URI (else GENRAY_HOME's SQLite store); aliases are resolved

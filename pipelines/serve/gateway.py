@@ -32,7 +32,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
-from pipelines.serve.schemas import (
+from genray.pipelines.serve.schemas import (
     DecodeRequest,
     EncodeResponse,
     ErrorResponse,
@@ -44,7 +44,7 @@ from pipelines.serve.schemas import (
     SampleRequest,
     SampleResponse,
 )
-from pipelines.serve.spec import Limits
+from genray.pipelines.serve.spec import Limits
 
 WEB_PAGE = Path(__file__).parent.parent / "web" / "index.html"
 VERSION_HEADER = "X-Genray-Model-Version"

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.checkpoint import build_model
-from components.errors import UserError
-from pipelines import tracking
-from pipelines.config import ConfigError
+from genray.components.checkpoint import build_model
+from genray.components.errors import UserError
+from genray.pipelines import tracking
+from genray.pipelines.config import ConfigError
 
 
 @dataclass

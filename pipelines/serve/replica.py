@@ -35,13 +35,13 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from components.data.images import image_grid, to_uint8_image
-from components.errors import UserError
-from components.metrics import likelihood
-from components.models.layers import StackedGenerators
-from components.models.protocol import settings_for
-from pipelines.serve.registry import Loaded, load_version, serving_version
-from pipelines.serve.schemas import (
+from genray.components.data.images import image_grid, to_uint8_image
+from genray.components.errors import UserError
+from genray.components.metrics import likelihood
+from genray.components.models.layers import StackedGenerators
+from genray.components.models.protocol import settings_for
+from genray.pipelines.serve.registry import Loaded, load_version, serving_version
+from genray.pipelines.serve.schemas import (
     EncodeResponse,
     InterpolateResponse,
     LogProbResponse,
@@ -57,7 +57,7 @@ from pipelines.serve.schemas import (
     sample_parameters,
     settings_key,
 )
-from pipelines.serve.spec import Limits
+from genray.pipelines.serve.spec import Limits
 
 logger = logging.getLogger("ray.serve")  # Serve writes it to the replica's own log file
 

@@ -23,10 +23,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 
-from components.data.images import normalize_images, quantize
-from components.errors import UserError
-from components.models.protocol import settings_for
-from pipelines.serve.spec import Limits
+from genray.components.data.images import normalize_images, quantize
+from genray.components.errors import UserError
+from genray.components.models.protocol import settings_for
+from genray.pipelines.serve.spec import Limits
 
 # The field that carries a model's condition, by `model.conditioning`.
 CONDITION_FIELDS = {"class": "class_label", "text": "prompt"}

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipelines.config import ConfigError, read_yaml
+from genray.pipelines.config import ConfigError, read_yaml
 
 DEFAULT_APP = "genray"
 

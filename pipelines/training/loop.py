@@ -23,14 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from components import checkpoint
-from components.data import DatasetInfo, image_grid, normalize_images
-from components.models import build
-from components.training import Engine, OptimDefaults, StepSettings, step_seed
-from pipelines import tracking
-from pipelines.config import ExperimentSpec
-from pipelines.data import read_decoded
-from pipelines.quality import QualityProbe
+from genray.components import checkpoint
+from genray.components.data import DatasetInfo, image_grid, normalize_images
+from genray.components.models import build
+from genray.components.training import Engine, OptimDefaults, StepSettings, step_seed
+from genray.pipelines import tracking
+from genray.pipelines.config import ExperimentSpec
+from genray.pipelines.data import read_decoded
+from genray.pipelines.quality import QualityProbe
 
 
 def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:

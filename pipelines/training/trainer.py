@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines import console
-from pipelines.config import ExperimentSpec
-from pipelines.data import DataSource, TrainData, build_dataset
-from pipelines.env import storage_path
-from pipelines.training.loop import train_loop_per_worker
+from genray.pipelines import console
+from genray.pipelines.config import ExperimentSpec
+from genray.pipelines.data import DataSource, TrainData, build_dataset
+from genray.pipelines.env import storage_path
+from genray.pipelines.training.loop import train_loop_per_worker
 
 
 @dataclass

@@ -66,7 +66,7 @@ def genray(args: list[str], env: dict[str, str], timeout: int = 600) -> subproce
     full = {**os.environ, **env}
     full.pop("GENRAY_HOME", None)
     full["GENRAY_HOME"] = env["GENRAY_STORAGE"].rsplit("/", 1)[0] + "/home"
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "genray.pipelines.cli", *args], capture_output=True, text=True,
                           env=full, cwd=ROOT, timeout=timeout)
 
 
@@ -202,22 +202,22 @@ def test_the_kuberay_manifests_carry_what_matters():
     assert _containers(gpu["template"])[0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
 
     train = docs["rayjob-train"]
-    assert train["kind"] == "RayJob" and train["spec"]["entrypoint"].startswith("python -m pipelines.train ")
+    assert train["kind"] == "RayJob" and train["spec"]["entrypoint"].startswith("python -m genray.pipelines.train ")
     assert (ROOT / train["spec"]["entrypoint"].split()[3]).is_file()  # the config it trains exists
     assert "scaling.gpu=true" in train["spec"]["entrypoint"]
     worker = train["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
     assert _containers(worker["template"])[0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
 
     tune = docs["rayjob-tune"]
-    assert tune["spec"]["entrypoint"].startswith("python -m pipelines.tune ")
+    assert tune["spec"]["entrypoint"].startswith("python -m genray.pipelines.tune ")
     assert (ROOT / tune["spec"]["entrypoint"].split()[3]).is_file()
     assert tune["spec"]["clusterSelector"] == {"ray.io/cluster": rc["metadata"]["name"]}
 
     svc = docs["rayservice"]
     serve_config = yaml.safe_load(svc["spec"]["serveConfigV2"])
     app = serve_config["applications"][0]
-    assert app["import_path"] == "pipelines.serve:app_builder"
-    from pipelines import serve
+    assert app["import_path"] == "genray.pipelines.serve:app_builder"
+    from genray.pipelines import serve
 
     spec = serve.ServeSpec.model_validate(app["args"])  # the args are valid serve settings
     assert spec.alias == "champion" and spec.deployment.num_gpus == 1

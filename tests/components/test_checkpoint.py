@@ -6,9 +6,9 @@ import pickle
 import pytest
 import torch
 
-from components import checkpoint
-from components.data import DatasetInfo
-from components.models import build
+from genray.components import checkpoint
+from genray.components.data import DatasetInfo
+from genray.components.models import build
 
 
 def _model():

@@ -12,11 +12,11 @@ import torch
 import yaml
 from PIL import Image
 
-from components import checkpoint
-from components.data import DatasetInfo
-from components.models import build
-from pipelines import catalog
-from pipelines.cli import main
+from genray.components import checkpoint
+from genray.components.data import DatasetInfo
+from genray.components.models import build
+from genray.pipelines import catalog
+from genray.pipelines.cli import main
 
 
 def test_version_and_bare_genray(capsys):
@@ -39,7 +39,7 @@ def test_every_verb_without_its_arguments_prints_usage_and_one_error_line(verb, 
 
 
 def test_every_option_has_help():
-    from pipelines import arguments
+    from genray.pipelines import arguments
 
     missing = []
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import config
-from pipelines.cli import main
+from genray.pipelines import config
+from genray.pipelines.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[2] / "pipelines" / "configs"
 
@@ -17,12 +17,12 @@ CONFIGS = Path(__file__).resolve().parents[2] / "pipelines" / "configs"
 @pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_configs_validate(path):
     if path.parent.name == "serve":  # serve settings, not an experiment
-        from pipelines import serve
+        from genray.pipelines import serve
 
         assert serve.load_spec(str(path), {}) == serve.ServeSpec()  # the file documents the defaults
         return
     if "tune" in yaml.safe_load(path.read_text()):  # a sweep: every value of its space is checked too
-        from pipelines import tune
+        from genray.pipelines import tune
 
         sweep = tune.load(path)
         assert sweep.dims and (sweep.spec is None or sweep.spec.model.family in path.read_text())
@@ -108,14 +108,14 @@ def test_bad_parquet_names_file_and_column(tmp_path, capsys, genray_home):
 
 def test_real_process_exit_code_and_no_traceback(tmp_path):
     path = _write(tmp_path, {**BASE, "scaling": {"workers": -1}})
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "train", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "genray.pipelines.cli", "train", str(path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "scaling.workers" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_families_lists_each_familys_capabilities_sampling_settings_and_configs(capsys):
-    from components.models import FAMILIES
+    from genray.components.models import FAMILIES
 
     assert main(["families"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from pipelines import cli, config, evaluate, train
+from genray.pipelines import cli, config, evaluate, train
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +71,7 @@ def test_eval_of_a_run_logs_every_metric_with_its_settings(trained, env_home, di
     assert m["fd_digits"] > m["fd_digits_floor"] and m["kid_digits"] > m["kid_digits_floor"]
     assert 0 <= m["precision_digits"] <= 1 and 0 <= m["recall_digits"] <= 1
     assert m["bits_per_dim"] > 0 and m["recon_mse"] > 0
-    from components.metrics.classifier import classifier_id
+    from genray.components.metrics.classifier import classifier_id
 
     assert p["eval.num_samples"] == "200" and p["eval.reference_split"] == "test"
     assert p["eval.feature_nets"] == classifier_id(digits_classifier)
@@ -144,7 +144,7 @@ def test_fid_runs_on_an_inception_weights_file_the_user_supplies(trained, env_ho
     """The Inception path end to end, with random weights standing in for pytorch-fid's file."""
     import torch
 
-    from components.metrics.inception import InceptionFeatures, inception_id
+    from genray.components.metrics.inception import InceptionFeatures, inception_id
 
     torch.manual_seed(0)
     path = tmp_path / "inception.pth"

@@ -7,11 +7,11 @@ import torch
 
 from pydantic import BaseModel, Field
 
-from components.errors import UserError
-from components.models.protocol import SETTINGS_CONFIG
-from pipelines import evaluate, quality
-from pipelines.sampling import parse_overrides
-from pipelines.config import ConfigError
+from genray.components.errors import UserError
+from genray.components.models.protocol import SETTINGS_CONFIG
+from genray.pipelines import evaluate, quality
+from genray.pipelines.sampling import parse_overrides
+from genray.pipelines.config import ConfigError
 
 
 def test_sampling_overrides_parse_as_yaml_and_only_under_sampling():
@@ -130,8 +130,8 @@ def test_conditions_cycle_classes_or_captions():
 
 
 def test_a_feature_net_for_other_images_is_a_config_error(tmp_path):
-    from components.data import DATASETS
-    from components.metrics.classifier import DomainClassifier, save_classifier
+    from genray.components.data import DATASETS
+    from genray.components.metrics.classifier import DomainClassifier, save_classifier
 
     paths = DATASETS["shapes"](tmp_path / "shapes", size="tiny")
     grey = save_classifier(DomainClassifier(in_channels=1, num_classes=10), tmp_path / "grey")
@@ -148,7 +148,7 @@ def test_a_feature_net_for_other_images_is_a_config_error(tmp_path):
 
 @pytest.mark.parametrize("bug", [ValueError("a bug, not the user's"), KeyError("boom")])
 def test_a_bug_inside_the_job_keeps_its_traceback(bug, monkeypatch, genray_home):
-    from pipelines import cli
+    from genray.pipelines import cli
 
     def broken(*args, **kwargs):
         raise bug
@@ -170,7 +170,7 @@ def test_a_user_mistake_is_one_line_and_exit_2(genray_home, capsys):
 
 BROKEN_JOB = """
 import sys
-from pipelines import evaluate
+from genray.pipelines import evaluate
 
 def broken(*args, **kwargs):
     raise ValueError("a bug, not the user's")
@@ -190,7 +190,7 @@ def test_in_a_real_process_a_bug_exits_1_with_its_traceback_a_mistake_2_without(
                          env=env, timeout=300)
     assert bug.returncode == 1, bug.stderr[-2000:]
     assert "Traceback" in bug.stderr and "ValueError: a bug, not the user's" in bug.stderr
-    mistake = subprocess.run([sys.executable, "-m", "pipelines.evaluate", "no/such/dir"], capture_output=True,
+    mistake = subprocess.run([sys.executable, "-m", "genray.pipelines.evaluate", "no/such/dir"], capture_output=True,
                              text=True, env=env, timeout=300)
     assert mistake.returncode == 2, mistake.stderr[-2000:]
     assert "Traceback" not in mistake.stderr

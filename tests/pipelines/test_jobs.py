@@ -5,16 +5,16 @@ import shlex
 
 import pytest
 
-from pipelines import cli, jobs
+from genray.pipelines import cli, jobs
 
 
 def test_the_entrypoint_is_the_local_command_on_the_uploaded_project():
     command = jobs.entrypoint("train", str(jobs.PROJECT / "pipelines/configs/vae/vae_digits.yaml"),
                               ["trainer.lr=3e-4", "model.beta=2 "])
-    assert shlex.split(command) == ["python", "-m", "pipelines.train", "pipelines/configs/vae/vae_digits.yaml",
+    assert shlex.split(command) == ["python", "-m", "genray.pipelines.train", "pipelines/configs/vae/vae_digits.yaml",
                                     "--set", "trainer.lr=3e-4", "--set", "model.beta=2 "]
     assert jobs.entrypoint("eval", "models:/vae-digits@champion", []).startswith(
-        "python -m pipelines.evaluate models:/vae-digits@champion")
+        "python -m genray.pipelines.evaluate models:/vae-digits@champion")
 
 
 def test_the_runtime_env_uploads_the_project_and_passes_the_tracking_uri(monkeypatch):
@@ -29,7 +29,7 @@ def test_the_runtime_env_uploads_the_project_and_passes_the_tracking_uri(monkeyp
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["submit", "train", "no/such.yaml"], "no such config file"),
+    (["submit", "train", "no/such.yaml"], "config file not found"),
     (["submit", "--address", "ray://head:10001", "train", "pipelines/configs/vae/vae_digits.yaml"],
      "the Ray Jobs API is the dashboard's HTTP address"),
     (["submit", "--address", "http://127.0.0.1:1", "train", "pipelines/configs/vae/vae_digits.yaml"],
@@ -53,8 +53,8 @@ def test_a_config_outside_the_project_is_refused(tmp_path, capsys):
 def test_data_paths_may_be_uris_for_shared_storage(tmp_path):
     """data.path as a pyarrow-filesystem URI (file:// here; s3:// and gs:// the same way) is
     read as it is, not made into a local path."""
-    from components.data import DATASETS
-    from pipelines import config, train
+    from genray.components.data import DATASETS
+    from genray.pipelines import config, train
 
     paths = DATASETS["digits"](tmp_path / "d", seed=0, size="tiny")
     spec = config.validate({"data": {"path": paths["train"].as_uri(), "test_path": paths["test"].as_uri()},

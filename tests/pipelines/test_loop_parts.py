@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from components.training import EMA, lr_factor, step_seed
-from pipelines.data import permute_rows
+from genray.components.training import EMA, lr_factor, step_seed
+from genray.pipelines.data import permute_rows
 
 
 def test_lr_warmup_then_cosine_to_the_floor():

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from components import checkpoint
-from components.data import DatasetInfo
-from components.models import build
-from pipelines import tracking
+from genray.components import checkpoint
+from genray.components.data import DatasetInfo
+from genray.components.models import build
+from genray.pipelines import tracking
 
 pytestmark = pytest.mark.integration
 

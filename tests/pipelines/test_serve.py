@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 import torch
 
-from components import checkpoint
-from components.data import DatasetInfo
-from components.errors import UserError
-from components.models import build
-from pipelines import cli, serve, tracking
+from genray.components import checkpoint
+from genray.components.data import DatasetInfo
+from genray.components.errors import UserError
+from genray.components.models import build
+from genray.pipelines import cli, serve, tracking
 
 pytestmark = pytest.mark.integration
 
@@ -214,7 +214,7 @@ def test_a_bug_answers_500_and_logs_its_traceback_while_a_mistake_still_answers_
     import httpx
     from ray import serve as ray_serve
 
-    from pipelines.serve import gateway, replica
+    from genray.pipelines.serve import gateway, replica
 
     marker = f"simulated bug {uuid.uuid4().hex[:8]}"
 
@@ -457,8 +457,8 @@ def test_a_replica_follows_its_registry_tag_and_outlives_registry_errors(monkeyp
     import asyncio
     import logging
 
-    from components.errors import UserError
-    from pipelines.serve import registry, replica
+    from genray.components.errors import UserError
+    from genray.pipelines.serve import registry, replica
 
     script = ["1", OSError("database is locked"), OSError("database is locked"), RuntimeError("registry down"),
               "2", "3", "3", "3", "3"]  # what each read of the tag gives; then "3" for ever

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from components.data import DatasetInfo
-from components.models import FAMILIES, build
-from pipelines import config, train
+from genray.components.data import DatasetInfo
+from genray.components.models import FAMILIES, build
+from genray.pipelines import config, train
 
 pytestmark = pytest.mark.integration
 
@@ -191,7 +191,7 @@ def test_stopped_driver_continues_with_the_same_name(ray_session, genray_home, t
     }))
     # Drive the shared cluster from a real `genray train` process.
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    cmd = [sys.executable, "-m", "pipelines.cli", "train", str(cfg), "--name", "t-stop"]
+    cmd = [sys.executable, "-m", "genray.pipelines.cli", "train", str(cfg), "--name", "t-stop"]
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_for_checkpoint(genray_home / "ray_results" / "t-stop")
     first.send_signal(signal.SIGINT)  # Ctrl-C
@@ -213,7 +213,7 @@ def test_text_conditioned_latent_diffusion_on_a_genray_autoencoder(ray_session, 
     captions, naming the autoencoder by its MLflow run; the result rebuilds from its checkpoint."""
     import torch
 
-    from components.checkpoint import build_model
+    from genray.components.checkpoint import build_model
 
     ae_spec = tiny_spec("beta_vae")
     ae_spec = config.validate({**ae_spec.model_dump(mode="json"), "model": {

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from pydantic import BaseModel, Field
 
-from components.models.protocol import SETTINGS_CONFIG
-from pipelines import cli, config, train, tune
+from genray.components.models.protocol import SETTINGS_CONFIG
+from genray.pipelines import cli, config, train, tune
 
 TINY = {
     "data": {"dataset": "digits", "size": "tiny"},
@@ -217,7 +217,7 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(trained_
                              "evaluate": {"num_samples": 200, "feature_net": str(digits_classifier)}}, base=None)
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "GENRAY_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [sys.executable, "-m", "pipelines.cli", "tune", str(cfg)]
+    cmd = [sys.executable, "-m", "genray.pipelines.cli", "tune", str(cfg)]
     first = subprocess.Popen(cmd + ["--name", "resumed"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True)
     client = mlflow_client(home)

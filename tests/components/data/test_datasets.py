@@ -7,8 +7,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from components.data import DATASETS, decode_batch, read_info
-from components.data import fashion_mnist, moons, shapes, text, tones
+from genray.components.data import DATASETS, decode_batch, read_info
+from genray.components.data import fashion_mnist, moons, shapes, text, tones
 
 # Fashion-MNIST is read from Debian's package, which `make install` installs as root; without it,
 # its own tests (test_fashion_mnist.py) cover the reader on synthetic IDX files.

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.data import fashion_mnist, read_info, read_table
-from components.errors import UserError
+from genray.components.data import fashion_mnist, read_info, read_table
+from genray.components.errors import UserError
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from components.data import read_info, read_table
-from components.data.importing import import_images, to_square
-from components.errors import UserError
+from genray.components.data import read_info, read_table
+from genray.components.data.importing import import_images, to_square
+from genray.components.errors import UserError
 
 
 def png(array: np.ndarray) -> bytes:

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from components.data import (
+from genray.components.data import (
     KINDS,
     MAIN_COLUMN,
     MODALITIES,

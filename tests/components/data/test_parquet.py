@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from components.data import (
+from genray.components.data import (
     DataFormatError,
     DatasetWriter,
     check_table,
@@ -321,7 +321,7 @@ def test_check_table_accepts_an_in_memory_table():
 
 
 def test_captions_decode_to_byte_tokens():
-    from components.data import decode_captions, encode_captions
+    from genray.components.data import decode_captions, encode_captions
 
     images = np.zeros((2, 8 * 8 * 3), np.uint8)
     batch = {"image": images, "caption": np.array(["a red heart", "é" * 40], dtype=object)}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.metrics.classifier import (
+from genray.components.metrics.classifier import (
     DomainClassifier,
     accuracy,
     classifier_id,

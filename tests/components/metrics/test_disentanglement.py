@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.metrics.disentanglement import (
+from genray.components.metrics.disentanglement import (
     BetaVAEResult,
     MIGResult,
     beta_vae_score,

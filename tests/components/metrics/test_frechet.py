@@ -4,7 +4,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from components.metrics.frechet import (
+from genray.components.metrics.frechet import (
     GaussianStats,
     frechet_distance,
     frechet_distance_features,

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from components.metrics.inception import (
+from genray.components.metrics.inception import (
     FID_WEIGHTS_SHA256_PREFIX,
     INCEPTION_ENV,
     InceptionFeatures,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.metrics.kid import kid, mmd2_unbiased
+from genray.components.metrics.kid import kid, mmd2_unbiased
 
 
 def naive_mmd2(fa, fb, degree=3, gamma=None, coef0=1.0) -> float:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from components.metrics.likelihood import (
+from genray.components.metrics.likelihood import (
     BIN_WIDTH,
     bits_per_dim,
     dequantize,
@@ -15,8 +15,8 @@ from components.metrics.likelihood import (
     likelihood_of,
     model_bits_per_dim,
 )
-from components.data import DatasetInfo
-from components.models import FAMILIES
+from genray.components.data import DatasetInfo
+from genray.components.models import FAMILIES
 
 
 class GaussianDensity(nn.Module):

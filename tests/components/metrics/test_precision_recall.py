@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.metrics.precision_recall import precision_recall
+from genray.components.metrics.precision_recall import precision_recall
 
 
 def naive_precision_recall(real, fake, k):

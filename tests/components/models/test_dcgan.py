@@ -5,10 +5,10 @@ import itertools
 import pytest
 import torch
 
-from components.data import DatasetInfo
-from components.models.dcgan import build_dcgan, discriminator_loss, generator_loss, mmd2_unbiased
-from components.training import Engine, OptimDefaults, StepSettings
-from components.training.recipe import optimizer_parameters
+from genray.components.data import DatasetInfo
+from genray.components.models.dcgan import build_dcgan, discriminator_loss, generator_loss, mmd2_unbiased
+from genray.components.training import Engine, OptimDefaults, StepSettings
+from genray.components.training.recipe import optimizer_parameters
 
 SHAPE = (1, 8, 8)
 DIGITS = DatasetInfo.for_images(SHAPE, 10)

@@ -7,14 +7,14 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from components.data import DatasetInfo
-from components.models import build
-from components.models.diffusion import build_diffusion
-from components.models.refs import ModelRef
-from components.training import OptimDefaults
-from components.training.recipe import optimizer_parameters
-from components.models.vae import build_beta_vae
-from components.samplers import ddim
+from genray.components.data import DatasetInfo
+from genray.components.models import build
+from genray.components.models.diffusion import build_diffusion
+from genray.components.models.refs import ModelRef
+from genray.components.training import OptimDefaults
+from genray.components.training.recipe import optimizer_parameters
+from genray.components.models.vae import build_beta_vae
+from genray.components.samplers import ddim
 
 SHAPE = (1, 8, 8)
 

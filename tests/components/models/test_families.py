@@ -14,13 +14,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from components.data import DatasetInfo
-from components.models import FAMILIES
-from components.models import build as build_model
-from components.models.protocol import CAPABILITIES, GenerativeModel
-from components.models.refs import ModelRef
-from components.training import Engine, OptimDefaults, StepSettings
-from components.training.recipe import optimizer_parameters
+from genray.components.data import DatasetInfo
+from genray.components.models import FAMILIES
+from genray.components.models import build as build_model
+from genray.components.models.protocol import CAPABILITIES, GenerativeModel
+from genray.components.models.refs import ModelRef
+from genray.components.training import Engine, OptimDefaults, StepSettings
+from genray.components.training.recipe import optimizer_parameters
 
 DIGITS = {"image_shape": (1, 8, 8), "num_classes": 10}  # sklearn's 8x8 digits
 COLOUR = {"image_shape": (3, 32, 32)}  # CIFAR-shaped, unlabelled

@@ -3,7 +3,7 @@ caption, and batch-permutation equivariance."""
 import pytest
 import torch
 
-from components.models.text_encoder import PAD, TextEncoder, encode_text
+from genray.components.models.text_encoder import PAD, TextEncoder, encode_text
 
 
 def encoder(seed=0, **kw):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from components.models.unet import UNet, timestep_embedding
+from genray.components.models.unet import UNet, timestep_embedding
 
 
 def unet(seed=0, **kw):

@@ -8,8 +8,8 @@ import torch
 from sklearn.datasets import load_digits
 from torch.distributions import Normal, kl_divergence
 
-from components.data import DatasetInfo
-from components.models.vae import build_beta_vae, build_vae, gaussian_kl
+from genray.components.data import DatasetInfo
+from genray.components.models.vae import build_beta_vae, build_vae, gaussian_kl
 
 SHAPE = (1, 8, 8)
 NUM_DIMS = 64

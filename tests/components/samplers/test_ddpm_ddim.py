@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from components.samplers.ddim import SPACINGS, ddim_sample, ddim_step, ddim_timesteps
-from components.samplers.ddpm import ddpm_sample, ddpm_step
-from components.samplers.prediction import PREDICTIONS, eps_to_x0, target
-from components.samplers.schedules import make_schedule
+from genray.components.samplers.ddim import SPACINGS, ddim_sample, ddim_step, ddim_timesteps
+from genray.components.samplers.ddpm import ddpm_sample, ddpm_step
+from genray.components.samplers.prediction import PREDICTIONS, eps_to_x0, target
+from genray.components.samplers.schedules import make_schedule
 
 MU, S = 0.3, 0.5  # the 1-D data distribution N(MU, S^2)
 

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from components.samplers.ddim import ddim_sample
-from components.samplers.guidance import guided_denoiser
-from components.samplers.schedules import make_schedule
+from genray.components.samplers.ddim import ddim_sample
+from genray.components.samplers.guidance import guided_denoiser
+from genray.components.samplers.schedules import make_schedule
 
 B, L, DIM = 3, 5, 4
 

@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from components.samplers.objective import nats_to_bits_per_dim, sample_timesteps, training_loss, variational_bound
-from components.samplers.prediction import PREDICTIONS, target
-from components.samplers.schedules import make_schedule, q_sample
+from genray.components.samplers.objective import nats_to_bits_per_dim, sample_timesteps, training_loss, variational_bound
+from genray.components.samplers.prediction import PREDICTIONS, target
+from genray.components.samplers.schedules import make_schedule, q_sample
 
 SHAPE = (8, 3, 4, 4)
 D = 3 * 4 * 4

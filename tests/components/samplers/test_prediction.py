@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from components.samplers.prediction import PREDICTIONS, eps_to_x0, target, to_x0_eps, x0_to_eps
+from genray.components.samplers.prediction import PREDICTIONS, eps_to_x0, target, to_x0_eps, x0_to_eps
 
 # From almost no noise to almost pure noise, and pure noise (zero terminal SNR) where defined.
 ALPHA_BARS = [1 - 1e-6, 0.9999, 0.7, 0.3, 1e-4, 1e-8]

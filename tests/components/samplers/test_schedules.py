@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from components.samplers.schedules import (
+from genray.components.samplers.schedules import (
     SCHEDULES,
     NoiseSchedule,
     check_prediction,

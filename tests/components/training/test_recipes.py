@@ -9,11 +9,11 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save as save_safetensors
 
-from components.data import DatasetInfo
-from components.models import FAMILIES, build
-from components.models.refs import ModelRef
-from components.training import Engine, OptimDefaults, StepSettings, step_seed
-from components.training.engine import sync_gradients
+from genray.components.data import DatasetInfo
+from genray.components.models import FAMILIES, build
+from genray.components.models.refs import ModelRef
+from genray.components.training import Engine, OptimDefaults, StepSettings, step_seed
+from genray.components.training.engine import sync_gradients
 from toys import ActNorm, BernoulliRBM, Regressor, SelfTarget, ToyCycleGAN, ToyGAN, run_two_ranks, two_rank_scenarios
 
 DEFAULTS = OptimDefaults(lr=1e-2, betas=(0.9, 0.99), weight_decay=0.0)
@@ -208,7 +208,7 @@ def test_e_a_referenced_model_is_frozen_and_loaded():
 
 
 def test_e_every_model_reference_is_typed():
-    from components.models.refs import ref_arguments
+    from genray.components.models.refs import ref_arguments
 
     assert {f: ref_arguments(b) for f, b in FAMILIES.items() if ref_arguments(b)} == {"diffusion": ["autoencoder"]}
 

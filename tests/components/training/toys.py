@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from components.training import Adversarial, Backprop, ContrastiveDivergence, EMATarget
+from genray.components.training import Adversarial, Backprop, ContrastiveDivergence, EMATarget
 
 
 class Regressor(nn.Module):
@@ -145,7 +145,7 @@ class ActNorm(nn.Module):
 
 
 def _engine(model):
-    from components.training import Engine, OptimDefaults, StepSettings
+    from genray.components.training import Engine, OptimDefaults, StepSettings
 
     return Engine(model, defaults=OptimDefaults(lr=1e-2, betas=(0.9, 0.99)), settings=StepSettings(max_steps=100, grad_clip=None))
 
