@@ -38,6 +38,10 @@ ENTRIES = [
     ("autoencoder_shapes", "vae/autoencoder_shapes.yaml", ["trainer.max_steps=600"]),
     ("ldm_shapes", "diffusion/ldm_shapes.yaml", ["trainer.max_steps=500", "trainer.batch_size=32"]),
     ("ddpm_shapes", "diffusion/ddpm_shapes.yaml", ["trainer.max_steps=400"]),
+    # Fashion-MNIST: real photos, recipes sized for this CPU, run as shipped.
+    ("vae_fashion", "vae/vae_fashion.yaml", []),
+    ("dcgan_fashion", "gan/dcgan_fashion.yaml", []),
+    ("ddpm_fashion", "diffusion/ddpm_fashion.yaml", []),
 ]
 
 COLUMNS = [  # (header, metric key pattern; {d} = the dataset)
@@ -116,7 +120,7 @@ def write_markdown(entries: list[dict], path: Path, command: str, num_samples: i
     if missing:
         lines += ["", "Not run yet: " + ", ".join(f"`{n}`" for n in missing)
                   + f" (`.venv/bin/python benchmarks/results.py --only {','.join(missing)}` adds them)."]
-    lines += ["", "D is the dataset named in the config (digits or shapes). Per-run details, sample grids",
+    lines += ["", "D is the dataset named in the config (digits, shapes or fashion_mnist). Per-run details, sample grids",
               "and every other metric are in MLflow: the training run of each config, and its nested",
               "`eval-...` run.", ""]
     # Sections written by other benchmarks (the sweeps of genray tune) are kept as they are.

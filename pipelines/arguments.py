@@ -139,9 +139,15 @@ def add_data(p: argparse.ArgumentParser) -> None:
     imp.add_argument("--size", type=int, default=32, help="side of the square images, a power of two (default 32)")
     imp.add_argument("--grayscale", action="store_true", help="one channel instead of RGB")
     imp.add_argument("--test-fraction", type=float, default=0.1, help="share of images held out as test.parquet (default 0.1)")
-    imp.add_argument("--seed", type=int, default=0, help="the seed of the train/test draw")
+    imp.add_argument("--seed", type=int, default=0,
+                     help="the seed of the train/test split, drawn per image from the seed and its name (default 0)")
     imp.add_argument("--image-column", default="image", help="Hugging Face Parquet: the image column (default image)")
     imp.add_argument("--label-column", default="label", help="Hugging Face Parquet: the label column (default label)")
+    imp.add_argument("--workers", type=int, metavar="N",
+                     help="0: decode in this process; N > 0: on Ray Data, at most N tasks at once "
+                          "(default: in this process below 20,000 images, Ray Data above)")
+    imp.add_argument("--verbose", action="store_true",
+                     help="show Ray's and Ray Data's own output here too (default: in a log file under the project home)")
     prep.add_argument("--from", dest="source", type=Path, metavar="DIR",
                       help="fashion_mnist: the folder with its four .gz files (default: Debian's dataset-fashion-mnist)")
 

@@ -7,7 +7,10 @@
     genray serve --reload
     genray submit [--address URL] {train|tune|eval} CONFIG [--set key=value ...] [--follow]
     genray jobs list | logs ID [--follow] | stop ID   [--address URL]
-    genray data prepare NAME [--out PATH] [--seed S] [--size tiny|full]
+    genray data prepare NAME [--out PATH] [--seed S] [--size tiny|full] [--from DIR]
+    genray data import DIR|HF_PARQUET --out PATH [--size 32] [--grayscale] [--workers N]
+    genray sample MODEL [-n 64] [-o grid.png] [--set KEY=VALUE ...]
+    genray configs list | show NAME | copy NAME DEST
     genray families
 
     python -m genray VERB ...                         the same
@@ -179,11 +182,12 @@ def cmd_data(args) -> int:
     from genray.pipelines.env import project_home
 
     if args.data_command == "import":
-        from genray.components.data.importing import import_images
+        from genray.pipelines.importing import run_import
 
-        r = import_images(args.source, args.out, size=args.size, grayscale=args.grayscale,
-                          test_fraction=args.test_fraction, seed=args.seed, image_column=args.image_column,
-                          label_column=args.label_column)
+        console.set_verbose(args.verbose)
+        r = run_import(args.source, args.out, workers=args.workers, size=args.size, grayscale=args.grayscale,
+                       test_fraction=args.test_fraction, seed=args.seed, image_column=args.image_column,
+                       label_column=args.label_column)
         print(f"train  {r.train}  ({r.rows['train']} images)")
         print(f"test   {r.test}  ({r.rows['test']} images)")
         if r.classes:

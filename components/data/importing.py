@@ -50,11 +50,19 @@ class ImportReport:
     skipped_file: Path | None = None
 
 
+class _ImageBytes(io.BytesIO):
+    """Pillow names a stream it cannot read by its repr; the default repr holds a memory address,
+    and a skipped image's reason must read the same on every run, in every process."""
+
+    def __repr__(self) -> str:
+        return "<image bytes>"
+
+
 def to_square(data: bytes | Path, size: int, grayscale: bool) -> np.ndarray:
     """One image -> (size, size, C) uint8: shorter side resized to `size`, centre crop."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
+    with Image.open(_ImageBytes(data) if isinstance(data, bytes) else data) as im:
         im = im.convert("L" if grayscale else "RGB")
         w, h = im.size
         scale = size / min(w, h)
@@ -92,7 +100,7 @@ def check_options(source: Path, size: int, test_fraction: float) -> None:
 
 def plan(source: Path, image_column: str = "image", label_column: str = "label") -> tuple[list[str], list[dict]]:
     """(class names, units of at most CHUNK images, in the order the output lists them)."""
-    source = Path(source).expanduser().absolute()
+    source = Path(source).expanduser()
     is_parquet = source.suffix == ".parquet" or (source.is_dir() and any(source.glob("*.parquet")))
     return hf_parquet_plan(source, image_column, label_column) if is_parquet else folder_plan(source)
 
@@ -114,12 +122,13 @@ def folder_plan(root: Path) -> tuple[list[str], list[dict]]:
             if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
                 files.append(path.relative_to(root).as_posix())
                 labels.append(label)
-    units = [{"root": str(root), "files": files[i:i + CHUNK], "labels": labels[i:i + CHUNK]}
+    units = [{"root": str(root.absolute()), "files": files[i:i + CHUNK], "labels": labels[i:i + CHUNK]}
              for i in range(0, len(files), CHUNK)]
     return classes, units
 
 
-def hf_parquet_plan(path: Path, image_column: str = "image", label_column: str = "label") -> tuple[list[str], list[dict]]:
+def hf_parquet_plan(path: Path, image_column: str = "image",
+                    label_column: str = "label") -> tuple[list[str], list[dict]]:
     """A Hugging Face `datasets` Parquet file or folder of them: one unit per row group, or per
     CHUNK rows of a larger group. Reads only the files' footers."""
     import pyarrow.parquet as pq
@@ -141,7 +150,7 @@ def hf_parquet_plan(path: Path, image_column: str = "image", label_column: str =
         meta = pq.ParquetFile(f).metadata
         for g in range(meta.num_row_groups):
             n = meta.row_group(g).num_rows
-            units += [{"parquet": str(f), "group": g, "rows": [start, min(start + CHUNK, n)]}
+            units += [{"parquet": str(f.absolute()), "group": g, "rows": [start, min(start + CHUNK, n)]}
                       for start in range(0, n, CHUNK)]
     return classes, units
 

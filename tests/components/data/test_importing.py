@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from genray.components.data import read_info, read_table
-from genray.components.data.importing import import_images, to_square
+from genray.components.data import importing, read_info, read_table
+from genray.components.data.importing import decode_unit, import_images, is_test, plan, to_square
 from genray.components.errors import UserError
 
 
@@ -66,6 +66,60 @@ def test_hugging_face_parquet(tmp_path):
     r = import_images(src, tmp_path / "out", size=8, grayscale=True, test_fraction=0.2)
     assert r.rows["train"] + r.rows["test"] == 19 and [n for n, _ in r.skipped] == ["img3.png"]
     assert read_info(r.train).shape == (8, 8, 1)
+
+
+OPTIONS = dict(size=16, grayscale=False, test_fraction=0.25, seed=1)
+
+
+def test_the_split_depends_on_the_image_not_on_the_order_or_the_units(folder, tmp_path, monkeypatch):
+    _, units = plan(folder)
+    forward = {n: t for u in units for n, t in zip(*_names_and_test(decode_unit(u, **OPTIONS)))}
+    backward = {n: t for u in reversed(units) for n, t in zip(*_names_and_test(decode_unit(u, **OPTIONS)))}
+    assert forward == backward and 0 < sum(forward.values()) < len(forward)
+    # The draw is a function of (seed, name inside the folder) alone: another seed, another split.
+    assert all(t == is_test(Path(n).relative_to(folder).as_posix(), 1, 0.25) for n, t in forward.items())
+    assert forward != {n: is_test(Path(n).relative_to(folder).as_posix(), 2, 0.25) for n in forward}
+
+    whole = import_images(folder, tmp_path / "whole", **OPTIONS)
+    monkeypatch.setattr(importing, "CHUNK", 5)  # 24 images in 5 units, row groups of 5
+    assert len(plan(folder)[1]) == 5
+    cut = import_images(folder, tmp_path / "cut", **OPTIONS)
+    for split in ("train", "test"):
+        assert read_table(getattr(cut, split)).equals(read_table(getattr(whole, split)))
+    assert cut.rows == whole.rows and cut.skipped == whole.skipped
+
+
+def _names_and_test(decoded):
+    return decoded["names"], decoded["test"].tolist()
+
+
+def test_a_unit_with_a_broken_image_names_it(folder):
+    _, units = plan(folder)
+    (unit,) = [u for u in units if "dog/broken.png" in u["files"]]
+    decoded = decode_unit(unit, **OPTIONS)
+    broken = str(folder / "dog" / "broken.png")
+    assert [n for n, _ in decoded["skipped"]] == [broken]
+    assert decoded["skipped"][0][1].startswith("UnidentifiedImageError")
+    k = len(unit["files"]) - 1
+    assert broken not in decoded["names"] and len(decoded["names"]) == k
+    assert decoded["pixels"].shape == (k, 16, 16, 3) and decoded["pixels"].dtype == np.uint8
+    assert decoded["labels"].shape == decoded["test"].shape == (k,)
+
+
+def test_a_large_parquet_row_group_is_cut_into_units_with_the_same_row_names(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    images = [{"bytes": png(rng.integers(0, 256, (12, 12), dtype=np.uint8)), "path": None} for _ in range(10)]
+    images[6] = {"bytes": b"", "path": None}
+    src = tmp_path / "one-group.parquet"
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    pq.write_table(pa.table({"image": pa.array(images, type=struct)}), src)
+    monkeypatch.setattr(importing, "CHUNK", 4)
+    classes, units = plan(src)
+    assert classes == [] and [u["rows"] for u in units] == [[0, 4], [4, 8], [8, 10]]
+    decoded = [decode_unit(u, **{**OPTIONS, "size": 8}) for u in units]
+    assert [n for d in decoded for n in d["names"]] == [f"one-group.parquet:group0:row{i}" for i in range(10) if i != 6]
+    assert decoded[1]["skipped"] == [("one-group.parquet:group0:row6", "ValueError: no image bytes")]
+    assert all((d["labels"] == -1).all() for d in decoded)
 
 
 def test_mistakes_are_user_errors(tmp_path, folder):
