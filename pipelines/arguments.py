@@ -97,6 +97,9 @@ def add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="serve settings YAML: replicas, autoscaling, batching, limits "
                                     "(e.g. pipelines/configs/serve/default.yaml)")
     p.add_argument("--address", help="Ray cluster to run on (default: a local Ray; --reload: auto)")
+    p.add_argument("--api-key-file", metavar="FILE",
+                   help="require Authorization: Bearer <key> on every route but /healthz, the key being this "
+                        "file's one line (chmod 600; make one: python -c 'import secrets; print(secrets.token_urlsafe(32))')")
     p.add_argument("--verbose", action="store_true",
                    help="show Ray's, Tune's and the workers' own output here too (default: in a log file under the project home)")
     p.add_argument("--reload", action="store_true",

@@ -124,10 +124,15 @@ def cmd_serve(args) -> int:
             print(f"{name}: version {old} -> {new}" if old != new else f"{name}: version {new} (unchanged)")
         return 0
     spec = serve.load_spec(args.config, {"models": args.models, "alias": args.alias, "host": args.host,
-                                         "port": args.port})
+                                         "port": args.port, "api_key_file": args.api_key_file})
+    # A key file that is missing, empty or readable by others fails here, before anything starts.
+    # The key stays in this process; the spec holds its path only (serve/auth.py).
+    keyed = serve.key_check(spec) is not None
     if spec.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"genray serve: binding {spec.host}: the API has no authentication of its own; put a proxy "
-              "with auth and TLS in front of it", file=sys.stderr)
+        print(f"genray serve: binding {spec.host}: " + (
+            "the API key crosses the network in every request; put a proxy with TLS in front of it" if keyed else
+            "the API has no authentication (--api-key-file adds a key); put a proxy with auth and TLS in front of it"),
+            file=sys.stderr)
     uri = tracking.tracking_uri(home)
     logs = console.route_logs(log_path(home, "serve", spec.app_name))
     if logs is not None:
@@ -147,6 +152,9 @@ def cmd_serve(args) -> int:
         deployed = serve.deploy(spec, uri=uri, home=home, versions=versions, checked=True)
         serve.wait_until_ready(deployed.url)
         console.print_serving(deployed)
+        if keyed:
+            print(f"api key        every route but /healthz and / needs it; with curl: "
+                  f"{serve.curl_example(deployed.url, {'name': next(iter(deployed.versions))}, spec)}", flush=True)
         while True:
             time.sleep(1)
     except KeyboardInterrupt:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from ray import serve
 from genray.pipelines import tracking
 from genray.pipelines.config import ConfigError
 from genray.pipelines.env import project_home
+from genray.pipelines.serve.auth import key_check
 from genray.pipelines.serve.gateway import Gateway
 from genray.pipelines.serve.registry import check_versions, resolve_versions, serving_tag, set_serving_versions
 from genray.pipelines.serve.replica import ModelServerDeployment
@@ -40,7 +42,10 @@ def deployment_name(model_name: str) -> str:
 
 def build_app(spec: ServeSpec, uri: str, home: Path, versions: dict[str, str], *, version_tag: str | None = None):
     """The gateway bound to one ModelServer per model, each told its version by user_config and,
-    with `version_tag`, following that registry tag (every deployment.version_poll_period_s)."""
+    with `version_tag`, following that registry tag (every deployment.version_poll_period_s).
+    With spec.api_key_file or api_key_env, the key is read here and the gateway gets only its
+    salted hash (serve/auth.py)."""
+    check = key_check(spec)  # first: a bad key file is a UserError before anything is bound
     d = spec.deployment
     options: dict[str, Any] = {
         "ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus},
@@ -74,7 +79,7 @@ def build_app(spec: ServeSpec, uri: str, home: Path, versions: dict[str, str], *
     return Gateway.options(
         max_ongoing_requests=d.gateway_max_ongoing_requests, max_surge_percent=100,
         graceful_shutdown_timeout_s=spec.limits.request_timeout_s + 5,
-    ).bind(servers, limits)
+    ).bind(servers, limits, key_check=check)
 
 
 # ------------------------------------------------------------------------------- deploy and reload
@@ -170,13 +175,15 @@ def app_builder(args: dict[str, Any]):
     """The app for Serve's config files (`serve run`, `serve deploy`, KubeRay's RayService):
 
         import_path: genray.pipelines.serve:app_builder
-        args: {models: [vae-digits], alias: champion, deployment: {...}, limits: {...}}
+        args: {models: [vae-digits], alias: champion, deployment: {...}, limits: {...},
+               api_key_env: GENRAY_API_KEY}
 
     The registry is MLFLOW_TRACKING_URI (else GENRAY_HOME's SQLite store); aliases are resolved
     when the app is built, which Serve does again only when import_path or args change (and then
     it replaces the replicas). To swap a version in place, re-apply the config with
     `deployments: [{name: model-NAME, user_config: {version: "N"}}]`: Serve calls the running
-    replicas' `reconfigure`."""
+    replicas' `reconfigure`. The API key (api_key_file or api_key_env) is read where Serve builds
+    the app, a task on any node of the cluster: give every node the file or the variable."""
 
     spec = ServeSpec.model_validate({k: v for k, v in (args or {}).items() if k not in ("host", "port")})
     home = project_home()
@@ -202,7 +209,14 @@ def wait_until_ready(url: str, timeout_s: float = 120.0) -> None:
         time.sleep(0.5)
 
 
-def curl_example(url: str, info: dict[str, Any] | None) -> str:
+def curl_example(url: str, info: dict[str, Any] | None, spec: ServeSpec | None = None) -> str:
+    """A request to try. With a keyed `spec`, the header reads the key from where the spec says
+    (the shell expands it; the key itself is never printed)."""
     name = info["name"] if info else "MODEL"
-    return (f"curl -s -X POST {url}/v1/models/{name}/sample -H 'Content-Type: application/json' "
+    key = ""
+    if spec is not None and spec.api_key_file is not None:
+        key = f"-H \"Authorization: Bearer $(cat {shlex.quote(spec.api_key_file)})\" "
+    elif spec is not None and spec.api_key_env is not None:
+        key = f"-H \"Authorization: Bearer ${spec.api_key_env}\" "
+    return (f"curl -s -X POST {url}/v1/models/{name}/sample {key}-H 'Content-Type: application/json' "
             f"-H 'Accept: image/png' -d '{{\"n\": 16, \"seed\": 0}}' -o samples.png")

@@ -12,6 +12,10 @@ them to each model's ModelServer and turns what comes back into HTTP.
     POST /v1/models/{name}/log_prob     images -> nats, bits/dim   (capability "log_prob")
     GET  /docs, /openapi.json
 
+With an API key (`genray serve --api-key-file FILE`, serve/auth.py), every route but /healthz
+and the gallery page answers 401 (WWW-Authenticate: Bearer) unless the request carries
+`Authorization: Bearer <key>`: a middleware on the whole app, so a new route needs the key too.
+
 Statuses: 404 for a model or route that is not there; 422 naming the field for a body that does
 not fit the model or a limit; 413 for a body over limits.max_body_bytes; 503 past
 limits.request_timeout_s. Anything else that goes wrong is a bug: a 500 with a short JSON body,
@@ -32,6 +36,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
+from genray.pipelines.serve.auth import BearerAuth, KeyCheck
 from genray.pipelines.serve.schemas import (
     DecodeRequest,
     EncodeResponse,
@@ -56,11 +61,13 @@ logger = logging.getLogger("ray.serve")
 @serve.ingress()
 class Gateway:
     """Routes requests to the models' deployments. `models`: name -> DeploymentHandle of that
-    model's ModelServer; `limits`: the serve spec's Limits."""
+    model's ModelServer; `limits`: the serve spec's Limits; `key_check`: the API key's salted
+    hash (auth.key_check), None for an open API."""
 
-    def __init__(self, models: dict[str, Any], limits: dict[str, Any]):
+    def __init__(self, models: dict[str, Any], limits: dict[str, Any], key_check: KeyCheck | None = None):
         self.models = models
         self.limits = Limits.model_validate(limits)
+        self.key_check = key_check
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_fastapi(self)
@@ -98,7 +105,9 @@ def build_fastapi(gateway: Gateway) -> FastAPI:
         title="genray",
         version="1",
         description="Generative models trained with genray, served by Ray Serve. "
-                    "GET /v1/models lists each model's routes and parameters.",
+                    "GET /v1/models lists each model's routes and parameters."
+                    + (" Every route but /healthz needs the header Authorization: Bearer <key>."
+                       if gateway.key_check is not None else ""),
     )
 
     @app.get("/healthz")
@@ -170,8 +179,11 @@ def build_fastapi(gateway: Gateway) -> FastAPI:
                   for e in exc.errors()]
         return JSONResponse(status_code=422, content={"detail": detail})
 
-    # Added last, so outermost: a bug anywhere below, the body limit included, is a logged 500.
+    # The last added is the outermost. The key is checked before the body limit, so a request
+    # without it is a 401 whatever its body; a bug anywhere below is a logged 500.
     app.add_middleware(BodyLimit, limit=gateway.limits.max_body_bytes)
+    if gateway.key_check is not None:
+        app.add_middleware(BearerAuth, check=gateway.key_check)
     app.add_middleware(InternalErrors)
     return app
 

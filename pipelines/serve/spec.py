@@ -4,13 +4,13 @@ config file that sets them.
     genray serve --config pipelines/configs/serve/default.yaml
 
 Every key is optional; the file documents the defaults. Command-line flags (--model, --alias,
---host, --port) win over the file.
+--host, --port, --api-key-file) win over the file.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from genray.pipelines.config import ConfigError, read_yaml
 
@@ -66,6 +66,17 @@ class ServeSpec(BaseModel):
     models: list[str] = Field(default_factory=list)  # empty: every registered model with the alias
     deployment: DeploymentSpec = Field(default_factory=DeploymentSpec)
     limits: Limits = Field(default_factory=Limits)
+    # Set one, and every route but /healthz and the gallery page needs `Authorization: Bearer
+    # <key>` (serve/auth.py). A path or a variable's name, never the key: this spec is written to
+    # <home>/serve/<app>.json and a Serve config's args show in Ray's dashboard.
+    api_key_file: str | None = None  # a file only its owner can read (chmod 600)
+    api_key_env: str | None = None  # an environment variable (KubeRay: a Secret as an env var)
+
+    @model_validator(mode="after")
+    def _one_key_source(self):
+        if self.api_key_file is not None and self.api_key_env is not None:
+            raise ValueError("api_key_file and api_key_env are both set; the key comes from one of them")
+        return self
 
 
 def load_spec(path: str | None, overrides: dict[str, Any]) -> ServeSpec:
@@ -77,5 +88,5 @@ def load_spec(path: str | None, overrides: dict[str, Any]) -> ServeSpec:
         return ServeSpec.model_validate(raw)
     except ValidationError as e:
         err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{path or 'serve settings'}: {where}: {err['msg']}") from None
+        where = ".".join(str(p) for p in err["loc"])  # empty for a check across keys
+        raise ConfigError(f"{path or 'serve settings'}: {where + ': ' if where else ''}{err['msg']}") from None

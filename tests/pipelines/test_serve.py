@@ -1,7 +1,8 @@
 """`genray serve` on a real `serve.run` over loopback: every route of every served family over
 HTTP, limits, a fuzzed schema, a bug told apart from a user's mistake, batching, a champion
 swapped under load, the gallery in headless Chromium, and weights that would run code if
-unpickled."""
+unpickled. The shared app is served with an API key (--api-key-file), so every one of those
+requests also passes the key check; the API key's own tests are in their section."""
 from __future__ import annotations
 
 import base64
@@ -10,8 +11,12 @@ import io
 import json
 import os
 import pickle
+import secrets
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -64,6 +69,18 @@ def register_tiny(uri: str, home: Path, name: str, family: str, *, seed: int = 0
     return version
 
 
+# The shared app's API key: random per test session, so finding it anywhere is a real leak.
+API_KEY = secrets.token_urlsafe(32)
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def key_file(folder: Path, key: str = API_KEY, mode: int = 0o600) -> Path:
+    path = folder / "api-key"
+    path.write_text(key + "\n")
+    path.chmod(mode)
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -80,11 +97,11 @@ def served(ray_session, tmp_path_factory):
     uri = f"sqlite:///{home / 'mlflow.db'}"
     for name, (family, args) in MODELS.items():
         register_tiny(uri, home, name, family, **args)
-    spec = serve.ServeSpec(port=free_port(), limits=LIMITS,
+    spec = serve.ServeSpec(port=free_port(), limits=LIMITS, api_key_file=str(key_file(home.parent)),
                            deployment={"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "num_cpus": 0.5})
     deployed = serve.deploy(spec, uri=uri, home=home)
-    serve.wait_until_ready(deployed.url)
-    with httpx.Client(base_url=deployed.url, timeout=60) as client:
+    serve.wait_until_ready(deployed.url)  # /healthz: open without the key
+    with httpx.Client(base_url=deployed.url, timeout=60, headers=AUTH) as client:
         yield {"url": deployed.url, "client": client, "home": home, "uri": uri, "spec": spec}
     ray_serve.shutdown()
 
@@ -205,6 +222,221 @@ def test_the_gallery_page_is_self_contained(served):
     assert "http://" not in page.text and "https://" not in page.text  # no CDN: works offline
 
 
+# ------------------------------------------------------------------------------------ the API key
+
+
+def wrong_key(key: str = API_KEY) -> str:
+    """The key with its last character changed: as long as the key, right but for one byte."""
+    return key[:-1] + ("A" if key[-1] != "A" else "B")
+
+
+def keyed_routes(c) -> list[tuple[str, str, dict | None]]:
+    """Every route of the app, with a body the right key gets a 2xx for."""
+    images = c.post("/v1/models/vae-t/sample", json={"n": 2, "seed": 0}).json()["images"]
+    return [
+        ("GET", "/v1/models", None),
+        ("GET", "/v1/models/vae-t", None),
+        ("GET", "/v1/models/vae-t/stats", None),
+        ("POST", "/v1/models/vae-t/sample", {"n": 1, "seed": 0}),
+        ("POST", "/v1/models/vae-t/encode", {"images": images[:1]}),
+        ("POST", "/v1/models/vae-t/decode", {"latents": [[0.0] * 16]}),
+        ("POST", "/v1/models/vae-t/interpolate", {"a": images[0], "b": images[1], "steps": 2}),
+        ("POST", "/v1/models/vae-t/log_prob", {"images": images[:1], "seed": 0}),
+        ("GET", "/openapi.json", None),
+        ("GET", "/docs", None),
+        ("GET", "/docs/oauth2-redirect", None),
+        ("GET", "/redoc", None),
+    ]
+
+
+def test_every_route_but_healthz_and_the_page_needs_the_key(served):
+    """Missing, wrong (one byte off, a prefix, longer, another scheme): the same 401 with
+    WWW-Authenticate: Bearer; the right key: 2xx. /healthz and the gallery page stay open."""
+    import httpx
+
+    c = served["client"]
+    routes = keyed_routes(c)
+    from genray.pipelines.serve.auth import OPEN_PATHS
+
+    documented = {path.replace("{name}", "vae-t") for path in c.get("/openapi.json").json()["paths"]}
+    assert documented - OPEN_PATHS <= {path for _, path, _ in routes}, "a new route: add it to keyed_routes"
+    wrong = {"missing": {}, "one byte off": {"Authorization": f"Bearer {wrong_key()}"},
+             "a prefix": {"Authorization": f"Bearer {API_KEY[:-1]}"},
+             "longer": {"Authorization": f"Bearer {API_KEY}x"}, "empty": {"Authorization": "Bearer"},
+             "another scheme": {"Authorization": f"Basic {API_KEY}"}, "no scheme": {"Authorization": API_KEY}}
+    with httpx.Client(base_url=served["url"], timeout=60) as anon:
+        for method, path, body in routes:
+            answers = {why: anon.request(method, path, json=body, headers=headers) for why, headers in wrong.items()}
+            for why, r in answers.items():
+                assert r.status_code == 401, (method, path, why, r.text[:200])
+                assert r.headers["www-authenticate"] == "Bearer"
+                assert r.content == answers["missing"].content  # nothing says what was wrong with the key
+            assert "Authorization: Bearer <key>" in answers["missing"].json()["detail"][0]["msg"]
+            right = c.request(method, path, json=body)
+            assert 200 <= right.status_code < 300, (method, path, right.text[:200])
+        lower = anon.get("/v1/models", headers={"authorization": f"bearer {API_KEY}"})
+        assert lower.status_code == 200  # header name and scheme are case-insensitive (RFC 7235)
+        assert anon.get("/healthz").json()["status"] == "ok"
+        assert anon.get("/").status_code == 200 and "api-key" in anon.get("/").text
+        # The key is checked before anything else: before the body limit, and before routing.
+        big = anon.post("/v1/models/vae-t/sample", content=b" " * (LIMITS["max_body_bytes"] + 1),
+                        headers={"content-type": "application/json"})
+        assert big.status_code == 401
+        assert anon.get("/v1/nothing").status_code == 401 and c.get("/v1/nothing").status_code == 404
+
+
+def test_the_key_is_in_no_deployed_spec_serve_status_or_log(served):
+    """What reaches Serve is the key's salted hash: the key is in neither the spec written
+    under the project home, nor what serve.status() and the dashboard show of the app, nor any
+    Ray log of this session (which holds every request so far, right and wrong keys)."""
+    import httpx
+    import ray
+    from ray import serve as ray_serve
+
+    with httpx.Client(base_url=served["url"], timeout=60) as anon:
+        assert anon.get("/v1/models", headers={"Authorization": f"Bearer {API_KEY}x"}).status_code == 401
+    saved = serve.state_file(served["home"], served["spec"].app_name).read_text()
+    assert json.loads(saved)["spec"]["api_key_file"] == served["spec"].api_key_file  # where, not what
+    assert API_KEY not in saved
+    assert API_KEY not in repr(ray_serve.status())
+    context = ray.init(ignore_reinit_error=True)  # the session's own context: dashboard and session folder
+    # What the dashboard shows of the app, through the public `serve status` command (it reads the
+    # dashboard's REST API, with the cluster's token when token auth is on).
+    status = subprocess.run([str(Path(sys.executable).with_name("serve")), "status", "-a",
+                             f"http://{context.dashboard_url}"], capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stderr[-2000:]
+    assert "Gateway" in status.stdout and "HEALTHY" in status.stdout and API_KEY not in status.stdout
+    key = API_KEY.encode()
+    logs = Path(context.address_info["session_dir"]) / "logs"
+    files = [f for f in logs.rglob("*") if f.is_file()]
+    assert any(f.name.startswith("replica_genray_Gateway") for f in files)
+    assert [f for f in files if key in f.read_bytes()] == []
+    assert [f for f in served["home"].rglob("*") if f.is_file() and key in f.read_bytes()] == []
+
+
+def test_the_key_check_hashes_both_sides_and_prints_nothing():
+    from genray.pipelines.serve import auth
+
+    check = auth.KeyCheck.of(b"s3cret")
+    assert check.matches(b"s3cret") and not check.matches(b"s3cres") and not check.matches(b"")
+    assert not check.matches(b"s3cret" * 100) and auth.KeyCheck.of(b"s3cret").salt != check.salt
+    assert repr(check) == "KeyCheck(salted HMAC-SHA256)" and "s3cret" not in repr(pickle.loads(pickle.dumps(check)))
+    assert pickle.loads(pickle.dumps(check)).matches(b"s3cret")  # what travels to the gateway replicas
+    assert auth.bearer_token([(b"authorization", b"Bearer  abc ")]) == b"abc"
+    assert auth.bearer_token([(b"Authorization", b"BEARER abc")]) == b"abc"
+    assert auth.bearer_token([(b"authorization", b"Basic abc")]) == b""
+    assert auth.bearer_token([(b"x-other", b"Bearer abc")]) == b""
+
+
+@pytest.mark.parametrize("case", ["missing", "folder", "empty", "blank", "two lines", "group-readable",
+                                  "other-readable", "group-writable"])
+def test_a_bad_api_key_file_is_one_line_naming_it_before_anything_starts(genray_home, tmp_path, capsys, case):
+    genray_home.mkdir(parents=True)
+    content, mode = {"empty": ("", 0o600), "blank": (" \n\n", 0o600), "two lines": ("zq9-a\nzq9-b", 0o600),
+                     "group-readable": ("zq9-key", 0o640), "other-readable": ("zq9-key", 0o604),
+                     "group-writable": ("zq9-key", 0o620)}.get(case, ("zq9-key", 0o600))
+    path = tmp_path / "folder" if case == "folder" else tmp_path / f"{case.replace(' ', '-')}-key"
+    if case == "folder":
+        path.mkdir()
+    elif case != "missing":
+        path.write_text(content)
+        path.chmod(mode)
+    # No model is registered: a run that got past the key would fail on that instead.
+    assert cli.main(["serve", "--api-key-file", str(path), "--port", str(free_port())]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"genray: error: API key file {path}: "), err
+    assert "zq9" not in err and "Traceback" not in err  # the content is never echoed
+    if "able" in case:
+        assert "chmod 600" in err
+    assert not (genray_home / "logs").exists() and not (genray_home / "serve").exists()  # nothing started
+
+
+def test_api_key_settings_in_a_serve_config(genray_home, tmp_path, capsys, monkeypatch):
+    genray_home.mkdir(parents=True)
+    loose = key_file(tmp_path, mode=0o644)
+    config = tmp_path / "serve.yaml"
+    config.write_text(f"api_key_file: {loose}\n")
+    assert cli.main(["serve", "--config", str(config)]) == 2
+    assert f"API key file {loose}: group or others have access (mode 644)" in capsys.readouterr().err
+    config.write_text(f"api_key_file: {loose}\napi_key_env: GENRAY_TEST_KEY\n")
+    assert cli.main(["serve", "--config", str(config)]) == 2
+    assert "api_key_file and api_key_env are both set" in capsys.readouterr().err
+    config.write_text("api_key_env: GENRAY_TEST_KEY\n")
+    monkeypatch.delenv("GENRAY_TEST_KEY", raising=False)
+    assert cli.main(["serve", "--config", str(config)]) == 2
+    assert "API key variable GENRAY_TEST_KEY: not set" in capsys.readouterr().err
+    monkeypatch.setenv("GENRAY_TEST_KEY", API_KEY)
+    spec = serve.load_spec(str(config), {})
+    assert serve.key_check(spec).matches(API_KEY.encode())
+    assert "$GENRAY_TEST_KEY" in serve.curl_example("http://h", None, spec) and API_KEY not in str(spec)
+
+
+def test_the_rayservice_reads_the_key_from_a_secret_on_every_pod():
+    import yaml
+
+    manifest = yaml.safe_load((Path(__file__).resolve().parents[2] / "cluster" / "kuberay" / "rayservice.yaml").read_text())
+    args = yaml.safe_load(manifest["spec"]["serveConfigV2"])["applications"][0]["args"]
+    variable = serve.ServeSpec.model_validate(args).api_key_env
+    cluster = manifest["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    for pod in pods:  # Serve builds the app on any node
+        env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+        assert "secretKeyRef" in env[variable]["valueFrom"] and "value" not in env[variable]
+
+
+def test_genray_serve_with_a_key_file_keeps_the_key_out_of_its_logs(tmp_path):
+    """The command itself, in its own process and its own Ray, as a user runs it: the key is
+    needed, and afterwards it is in none of the files genray and Ray wrote (the serve log under
+    the project home, the deployed spec, every Ray session log) nor in what was printed."""
+    import httpx
+
+    home = tmp_path / "home"
+    home.mkdir()
+    register_tiny(tracking.tracking_uri(home), home, "vae-t", "vae")
+    keyfile = key_file(tmp_path)
+    port = free_port()
+    ray_tmp = tempfile.mkdtemp(prefix="gk-", dir="/tmp")  # Ray's socket paths are capped at 107 bytes
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "GENRAY_VERBOSE")}
+    env.update(GENRAY_HOME=str(home), RAY_TMPDIR=ray_tmp)
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    with open(out, "wb") as o, open(err, "wb") as e:
+        proc = subprocess.Popen([sys.executable, "-m", "genray", "serve", "--model", "vae-t", "--port", str(port),
+                                 "--api-key-file", str(keyfile)], env=env, stdout=o, stderr=e, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while b"api key" not in out.read_bytes():
+            assert proc.poll() is None, err.read_text()[-2000:]
+            assert time.monotonic() < deadline, "genray serve did not come up in 240 s"
+            time.sleep(1)
+        with httpx.Client(base_url=url, timeout=60) as c:
+            assert c.get("/healthz").status_code == 200
+            assert c.get("/v1/models").status_code == 401
+            assert c.get("/v1/models", headers={"Authorization": f"Bearer {wrong_key()}"}).status_code == 401
+            assert c.get("/v1/models", headers=AUTH).json()["models"][0]["name"] == "vae-t"
+            assert c.post("/v1/models/vae-t/sample", json={"n": 1}, headers=AUTH).status_code == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    try:
+        printed = out.read_text() + err.read_text()
+        assert f"Bearer $(cat {keyfile})" in printed  # how to send it, never what it is
+        log = home / "logs" / "serve-genray.log"
+        assert log.stat().st_size > 0
+        saved = json.loads(serve.state_file(home, "genray").read_text())
+        assert saved["spec"]["api_key_file"] == str(keyfile)
+        ray_files = [f for f in Path(ray_tmp).rglob("*") if f.is_file() and not f.is_symlink()]
+        assert any("replica_genray_Gateway" in f.name for f in ray_files)
+        key = API_KEY.encode()
+        written = [f for f in [*home.rglob("*"), *ray_files] if f.is_file() and key in f.read_bytes()]
+        assert written == [] and API_KEY not in printed
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
 # ------------------------------------------------------------------------ a bug is not a user error
 
 
@@ -232,6 +464,7 @@ def test_a_bug_answers_500_and_logs_its_traceback_while_a_mistake_still_answers_
     ).bind("vae-t", served["uri"], str(served["home"]), LIMITS, {"max_batch_size": 4, "batch_wait_timeout_s": 0.0})
     ray_serve.run(gateway.Gateway.bind({"vae-t": server}, LIMITS), name="buggy", route_prefix="/buggy")
     try:
+        # No key_check: this app answers without a key, as genray serve does without --api-key-file.
         with httpx.Client(base_url=served["url"] + "/buggy", timeout=60) as c:
             bug = c.post("/v1/models/vae-t/sample", json={"n": 2, "seed": 1})
             assert bug.status_code == 500, bug.text
@@ -361,7 +594,7 @@ def test_concurrent_requests_are_batched(served):
     import httpx
 
     def one(i: int) -> int:
-        with httpx.Client(base_url=served["url"], timeout=60) as c:
+        with httpx.Client(base_url=served["url"], timeout=60, headers=AUTH) as c:
             r = c.post("/v1/models/diff-t/sample", json={"n": 1, "seed": i})
             assert r.status_code == 200
             return r.json()["batch_requests"]
@@ -407,7 +640,7 @@ def test_swapping_the_champion_under_load_fails_no_request(served):
     stop = threading.Event()
 
     def client_loop():
-        with httpx.Client(base_url=served["url"], timeout=60) as c:
+        with httpx.Client(base_url=served["url"], timeout=60, headers=AUTH) as c:
             while not stop.is_set():
                 sent = time.monotonic()
                 try:
@@ -517,7 +750,9 @@ def chromium_paths() -> tuple[str, str] | None:
     return (browser, driver) if browser and driver else None
 
 
-def test_the_gallery_shows_samples_in_headless_chromium(served):
+def test_the_gallery_asks_for_the_key_once_and_shows_samples_in_headless_chromium(served):
+    """The page loads without the key; the API's 401 shows the key form; a refused key asks
+    again; the accepted one is kept in the page's memory only and sent with every request after."""
     paths = chromium_paths()
     if paths is None:
         if os.environ.get("GENRAY_REQUIRE_BROWSER"):
@@ -540,7 +775,16 @@ def test_the_gallery_shows_samples_in_headless_chromium(served):
     try:
         driver.get(served["url"] + "/")
         wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: d.find_element(By.ID, "auth").is_displayed())
+        assert "needs an API key" in driver.find_element(By.ID, "auth-why").text
+        driver.find_element(By.ID, "api-key").send_keys(API_KEY[:-1] + ("A" if API_KEY[-1] != "A" else "B"))
+        driver.find_element(By.ID, "auth-go").click()
+        wait.until(lambda d: "refused" in d.find_element(By.ID, "auth-why").text)
+        assert driver.find_element(By.ID, "auth").is_displayed()
+        driver.find_element(By.ID, "api-key").send_keys(API_KEY)
+        driver.find_element(By.ID, "auth-go").click()
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#model option")) == len(MODELS))
+        assert not driver.find_element(By.ID, "auth").is_displayed()
         Select(driver.find_element(By.ID, "model")).select_by_value("diff-t")
         wait.until(lambda d: d.find_elements(By.ID, "p-guidance_scale"))
         n = driver.find_element(By.ID, "p-n")
@@ -551,6 +795,12 @@ def test_the_gallery_shows_samples_in_headless_chromium(served):
         wait.until(lambda d: d.execute_script(
             "return [...document.querySelectorAll('#samples img.sample')].every(i => i.complete && i.naturalWidth === 8)"))
         assert "3 samples from diff-t" in driver.find_element(By.ID, "status").text
+        assert not driver.find_element(By.ID, "auth").is_displayed()  # asked once: the sample request had the key
+        # In a variable only: no storage, no cookie, and the form's field was emptied.
+        assert driver.execute_script(
+            "return [localStorage.length, sessionStorage.length, document.cookie, "
+            "document.getElementById('api-key').value]") == [0, 0, "", ""]
+        assert API_KEY not in driver.page_source
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
