@@ -8,6 +8,9 @@
 # `up` starts a Ray head and N worker nodes, each a separate `ray start --block` process with its
 # own resources (Ray sees N + 1 nodes; they share this machine's IP), and `mlflow server` with a
 # SQLite backend and artifacts proxied through the server. Everything listens on 127.0.0.1.
+# It returns once every node is alive and the Jobs API has run a probe job (deleted again), so a
+# `genray submit` right after it is accepted; if that takes over 240 s, it stops what it started
+# and says which log to read.
 # Ray's token authentication stays on: the token is generated into DIR/auth_token and every
 # process (and every client) finds it through RAY_AUTH_TOKEN_PATH.
 #
@@ -115,28 +118,153 @@ up)
     export PATH="$bin:$PATH"
     # Ray's sockets live under its temp dir, capped at 107 bytes: keep it short.
     tmp="/tmp/grc-$ray_port"
+    # Every node's dashboard agent listens on a port of its own choosing (0), which it registers in
+    # the GCS. Ray's default, 52365, is one port for the whole machine: the nodes here (and any
+    # other Ray on this machine) race for it, and an agent that loses serves no HTTP and registers
+    # nothing. When the head's agent lost, every submission was refused with "No available agent".
     start head "$bin/ray" start --head --block --node-ip-address=127.0.0.1 --port="$ray_port" \
         --dashboard-host=127.0.0.1 --dashboard-port="$dashboard_port" --num-cpus="$head_cpus" \
-        --resources='{"head": 1}' --temp-dir="$tmp" --disable-usage-stats
+        --resources='{"head": 1}' --temp-dir="$tmp" --dashboard-agent-listen-port=0 --disable-usage-stats
     wait_for 90 "the Ray head" "$bin/ray" status --address="127.0.0.1:$ray_port"
+    # A worker node's raylet gives its agents 15 s to start and otherwise aborts the node ("The
+    # current node timed out during startup"; ray-project/ray#65983), which a busy machine exceeds
+    # now and then. So a worker whose `ray start` fails before its node ran is started again, up to
+    # 3 tries; one that stops after it ran is not.
+    again='log=$1; shift
+        for try in 1 2 3; do
+            "$@" && exit 0
+            grep -q "Ray runtime started" "$log" && exit 1
+            echo "cluster/local.sh: the node failed to start (try $try of 3; its raylet.out says why)"
+        done
+        exit 1'
     for i in $(seq 1 "$workers"); do
         # A temp dir per node: nodes sharing one would share runtime_resources/, and the first node
         # to drop a job's working_dir would delete it under the others (the job's driver included).
-        start "worker$i" "$bin/ray" start --block --address="127.0.0.1:$ray_port" --node-ip-address=127.0.0.1 \
-            --num-cpus="$cpus_per_worker" --resources="{\"worker$i\": 1}" --temp-dir="$tmp-w$i" --disable-usage-stats
+        start "worker$i" bash -c "$again" again "$dir/logs/worker$i.log" \
+            "$bin/ray" start --block --address="127.0.0.1:$ray_port" --node-ip-address=127.0.0.1 \
+            --num-cpus="$cpus_per_worker" --resources="{\"worker$i\": 1}" --temp-dir="$tmp-w$i" \
+            --dashboard-agent-listen-port=0 --disable-usage-stats
     done
     start mlflow "$bin/mlflow" server --host 127.0.0.1 --port "$mlflow_port" \
         --backend-store-uri "sqlite:///$dir/mlflow.db" --artifacts-destination "$dir/mlartifacts" --workers 1
     wait_for 90 "the MLflow server" "$bin/python" -c \
         "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$mlflow_port/health', timeout=2)"
-    nodes() { "$bin/python" - "$ray_port" <<'EOF'
-import sys, ray
-ray.init(address=f"127.0.0.1:{sys.argv[1]}", log_to_driver=False, configure_logging=False)
-sys.exit(0 if len([n for n in ray.nodes() if n["Alive"]]) >= int(__import__("os").environ["GR_NODES"]) else 1)
+    # Ready is what a client needs at once: every node ALIVE, and the Jobs API accepting and running
+    # a job. The head's job manager submits every job through the head node's dashboard agent,
+    # which it finds in the GCS once that agent has registered itself; until then a submission
+    # waits 10 s and is refused with HTTP 500 "No available agent to submit job" (ray/dashboard/
+    # modules/job/job_head.py). So the probe is a job: `python -c pass` with no CPU, submitted with
+    # the cluster's token; once it SUCCEEDS an agent has accepted a job and a driver has run, and
+    # the head keeps that agent for every later submission. The probe is deleted afterwards. The
+    # nodes are counted through the dashboard's state API, which, unlike a ray.init, leaves no
+    # driver job behind in `genray jobs list`.
+    ready=$(env -u RAY_API_SERVER_ADDRESS RAY_ADDRESS="http://127.0.0.1:$dashboard_port" "$bin/python" - \
+        "$((workers + 1))" 240 "$pids" "$dir/logs" "$tmp" <<'EOF'
+import logging, os, sys, time, uuid, warnings
+
+warnings.simplefilter("ignore")
+logging.getLogger("ray").setLevel(logging.ERROR)
+from ray.job_submission import JobStatus, JobSubmissionClient
+from ray.util.state import list_actors, list_nodes
+
+want, limit, pids, logs, tmp = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+address = os.environ["RAY_ADDRESS"]
+start = time.monotonic()
+last = "the dashboard did not answer"
+
+
+def why(e):
+    text = str(e).strip()
+    return text.splitlines()[-1 if "Traceback" in text else 0][:200] if text else type(e).__name__
+
+
+def give_up(what, where=f"{logs}/ and {tmp}/session_latest/logs/ (dashboard.log, dashboard_agent.log)"):
+    print(f"cluster/local.sh: {what}; logs in {where}", file=sys.stderr)
+    sys.exit(1)
+
+
+def running(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def check_processes():  # a node whose `ray start` has exited will not come: say which, and where to look
+    with open(pids) as f:
+        for name, pid in (line.split() for line in f if line.strip()):
+            if name != "mlflow" and not running(pid):
+                with open(f"{logs}/{name}.log", errors="replace") as log:
+                    lines = [line.strip() for line in log if line.strip()]
+                ray_lines = [line for line in lines if not line.startswith("cluster/local.sh:")]
+                tries = ", tried 3 times" if len(ray_lines) < len(lines) else ""
+                node_tmp = tmp if name == "head" else f"{tmp}-w{name.removeprefix('worker')}"
+                give_up(f"the {name} node's `ray start` exited{tries} ({ray_lines[-1] if ray_lines else 'no output'})",
+                        f"{logs}/{name}.log and {node_tmp}/session_latest/logs/raylet.out")
+
+
+def waited():
+    if time.monotonic() - start > limit:
+        give_up(f"the cluster was not ready within {limit:.0f} s ({last})")
+    time.sleep(0.5)
+
+
+while True:  # every node ALIVE
+    try:
+        alive = len(list_nodes(address=address, filters=[("state", "=", "ALIVE")], timeout=10))
+        if alive >= want:
+            break
+        last = f"{alive} of {want} Ray nodes alive"
+    except Exception as e:
+        last = f"the state API: {why(e)}"
+    check_processes()
+    waited()
+nodes_s = time.monotonic() - start
+
+probe, submitted = f"genray-ready-{uuid.uuid4().hex[:8]}", False
+while True:  # a probe job accepted, run and SUCCEEDED
+    try:
+        c = JobSubmissionClient(address)
+        if not submitted:
+            c.submit_job(entrypoint="python -c pass", submission_id=probe, entrypoint_num_cpus=0,
+                         metadata={"genray.probe": "cluster/local.sh up"})
+            submitted = True
+        status = c.get_job_status(probe)
+        if status.is_terminal():
+            if status != JobStatus.SUCCEEDED:  # it ran and failed: waiting longer would not change that
+                give_up(f"the probe job `python -c pass` ended {status.value} ({c.get_job_info(probe).message})")
+            break
+        last = f"the probe job is {status.value}"
+    except Exception as e:
+        submitted = submitted or "already exists" in str(e)  # an earlier submit landed, its answer lost
+        last = f"the Jobs API: {why(e)}"
+    check_processes()
+    waited()
+probe_s = time.monotonic() - start
+
+# Delete the probe once Ray's job monitor is done with it. The monitor watches the job's
+# supervisor actor; if the job's record is gone when that actor exits, it writes the record back
+# as FAILED "Entrypoint not found." (job_manager.py, _monitor_job_internal). So: wait until no
+# supervisor is alive (this cluster runs no other job), then delete until the record stays gone.
+try:
+    until = time.monotonic() + 30
+    while time.monotonic() < until and list_actors(
+            address=address, filters=[("class_name", "=", "JobSupervisor"), ("state", "=", "ALIVE")], timeout=10):
+        time.sleep(0.5)
+    gone = 0
+    while gone < 3 and time.monotonic() < until + 15:
+        time.sleep(1)
+        try:
+            c.delete_job(probe)
+            gone = 0
+        except Exception as e:
+            gone = gone + 1 if "does not exist" in str(e) else 0
+except Exception:
+    pass  # a probe left in `genray jobs list` is untidy, not a reason to fail `up`
+print(f"{want} nodes alive after {nodes_s:.1f} s; the Jobs API ran a probe job after {probe_s:.1f} s")
 EOF
-    }
-    export GR_NODES=$((workers + 1))
-    wait_for 90 "all $GR_NODES Ray nodes" nodes
+)
     trap - ERR
     cat > "$dir/env.sh" <<EOF
 # source this: what a client of the local cluster needs
@@ -147,6 +275,7 @@ export MLFLOW_TRACKING_URI=http://127.0.0.1:$mlflow_port
 export GENRAY_STORAGE=$dir/storage
 EOF
     echo "Ray cluster     head + $workers worker nodes ($cpus_per_worker CPU each), GCS 127.0.0.1:$ray_port"
+    echo "ready           $ready"
     echo "dashboard/Jobs  http://127.0.0.1:$dashboard_port"
     echo "MLflow          http://127.0.0.1:$mlflow_port  (SQLite $dir/mlflow.db, artifacts proxied)"
     echo "token           $token  (RAY_AUTH_TOKEN_PATH)"

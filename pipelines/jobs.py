@@ -12,19 +12,29 @@ MLFLOW_TRACKING_URI (a tracking server every node reaches, not a local SQLite fi
 GENRAY_HOME and GENRAY_STORAGE (paths or URIs every node sees), and the Ray token settings.
 The address defaults to RAY_ADDRESS, then http://127.0.0.1:8265. `--follow` streams the job's
 logs and exits with 0 when it succeeded, 1 when it failed (with the job's error), 130 when stopped.
+
+A cluster that is not ready yet (its head's job agent not registered, its dashboard restarting,
+a proxy answering 502/503/504) is asked again with exponential backoff for up to
+GENRAY_JOBS_RETRY_S seconds (60; 0 turns retrying off), one line on stderr per retry. A refused
+token, a bad request or a duplicate --name is never retried.
 """
 import asyncio
 import logging
 import os
+import re
+import secrets
 import shlex
+import string
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from genray.pipelines import catalog
 from genray.pipelines.arguments import JOBS
 from genray.pipelines.config import ConfigError
+
+T = TypeVar("T")
 
 PROJECT = Path(__file__).resolve().parents[1]
 # What a job on the cluster needs from here. RAY_AUTH_TOKEN itself is never copied into the job's
@@ -47,20 +57,134 @@ def address_of(explicit: str | None) -> str:
 TOKEN_HINT = "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH (or RAY_AUTH_TOKEN) to the cluster's token"
 
 
-def client(address: str):
-    from ray.exceptions import AuthenticationError
+def client(address: str, what: str = "genray jobs"):
     from ray.job_submission import JobSubmissionClient
 
+    # The constructor asks the cluster for its version: a dashboard still starting refuses it.
+    return ask(what, address, lambda: JobSubmissionClient(address))
+
+
+# ----------------------------------------------------------------------------- refusals that pass
+#
+# Just after `ray start --head` the dashboard listens before the head node's job agent has
+# registered itself; until it has, the head's job manager answers a submission with HTTP 500 "No
+# available agent to submit job, please try again later" (after waiting 10 s for it: Ray's
+# WAIT_AVAILABLE_AGENT_TIMEOUT). A dashboard that restarts refuses connections for a while, and a
+# proxy in front of it answers 502/503/504 meanwhile. Those pass, so they are asked again; every
+# other answer (a refused token, a bad request, a duplicate submission id, no such job) would be
+# the same the next time, so it is not.
+
+RETRY_ENV = "GENRAY_JOBS_RETRY_S"
+RETRY_S = 60.0  # how long a cluster may stay not ready before a command gives up
+FIRST_WAIT_S, MAX_WAIT_S = 1.0, 16.0  # then 2, 4, 8, 16, 16, ... (cut to what is left of RETRY_S)
+
+
+def retry_budget() -> float:
+    raw = os.environ.get(RETRY_ENV, "").strip()
     try:
-        return JobSubmissionClient(address)
-    except AuthenticationError as e:
-        raise ConfigError(f"--address {address}: no usable Ray token here ({_first_line(e)}); {TOKEN_HINT}") from None
-    except (OSError, RuntimeError) as e:  # unreachable, a bad URL (requests' errors are OSErrors), or refused
-        first = _first_line(e)
-        if _is_auth_refusal(first):
-            raise ConfigError(f"--address {address}: the cluster refused this client's token ({first}); "
-                              f"{TOKEN_HINT}") from None
-        raise ConfigError(f"--address {address}: cannot reach the Ray Jobs API ({first})") from None
+        budget = float(raw) if raw else RETRY_S
+    except ValueError:
+        budget = -1.0
+    if not budget >= 0:  # also NaN
+        raise ConfigError(f"{RETRY_ENV}={raw!r}: seconds to keep retrying a cluster that is not ready, "
+                          f"e.g. {RETRY_S:.0f} (0 turns retrying off)")
+    return budget
+
+
+def transient(e: BaseException) -> str | None:
+    """Why `e` is a refusal that passes (a short reason for the retry line), or None."""
+    import requests
+    from ray.exceptions import AuthenticationError
+
+    if isinstance(e, AuthenticationError):
+        return None
+    text = str(e)
+    # "No available agent" answers a submission; stop and delete wrap the same wait in a traceback.
+    if "No available agent" in text or "Failed to get head node agent" in text:
+        return "No available agent to submit job"
+    status = _status_of(e)
+    if status in (502, 503, 504):
+        return f"HTTP {status}"
+    if isinstance(e, (ConnectionError, requests.exceptions.ConnectionError)):  # refused, reset, aborted
+        return "connection refused" if "refused" in text.lower() else _first_line(e)[:120]
+    return None
+
+
+def retrying(what: str, call: Callable[[], T], *, budget_s: float | None = None,
+             sleep: Callable[[float], Any] = time.sleep, clock: Callable[[], float] = time.monotonic) -> T:
+    """call(), asked again after a transient refusal with exponential backoff until budget_s
+    (GENRAY_JOBS_RETRY_S) has passed; then, or at once for any other error, its exception."""
+    budget = retry_budget() if budget_s is None else budget_s
+    deadline = clock() + budget
+    wait = FIRST_WAIT_S
+    while True:
+        try:
+            return call()
+        except Exception as e:
+            why = transient(e)
+            left = deadline - clock()
+            if why is None or left <= 0:
+                raise
+            pause = min(wait, left)
+            seconds = f"{pause:.0f}" if pause >= 1 else f"{pause:.1f}"
+            print(f"{what}: the cluster is not ready ({why}); retrying in {seconds} s", file=sys.stderr)
+            sleep(pause)
+            wait = min(2 * wait, MAX_WAIT_S)
+
+
+def ask(what: str, address: str, call: Callable[[], T], *,
+        explain: Callable[[Exception], ConfigError | None] = lambda e: None) -> T:
+    """call() through `retrying`, with the cluster's refusals as one-line user errors (`explain`
+    first: the caller's own reading of an answer, such as a missing job)."""
+    try:
+        return retrying(what, call)
+    except Exception as e:
+        problem = explain(e) or refusal(address, e)
+        if problem is None:  # not an answer from the cluster: a bug here, keep its traceback
+            raise
+        raise problem from None
+
+
+def refusal(address: str, e: BaseException) -> ConfigError | None:
+    import requests
+    from ray.exceptions import AuthenticationError
+
+    if isinstance(e, AuthenticationError):
+        return ConfigError(f"--address {address}: no usable Ray token here ({_first_line(e)}); {TOKEN_HINT}")
+    # The SDK's RuntimeErrors that carry the cluster's answer name its status code, its version or the token.
+    answered = isinstance(e, RuntimeError) and (_status_of(e) is not None or "version" in str(e).lower()
+                                                or _is_auth_refusal(_first_line(e)))
+    if not (answered or isinstance(e, (ConnectionError, requests.exceptions.RequestException))):
+        return None
+    answer = _answer(e)
+    if _status_of(e) in (401, 403) or _is_auth_refusal(answer):
+        return ConfigError(f"--address {address}: the cluster refused this client's token ({answer}); {TOKEN_HINT}")
+    why = transient(e)
+    budget = retry_budget()
+    retried = f" (retried for {budget:.0f} s; {RETRY_ENV} sets how long)" if budget > 0 else ""
+    if why is not None and isinstance(e, (ConnectionError, requests.exceptions.ConnectionError)):
+        return ConfigError(f"--address {address}: cannot reach the Ray Jobs API ({why}){retried}")
+    if why is not None:
+        return ConfigError(f"--address {address}: the cluster is not ready ({why}){retried}")
+    return ConfigError(f"--address {address}: the cluster refused the request ({answer})")
+
+
+def _status_of(e: BaseException) -> int | None:
+    response = getattr(e, "response", None)  # requests.HTTPError, from raise_for_status
+    if response is not None and getattr(response, "status_code", None):
+        return int(response.status_code)
+    m = re.search(r"status code (\d{3})", str(e))  # the SDK's "Request failed with status code N: ..."
+    return int(m.group(1)) if m else None
+
+
+def _answer(e: BaseException) -> str:
+    """The server's answer in one line: a Python traceback in the body shrinks to its last line."""
+    text = str(e).strip()
+    if "Traceback (most recent call last)" in text:
+        last = [line.strip() for line in text.splitlines() if line.strip()][-1]
+        status = _status_of(e)
+        return f"HTTP {status}: {last}"[:300] if status else last[:300]
+    return _first_line(e)
 
 
 def _first_line(e: BaseException) -> str:
@@ -70,7 +194,10 @@ def _first_line(e: BaseException) -> str:
 
 def _is_auth_refusal(text: str) -> bool:
     low = text.lower()
-    return "401" in low or "403" in low or "unauthorized" in low or "token" in low or "authenticat" in low
+    return bool(re.search(r"\b40[13]\b", low)) or any(w in low for w in ("unauthorized", "token", "authenticat"))
+
+
+# ----------------------------------------------------------------------------- what a job is
 
 
 def entrypoint(job: str, target: str, overrides: list[str]) -> str:
@@ -100,33 +227,67 @@ def runtime_env(pip: list[str] | None = None) -> dict[str, Any]:
     return out
 
 
+NONCE_KEY = "genray.submission"  # metadata: which `genray submit` made the job
+
+
+def new_submission_id() -> str:
+    # The shape Ray gives an id it picks itself; picked here so that every retry carries the same one.
+    return "raysubmit_" + "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(16))
+
+
+# ----------------------------------------------------------------------------- submit and follow
+
+
 def submit(job: str, target: str, *, overrides: list[str], address: str | None, follow: bool,
            name: str | None = None, pip: list[str] | None = None, say=print) -> int:
     address = address_of(address)
     command = entrypoint(job, target, overrides)
-    c = client(address)
+    c = client(address, "genray submit")
+    env = runtime_env(pip=pip)
     started = time.perf_counter()
     # Ray logs every file it leaves out of the upload; the summary below says what was sent.
     logging.getLogger("ray").setLevel(logging.ERROR)
-    try:
-        job_id = c.submit_job(entrypoint=command, runtime_env=runtime_env(pip=pip), submission_id=name,
-                              entrypoint_num_cpus=0,
-                              metadata={"genray.job": job, "genray.target": target})
-    except RuntimeError as e:
-        first = _first_line(e)
-        if _is_auth_refusal(first):
-            raise ConfigError(f"--address {address}: the cluster refused this client's token ({first}); "
-                              f"{TOKEN_HINT}") from None
-        raise ConfigError(f"--address {address}: the submission was refused ({first})") from None
+    # A retried submission must not run twice. Every attempt carries the same submission_id (Ray
+    # refuses a second job under one id) and the same nonce in its metadata, so an "already exists"
+    # after a retry whose job carries our nonce is the earlier attempt having got through (its
+    # answer lost with the connection), not someone else's job.
+    submission_id = name or new_submission_id()
+    nonce = secrets.token_hex(8)
+    metadata = {"genray.job": job, "genray.target": target, NONCE_KEY: nonce}
+    attempts = 0
+
+    def attempt() -> str:
+        nonlocal attempts
+        attempts += 1
+        try:
+            return c.submit_job(entrypoint=command, runtime_env=env, submission_id=submission_id,
+                                entrypoint_num_cpus=0, metadata=metadata)
+        except RuntimeError as e:
+            if attempts > 1 and "already exists" in str(e) and _made_by(c, submission_id, nonce):
+                return submission_id
+            raise
+
+    def duplicate(e: Exception) -> ConfigError | None:
+        if isinstance(e, RuntimeError) and "already exists" in str(e):
+            return ConfigError(f"a job with submission id {submission_id!r} already exists on this cluster; "
+                               "pick another --name (genray jobs list shows them)")
+        return None
+
+    job_id = ask("genray submit", address, attempt, explain=duplicate)
     say(f"submitted      {job_id}  ({command})")
     say(f"address        {address}")
     say(f"logs           genray jobs logs {job_id} --address {address}")
     if not follow:
         return 0
-    return follow_job(c, job_id, say=say, started=started)
+    return follow_job(c, job_id, address, say=say, started=started, what="genray submit")
 
 
-def follow_job(c, job_id: str, *, say=print, started: float | None = None) -> int:
+def _made_by(c, submission_id: str, nonce: str) -> bool:
+    return (c.get_job_info(submission_id).metadata or {}).get(NONCE_KEY) == nonce
+
+
+def follow_job(c, job_id: str, address: str, *, say=print, started: float | None = None,
+               what: str = "genray jobs") -> int:
     from ray.job_submission import JobStatus
 
     async def stream() -> None:
@@ -139,11 +300,11 @@ def follow_job(c, job_id: str, *, say=print, started: float | None = None) -> in
     except KeyboardInterrupt:
         say(f"genray: stopped following {job_id}; it goes on (genray jobs stop {job_id})")
         return 130
-    status = c.get_job_status(job_id)
+    status = ask(what, address, lambda: c.get_job_status(job_id))
     while not status.is_terminal():  # the log stream can end a moment before the status does
         time.sleep(0.5)
-        status = c.get_job_status(job_id)
-    info = c.get_job_info(job_id)
+        status = ask(what, address, lambda: c.get_job_status(job_id))
+    info = ask(what, address, lambda: c.get_job_info(job_id))
     took = f" in {time.perf_counter() - started:.0f} s" if started is not None else ""
     if status == JobStatus.SUCCEEDED:
         say(f"job {job_id} succeeded{took}")
@@ -154,9 +315,13 @@ def follow_job(c, job_id: str, *, say=print, started: float | None = None) -> in
     return 130 if status == JobStatus.STOPPED else 1
 
 
+# ----------------------------------------------------------------------------- genray jobs
+
+
 def list_jobs(address: str | None) -> int:
-    c = client(address_of(address))
-    jobs = sorted(c.list_jobs(), key=lambda j: j.start_time or 0)
+    address = address_of(address)
+    c = client(address)
+    jobs = sorted(ask("genray jobs", address, c.list_jobs), key=lambda j: j.start_time or 0)
     rows = [("id", "status", "started", "entrypoint")]
     for j in jobs:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.start_time / 1000)) if j.start_time else "-"
@@ -168,24 +333,28 @@ def list_jobs(address: str | None) -> int:
 
 
 def job_logs(job_id: str, address: str | None, follow: bool) -> int:
-    c = client(address_of(address))
-    _check_job(c, job_id)
+    address = address_of(address)
+    c = client(address)
+    _check_job(c, job_id, address)
     if follow:
-        return follow_job(c, job_id)
-    sys.stdout.write(c.get_job_logs(job_id))
+        return follow_job(c, job_id, address)
+    sys.stdout.write(ask("genray jobs", address, lambda: c.get_job_logs(job_id)))
     return 0
 
 
 def stop_job(job_id: str, address: str | None) -> int:
-    c = client(address_of(address))
-    _check_job(c, job_id)
-    stopped = c.stop_job(job_id)
+    address = address_of(address)
+    c = client(address)
+    _check_job(c, job_id, address)
+    stopped = ask("genray jobs", address, lambda: c.stop_job(job_id))
     print(f"{job_id}: {'stop requested' if stopped else 'already finished'}")
     return 0
 
 
-def _check_job(c, job_id: str) -> None:
-    try:
-        c.get_job_status(job_id)
-    except RuntimeError:
-        raise ConfigError(f"no job {job_id!r} on this cluster (genray jobs list shows them)") from None
+def _check_job(c, job_id: str, address: str) -> None:
+    def missing(e: Exception) -> ConfigError | None:
+        if isinstance(e, RuntimeError) and (_status_of(e) == 404 or "does not exist" in str(e)):
+            return ConfigError(f"no job {job_id!r} on this cluster (genray jobs list shows them)")
+        return None
+
+    ask("genray jobs", address, lambda: c.get_job_status(job_id), explain=missing)

@@ -78,7 +78,11 @@ def mlflow_get(uri: str, path: str, **params) -> dict:
 
 def test_up_starts_three_nodes_and_an_mlflow_server(cluster):
     assert "head + 2 worker nodes" in cluster["up"] and "token" in cluster["up"]
+    # `up` returned once the Jobs API had run a probe job, and deleted it: no job to see yet.
+    assert "3 nodes alive" in cluster["up"] and "the Jobs API ran a probe job" in cluster["up"]
     env = cluster["env"]
+    listed = genray(["jobs", "list"], env, timeout=120)
+    assert listed.returncode == 0 and len(listed.stdout.strip().splitlines()) == 1, listed.stdout  # the header only
     assert env["RAY_ADDRESS"].startswith("http://127.0.0.1:") and env["MLFLOW_TRACKING_URI"].startswith("http://127.0.0.1:")
     with urllib.request.urlopen(env["MLFLOW_TRACKING_URI"] + "/health", timeout=10) as r:
         assert r.status == 200
