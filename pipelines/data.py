@@ -111,9 +111,13 @@ def build_dataset(spec: ExperimentSpec, data: DataSource) -> TrainData:
     # repeated (each copy shuffled differently) until one pass over it is at least
     # MIN_STEPS_PER_PASS steps: starting a pass costs ~2-3 s on 2 cores, longer than a whole
     # epoch of digits. `epoch` in checkpoints counts these passes.
+    read = ray.data.read_parquet(data.train)
+    # Blocks in file order, not in the order their decode tasks finish: a pass's order is then a
+    # function of the seed, which an exact resume needs (docs/ARCHITECTURE.md, "Data order on
+    # resume"). Set on this dataset's own context, so no other Ray Data use in the process changes.
+    read.context.execution_options.preserve_order = True
     base = (
-        ray.data.read_parquet(data.train)
-        .select_columns(data.columns)
+        read.select_columns(data.columns)
         .map_batches(decode_batch, batch_format="numpy", fn_kwargs={**data.decode, "normalize": False})
     )
     if data.info.num_rows * math.prod(data.info.shape) <= MATERIALIZE_MAX_BYTES:

@@ -5,13 +5,15 @@ sample grids to MLflow (rank 0), checkpoints out. It knows a model only through 
 
     setup     build the model (components.models.build), the engine, resume from the latest
               checkpoint Ray Train hands back
-    loop      a fresh run's first batch initialises data-dependent parameters; then per batch:
+    loop      a fresh run's first batch initialises data-dependent parameters; a resumed one
+              skips the batches its interrupted pass already trained on; then per batch:
               reseed, engine.train_step, log every log_every, eval every eval_every (rank 0),
               checkpoint every checkpoint_every (every rank reports)
     teardown  the last metrics, returned to the driver
 """
 from __future__ import annotations
 
+import itertools
 import math
 import shutil
 import sys
@@ -52,7 +54,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
                     settings=StepSettings(max_steps=t.max_steps, grad_accum=t.grad_accum, grad_clip=t.grad_clip,
                                           warmup_steps=t.warmup_steps, min_lr_ratio=t.min_lr_ratio,
                                           ema_decay=t.ema_decay, bf16=use_bf16))
-    epoch = 0
+    epoch = 0  # passes over the training data completed
+    into_epoch = 0  # batches of pass `epoch` trained on (the same count on every rank)
     # After a restart or a rerun: the latest reported checkpoint (Ray Train), or in local mode,
     # which keeps no checkpoints of its own, the latest one this loop wrote itself.
     local_dir = Path(cfg["local_checkpoints"]) if cfg.get("local_checkpoints") else None
@@ -63,8 +66,9 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
         model.load_state_dict(ck.model)
         engine.load_state_dict(ck.optimizer, step=ck.state["step"], ema=ck.ema)
         epoch = ck.state["epoch"]
+        into_epoch = ck.state.get("batches_into_epoch", 0)  # older checkpoints: the pass starts over
         if rank == 0 and cfg.get("echo"):
-            say(f"[{cfg['name']}] resumed from step {engine.step} (epoch {epoch})")
+            say(f"[{cfg['name']}] resumed from step {engine.step} (epoch {epoch}, batch {into_epoch} of it)")
 
     logger = tracking.RunLogger(cfg["uri"], cfg["run_id"]) if rank == 0 else None
     if logger is not None:
@@ -118,6 +122,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
                 state={
                     "step": engine.step,
                     "epoch": epoch,
+                    "batches_into_epoch": into_epoch,
                     "rng": checkpoint.get_rng_state(),
                     "run_name": cfg["name"],
                     "mlflow_run_id": cfg["run_id"],
@@ -143,9 +148,15 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
             local_shuffle_buffer_size=4 * per_worker if cfg["local_shuffle"] else None,
             local_shuffle_seed=step_seed(t.seed, rank, epoch) if cfg["local_shuffle"] else None,
         )
+        # A pass's batches are a function of (seed, pass, workers) (docs/ARCHITECTURE.md, "Data
+        # order on resume"), so a resumed run skips those its checkpoint already trained on, like
+        # accelerate's skip_first_batches, and reads what the uninterrupted run would have read.
+        # Read and dropped, not trained on: the local shuffle buffer must see them to match.
+        batches = itertools.islice(batches, into_epoch, None)
         fetch_start = time.perf_counter()
         for batch in batches:
             data_wait += time.perf_counter() - fetch_start
+            into_epoch += 1
             batch = {k: normalize_images(v) for k, v in batch.items()}  # uint8 pixels -> [-1, 1] on the device
             if engine.step == 0 and resumed is None:
                 engine.initialize(batch)  # data-dependent init, then rank 0's result everywhere
@@ -189,7 +200,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
                 break
             fetch_start = time.perf_counter()
         else:
-            epoch += 1
+            epoch, into_epoch = epoch + 1, 0
 
     # ------------------------------------------------------------------------- teardown
     return {"step": engine.step, "epoch": epoch, **last_eval}

@@ -29,11 +29,17 @@ def build_trainer(spec: ExperimentSpec, data: DataSource, inputs: ModelInputs, *
     """The TorchTrainer for one run. `train_data` is a dataset built beforehand by build_dataset
     (a sweep builds one for all its trials when they share TrainData.key); else one is built.
     scaling.workers = 0 runs the same loop in this process (Ray Train's local mode)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     train_data = train_data or build_dataset(spec, data)
     s = spec.scaling
+    # Train's streaming_split hands each block to the worker with the fewest rows so far: the
+    # same shards every pass and every restart when the blocks arrive in order. Its default
+    # options drop the dataset's preserve_order, and locality hints would let block placement
+    # decide; preserve_order turns both off (docs/ARCHITECTURE.md, "Data order on resume").
+    ingest = DataConfig.default_ingest_options()
+    ingest.preserve_order = True
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -61,6 +67,7 @@ def build_trainer(spec: ExperimentSpec, data: DataSource, inputs: ModelInputs, *
         # NCCL between GPUs, gloo between CPU processes, unless the config says otherwise.
         torch_config=TorchConfig(backend=s.backend if s.backend != "auto" else ("nccl" if s.gpu else "gloo")),
         datasets={"train": train_data.dataset},
+        dataset_config=DataConfig(execution_options=ingest),
         run_config=RunConfig(
             name=name,
             storage_path=storage_path(home),
