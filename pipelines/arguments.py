@@ -81,7 +81,8 @@ def add_eval(p: argparse.ArgumentParser) -> None:
                    help="auto (the dataset's domain classifier, trained once and cached), none, or a classifier directory")
     p.add_argument("--inception", metavar="FILE",
                    help="pytorch-fid Inception-v3 weights for FID (default: $GENRAY_INCEPTION_WEIGHTS; never downloaded)")
-    p.add_argument("--likelihood-rows", type=int, default=500, help="reference images scored for bits/dim")
+    p.add_argument("--likelihood-rows", type=int, default=None,
+                   help="reference rows scored for the likelihood (default: 500 images; every held-out sequence)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed: the same seed draws the same samples")
     p.add_argument("--no-log", action="store_true", help="print only; write nothing to MLflow")
     p.add_argument("--verbose", action="store_true",

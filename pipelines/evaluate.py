@@ -23,6 +23,9 @@ declares and what the data holds:
     "encode"+"decode"  reconstruction MSE and PSNR
     "encode" + factors MIG (Chen et al. 2018) on the factor_* columns; on the built-in `shapes`,
                        the β-VAE metric (Higgins et al. 2017) too, rendering factor pairs itself
+    token sequences    exact bits per token (per character on the built-in text) over every
+                       held-out row, beside a unigram and a bigram fitted on the training split
+                       (components/metrics/ngram.py); samples/s and tokens/s of generation
 
 Results go to a new MLflow evaluation run nested under the model's training run (params: the
 evaluation settings; metrics; a sample grid), and the metrics are copied onto the training run
@@ -32,6 +35,7 @@ collides with an earlier evaluation's params. Caches live under <GENRAY_HOME>/ca
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -42,20 +46,22 @@ import numpy as np
 import torch
 
 from genray.components import checkpoint
-from genray.components.data import image_grid, normalize_images, quantize, shapes
+from genray.components.data import normalize_images, quantize, shapes
+from genray.components.data.show import Rendered, render
 from genray.components.errors import UserError
-from genray.components.metrics import disentanglement, likelihood
+from genray.components.metrics import disentanglement, likelihood, ngram
 from genray.components.metrics.frechet import frechet_distance_features
 from genray.components.metrics.kid import kid
 from genray.components.metrics.precision_recall import precision_recall
 from genray.pipelines import arguments, console, tracking
 from genray.pipelines.config import ConfigError, ExperimentSpec
-from genray.pipelines.data import resolve_data
+from genray.pipelines.data import read_decoded, resolve_data
 from genray.pipelines.env import init_ray, log_path, project_home
 from genray.pipelines.quality import Split, domain_classifier, factor_codes, inception_net, read_split, reference_features
 from genray.pipelines.sampling import parse_overrides, resolve
 
 DEFAULT_NUM_SAMPLES = 2000  # at a few hundred samples FD is mostly noise (see the floor)
+LIKELIHOOD_IMAGES = 500  # reference images scored for bits/dim unless --likelihood-rows says
 KID_SUBSETS, KID_SUBSET_SIZE = 50, 1000
 PR_K = 3  # Kynkäänniemi et al. 2019 use k = 3
 # The β-VAE metric's points: L = 32 pairs each (Higgins et al. use 64), 300 to fit the linear
@@ -73,7 +79,7 @@ class EvalRequest:
     feature_net: str = "auto"  # auto | none | a saved domain-classifier directory
     inception: str | None = None  # Inception-v3 weights file (pytorch-fid's); env GENRAY_INCEPTION_WEIGHTS
     sampling: dict[str, Any] = field(default_factory=dict)  # fields of the model's sampling_settings
-    likelihood_rows: int = 500
+    likelihood_rows: int | None = None  # None: LIKELIHOOD_IMAGES images, or every held-out sequence
     seed: int = 0
     log: bool = True
     parent_run_id: str | None = None  # nest the evaluation run here (a sweep) instead of under the training run
@@ -239,14 +245,15 @@ def generate_chunks(files: dict[str, bytes], chunks: list[tuple[int, int, int]],
         with torch.no_grad():
             x = model.sample(stop - start, generator=gen, **kwargs)
         latencies.append(time.perf_counter() - t0)
-        images[index] = quantize(x)
+        # Images travel as uint8 (a quarter of the bytes); token ids and waveforms as they are.
+        images[index] = quantize(x) if x.is_floating_point() and x.ndim == 4 else x.cpu().numpy()
     return {"images": images, "latencies": latencies}
 
 
 def generate(ckpt_dir: Path, n: int, *, sampling: dict[str, Any], conditions: dict[str, Any], batch_size: int,
              workers: int, seed: int) -> tuple[np.ndarray, dict[str, float]]:
-    """n samples (uint8, (n, C, H, W)) spread over `workers` Ray tasks (1 CPU each), and speed:
-    samples/s over the whole generation and the median latency of one batch."""
+    """n samples spread over `workers` Ray tasks (1 CPU each): images uint8 (n, C, H, W), token
+    ids (n, T); and speed: samples/s over the whole generation and the median latency of one batch."""
     files = {f.name: f.read_bytes() for f in ckpt_dir.iterdir() if f.suffix in (".safetensors", ".json")}
     chunks = [(i, start, min(start + batch_size, n)) for i, start in enumerate(range(0, n, batch_size))]
     started = time.perf_counter()
@@ -287,9 +294,11 @@ def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> Ev
         data = resolve_data(spec, home)
     except (UserError, FileNotFoundError) as e:
         raise ConfigError(f"{request.target}: its training data is not readable here ({e})") from None
+    if data.info.kind.show == "text":
+        return evaluate_sequences(request, target, model, state, data, home=home, uri=uri, say=say)
     if not data.info.kind.is_image:
-        raise ConfigError(f"{request.target}: genray eval scores image models; this one trained on "
-                          f"{data.info.modality} data ({data.train})")
+        raise ConfigError(f"{request.target}: genray eval scores image and token-sequence models; this one "
+                          f"trained on {data.info.modality} data ({data.train})")
     dataset = spec.data.dataset if spec.data.path is None else Path(spec.data.path).stem
     ref_path, floor_path = (data.test, data.train) if request.reference == "test" else (data.train, data.test)
     # A champion registered by a sampling-time sweep carries its winning settings as defaults.
@@ -334,9 +343,10 @@ def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> Ev
                 metrics["class_consistency"] = float((net.predict(fake) == reference.y[conditions["rows"]]).mean())
 
     if "log_prob" in model.capabilities:
-        say(f"bits/dim on {min(request.likelihood_rows, len(reference.x))} {request.reference} images ...")
+        rows = request.likelihood_rows or LIKELIHOOD_IMAGES
+        say(f"bits/dim on {min(rows, len(reference.x))} {request.reference} images ...")
         metrics["bits_per_dim"], params["eval.bits_per_dim_kind"] = bits_per_dim(
-            model, reference.x[: request.likelihood_rows], seed=request.seed)
+            model, reference.x[:rows], seed=request.seed)
     if {"encode", "decode"} <= model.capabilities:
         metrics.update(reconstruction(model, reference.x))
     if "encode" in model.capabilities and reference.factors:
@@ -348,11 +358,15 @@ def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> Ev
             metrics["beta_vae_score"] = shapes_beta_vae_score(model, data.info.shape[0], seed=request.seed)
             params.update({f"eval.beta_vae.{k}": str(v) for k, v in BETA_VAE_POINTS.items()})
 
-    grid = image_grid(fake[:64])
+    return _log(request, target, state, params, metrics, render(fake[:64], data.info), uri=uri, home=home)
+
+
+def _log(request: EvalRequest, target: Target, state: dict[str, Any], params: dict[str, str],
+         metrics: dict[str, float], shown: Rendered, *, uri: str, home: Path) -> EvalOutcome:
     eval_run_id = None
     if request.log:
         eval_run_id = tracking.log_evaluation(uri, home, target.training_run_id, label=target.label, params=params,
-                                              metrics=metrics, step=int(state.get("step") or 0), grid=grid,
+                                              metrics=metrics, step=int(state.get("step") or 0), shown=shown,
                                               tags={"genray.eval.model_name": target.model_name or "",
                                                     "genray.eval.model_version": target.model_version or "",
                                                     **request.tags},
@@ -360,9 +374,62 @@ def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> Ev
     return EvalOutcome(metrics, params, eval_run_id, target.training_run_id, uri)
 
 
+def evaluate_sequences(request: EvalRequest, target: Target, model, state: dict[str, Any], data, *, home: Path,
+                       uri: str, say) -> EvalOutcome:
+    """Token sequences (GPT): the exact held-out bits per token beside a unigram and a bigram
+    fitted on the other split (components/metrics/ngram.py), and generation speed in samples/s
+    and tokens/s. Characters are tokens for the built-in text, so bits/token is bits/char there."""
+    info = data.info
+    ref_path, fit_path = (data.test, data.train) if request.reference == "test" else (data.train, data.test)
+    columns = [c for c in ("tokens", "label") if c in info.columns]
+    reference = read_decoded(ref_path, columns, info.modality, info.shape, request.likelihood_rows)
+    fit = read_decoded(fit_path, ["tokens"], info.modality, info.shape)["x"]
+    settings = sampling_settings(model, request.sampling, state.get("sampling_defaults"))
+    sampling = settings.model_dump(exclude_unset=True)
+    conditions = {"y": np.arange(request.num_samples) % model.num_classes} if model.conditioning == "class" else {}
+    unit = "char" if info.vocab and all(len(t) == 1 for t in info.vocab) else "token"
+    params = {
+        "eval.target": request.target,
+        "eval.checkpoint_step": str(state.get("step")),
+        "eval.num_samples": str(request.num_samples),
+        "eval.reference_split": request.reference,
+        "eval.reference_rows": str(len(reference["x"])),
+        "eval.reference_tokens": str(reference["x"].size),
+        "eval.token_unit": unit,
+        "eval.bits_per_token_kind": likelihood.likelihood_of(model)[1],
+        "eval.ngram_alpha": str(ngram.ALPHA),
+        "eval.workers": str(request.workers),
+        "eval.batch_size": str(request.batch_size),
+        "eval.seed": str(request.seed),
+        **{f"eval.sampling.{k}": str(v) for k, v in settings.model_dump().items()},
+    }
+    say(f"bits/{unit} on {len(reference['x'])} {request.reference} sequences ({reference['x'].size} {unit}s) ...")
+    metrics = {"bits_per_token": sequence_bits(model, reference, batch_size=request.batch_size)}
+    base = ngram.ngram_baselines(fit, reference["x"], len(info.vocab))
+    metrics.update(unigram_bits_per_token=base.unigram_bits, bigram_bits_per_token=base.bigram_bits)
+
+    say(f"generating {request.num_samples} samples on {request.workers or 'no'} Ray worker(s) ...")
+    fake, speed = generate(target.checkpoint, request.num_samples, sampling=sampling, conditions=conditions,
+                           batch_size=request.batch_size, workers=request.workers, seed=request.seed)
+    metrics.update(speed, tokens_per_s=speed["samples_per_s"] * fake.shape[1])
+    return _log(request, target, state, params, metrics, render(fake[:64], info), uri=uri, home=home)
+
+
+def sequence_bits(model, split: dict[str, np.ndarray], *, batch_size: int) -> float:
+    """The model's exact bits per token over every token of the split's rows."""
+    x = torch.as_tensor(split["x"])
+    y = torch.as_tensor(split["y"]) if "y" in split and model.conditioning == "class" else None
+    nats = 0.0
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            kw = {"y": y[i : i + batch_size]} if y is not None else {}
+            nats -= float(model.log_prob(x[i : i + batch_size], **kw).double().sum())
+    return nats / x.numel() / math.log(2)
+
+
 def _check_request(r: EvalRequest) -> None:
     for name, value, low in (("--num-samples", r.num_samples, 2), ("--batch-size", r.batch_size, 1),
-                             ("--workers", r.workers, 0), ("--likelihood-rows", r.likelihood_rows, 1)):
+                             ("--workers", r.workers, 0), ("--likelihood-rows", r.likelihood_rows or 1, 1)):
         if value < low:
             raise ConfigError(f"{name} must be >= {low}, got {value}")
     if r.reference not in ("test", "train"):
@@ -382,6 +449,9 @@ def print_report(out: EvalOutcome) -> None:
             shown.add(f"{key}_floor")
         if key == "bits_per_dim":
             line += f"   ({out.params.get('eval.bits_per_dim_kind')})"
+        if key == "bits_per_token":
+            line += (f"   ({out.params.get('eval.bits_per_token_kind')}; bits/{out.params.get('eval.token_unit')}; "
+                     f"unigram {m['unigram_bits_per_token']:.4g}, bigram {m['bigram_bits_per_token']:.4g})")
         print(line)
     if out.eval_run_id:
         print(f"\nevaluation run {out.eval_run_id} in {out.tracking_uri}"

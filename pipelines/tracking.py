@@ -18,6 +18,7 @@ import numpy as np
 
 from genray.components.checkpoint import build_model
 from genray.components.data import save_png
+from genray.components.data.show import Rendered
 from genray.components.errors import UserError
 from genray.components.models.protocol import settings_for
 
@@ -95,6 +96,17 @@ class RunLogger:
             self.client.log_artifact(self.run_id, str(path), str(Path(artifact_file).parent))
         if key is not None:
             self.client.log_image(self.run_id, grid, key=key, step=step)
+
+    def samples(self, shown: Rendered, stem: str, *, key: str | None, step: int) -> None:
+        """Samples rendered for their data kind (components/data/show.py) at stem + suffix: a
+        PNG grid (with a key, also an MLflow step image), a text file or a WAV file."""
+        if shown.grid is not None:
+            self.image(shown.grid, stem + shown.suffix, key=key, step=step)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / (Path(stem).name + shown.suffix)
+            path.write_bytes(shown.data)
+            self.client.log_artifact(self.run_id, str(path), str(Path(stem).parent))
 
     def artifacts(self, local_dir: str | Path, artifact_path: str) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
@@ -309,7 +321,7 @@ EVAL_EXPERIMENT = "genray-eval"  # evaluations of models whose training run this
 
 
 def log_evaluation(uri: str, home: Path, training_run_id: str | None, *, label: str, params: dict[str, str],
-                   metrics: dict[str, float], step: int, grid: np.ndarray, tags: dict[str, str],
+                   metrics: dict[str, float], step: int, shown: Rendered, tags: dict[str, str],
                    parent_run_id: str | None = None) -> str:
     """One evaluation as its own MLflow run, nested under the training run when there is one,
     and its metrics copied onto the training run as eval_full/<name> at the checkpoint's step.
@@ -338,8 +350,7 @@ def log_evaluation(uri: str, home: Path, training_run_id: str | None, *, label: 
         client.log_batch(run_id, params=items[i : i + 100])
     finite = {k: float(v) for k, v in metrics.items() if np.isfinite(v)}
     client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in finite.items()])
-    logger = RunLogger(uri, run_id)
-    logger.image(grid, "samples/eval_grid.png")
+    RunLogger(uri, run_id).samples(shown, "samples/eval_samples", key=None, step=step)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "metrics.json"
         path.write_text(json.dumps({"params": params, "metrics": metrics}, indent=2, sort_keys=True))

@@ -77,6 +77,18 @@ def image_grid(x: Any, nrow: int | None = None) -> np.ndarray:
     return grid
 
 
+def png_bytes(u8: np.ndarray) -> bytes:
+    """(H, W, C) uint8 -> PNG bytes (grey for C = 1)."""
+    import io
+
+    from PIL import Image  # lazy: only grid-writing code pays for Pillow
+
+    array = u8[..., 0] if u8.shape[-1] == 1 else u8
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
     """Write an (H, W, 3) or (H, W) uint8 array as a PNG, creating parent directories."""
     from PIL import Image  # lazy: only grid-writing code pays for Pillow

@@ -15,7 +15,7 @@ from torch import nn
 
 from genray.components.data import DatasetInfo
 from genray.components.errors import UserError
-from genray.components.models import dcgan, diffusion, vae
+from genray.components.models import dcgan, diffusion, gpt, vae
 from genray.components.models.refs import ModelRef, ref_arguments
 
 FAMILIES = {
@@ -23,6 +23,7 @@ FAMILIES = {
     "beta_vae": vae.build_beta_vae,
     "dcgan": dcgan.build_dcgan,
     "diffusion": diffusion.build_diffusion,
+    "gpt": gpt.build_gpt,
 }
 
 

@@ -303,10 +303,16 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def log_prob(self, x: Tensor, *, y: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """log P(x | y) of whole sequences, exact, nats per sequence (B,). Dropout is off."""
+        """log P(x | y) of whole sequences, exact, nats per sequence (B,). Dropout is off. A
+        class-conditional model without y gives the marginal under a uniform class prior,
+        log (1/K) sum_k P(x | k): still exact, at K passes."""
         was_training = self.training
         self.eval()
         try:
+            if y is None and self.num_classes:
+                per_class = torch.stack([-token_nll(self.logits(x, torch.full((len(x),), k, device=x.device)), x).sum(1)
+                                         for k in range(self.num_classes)])  # (K, B)
+                return per_class.logsumexp(dim=0) - math.log(self.num_classes)
             return -token_nll(self.logits(x, y), x).sum(dim=1)
         finally:
             self.train(was_training)

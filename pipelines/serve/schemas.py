@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 
-from genray.components.data.images import normalize_images, quantize
+from genray.components.data.images import normalize_images, png_bytes, quantize
 from genray.components.errors import UserError
 from genray.components.models.protocol import settings_for
 from genray.pipelines.serve.spec import Limits
@@ -308,16 +308,6 @@ def settings_key(settings: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------ images in, out
-
-
-def png_bytes(u8: np.ndarray) -> bytes:
-    """(H, W, C) uint8 -> PNG bytes (grey for C = 1)."""
-    from PIL import Image
-
-    array = u8[..., 0] if u8.shape[-1] == 1 else u8
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def decode_png(data: str, field: str, shape: tuple[int, int, int]) -> np.ndarray:

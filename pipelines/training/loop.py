@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from genray.components import checkpoint
-from genray.components.data import DatasetInfo, image_grid, normalize_images
+from genray.components.data import DatasetInfo, normalize_images
+from genray.components.data.show import render
 from genray.components.models import build
 from genray.components.training import Engine, OptimDefaults, StepSettings, step_seed
 from genray.pipelines import tracking
@@ -102,8 +103,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
                 totals.update(quality.score(net))
         model.train()
         for key, samples in grids.items():
-            logger.image(image_grid(samples.float().cpu()), f"samples/step_{engine.step:06d}{'_' + key if key else ''}.png",
-                         key=f"samples{'_' + key if key else ''}", step=engine.step)
+            logger.samples(render(samples.cpu(), data), f"samples/step_{engine.step:06d}{'_' + key if key else ''}",
+                           key=f"samples{'_' + key if key else ''}", step=engine.step)
         scores = {f"eval/{k}": v for k, v in totals.items()}
         logger.metrics(scores, step=engine.step)
         return scores

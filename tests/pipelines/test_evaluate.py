@@ -80,7 +80,7 @@ def test_eval_of_a_run_logs_every_metric_with_its_settings(trained, env_home, di
     history = client.get_metric_history(vae.run_id, "eval_full/fd_digits")
     assert history[-1].value == pytest.approx(m["fd_digits"]) and history[-1].step == 30
     files = [f.path for f in client.list_artifacts(run.info.run_id, "samples")]
-    assert files == ["samples/eval_grid.png"]
+    assert files == ["samples/eval_samples.png"]
     saved = json.loads(open(client.download_artifacts(run.info.run_id, "eval/metrics.json")).read())
     assert saved["metrics"]["fd_digits"] == pytest.approx(m["fd_digits"])
 

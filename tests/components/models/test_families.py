@@ -3,8 +3,9 @@ networks gradients, typed sampling settings, samples in range and reproducible b
 round trip through safetensors after a real engine step.
 
 A new family adds its entry to CASES (builder kwargs for a couple of data shapes; `size` is
-"tiny" unless a case says otherwise; `image_shape`/`num_classes` describe the data the builder
-receives) and, if its batches aren't images, to make_batch.
+"tiny" unless a case says otherwise; `image_shape`/`num_classes`, or `tokens` = (sequence length,
+vocabulary size), describe the data the builder receives) and, if its batches are of a new kind,
+to make_batch.
 """
 import inspect
 import typing
@@ -25,6 +26,7 @@ from genray.components.training.recipe import optimizer_parameters
 DIGITS = {"image_shape": (1, 8, 8), "num_classes": 10}  # sklearn's 8x8 digits
 COLOUR = {"image_shape": (3, 32, 32)}  # CIFAR-shaped, unlabelled
 FAST_DIFFUSION = {"num_timesteps": 50, "num_inference_steps": 4, "vlb_timesteps": 3}
+TEXT = {"tokens": (16, 20)}  # 16-token rows over a 20-symbol vocabulary
 
 CASES = {
     "vae": [DIGITS, COLOUR, {**DIGITS, "decoder_sigma": 0.1}],
@@ -41,8 +43,10 @@ CASES = {
             "models:/ae@champion", "beta_vae", {"size": "tiny", "latent_channels": 4, "latent_downsample": 2},
             DatasetInfo.for_images((3, 32, 32)).to_json())},
     ],
+    "gpt": [TEXT, {**TEXT, "num_classes": 3, "conditioning": "class", "dropout": 0.1},
+            {"tokens": (8, 512), "block_size": 24}],  # a VQ-VAE-sized code vocabulary
 }
-DATA_KEYS = ("image_shape", "num_classes")  # describe the data, which the builder gets as a DatasetInfo
+DATA_KEYS = ("image_shape", "num_classes", "tokens")  # describe the data, which the builder gets as a DatasetInfo
 
 
 PARAMS = [
@@ -53,7 +57,21 @@ PARAMS = [
 
 
 def data_of(kwargs: dict) -> DatasetInfo:
+    if "tokens" in kwargs:
+        seq_len, vocab_size = kwargs["tokens"]
+        vocab = tuple(chr(0x100 + i) for i in range(vocab_size))
+        columns = ("tokens", "label") if kwargs.get("num_classes") else ("tokens",)
+        return DatasetInfo("tokens", (seq_len,), 64, kwargs.get("num_classes", 0), vocab, columns)
     return DatasetInfo.for_images(kwargs["image_shape"], kwargs.get("num_classes", 0))
+
+
+def sample_shape(kwargs: dict) -> tuple[int, ...]:
+    """One example's shape as `sample` returns it: (C, H, W) images, (T,) token ids."""
+    return (kwargs["tokens"][0],) if "tokens" in kwargs else tuple(kwargs["image_shape"])
+
+
+# Each family's first case: data of the kind it trains on.
+NATIVE = {name: data_of(CASES[name][0]) for name in CASES}
 
 
 def build(name: str, kwargs: dict, seed: int = 0):
@@ -76,7 +94,11 @@ def backprop_phases(model):
 
 def make_batch(kwargs: dict, n: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    batch = {"x": torch.rand(n, *kwargs["image_shape"], generator=g) * 2 - 1}
+    if "tokens" in kwargs:
+        seq_len, vocab_size = kwargs["tokens"]
+        batch = {"x": torch.randint(vocab_size, (n, seq_len), generator=g)}
+    else:
+        batch = {"x": torch.rand(n, *kwargs["image_shape"], generator=g) * 2 - 1}
     if kwargs.get("num_classes", 0) > 0:
         batch["y"] = torch.randint(kwargs["num_classes"], (n,), generator=g)
     if kwargs.get("conditioning") == "text":  # byte tokens, zero-padded like encode_captions
@@ -122,11 +144,14 @@ def test_builder_signature_is_a_config(name):
     with pytest.raises(pydantic.ValidationError):
         Config(size="enormous")
     # The pipeline's path: validated config + data arguments -> a model.
-    model = builder(data=DatasetInfo.for_images((1, 8, 8), 10), **{**defaults.model_dump(), "size": "tiny"})
+    model = builder(data=NATIVE[name], **{**defaults.model_dump(), "size": "tiny"})
     assert isinstance(model, GenerativeModel)
 
 
-@pytest.mark.parametrize("name", sorted(FAMILIES))
+IMAGE_FAMILIES = sorted(n for n in FAMILIES if n in CASES and NATIVE[n].kind.is_image)
+
+
+@pytest.mark.parametrize("name", IMAGE_FAMILIES)
 @pytest.mark.parametrize("image_shape", [(1, 12, 12), (1, 4, 4), (3, 32, 24)])
 def test_unsupported_image_shape_is_explained(name, image_shape):
     with pytest.raises(ValueError, match="image"):
@@ -134,10 +159,14 @@ def test_unsupported_image_shape_is_explained(name, image_shape):
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
-def test_data_that_are_not_images_are_explained(name):
-    tokens = DatasetInfo("tokens", (16,), 10, 0, ("a", "b"), ("tokens",))
-    with pytest.raises(ValueError, match="image"):
-        FAMILIES[name](data=tokens, size="tiny")
+def test_data_of_another_kind_are_explained(name):
+    """Every family names the kind of data it trains on when handed another kind."""
+    if NATIVE[name].kind.is_image:
+        other, wanted = DatasetInfo("tokens", (16,), 10, 0, ("a", "b"), ("tokens",)), "image"
+    else:
+        other, wanted = DatasetInfo.for_images((1, 8, 8), 10), NATIVE[name].modality
+    with pytest.raises(ValueError, match=wanted):
+        FAMILIES[name](data=other, size="tiny")
 
 
 @pytest.mark.parametrize("name, kwargs", PARAMS)
@@ -159,7 +188,7 @@ def test_protocol(name, kwargs):
         model.sampling_settings(no_such_setting=1)
     assert model.sampling_cost(settings) >= 1
     grids = model.eval_samples(4, generator_seed=0, batch=make_batch(kwargs))
-    assert grids and all(g.shape == (4, *kwargs["image_shape"]) for g in grids.values())
+    assert grids and all(g.shape == (4, *sample_shape(kwargs)) for g in grids.values())
 
 @pytest.mark.parametrize("name, kwargs", PARAMS)
 def test_every_phase_gives_every_parameter_a_gradient(name, kwargs):
@@ -199,9 +228,12 @@ def test_sample_shape_range_and_seed(name, kwargs):
     a = model.sample(n, generator=torch.Generator().manual_seed(1))
     b = model.sample(n, generator=torch.Generator().manual_seed(1))
     c = model.sample(n, generator=torch.Generator().manual_seed(2))
-    assert a.shape == (n, *kwargs["image_shape"])
-    assert a.dtype == torch.float32 and torch.isfinite(a).all()
-    assert a.min() >= -1 and a.max() <= 1
+    assert a.shape == (n, *sample_shape(kwargs))
+    if "tokens" in kwargs:  # token ids into the vocabulary
+        assert a.dtype == torch.int64 and a.min() >= 0 and a.max() < kwargs["tokens"][1]
+    else:
+        assert a.dtype == torch.float32 and torch.isfinite(a).all()
+        assert a.min() >= -1 and a.max() <= 1
     assert torch.equal(a, b), "same seed must give the same samples"
     assert not torch.allclose(a, c), "different seeds must give different samples"
 

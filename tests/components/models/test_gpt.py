@@ -102,6 +102,14 @@ def test_class_condition_reaches_the_first_position():
         model.sample(2, y=torch.tensor([0, 3]))
 
 
+def test_log_prob_without_a_class_is_the_uniform_mixture_over_classes():
+    model = tiny_gpt(conditioning="class", num_classes=3)
+    x = torch.randint(16, (2, 16), generator=seed())
+    per_class = torch.stack([model.log_prob(x, y=torch.full((2,), k)) for k in range(3)])  # (K, B)
+    mixture = torch.log(per_class.double().exp().mean(dim=0))  # log (1/K) sum_k P(x | k), directly
+    assert torch.allclose(model.log_prob(x).double(), mixture, atol=1e-4)
+
+
 def test_weight_tying_the_output_layer_is_the_token_embedding():
     model = tiny_gpt(block_size=24)  # so the position table is not (V, D) too
     # One (V, D) matrix in the whole model: the head has no weight of its own, so the state dict
