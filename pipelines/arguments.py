@@ -174,14 +174,17 @@ def add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", metavar="MODEL",
                    help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID or a checkpoint directory")
     p.add_argument("-n", "--num-samples", type=int, default=64, help="how many samples (default 64)")
-    p.add_argument("-o", "--out", type=Path, default=Path("samples.png"),
-                   help="where to write them: a .png grid for image models (default samples.png)")
+    p.add_argument("-o", "--out", type=Path, default=None,
+                   help="where to write them: a .png grid for image models (default samples.png), a .txt file "
+                        "for text models (default samples.txt; - streams them to the terminal)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same samples")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a sampling setting of the model, e.g. --set guidance_scale=2 (repeatable; see genray families)")
     p.add_argument("--class-label", type=int, action="append", metavar="K",
                    help="class-conditional models: the class (repeat for one per sample; default: cycle through all)")
-    p.add_argument("--prompt", help="text-conditional models: the prompt")
+    p.add_argument("--prompt", help="text-conditional models: the prompt; text models: the text to continue")
+    p.add_argument("--stop", action="append", metavar="TEXT",
+                   help="text models: end a sample where TEXT first appears (repeatable, at most 4)")
 
 
 ADD: dict[str, Callable[[argparse.ArgumentParser], None]] = {

@@ -90,8 +90,12 @@ def cmd_sample(args) -> int:
     from genray.pipelines import sample
 
     out = sample.sample_to_file(args.target, args.out, n=args.num_samples, seed=args.seed,
-                                overrides=args.overrides, class_labels=args.class_label, prompt=args.prompt)
-    print(f"wrote {out.path}: {out.n} samples of {out.model} ({out.settings})")
+                                overrides=args.overrides, class_labels=args.class_label, prompt=args.prompt,
+                                stop=args.stop)
+    if str(out.path) == "-":  # the samples went to standard output: the summary goes beside them
+        print(f"{out.n} samples of {out.model} ({out.settings})", file=sys.stderr)
+    else:
+        print(f"wrote {out.path}: {out.n} samples of {out.model} ({out.settings})")
     return 0
 
 

@@ -14,14 +14,17 @@ as a PNG grid.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from genray.components import checkpoint
 from genray.components.data import DatasetInfo, image_grid, save_png
+from genray.components.data.show import SEPARATOR
+from genray.components.samplers import text
 from genray.components.errors import UserError
 from genray.pipelines import sampling, tracking
 from genray.pipelines.env import project_home
@@ -93,6 +96,38 @@ class LoadedModel:
             kwargs["prompt"] = prompt
         return kwargs
 
+    # -- text (models with the "generate_text" capability: GPT)
+
+    def generate(self, prompt: str | list[str] = "", n: int | None = None, *, seed: int = 0,
+                 stop: list[str] | None = None, class_labels: list[int] | None = None, **settings: Any) -> list[str]:
+        """The text each prompt continues with (the prompt not repeated), the same for the same
+        seed. prompt: one for every sample, or one per sample; n: how many (default: one per
+        prompt); stop: strings that end a sample where they first appear (not returned)."""
+        out: list[str] | None = None
+        for pieces in self.stream(prompt, n, seed=seed, stop=stop, class_labels=class_labels, **settings):
+            out = pieces if out is None else [o + p for o, p in zip(out, pieces)]
+        return out or []
+
+    def stream(self, prompt: str | list[str] = "", n: int | None = None, *, seed: int = 0,
+               stop: list[str] | None = None, class_labels: list[int] | None = None,
+               **settings: Any) -> Iterator[list[str]]:
+        """`generate` token by token: yields each sample's new text ("" while held back or stopped)."""
+        if "generate_text" not in self.module.capabilities:
+            raise UserError(f"{self.ref} ({self.family}) does not generate text; its samples are shown as "
+                            f"{self.data.kind.show}: use sample()")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        n = len(prompts) if n is None else n
+        if n < 1:
+            raise UserError(f"n: at least one sample, got {n}")
+        if len(prompts) == 1:
+            prompts = prompts * n
+        if len(prompts) != n:
+            raise UserError(f"prompt: give one prompt, or one per sample ({n}); got {len(prompts)}")
+        y = self.conditions(n, class_labels, None).get("y")
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        return text.stream_text(self.module, prompts, self.data.vocab, generator=generator, stop=stop, y=y,
+                                **self.settings(**settings).model_dump())
+
     def save_grid(self, x: torch.Tensor, path: str | Path) -> Path:
         """Image samples as one PNG grid at `path`."""
         path = Path(path)
@@ -127,15 +162,23 @@ class Sampled:
     settings: str
 
 
-def sample_to_file(target: str, out: Path, *, n: int = 64, seed: int = 0, overrides: list[str] | None = None,
-                   class_labels: list[int] | None = None, prompt: str | None = None, home: Path | None = None) -> Sampled:
-    """`genray sample`: n samples of `target` written to `out`."""
+def sample_to_file(target: str, out: Path | None, *, n: int = 64, seed: int = 0, overrides: list[str] | None = None,
+                   class_labels: list[int] | None = None, prompt: str | None = None, stop: list[str] | None = None,
+                   home: Path | None = None) -> Sampled:
+    """`genray sample`: n samples of `target` written to `out` (default samples.png, or
+    samples.txt for a text model; "-" streams a text model's samples to standard output)."""
     if n < 1:
         raise UserError(f"-n: at least one sample, got {n}")
     model = load(target, home=home)
+    if "generate_text" in model.module.capabilities:
+        return _text_to_file(model, target, out or Path("samples.txt"), n=n, seed=seed, overrides=overrides,
+                             class_labels=class_labels, prompt=prompt or "", stop=stop)
+    out = out or Path("samples.png")
+    if stop:
+        raise UserError(f"--stop: {target} does not generate text; stop strings are for text models")
     if model.data.kind.show != "grid":
         raise UserError(f"{target}: its samples are shown as {model.data.kind.show}; genray sample writes image "
-                        "grids so far")
+                        "grids and text so far")
     if out.suffix.lower() != ".png":
         raise UserError(f"-o {out}: image samples are written as a PNG grid; name a .png file")
     given = sampling.parse_overrides(overrides or [], prefix_required=False)
@@ -146,4 +189,37 @@ def sample_to_file(target: str, out: Path, *, n: int = 64, seed: int = 0, overri
         raise UserError(f"-o {out}: no such folder {out.parent}")
     model.save_grid(x, out)
     shown = ", ".join(f"{k}={v}" for k, v in settings.model_dump().items()) or "no settings"
+    return Sampled(out, n, target, shown)
+
+
+def _text_to_file(model: LoadedModel, target: str, out: Path, *, n: int, seed: int, overrides: list[str] | None,
+                  class_labels: list[int] | None, prompt: str, stop: list[str] | None) -> Sampled:
+    """Text samples, each the prompt and what follows it: into a .txt file (separated by a
+    line of dashes), or with -o - onto standard output as they are generated."""
+    to_stdout = str(out) == "-"
+    if not to_stdout and out.suffix.lower() != ".txt":
+        raise UserError(f"-o {out}: text samples are written as a .txt file, or to standard output with -o -")
+    if not to_stdout and not out.parent.is_dir():
+        raise UserError(f"-o {out}: no such folder {out.parent}")
+    given = sampling.parse_overrides(overrides or [], prefix_required=False)
+    settings = sampling.resolve(model.module, given, model.defaults, label="--set ")
+    try:
+        pieces = model.stream(prompt, n, seed=seed, stop=stop, class_labels=class_labels, **settings.model_dump())
+    except UserError as e:  # name the command-line option, not the API's argument
+        raise UserError(f"--{e}" if str(e).startswith(("prompt", "stop")) else str(e)) from None
+    texts = [prompt] * n
+    if to_stdout:
+        # The first sample appears as it is generated; the others (generated alongside) after it.
+        sys.stdout.write(prompt)
+        for step in pieces:
+            sys.stdout.write(step[0])
+            sys.stdout.flush()
+            texts = [t + p for t, p in zip(texts, step)]
+        sys.stdout.write("".join(SEPARATOR + t for t in texts[1:]) + "\n")
+        sys.stdout.flush()
+    else:
+        for step in pieces:
+            texts = [t + p for t, p in zip(texts, step)]
+        out.write_text(SEPARATOR.join(texts) + "\n", encoding="utf-8")
+    shown = ", ".join(f"{k}={v}" for k, v in settings.model_dump().items())
     return Sampled(out, n, target, shown)

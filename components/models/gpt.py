@@ -237,7 +237,7 @@ class GPT(nn.Module):
         self.vocab_size, self.seq_len, self.block_size = vocab_size, seq_len, block_size
         self.num_classes = num_classes
         self.conditioning = "class" if num_classes else "none"
-        self.capabilities = frozenset({"sample", "log_prob"} | ({"condition"} if num_classes else set()))
+        self.capabilities = frozenset({"sample", "log_prob", "generate_text"} | ({"condition"} if num_classes else set()))
         self.sampling_settings = sampling_settings_type(block_size, vocab_size, seq_len)
 
         self.wte = nn.Embedding(vocab_size, dim)  # also the output layer (tied)

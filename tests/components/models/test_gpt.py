@@ -41,7 +41,7 @@ def seed(s: int = 0) -> torch.Generator:
 def test_builder_describes_the_model_and_refuses_images():
     model = tiny_gpt()
     assert isinstance(model, GenerativeModel)
-    assert model.capabilities <= CAPABILITIES and model.capabilities == {"sample", "log_prob"}
+    assert model.capabilities <= CAPABILITIES and model.capabilities == {"sample", "log_prob", "generate_text"}
     assert (model.conditioning, model.num_classes) == ("none", 0)
     assert (model.vocab_size, model.seq_len, model.block_size) == (16, 16, 16)
     assert (model.log_prob_space, model.log_prob_kind) == ("discrete", "exact")
