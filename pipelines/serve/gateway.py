@@ -10,6 +10,8 @@ them to each model's ModelServer and turns what comes back into HTTP.
     POST /v1/models/{name}/decode       latents -> images          (capability "decode")
     POST /v1/models/{name}/interpolate  two images -> a path       (encode and decode)
     POST /v1/models/{name}/log_prob     images -> nats, bits/dim   (capability "log_prob")
+    POST /v1/models/{name}/generate     text models: prompt -> text, JSON or streamed as
+                                        server-sent events           (capability "generate_text")
     GET  /docs, /openapi.json
 
 With an API key (`genray serve --api-key-file FILE`, serve/auth.py), every route but /healthz
@@ -27,13 +29,14 @@ The FastAPI app is built per replica, after the constructor (`__serve_build_asgi
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from ray import serve
 
 from genray.pipelines.serve.auth import BearerAuth, KeyCheck
@@ -41,6 +44,8 @@ from genray.pipelines.serve.schemas import (
     DecodeRequest,
     EncodeResponse,
     ErrorResponse,
+    GenerateRequest,
+    GenerateResponse,
     ImagesOut,
     ImagesRequest,
     InterpolateRequest,
@@ -87,6 +92,42 @@ class Gateway:
             err = result["error"]
             return JSONResponse(status_code=err["status"], content={"detail": err["detail"]})
         return result
+
+    async def generate(self, name: str, body: dict[str, Any]):
+        """Text generation: the model's stream of pieces, collected into one JSON answer, or
+        passed on as server-sent events as they come (body["stream"])."""
+        handle = self.models.get(name)
+        if handle is None:
+            return not_found(name, sorted(self.models))
+        stream = handle.options(stream=True).generate.remote(body)
+        timeout = self.limits.request_timeout_s
+        late = error_response(503, "timeout", f"{name} took over {timeout:g} s (limits.request_timeout_s); ask for "
+                                              "fewer tokens or samples, or retry")
+        try:
+            first = await asyncio.wait_for(stream.__anext__(), timeout)
+        except asyncio.TimeoutError:
+            stream.cancel()
+            return late
+        if "error" in first:
+            return JSONResponse(status_code=first["error"]["status"], content={"detail": first["error"]["detail"]})
+        start = first["start"]
+        headers = {VERSION_HEADER: start["version"]}
+        if body["stream"]:
+            return StreamingResponse(sse_events(start, stream), media_type="text/event-stream",
+                                     headers={**headers, "Cache-Control": "no-cache"})
+
+        async def collect() -> list[str]:
+            texts = ["" for _ in start["prompts"]]
+            async for item in stream:
+                texts = [t + p for t, p in zip(texts, item["pieces"])]
+            return texts
+
+        try:
+            texts = await asyncio.wait_for(collect(), timeout)
+        except asyncio.TimeoutError:
+            stream.cancel()
+            return late
+        return JSONResponse(content=GenerateResponse(**start, texts=texts).model_dump(), headers=headers)
 
     async def versioned(self, name: str, method: str, body: dict[str, Any]):
         result = await self.call(name, method, body)
@@ -150,6 +191,13 @@ def build_fastapi(gateway: Gateway) -> FastAPI:
             return Response(content=result["grid"], media_type="image/png", headers=headers)
         return JSONResponse(content=result, headers=headers)
 
+    @app.post("/v1/models/{name}/generate", responses={
+        200: {"model": GenerateResponse, "content": {"text/event-stream": {}},
+              "description": "JSON, or with stream: true server-sent events: start, token (one per "
+                             "generated piece: {index, text}), done ({texts})"}, **ERRORS})
+    async def generate(name: str, body: GenerateRequest):
+        return await gateway.generate(name, body.model_dump())
+
     @app.post("/v1/models/{name}/encode", responses={200: {"model": EncodeResponse}, **ERRORS})
     async def encode(name: str, body: ImagesRequest):
         return await gateway.versioned(name, "encode", body.model_dump())
@@ -186,6 +234,29 @@ def build_fastapi(gateway: Gateway) -> FastAPI:
         app.add_middleware(BearerAuth, check=gateway.key_check)
     app.add_middleware(InternalErrors)
     return app
+
+
+async def sse_events(start: dict[str, Any], stream) -> AsyncIterator[bytes]:
+    """Server-sent events of one generation: `start` (model, version, settings, prompts), a
+    `token` event per non-empty piece ({"index": sample, "text": piece}), then `done` ({"texts":
+    each sample's whole text}). A failure after the first byte cannot change the status any more:
+    it ends the stream with an `error` event, and the traceback goes to the log."""
+    def event(kind: str, data: Any) -> bytes:
+        return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+
+    yield event("start", start)
+    texts = ["" for _ in start["prompts"]]
+    try:
+        async for item in stream:
+            for i, piece in enumerate(item["pieces"]):
+                if piece:
+                    texts[i] += piece
+                    yield event("token", {"index": i, "text": piece})
+    except Exception:  # noqa: BLE001 (a bug mid-stream: logged, and the client told)
+        logger.exception("generate stream of %s failed", start["model"])
+        yield event("error", {"detail": [{"loc": [], "msg": "internal error while generating", "type": "internal"}]})
+        return
+    yield event("done", {"texts": texts})
 
 
 def not_found(name: str, served: list[str]) -> JSONResponse:

@@ -30,16 +30,18 @@ import asyncio
 import logging
 import math
 import os
-from typing import Any
+from typing import Any, AsyncIterator
 
 import numpy as np
 from ray import serve
 
 from genray.components.data.images import image_grid, to_uint8_image
+from genray.components.data.kinds import get_kind
 from genray.components.errors import UserError
 from genray.components.metrics import likelihood
 from genray.components.models.layers import StackedGenerators
 from genray.components.models.protocol import settings_for
+from genray.components.samplers import text
 from genray.pipelines.serve.registry import Loaded, load_version, serving_version
 from genray.pipelines.serve.schemas import (
     EncodeResponse,
@@ -52,6 +54,7 @@ from genray.pipelines.serve.schemas import (
     decode_png,
     error_body,
     images_payload,
+    parse_generate,
     parse_sample,
     png_bytes,
     sample_parameters,
@@ -70,15 +73,29 @@ def describe(loaded: Loaded, limits: Limits) -> dict[str, Any]:
     model = loaded.model
     caps = sorted(model.capabilities)
     defaults = settings_for(model, {}, loaded.sampling_defaults).model_dump(mode="json")
-    routes = ["sample"]
-    if "encode" in caps:
-        routes.append("encode")
-    if "decode" in caps:
-        routes.append("decode")
-    if {"encode", "decode"} <= set(caps):
-        routes.append("interpolate")
-    if "log_prob" in caps:
-        routes.append("log_prob")
+    data = loaded.state["model"]["data"]
+    images = get_kind(data["modality"]).is_image
+    routes = []
+    if images:  # the image routes take and give pixels
+        routes.append("sample")
+        if "encode" in caps:
+            routes.append("encode")
+        if "decode" in caps:
+            routes.append("decode")
+        if {"encode", "decode"} <= set(caps):
+            routes.append("interpolate")
+        if "log_prob" in caps:
+            routes.append("log_prob")
+    params = sample_parameters(model, defaults, limits)
+    if "generate_text" in caps:
+        routes.append("generate")
+        params = {
+            "prompt": {"type": "string", "max_length": limits.max_prompt_chars, "default": "",
+                       "description": "the text to continue, in the model's vocabulary"},
+            **params, "n": {**params["n"], "default": 1},
+            "stop": {"type": "array", "max_items": text.MAX_STOPS, "default": None,
+                     "description": "strings that end a sample where they first appear (not returned)"},
+        }
     info = {
         "name": loaded.name,
         "version": loaded.version,
@@ -86,11 +103,13 @@ def describe(loaded: Loaded, limits: Limits) -> dict[str, Any]:
         "capabilities": caps,
         "conditioning": model.conditioning,
         "routes": routes,
-        "image_shape": list(model.image_shape),
-        "parameters": sample_parameters(model, defaults, limits),
+        "data": {"kind": data["modality"], "shape": list(data["shape"])},
+        "parameters": params,
         "defaults": defaults,
         "run_id": loaded.run_id,
     }
+    if images:
+        info["image_shape"] = list(model.image_shape)
     if "encode" in caps:
         info["latent_shape"] = list(model.latent_shape)
     if "log_prob" in caps:
@@ -258,6 +277,10 @@ class ModelServer:
     async def sample(self, req: dict[str, Any], grid: bool = False) -> dict[str, Any]:
         loaded, info = self.loaded, self.info
         try:
+            if "sample" not in info["routes"]:
+                raise RequestError(None, f"{self.name} ({loaded.family}) has no sample route: it generates text; "
+                                         "use POST /v1/models/{name}/generate", status=404, loc=["path", "name"],
+                                   routes=info["routes"])
             job = parse_sample(req, loaded, self.limits)
         except UserError as e:
             return error_body(e)
@@ -297,6 +320,38 @@ class ModelServer:
             for k, i in enumerate(idx):
                 out[i] = {**results[k], "version": loaded.version}
         return out
+
+    # -- generate (text models), streamed
+
+    async def generate(self, req: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """A streaming method (the gateway calls it with handle.options(stream=True)): first
+        {"start": {...}} or {"error": ...} for a request the model cannot honour, then
+        {"pieces": [text per sample]} per generated token, the last one after generation ends.
+        Each token is a forward pass on the event loop, so other requests interleave by token."""
+        import torch
+
+        loaded = self.loaded
+        try:
+            self._needs("generate_text", route="generate")
+            job = parse_generate(req, loaded, self.limits)
+            y = torch.tensor(job["y"], dtype=torch.long, device=self.device) if job["y"] is not None else None
+            gen = torch.Generator(device=self.device).manual_seed(job["seed"])
+            try:
+                pieces = text.stream_text(loaded.model, job["prompts"], loaded.state["model"]["data"]["vocab"],
+                                          generator=gen, stop=job["stop"], y=y, **job["settings"])
+            except UserError as e:  # what only the model can tell: prompt + new tokens beyond its context
+                raise RequestError("max_new_tokens", str(e)) from None
+        except UserError as e:
+            yield error_body(e)
+            return
+        yield {"start": {"model": self.name, "version": loaded.version, "family": loaded.family, "n": job["n"],
+                         "seed": job["seed"], "settings": job["settings"], "prompts": job["prompts"]}}
+        try:
+            for step in pieces:
+                yield {"pieces": step}
+                await asyncio.sleep(0)  # let other requests (and a client's disconnect) through between tokens
+        finally:
+            pieces.close()
 
     # -- encode, decode, interpolate, log_prob
 
@@ -380,13 +435,14 @@ class ModelServer:
     def _needs(self, *caps: str, route: str | None = None) -> Loaded:
         """The loaded model, if it has the capabilities a route needs; else a 404 that lists what
         it has."""
-        loaded = self.loaded
+        loaded, info = self.loaded, self.info
+        route = route or caps[0]
         missing = [c for c in caps if c not in loaded.model.capabilities]
-        if missing:
-            raise RequestError(None, f"{self.name} ({loaded.family}) has no {route or missing[0]} route: it lacks "
-                                     f"the {missing[0]!r} capability", status=404,
-                               loc=["path", "name"], capabilities=self.info["capabilities"],
-                               routes=self.info["routes"])
+        if missing or route not in info["routes"]:
+            why = (f"it lacks the {missing[0]!r} capability" if missing
+                   else f"the route takes images and it models {info['data']['kind']} data")
+            raise RequestError(None, f"{self.name} ({loaded.family}) has no {route} route: {why}", status=404,
+                               loc=["path", "name"], capabilities=info["capabilities"], routes=info["routes"])
         return loaded
 
     def _images(self, req: dict[str, Any], loaded: Loaded):

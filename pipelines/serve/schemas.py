@@ -1,13 +1,16 @@
 """The wire format of the HTTP API: request and response bodies, errors, and a model's own
 sampling request, read from the settings the model declares.
 
-    POST /v1/models/{name}/sample   {"n": 4, "seed": 0, "class_label": 3, "<setting>": ..., "format": "png"}
+    POST /v1/models/{name}/sample     {"n": 4, "seed": 0, "class_label": 3, "<setting>": ..., "format": "png"}
+    POST /v1/models/{name}/generate   {"prompt": "def ", "n": 1, "seed": 0, "stop": ["\\n\\n"], "stream": true,
+                                       "<setting>": ...}      text models
 
 n, seed, format and the condition (class_label or prompt, as `model.conditioning` says) are
 every model's; the other fields are the model's sampling settings (`model.sampling_settings`, a
 pydantic model: components/models/protocol.py), validated by it with the checkpoint's sampling
 defaults in between. What a sample call may cost is the model's own count
-(`model.sampling_cost`), held to limits.max_steps. Serve names no setting of any family.
+(`model.sampling_cost`), held to limits.max_steps (limits.max_new_tokens for a text model).
+Serve names no setting of any family.
 
 Errors look like FastAPI's own 422: {"detail": [{"loc": ["body", FIELD], "msg": ..., "type": ...}]}.
 """
@@ -47,6 +50,21 @@ class SampleRequest(BaseModel):
         None, description="class-conditional models: one label for all, or one per sample")
     prompt: str | None = Field(None, description="text-conditional models")
     format: Literal["png", "array"] = Field("png", description="base64 PNGs, or float arrays in [-1, 1]")
+
+
+class GenerateRequest(BaseModel):
+    """Text models (capability generate_text): continue a prompt. Every field beyond these is one
+    of the model's sampling settings (max_new_tokens, temperature, top_k, top_p, ...)."""
+
+    model_config = ConfigDict(extra="allow")
+    prompt: str | list[str] = Field("", description="the text to continue: one for all samples, or one per sample")
+    n: int = Field(1, ge=1, description="samples to generate (at most limits.max_n)")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="same seed, same text")
+    stop: list[str] | None = Field(None, description="up to 4 strings that end a sample where they first appear "
+                                                     "(not returned)")
+    stream: bool = Field(False, description="server-sent events, one per generated piece, then event: done")
+    class_label: int | list[int] | None = Field(
+        None, description="class-conditional models: one label for all, or one per sample")
 
 
 class ImagesRequest(BaseModel):
@@ -90,6 +108,15 @@ class SampleResponse(ImagesOut):
     seed: int
     settings: dict[str, Any] = Field(description="the sampling settings used, defaults filled in")
     batch_requests: int = Field(description="requests that shared this forward pass")
+
+
+class GenerateResponse(Served):
+    family: str
+    n: int
+    seed: int
+    settings: dict[str, Any] = Field(description="the sampling settings used, defaults filled in")
+    prompts: list[str]
+    texts: list[str] = Field(description="what each prompt continues with (the prompt not repeated)")
 
 
 class InterpolateResponse(ImagesOut):
@@ -156,7 +183,7 @@ def sample_parameters(model, defaults: dict[str, Any], limits: Limits) -> dict[s
     the model takes, then its sampling settings as its settings schema describes them (type,
     min, max, choices, default, description), `defaults` being the settings a request without
     them gets. An integer setting whose cost grows with it gets the largest value that fits
-    limits.max_steps as its max."""
+    the cost limit (cost_limit) as its max."""
     params: dict[str, dict[str, Any]] = {
         "n": {"type": "integer", "min": 1, "max": limits.max_n, "default": 4},
         "seed": {"type": "integer", "min": 0, "default": 0},
@@ -171,7 +198,8 @@ def sample_parameters(model, defaults: dict[str, Any], limits: Limits) -> dict[s
     for name, prop in schema.get("properties", {}).items():
         param = {**describe_field(prop, defs), "default": defaults.get(name)}
         if param["type"] == "integer":
-            top = _max_within_cost(model, name, param.get("min", 0), param.get("max"), defaults, limits.max_steps)
+            top = _max_within_cost(model, name, param.get("min", 0), param.get("max"), defaults,
+                                   cost_limit(model, limits)[0])
             if top is not None:
                 param["max"] = top
         params[name] = param
@@ -260,12 +288,54 @@ def parse_sample(req: dict[str, Any], loaded, limits: Limits) -> dict[str, Any]:
     except ValidationError as e:
         raise RequestError.from_validation(e) from None
     cost = model.sampling_cost(settings)
-    if cost > limits.max_steps:
-        field = _costly_field(model, settings_given, loaded.sampling_defaults, limits.max_steps)
+    limit, limit_name = cost_limit(model, limits)
+    if cost > limit:
+        field = _costly_field(model, settings_given, loaded.sampling_defaults, limit)
         what = f"{field}={settings_given[field]!r}" if field else "this model's default settings"
         raise RequestError(field, f"{what}: one sample call would make {cost} network evaluations; at most "
-                                  f"{limits.max_steps} (limits.max_steps): ask for fewer steps")
+                                  f"{limit} (limits.{limit_name}): ask for fewer steps")
     return {"n": n, "seed": req["seed"], "settings": settings.model_dump(), "conditions": conditions}
+
+
+def cost_limit(model, limits: Limits) -> tuple[int, str]:
+    """The most network evaluations one call may make, and the limit's name: tokens for a text
+    model (each a one-position pass through the KV cache), steps for the others."""
+    if "generate_text" in model.capabilities:
+        return limits.max_new_tokens, "max_new_tokens"
+    return limits.max_steps, "max_steps"
+
+
+def parse_generate(req: dict[str, Any], loaded, limits: Limits) -> dict[str, Any]:
+    """A /generate body -> a text job {n, seed, settings, prompts, stop, y}: the settings,
+    n and class labels checked as a sample request's are, then the prompts (count, length, each
+    character in the model's vocabulary) and the stop strings. Raises RequestError naming the
+    field."""
+    from genray.components.samplers import text
+
+    rest = {k: v for k, v in req.items() if k not in ("prompt", "stop", "stream")}
+    job = parse_sample({**rest, "format": "png"}, loaded, limits)
+    n = job["n"]
+    prompts = [req["prompt"]] if isinstance(req["prompt"], str) else list(req["prompt"])
+    if len(prompts) == 1:
+        prompts = prompts * n
+    if len(prompts) != n:
+        raise RequestError("prompt", f"{len(prompts)} prompts for n={n} samples; give one, or one per sample")
+    vocab = loaded.state["model"]["data"].get("vocab") or []
+    for i, p in enumerate(prompts):
+        where = "prompt" if isinstance(req["prompt"], str) else f"prompt[{i}]"
+        if len(p) > limits.max_prompt_chars:
+            raise RequestError("prompt", f"{where} has {len(p)} characters; at most {limits.max_prompt_chars} "
+                                         "(limits.max_prompt_chars)")
+        try:
+            text.encode_prompt(p, vocab, field_name=where)
+        except UserError as e:
+            raise RequestError("prompt", str(e)) from None
+    try:
+        stop = text.check_stops(req.get("stop"))
+    except UserError as e:
+        raise RequestError("stop", str(e)) from None
+    return {"n": n, "seed": job["seed"], "settings": job["settings"], "prompts": prompts, "stop": list(stop),
+            "y": job["conditions"].get("y")}
 
 
 def _conditions(req: dict[str, Any], model, limits: Limits) -> dict[str, Any]:

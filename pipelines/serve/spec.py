@@ -25,6 +25,9 @@ class Limits(BaseModel):
     # Network evaluations one sample call may make, as the model counts them
     # (model.sampling_cost): the steps of an iterative method, 1 for a one-shot generator.
     max_steps: int = Field(100, ge=1, le=10_000)
+    # Text models: tokens one generate call may add (each a cached forward pass of one position,
+    # far cheaper than an image model's step, so counted apart from max_steps).
+    max_new_tokens: int = Field(512, ge=1, le=100_000)
     max_images: int = Field(16, ge=1, le=1024)  # images or latents in one encode/decode/log_prob
     max_interpolation_steps: int = Field(16, ge=2, le=256)
     max_prompt_chars: int = Field(256, ge=1, le=10_000)

@@ -35,8 +35,10 @@ from genray.pipelines import cli, serve, tracking
 
 pytestmark = pytest.mark.integration
 
-LIMITS = {"max_n": 8, "max_steps": 20, "max_images": 4, "max_interpolation_steps": 6, "max_prompt_chars": 32,
-          "max_body_bytes": 200_000, "request_timeout_s": 60}
+LIMITS = {"max_n": 8, "max_steps": 20, "max_new_tokens": 16, "max_images": 4, "max_interpolation_steps": 6,
+          "max_prompt_chars": 32, "max_body_bytes": 200_000, "request_timeout_s": 60}
+VOCAB = tuple("abcdefghij \n")
+TEXT = DatasetInfo("tokens", (12,), 100, 0, VOCAB, ("tokens",))  # 12-character rows
 MODELS = {  # name -> (family, data and model arguments)
     "vae-t": ("vae", {}),
     "gan-t": ("dcgan", {"num_classes": 10, "conditional": True}),
@@ -44,14 +46,17 @@ MODELS = {  # name -> (family, data and model arguments)
                              "num_inference_steps": 5}),
     "text-t": ("diffusion", {"conditioning": "text", "text_len": 16, "num_timesteps": 50,
                              "num_inference_steps": 3, "guidance_scale": 2.0}),
+    "gpt-t": ("gpt", {"data": TEXT, "block_size": 32}),
 }
+IMAGE_MODELS = sorted(n for n, (family, _) in MODELS.items() if family != "gpt")
 
 
 def register_tiny(uri: str, home: Path, name: str, family: str, *, seed: int = 0, alias: str | None = "champion",
-                  image_shape=(1, 8, 8), num_classes: int = 0, **args) -> str:
-    """An untrained tiny model of `family`, saved as training saves one and registered."""
+                  image_shape=(1, 8, 8), num_classes: int = 0, data: DatasetInfo | None = None, **args) -> str:
+    """An untrained tiny model of `family` (on 8x8 images unless `data` says otherwise), saved
+    as training saves one and registered."""
     torch.manual_seed(seed)
-    data = DatasetInfo.for_images(image_shape, num_classes)
+    data = data or DatasetInfo.for_images(image_shape, num_classes)
     args = {"size": "tiny", **args}
     model = build(family, args, data)
     with torch.no_grad():  # untrained nets start with zeroed output layers: give every weight a say
@@ -137,12 +142,19 @@ def test_models_lists_each_family_with_its_capabilities_parameters_and_version(s
     assert diff["parameters"]["num_inference_steps"]["max"] == LIMITS["max_steps"]
     assert all(m["version"] == "1" for m in listed.values())
     assert c.get("/v1/models/diff-t").json() == diff
+    gpt = listed["gpt-t"]
+    assert gpt["routes"] == ["generate"] and gpt["data"] == {"kind": "tokens", "shape": [12]}
+    assert "image_shape" not in gpt and vae["image_shape"] == [1, 8, 8]
+    assert {"prompt", "n", "seed", "stop", "max_new_tokens", "temperature", "top_k", "top_p"} == set(gpt["parameters"])
+    assert gpt["parameters"]["max_new_tokens"]["max"] == LIMITS["max_new_tokens"]  # the limit, below the block (32)
+    assert gpt["defaults"] == {"max_new_tokens": 12, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
     assert c.get("/docs").status_code == 200
     paths = c.get("/openapi.json").json()["paths"]
-    assert {"/v1/models/{name}/sample", "/v1/models/{name}/encode", "/v1/models/{name}/log_prob"} <= set(paths)
+    assert {"/v1/models/{name}/sample", "/v1/models/{name}/encode", "/v1/models/{name}/log_prob",
+            "/v1/models/{name}/generate"} <= set(paths)
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", IMAGE_MODELS)
 def test_sample_same_seed_same_image_bytes(served, name):
     c = served["client"]
     first = c.post(f"/v1/models/{name}/sample", json={"n": 3, "seed": 7})
@@ -203,6 +215,74 @@ def test_encode_decode_interpolate_and_log_prob(served):
     by_array = c.post("/v1/models/vae-t/log_prob", json={"arrays": arrays, "seed": 0}).json()["bits_per_dim"]
     by_png = c.post("/v1/models/vae-t/log_prob", json={"images": images[:1], "seed": 0}).json()["bits_per_dim"]
     assert by_array == pytest.approx(by_png)
+
+
+def sse(response) -> list[tuple[str, dict]]:
+    """(event, data) of each server-sent event in a response body."""
+    out = []
+    for block in response.text.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        out.append((lines["event"], json.loads(lines["data"])))
+    return out
+
+
+def test_generate_text_by_seed_streamed_or_whole(served):
+    c = served["client"]
+    body = {"prompt": "ab", "n": 3, "seed": 5, "temperature": 1.5}
+    first = c.post("/v1/models/gpt-t/generate", json=body)
+    assert first.status_code == 200, first.text
+    out = first.json()
+    assert first.headers["x-genray-model-version"] == out["version"] == "1"
+    assert out["prompts"] == ["ab"] * 3 and out["settings"]["temperature"] == 1.5 and out["settings"]["max_new_tokens"] == 12
+    assert all(len(t) == 12 and set(t) <= set(VOCAB) for t in out["texts"])
+    assert len(set(out["texts"])) > 1  # one seed, three different rows
+    assert c.post("/v1/models/gpt-t/generate", json=body).json()["texts"] == out["texts"]
+    assert c.post("/v1/models/gpt-t/generate", json={**body, "seed": 6}).json()["texts"] != out["texts"]
+
+    streamed = c.post("/v1/models/gpt-t/generate", json={**body, "stream": True})
+    assert streamed.status_code == 200 and streamed.headers["content-type"].startswith("text/event-stream")
+    events = sse(streamed)
+    assert events[0][0] == "start" and events[0][1]["version"] == "1" and events[-1][0] == "done"
+    tokens = [d for kind, d in events if kind == "token"]
+    assert len(tokens) >= 12  # piece by piece, not one block
+    assert ["".join(d["text"] for d in tokens if d["index"] == i) for i in range(3)] == out["texts"]
+    assert events[-1][1]["texts"] == out["texts"]
+
+    # A stop string ends each text where it first appears, and is not returned.
+    stop = out["texts"][0][4:6]
+    cut = c.post("/v1/models/gpt-t/generate", json={**body, "stop": [stop]}).json()["texts"]
+    assert cut[0] == out["texts"][0][: out["texts"][0].index(stop)]
+    assert all(stop not in t for t in cut)
+
+
+@pytest.mark.parametrize("body, field, message", [
+    ({"prompt": "abz"}, "prompt", "character 'z' (position 2) is not in the model's vocabulary"),
+    ({"prompt": ["a", "b"], "n": 3}, "prompt", "2 prompts for n=3"),
+    ({"prompt": "a" * 33}, "prompt", "at most 32"),
+    ({"max_new_tokens": 20}, "max_new_tokens", "limits.max_new_tokens"),
+    ({"max_new_tokens": 40}, "max_new_tokens", "less than or equal to 32"),
+    ({"prompt": "a" * 25, "max_new_tokens": 12}, "max_new_tokens", "block size 32"),
+    ({"top_p": 0}, "top_p", "greater than 0"),
+    ({"top_p": 1.5}, "top_p", "less than or equal to 1"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4 stop strings"),
+    ({"stop": [""]}, "stop", "1 to 32 characters"),
+    ({"n": 9}, "n", "limits.max_n"),
+    ({"guidance_scale": 2}, "guidance_scale", "does not take guidance_scale"),
+])
+def test_bad_generate_requests_get_422_naming_the_field(served, body, field, message):
+    for stream in (False, True):  # refused before any event is sent
+        r = served["client"].post("/v1/models/gpt-t/generate", json={**body, "stream": stream})
+        assert r.status_code == 422, r.text
+        assert detail_field(r) == field and message in r.json()["detail"][0]["msg"], r.text
+
+
+def test_text_and_image_routes_stay_apart(served):
+    c = served["client"]
+    for route, body in (("sample", {"n": 1}), ("log_prob", {"arrays": [[[[0.0] * 8] * 8]]})):
+        r = c.post(f"/v1/models/gpt-t/{route}", json=body)
+        assert r.status_code == 404 and r.json()["detail"][0]["routes"] == ["generate"], r.text
+    r = c.post("/v1/models/vae-t/generate", json={"prompt": "a"})
+    assert r.status_code == 404 and "generate_text" in r.json()["detail"][0]["msg"]
 
 
 def test_routes_a_model_lacks_answer_404_with_its_capabilities(served):
@@ -564,9 +644,12 @@ def test_fuzzed_bodies_never_get_a_5xx(served):
         "latents": st.one_of(st.lists(st.lists(st.floats(-3, 3), min_size=16, max_size=16), max_size=5), anything),
         "a": png, "b": png, "steps": st.one_of(st.integers(-1, 8), anything),
         "method": st.sampled_from(["linear", "slerp", "cubic"]),
+        "stop": st.one_of(st.lists(st.text(max_size=6), max_size=5), anything), "stream": st.booleans(),
+        "max_new_tokens": st.one_of(st.integers(-1, 40), anything), "top_k": st.one_of(st.integers(-1, 14), anything),
+        "top_p": st.one_of(st.floats(-0.5, 1.5), anything),
     }
     body = st.one_of(st.fixed_dictionaries({}, optional=fields), anything)
-    route = st.sampled_from(["sample", "sample", "sample", "encode", "decode", "interpolate", "log_prob"])
+    route = st.sampled_from(["sample", "sample", "sample", "encode", "decode", "interpolate", "log_prob", "generate"])
     model = st.sampled_from([*MODELS, "missing"])
 
     @settings(max_examples=520, deadline=None, derandomize=True, database=None,
@@ -801,6 +884,19 @@ def test_the_gallery_asks_for_the_key_once_and_shows_samples_in_headless_chromiu
             "return [localStorage.length, sessionStorage.length, document.cookie, "
             "document.getElementById('api-key').value]") == [0, 0, "", ""]
         assert API_KEY not in driver.page_source
+
+        # A text model: the prompt box, Generate, and the text streamed into its sample's box.
+        Select(driver.find_element(By.ID, "model")).select_by_value("gpt-t")
+        wait.until(lambda d: d.find_element(By.ID, "go").text == "Generate")
+        n = driver.find_element(By.ID, "p-n")
+        n.clear()
+        n.send_keys("2")
+        driver.find_element(By.ID, "p-prompt").send_keys("abc")
+        driver.find_element(By.ID, "go").click()
+        wait.until(lambda d: "2 samples from gpt-t" in d.find_element(By.ID, "status").text)
+        shown = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#samples pre.text-sample")]
+        expected = served["client"].post("/v1/models/gpt-t/generate", json={"prompt": "abc", "n": 2}).json()["texts"]
+        assert [s.rstrip() for s in shown] == [("abc" + t).rstrip() for t in expected]
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
