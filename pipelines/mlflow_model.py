@@ -10,6 +10,10 @@ predict params: the model's sampling settings (the fields of its `sampling_setti
     registered signature lists them; `mlflow models predict/serve` pass them as params too
 predict output: float32 array (n, C, H, W) in [-1, 1]
 
+Text models (capability "generate_text", GPT) take "prompt" as the text to continue (one for
+every sample) and "stop" (strings that end a sample where they first appear) and return the n
+continuations as a list of strings, the prompt not repeated.
+
 Sampling settings left out of a request take the checkpoint's `sampling_defaults` (state.json;
 written when `genray tune` registers a sampling-time sweep's winner), then the model's own. An
 unknown setting or a value out of range is a UserError naming sampling.KEY and what is allowed.
@@ -23,6 +27,7 @@ from mlflow.pyfunc import PythonModel
 
 from genray.components.checkpoint import build_model
 from genray.components.errors import UserError
+from genray.components.samplers import text
 from genray.pipelines.sampling import resolve
 
 # The request key that carries each kind of condition.
@@ -37,6 +42,8 @@ class GenrayModel(PythonModel):
         request = {k: v for k, v in _first_row(model_input).items() if v is not None}
         n = int(request.pop("n", 1))
         generator = torch.Generator().manual_seed(int(request.pop("seed", 0)))
+        if "generate_text" in self.model.capabilities:
+            return self._generate(n, generator, request, params)
         condition = CONDITION_KEYS.get(self.model.conditioning)
         kwargs = {}
         for key in CONDITION_KEYS.values():
@@ -51,6 +58,19 @@ class GenrayModel(PythonModel):
         settings = resolve(self.model, {**request, **(params or {})}, self.state.get("sampling_defaults"))
         kwargs.update(settings.model_dump())
         return self.model.sample(n, generator=generator, **kwargs).float().cpu().numpy()
+
+
+    def _generate(self, n: int, generator: torch.Generator, request: dict, params: dict | None) -> list[str]:
+        prompt = str(request.pop("prompt", ""))
+        stop = request.pop("stop", None)
+        y = request.pop("y", None)
+        if y is not None and self.model.conditioning != "class":
+            raise UserError(f"y: this model takes no 'y' (its conditioning is {self.model.conditioning!r})")
+        if y is not None:
+            y = torch.as_tensor(np.asarray(y), dtype=torch.long)
+        settings = resolve(self.model, {**request, **(params or {})}, self.state.get("sampling_defaults"))
+        return text.generate_text(self.model, [prompt] * n, self.state["model"]["data"]["vocab"], generator=generator,
+                                  stop=None if stop is None else [str(s) for s in stop], y=y, **settings.model_dump())
 
 
 def _first_row(model_input) -> dict:

@@ -186,13 +186,17 @@ def model_signature(checkpoint_dir: Path):
         inputs.append(ColSpec(Array(DataType.long), "y", required=False))
     elif model.conditioning == "text":
         inputs.append(ColSpec(DataType.string, "prompt", required=False))
+    if "generate_text" in model.capabilities:  # the text to continue, and where to stop
+        inputs += [ColSpec(DataType.string, "prompt", required=False),
+                   ColSpec(Array(DataType.string), "stop", required=False)]
     defaults = settings_for(model, {}, state.get("sampling_defaults")).model_dump()
     kinds = {"integer": DataType.long, "number": DataType.double, "boolean": DataType.boolean}
     props = model.sampling_settings.model_json_schema().get("properties", {})
     params = [ParamSpec(name, kinds.get(props[name].get("type"), DataType.string), value)
               for name, value in defaults.items()]
     signature = ModelSignature(inputs=Schema(inputs), params=ParamSchema(params) if params else None)
-    return signature, {"n": 4, "seed": 0}
+    return signature, ({"n": 2, "seed": 0, "prompt": ""} if "generate_text" in model.capabilities
+                       else {"n": 4, "seed": 0})
 
 
 def bundle_code(dest: Path) -> list[str]:

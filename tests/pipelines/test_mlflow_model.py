@@ -20,9 +20,9 @@ from genray.pipelines import tracking
 pytestmark = pytest.mark.integration
 
 
-def register(home: Path, family: str, args: dict, name: str) -> tuple[str, str]:
+def register(home: Path, family: str, args: dict, name: str, data: DatasetInfo | None = None) -> tuple[str, str]:
     torch.manual_seed(0)
-    data = DatasetInfo.for_images((1, 8, 8), 10)
+    data = data or DatasetInfo.for_images((1, 8, 8), 10)
     model = build(family, args, data)
     with torch.no_grad():  # away from the zero-initialised output layers, so settings show
         for p in model.parameters():
@@ -92,3 +92,23 @@ def test_mlflow_models_predict_rebuilds_it(registered, tmp_path):
     assert predictions.shape == (2, 1, 8, 8)
     expected = load(uri, f"models:/vae-t/{version}").predict({"n": 2, "seed": 0}, params={"temperature": 0.5})
     np.testing.assert_allclose(predictions, expected, atol=1e-6)
+
+
+def test_a_text_model_continues_a_prompt_and_stops(tmp_path):
+    vocab = tuple("abcdefgh \n")
+    data = DatasetInfo("tokens", (16,), 100, 0, vocab, ("tokens",))
+    uri, version = register(tmp_path, "gpt", {"size": "tiny"}, "gpt-t", data)
+    model = load(uri, f"models:/gpt-t/{version}")
+    sig = model.metadata.signature
+    assert [c.name for c in sig.inputs.inputs] == ["n", "seed", "prompt", "stop"]
+    assert {p.name for p in sig.params.params} == {"max_new_tokens", "temperature", "top_k", "top_p"}
+    texts = model.predict({"n": 3, "seed": 2, "prompt": "ab"}, params={"max_new_tokens": 10})
+    assert len(texts) == 3 and all(len(t) == 10 and set(t) <= set(vocab) for t in texts)
+    assert model.predict({"n": 3, "seed": 2, "prompt": "ab"}, params={"max_new_tokens": 10}) == texts
+    stop = texts[0][3:5]
+    cut = model.predict({"n": 3, "seed": 2, "prompt": "ab", "stop": [stop]}, params={"max_new_tokens": 10})
+    assert cut[0] == texts[0][: texts[0].index(stop)]
+    with pytest.raises(Exception, match="character 'z'"):
+        model.predict({"n": 1, "prompt": "z"})
+    with pytest.raises(Exception, match="sampling.top_p"):
+        model.predict({"n": 1}, params={"top_p": 2.0})
