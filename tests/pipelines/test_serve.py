@@ -293,7 +293,7 @@ def test_routes_a_model_lacks_answer_404_with_its_capabilities(served):
     assert detail["capabilities"] == ["condition", "sample"] and detail["routes"] == ["sample"]
     assert c.post("/v1/models/diff-t/interpolate", json={"a": "AA", "b": "AA"}).status_code == 404
     missing = c.post("/v1/models/nope/sample", json={})
-    assert missing.status_code == 404 and "diff-t, gan-t, text-t, vae-t" in missing.json()["detail"][0]["msg"]
+    assert missing.status_code == 404 and "diff-t, gan-t, gpt-t, text-t, vae-t" in missing.json()["detail"][0]["msg"]
 
 
 def test_the_gallery_page_is_self_contained(served):
@@ -322,6 +322,8 @@ def keyed_routes(c) -> list[tuple[str, str, dict | None]]:
         ("POST", "/v1/models/vae-t/decode", {"latents": [[0.0] * 16]}),
         ("POST", "/v1/models/vae-t/interpolate", {"a": images[0], "b": images[1], "steps": 2}),
         ("POST", "/v1/models/vae-t/log_prob", {"images": images[:1], "seed": 0}),
+        ("POST", "/v1/models/gpt-t/generate", {"prompt": "ab", "n": 1}),
+        ("POST", "/v1/models/gpt-t/generate", {"prompt": "ab", "n": 1, "stream": True}),
         ("GET", "/openapi.json", None),
         ("GET", "/docs", None),
         ("GET", "/docs/oauth2-redirect", None),
@@ -338,7 +340,8 @@ def test_every_route_but_healthz_and_the_page_needs_the_key(served):
     routes = keyed_routes(c)
     from genray.pipelines.serve.auth import OPEN_PATHS
 
-    documented = {path.replace("{name}", "vae-t") for path in c.get("/openapi.json").json()["paths"]}
+    documented = {path.replace("{name}", "gpt-t" if path.endswith("/generate") else "vae-t")
+                  for path in c.get("/openapi.json").json()["paths"]}
     assert documented - OPEN_PATHS <= {path for _, path, _ in routes}, "a new route: add it to keyed_routes"
     wrong = {"missing": {}, "one byte off": {"Authorization": f"Bearer {wrong_key()}"},
              "a prefix": {"Authorization": f"Bearer {API_KEY[:-1]}"},
