@@ -183,6 +183,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
                         f"(lr {t.lr:g}, grad_clip {t.grad_clip}); lower trainer.lr or set trainer.grad_clip")
                 means["train/lr"] = engine.lr()
                 means["train/examples_per_s"] = rate
+                if data.modality == "tokens":
+                    means["train/tokens_per_s"] = rate * data.shape[0]
                 means["train/steps_per_s"] = rate / t.batch_size
                 means["train/data_wait_frac"] = data_wait / max(elapsed, 1e-9)
                 logger.metrics(means, step=step)
