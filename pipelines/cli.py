@@ -223,15 +223,14 @@ def cmd_data(args) -> int:
 
 
 def cmd_families(args) -> int:
-    """Each family's capabilities and sampling settings, read from a tiny model of it on 8x8
-    grey images, and the shipped configs that use it."""
-    from genray.components.data import DatasetInfo
-    from genray.components.models import FAMILIES, build
+    """Each family's capabilities and sampling settings, read from a tiny model of it on an
+    example of its data kind (8x8 grey images, or short text), and the shipped configs that use it."""
+    from genray.components.models import FAMILIES, build, example_data
 
-    data = DatasetInfo(modality="image", shape=(8, 8, 1), num_rows=0, num_classes=0, vocab=None, columns=("image",))
     rows = [("family", "capabilities", "sampling settings", "configs")]
     for name, builder in FAMILIES.items():
-        model = build(name, {"size": "tiny"} if "size" in inspect.signature(builder).parameters else {}, data)
+        model = build(name, {"size": "tiny"} if "size" in inspect.signature(builder).parameters else {},
+                      example_data(name))
         configs = sorted(
             str(p.relative_to(CONFIGS.parent.parent))
             for p in CONFIGS.rglob("*.yaml")

@@ -26,6 +26,19 @@ FAMILIES = {
     "gpt": gpt.build_gpt,
 }
 
+# The data kind each family trains on, when it is not images: what `genray families` and the
+# tests build an example of each family on (example_data).
+FAMILY_KINDS = {"gpt": "tokens"}
+
+
+def example_data(family: str) -> DatasetInfo:
+    """A small description of the data `family` trains on: 8x8 grey images, or 16-token rows
+    over printable ASCII and newline."""
+    if FAMILY_KINDS.get(family) == "tokens":
+        vocab = tuple(chr(c) for c in range(32, 127)) + ("\n",)
+        return DatasetInfo("tokens", (16,), 0, 0, vocab, ("tokens",))
+    return DatasetInfo.for_images((1, 8, 8))
+
 
 def build(family: str, args: dict[str, Any], data: DatasetInfo) -> nn.Module:
     """family's builder on `args` and `data`, its model references made into frozen modules first."""

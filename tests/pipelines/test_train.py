@@ -7,14 +7,14 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from genray.components.data import DatasetInfo
-from genray.components.models import FAMILIES, build
+from genray.components.models import FAMILIES, build, example_data
 from genray.pipelines import config, train
 
 pytestmark = pytest.mark.integration
@@ -23,11 +23,12 @@ FAMILY_ARGS = {"dcgan": {"conditional": True},
                "diffusion": {"num_timesteps": 100, "num_inference_steps": 5, "vlb_timesteps": 5}}
 # The GAN also exercises gradient accumulation across its two optimizers.
 FAMILY_TRAINER = {"dcgan": {"grad_accum": 2}}
+FAMILY_DATA = {"gpt": "text"}  # the built-in dataset of each family's kind; digits for image families
 
 
 def tiny_spec(family: str, workers: int = 2, **trainer):
     raw = {
-        "data": {"dataset": "digits", "size": "tiny"},
+        "data": {"dataset": FAMILY_DATA.get(family, "digits"), "size": "tiny"},
         "model": {"family": family, "size": "tiny", **FAMILY_ARGS.get(family, {})},
         "trainer": {"max_steps": 6, "batch_size": 16, "checkpoint_every": 3, "eval_every": 3,
                     "log_every": 2, "eval_batches": 1, "num_samples": 16, "quality_samples": 0, **trainer},
@@ -39,7 +40,8 @@ def tiny_spec(family: str, workers: int = 2, **trainer):
 
 def model_capabilities(family: str) -> frozenset[str]:
     spec = tiny_spec(family)
-    return build(family, spec.model_args(), DatasetInfo.for_images((1, 8, 8), 10)).capabilities
+    data = example_data(family)
+    return build(family, spec.model_args(), replace(data, num_classes=10 if data.kind.is_image else 0)).capabilities
 
 
 def mlflow_client(home: Path):
@@ -66,7 +68,8 @@ def test_run_is_tracked_checkpointed_and_registered(family, workers, ray_session
     """Every family through the real loop in Ray Train's local mode (workers: 0: the same
     ray.train API in this process); a multi-network recipe with accumulation on 2 real workers.
     Every family also logs the cheap quality metrics at each eval, on a small digits classifier."""
-    quality = {"quality_samples": 16, "feature_net": str(digits_classifier)}
+    images = family not in FAMILY_DATA
+    quality = {"quality_samples": 16, "feature_net": str(digits_classifier)} if images else {}
     spec = tiny_spec(family, workers, **FAMILY_TRAINER.get(family, {}), **quality)
     out = train.run(spec, name=f"t-{family}-{workers}", home=genray_home)
 
@@ -81,25 +84,32 @@ def test_run_is_tracked_checkpointed_and_registered(family, workers, ray_session
     assert "MLFLOW_TRACKING_URI" not in os.environ
     assert run.data.params["model.family"] == family and run.data.params["scaling.workers"] == str(workers)
     assert "eval/loss" in run.data.metrics
-    assert run.data.metrics["eval/kid_digits"] > -1 and run.data.metrics["eval/fd_digits_n16"] >= 0
+    if images:
+        assert run.data.metrics["eval/kid_digits"] > -1 and run.data.metrics["eval/fd_digits_n16"] >= 0
     if "condition" in model_capabilities(family):
         assert 0 <= run.data.metrics["eval/class_consistency"] <= 1
     assert any(k.startswith("train/") and k.endswith("loss") for k in run.data.metrics)
     files = artifact_paths(client, run.info.run_id)
-    # One grid per eval (a conditional diffusion model logs one per guidance scale).
+    # Samples at each eval, as the data kind shows them: one grid per eval (a conditional
+    # diffusion model logs one per guidance scale), or a text file.
     for step in ("000003", "000006"):
-        assert any(f.startswith(f"samples/step_{step}") and f.endswith(".png") for f in files), files
+        assert any(f.startswith(f"samples/step_{step}") and f.endswith(".png" if images else ".txt")
+                   for f in files), files
     assert "checkpoint/model.safetensors" in files
     # The grids are MLflow step images too, for the UI's step slider.
-    assert any(f.startswith("images/samples") for f in files), files
+    assert any(f.startswith("images/samples") for f in files) == images, files
 
     # The registered model loads from safetensors + genray's code, and samples.
     import mlflow.pyfunc
 
     mlflow.set_registry_uri(f"sqlite:///{genray_home / 'mlflow.db'}")
-    model = mlflow.pyfunc.load_model(f"models:/{family}-digits/{out.model_version}")
+    model = mlflow.pyfunc.load_model(f"models:/{family}-{spec.data.dataset}/{out.model_version}")
     assert out.model_version is not None
     x = model.predict({"n": 3, "seed": 1})
+    if not images:  # text: three continuations of the empty prompt
+        assert len(x) == 3 and all(isinstance(t, str) and len(t) == 128 for t in x)
+        assert run.data.metrics["train/tokens_per_s"] > 0
+        return
     assert x.shape == (3, 1, 8, 8) and x.min() >= -1 and x.max() <= 1
     if family == "diffusion":  # sampling settings pass through to the model, checked there
         x2 = model.predict({"n": 3, "seed": 1}, params={"guidance_scale": 3.0, "num_inference_steps": 2})

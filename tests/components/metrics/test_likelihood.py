@@ -15,8 +15,7 @@ from genray.components.metrics.likelihood import (
     likelihood_of,
     model_bits_per_dim,
 )
-from genray.components.data import DatasetInfo
-from genray.components.models import FAMILIES
+from genray.components.models import FAMILIES, example_data
 
 
 class GaussianDensity(nn.Module):
@@ -127,14 +126,14 @@ def test_dequantized_nll_adds_the_bin_volume():
 def test_every_family_with_log_prob_declares_its_space_and_kind():
     checked = 0
     for name, builder in FAMILIES.items():
-        kwargs = {"data": DatasetInfo.for_images((1, 8, 8))}
+        kwargs = {"data": example_data(name)}
         if "size" in builder.__code__.co_varnames:
             kwargs["size"] = "tiny"
         model = builder(**kwargs)
         if "log_prob" in model.capabilities:
             likelihood_of(model)
             checked += 1
-    assert checked >= 2  # vae, beta_vae, diffusion at least
+    assert checked >= 4  # vae, beta_vae, diffusion, gpt at least
 
 
 def test_undeclared_likelihood_is_refused_with_the_allowed_values():
