@@ -15,7 +15,7 @@ from torch import nn
 
 from genray.components.data import DatasetInfo
 from genray.components.errors import UserError
-from genray.components.models import dcgan, diffusion, gpt, vae
+from genray.components.models import dcgan, diffusion, gpt, pixelcnn, vae
 from genray.components.models.refs import ModelRef, ref_arguments
 
 FAMILIES = {
@@ -24,6 +24,7 @@ FAMILIES = {
     "dcgan": dcgan.build_dcgan,
     "diffusion": diffusion.build_diffusion,
     "gpt": gpt.build_gpt,
+    "pixelcnn": pixelcnn.build_pixelcnn,
 }
 
 # The data kind each family trains on, when it is not images: what `genray families` and the
