@@ -112,3 +112,15 @@ def test_builder_takes_grey_images_and_explains_the_rest():
         build_pixelcnn(data=DatasetInfo.for_images((3, 8, 8)), size="tiny")
     with pytest.raises(UserError, match="class labels"):
         build_pixelcnn(data=DatasetInfo.for_images((1, 8, 8)), size="tiny", conditioning="class")
+
+
+def test_windowed_sampling_draws_what_the_whole_image_pass_draws():
+    """Sampling runs each pixel on the `reach` rows above it: the same logits, so the same
+    images as running the whole image for every pixel."""
+    model = net(12, 5, layers=2).float()  # reach 3 rows: most pixels run on a window
+    assert model.reach == 3
+    x = torch.rand(2, 1, 12, 5) * 2 - 1
+    window = model.logits(x[:, :, 4:9])[:, :, -1]  # rows 5..8 see rows >= 5 only: window from 4 is enough
+    assert torch.allclose(window, model.logits(x)[:, :, 8], atol=1e-5)
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    assert torch.equal(model.sample(3, generator=gen()), model.sample_naive(3, generator=gen()))
