@@ -128,6 +128,48 @@ def test_sample_mistakes_are_one_line(diffusion_checkpoint, tmp_path, monkeypatc
     assert needle in err and err.count("\n") == 1, err
 
 
+@pytest.fixture
+def gpt_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    data = DatasetInfo("tokens", (16,), 100, 0, tuple("abcdefgh \n"), ("tokens",))
+    args = {"size": "tiny"}
+    model = build("gpt", args, data)
+    ckpt = tmp_path / "gpt-ckpt"
+    checkpoint.save(ckpt, checkpoint.Checkpoint(model.state_dict(), {"step": 1, "model": checkpoint.model_state("gpt", args, data)}))
+    return ckpt
+
+
+def test_sample_writes_text_continuations_or_streams_them(gpt_checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GENRAY_HOME", str(tmp_path / "home"))
+    out = tmp_path / "s.txt"
+    assert main(["sample", str(gpt_checkpoint), "-n", "3", "-o", str(out), "--prompt", "ab", "--seed", "4",
+                 "--set", "max_new_tokens=10"]) == 0
+    assert "max_new_tokens=10" in capsys.readouterr().out
+    texts = out.read_text().rstrip("\n").split("\n" + "-" * 40 + "\n")
+    assert len(texts) == 3 and all(t.startswith("ab") and len(t) == 12 for t in texts)
+    # -o - : the same samples on standard output, the summary on standard error.
+    assert main(["sample", str(gpt_checkpoint), "-n", "3", "-o", "-", "--prompt", "ab", "--seed", "4",
+                 "--set", "max_new_tokens=10"]) == 0
+    streamed = capsys.readouterr()
+    assert streamed.out == out.read_text() and "3 samples of" in streamed.err
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--prompt", "abz"], "--prompt: character 'z' (position 2) is not in the model's vocabulary"),
+    (["-o", "x.png"], "written as a .txt file"),
+    (["--set", "top_p=0"], "--set top_p"),
+    (["--set", "max_new_tokens=40"], "--set max_new_tokens"),
+    (["--stop", ""], "--stop: each stop string"),
+    (["--class-label", "1"], "not class-conditional"),
+])
+def test_text_sample_mistakes_are_one_line(gpt_checkpoint, tmp_path, monkeypatch, capsys, extra, needle):
+    monkeypatch.setenv("GENRAY_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["sample", str(gpt_checkpoint), "-n", "2", *extra]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1, err
+
+
 def test_genray_help_runs_without_torch():
     """What makes `genray --help` quick: parsing imports no torch (timing lives in benchmarks)."""
     code = "import sys; from pipelines import cli; cli.parser(); print('torch' in sys.modules)"
