@@ -35,7 +35,7 @@ from typing import Any, AsyncIterator
 import numpy as np
 from ray import serve
 
-from genray.components.data.images import image_grid, to_uint8_image
+from genray.components.data.images import image_grid, png_bytes, to_uint8_image
 from genray.components.data.kinds import get_kind
 from genray.components.errors import UserError
 from genray.components.metrics import likelihood
@@ -56,7 +56,6 @@ from genray.pipelines.serve.schemas import (
     images_payload,
     parse_generate,
     parse_sample,
-    png_bytes,
     sample_parameters,
     settings_key,
 )
