@@ -199,6 +199,11 @@ def _check_training_sweep(sw: Sweep) -> Sweep:
         swept = {d.key for d in sw.dims} & {"trainer.max_steps", "trainer.checkpoint_every", "trainer.eval_every"}
         if swept:
             raise ConfigError(f"{src}: tune.space.{sorted(swept)[0]}: ASHA's rungs are counted in steps; do not sweep it")
+    if sw.spec.scaling.workers == 0:
+        # Ray Train's local mode runs the loop in the calling process, and inside a Tune trial
+        # that process is Tune's: the loop's ray.train calls fail there, and every trial would.
+        raise ConfigError(f"{src}: scaling.workers=0 (local mode) cannot run inside a sweep's trials; use "
+                          "scaling.workers: 1 or more (each trial runs its own Ray Train workers)")
     _check_common(sw)
     return sw
 

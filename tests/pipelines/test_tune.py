@@ -302,6 +302,14 @@ def test_bad_tune_settings_exit_2(section, message, tmp_path, capsys):
     assert message in err and "Traceback" not in err, err
 
 
+def test_a_sweep_in_local_mode_exits_2_before_any_trial(tmp_path, capsys):
+    cfg = write_config(tmp_path / "local.yaml", {"metric": "eval/loss", "mode": "min",
+                                                 "space": {"trainer.lr": {"choice": [0.1]}}})
+    assert cli.main(["tune", str(cfg), "--set", "scaling.workers=0"]) == 2
+    err = capsys.readouterr().err
+    assert "scaling.workers=0 (local mode) cannot run inside a sweep's trials" in err and "Traceback" not in err, err
+
+
 def test_resuming_a_sweep_that_does_not_exist_exits_2(tmp_path, genray_home, capsys):
     cfg = write_config(tmp_path / "s.yaml", {"metric": "eval/loss", "mode": "min",
                                              "space": {"trainer.lr": {"choice": [0.1]}}})
