@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from genray.components.data import DatasetInfo
 from genray.components.errors import UserError
-from genray.components.models.layers import StackedGenerators, randn
+from genray.components.models.layers import StackedGenerators, class_mixture_log_prob, randn
 from genray.components.models.protocol import SETTINGS_CONFIG
 from genray.components.training import Backprop
 
@@ -310,9 +310,7 @@ class GPT(nn.Module):
         self.eval()
         try:
             if y is None and self.num_classes:
-                per_class = torch.stack([-token_nll(self.logits(x, torch.full((len(x),), k, device=x.device)), x).sum(1)
-                                         for k in range(self.num_classes)])  # (K, B)
-                return per_class.logsumexp(dim=0) - math.log(self.num_classes)
+                return class_mixture_log_prob(lambda k: -token_nll(self.logits(x, k), x).sum(1), x, self.num_classes)
             return -token_nll(self.logits(x, y), x).sum(dim=1)
         finally:
             self.train(was_training)

@@ -1,4 +1,7 @@
-"""Small pieces that more than one image family needs: a shape check and seeded noise."""
+"""Small pieces that more than one family needs: a shape check, seeded noise, a class mixture."""
+import math
+from typing import Callable
+
 import torch
 from torch import Tensor
 
@@ -64,3 +67,10 @@ def randn(shape: tuple[int, ...], *, generator: "torch.Generator | StackedGenera
     if isinstance(generator, StackedGenerators):
         return generator.randn(tuple(shape)).to(device)
     return torch.randn(shape, generator=generator, device=generator.device).to(device)
+
+
+def class_mixture_log_prob(log_prob: Callable[[Tensor], Tensor], x: Tensor, num_classes: int) -> Tensor:
+    """log (1/K) sum_k P(x | k), (B,): the marginal of a class-conditional model under a uniform
+    class prior, exact, from K calls of log_prob(y) -> log P(x | y) per example."""
+    per_class = torch.stack([log_prob(torch.full((len(x),), k, device=x.device)) for k in range(num_classes)])
+    return per_class.logsumexp(dim=0) - math.log(num_classes)  # (K, B) -> (B,)

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from genray.components.data import DatasetInfo
 from genray.components.errors import UserError
 from genray.components.models.gpt import inverse_cdf
-from genray.components.models.layers import StackedGenerators, randn
+from genray.components.models.layers import StackedGenerators, class_mixture_log_prob, randn
 from genray.components.models.protocol import SETTINGS_CONFIG
 from genray.components.training import Backprop
 
@@ -156,9 +156,7 @@ class GatedPixelCNN(nn.Module):
         self.eval()
         try:
             if y is None and self.num_classes:
-                per_class = torch.stack([-self.nll(x, torch.full((len(x),), k, device=x.device))
-                                         for k in range(self.num_classes)])
-                return per_class.logsumexp(dim=0) - math.log(self.num_classes)
+                return class_mixture_log_prob(lambda k: -self.nll(x, k), x, self.num_classes)
             return -self.nll(x, y)
         finally:
             self.train(was_training)
