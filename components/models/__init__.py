@@ -15,7 +15,7 @@ from torch import nn
 
 from genray.components.data import DatasetInfo
 from genray.components.errors import UserError
-from genray.components.models import dcgan, diffusion, gpt, pixelcnn, vae
+from genray.components.models import dcgan, diffusion, gpt, pixelcnn, vae, wavenet
 from genray.components.models.refs import ModelRef, ref_arguments
 
 FAMILIES = {
@@ -25,16 +25,19 @@ FAMILIES = {
     "diffusion": diffusion.build_diffusion,
     "gpt": gpt.build_gpt,
     "pixelcnn": pixelcnn.build_pixelcnn,
+    "wavenet": wavenet.build_wavenet,
 }
 
 # The data kind each family trains on, when it is not images: what `genray families` and the
 # tests build an example of each family on (example_data).
-FAMILY_KINDS = {"gpt": "tokens"}
+FAMILY_KINDS = {"gpt": "tokens", "wavenet": "audio"}
 
 
 def example_data(family: str) -> DatasetInfo:
-    """A small description of the data `family` trains on: 8x8 grey images, or 16-token rows
-    over printable ASCII and newline."""
+    """A small description of the data `family` trains on: 8x8 grey images, 16-token rows
+    over printable ASCII and newline, or 256-sample clips at 8 kHz."""
+    if FAMILY_KINDS.get(family) == "audio":
+        return DatasetInfo("audio", (256,), 0, 0, None, ("waveform", "sample_rate"), sample_rate=8000)
     if FAMILY_KINDS.get(family) == "tokens":
         vocab = tuple(chr(c) for c in range(32, 127)) + ("\n",)
         return DatasetInfo("tokens", (16,), 0, 0, vocab, ("tokens",))

@@ -4,7 +4,7 @@ round trip through safetensors after a real engine step.
 
 A new family adds its entry to CASES (builder kwargs for a couple of data shapes; `size` is
 "tiny" unless a case says otherwise; `image_shape`/`num_classes`, or `tokens` = (sequence length,
-vocabulary size), describe the data the builder receives) and, if its batches are of a new kind,
+vocabulary size), or `audio` = (clip samples, sample rate), describe the data the builder receives) and, if its batches are of a new kind,
 to make_batch.
 """
 import inspect
@@ -27,6 +27,7 @@ DIGITS = {"image_shape": (1, 8, 8), "num_classes": 10}  # sklearn's 8x8 digits
 COLOUR = {"image_shape": (3, 32, 32)}  # CIFAR-shaped, unlabelled
 FAST_DIFFUSION = {"num_timesteps": 50, "num_inference_steps": 4, "vlb_timesteps": 3}
 TEXT = {"tokens": (16, 20)}  # 16-token rows over a 20-symbol vocabulary
+TONES = {"audio": (96, 8000)}  # 96-sample clips at 8 kHz
 
 CASES = {
     "vae": [DIGITS, COLOUR, {**DIGITS, "decoder_sigma": 0.1}],
@@ -46,10 +47,11 @@ CASES = {
     "gpt": [TEXT, {**TEXT, "num_classes": 3, "conditioning": "class", "dropout": 0.1},
             {"tokens": (8, 512), "block_size": 24}],  # a VQ-VAE-sized code vocabulary
     "pixelcnn": [DIGITS, {**DIGITS, "conditioning": "class", "kernel": 5}, {"image_shape": (1, 5, 7)}],
+    "wavenet": [TONES, {**TONES, "num_classes": 15, "conditioning": "class", "stacks": 2}],
 }
 # Families that model images of any size (no stride-2 stack): only a wrong channel count is refused.
 ANY_SIZE = {"pixelcnn"}
-DATA_KEYS = ("image_shape", "num_classes", "tokens")  # describe the data, which the builder gets as a DatasetInfo
+DATA_KEYS = ("image_shape", "num_classes", "tokens", "audio")  # describe the data, which the builder gets as a DatasetInfo
 
 
 PARAMS = [
@@ -65,12 +67,19 @@ def data_of(kwargs: dict) -> DatasetInfo:
         vocab = tuple(chr(0x100 + i) for i in range(vocab_size))
         columns = ("tokens", "label") if kwargs.get("num_classes") else ("tokens",)
         return DatasetInfo("tokens", (seq_len,), 64, kwargs.get("num_classes", 0), vocab, columns)
+    if "audio" in kwargs:
+        length, rate = kwargs["audio"]
+        columns = ("waveform", "sample_rate") + (("label",) if kwargs.get("num_classes") else ())
+        return DatasetInfo("audio", (length,), 64, kwargs.get("num_classes", 0), None, columns, sample_rate=rate)
     return DatasetInfo.for_images(kwargs["image_shape"], kwargs.get("num_classes", 0))
 
 
 def sample_shape(kwargs: dict) -> tuple[int, ...]:
-    """One example's shape as `sample` returns it: (C, H, W) images, (T,) token ids."""
-    return (kwargs["tokens"][0],) if "tokens" in kwargs else tuple(kwargs["image_shape"])
+    """One example's shape as `sample` returns it: (C, H, W) images, (T,) token ids or samples."""
+    for key in ("tokens", "audio"):
+        if key in kwargs:
+            return (kwargs[key][0],)
+    return tuple(kwargs["image_shape"])
 
 
 # Each family's first case: data of the kind it trains on.
@@ -100,6 +109,8 @@ def make_batch(kwargs: dict, n: int = 8, seed: int = 0) -> dict[str, torch.Tenso
     if "tokens" in kwargs:
         seq_len, vocab_size = kwargs["tokens"]
         batch = {"x": torch.randint(vocab_size, (n, seq_len), generator=g)}
+    elif "audio" in kwargs:
+        batch = {"x": torch.rand(n, kwargs["audio"][0], generator=g) * 2 - 1}
     else:
         batch = {"x": torch.rand(n, *kwargs["image_shape"], generator=g) * 2 - 1}
     if kwargs.get("num_classes", 0) > 0:
