@@ -10,8 +10,9 @@ STAMP := $(VENV)/.installed
 install: $(STAMP) datasets
 
 # Debian's dataset-fashion-mnist (Fashion-MNIST's four IDX files) for `genray data prepare
-# fashion_mnist`. Installed when missing and this is root with apt-get; otherwise that dataset
-# needs `--from DIR` (its test of the real files skips).
+# fashion_mnist`, and espeak-ng (a speech synthesiser) for `genray data prepare spoken_digits`.
+# Installed when missing and this is root with apt-get; otherwise fashion_mnist needs
+# `--from DIR`, spoken_digits is unavailable, and the tests of either skip.
 datasets:
 	@if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -19,6 +20,12 @@ datasets:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null || \
 		(apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null); \
 	else echo "dataset-fashion-mnist missing and not root: genray data prepare fashion_mnist needs --from DIR"; fi
+	@if command -v espeak-ng >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing espeak-ng (Debian) for the spoken_digits dataset"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q espeak-ng >/dev/null || \
+		(apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q espeak-ng >/dev/null); \
+	else echo "espeak-ng missing and not root: genray data prepare spoken_digits is unavailable"; fi
 
 # Reinstall only when the project's metadata changes. torch first, pinned: the CPU build lies
 # on local disk here, and an unpinned torch would pull a multi-GB CUDA build.

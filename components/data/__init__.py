@@ -25,7 +25,7 @@ def __getattr__(name: str):
 
         return getattr(parquet, name)
     if name == "DATASETS":
-        from . import digits, fashion_mnist, moons, shapes, text, tones
+        from . import digits, fashion_mnist, moons, shapes, spoken_digits, text, tones
 
         globals()["DATASETS"] = datasets = {
             "digits": digits.prepare,
@@ -34,6 +34,7 @@ def __getattr__(name: str):
             "moons": moons.prepare,
             "text": text.prepare,
             "tones": tones.prepare,
+            "spoken_digits": spoken_digits.prepare,
         }
         return datasets
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,18 +2,23 @@
 (factors match pixels, captions match factors, pitches match spectra)."""
 
 import re
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from genray.components.data import DATASETS, decode_batch, read_info
-from genray.components.data import fashion_mnist, moons, shapes, text, tones
+from genray.components.errors import UserError
+from genray.components.data import fashion_mnist, moons, shapes, spoken_digits, text, tones
 
 # Fashion-MNIST is read from Debian's package, which `make install` installs as root; without it,
 # its own tests (test_fashion_mnist.py) cover the reader on synthetic IDX files.
 HAS_FASHION_MNIST = (fashion_mnist.DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file()
-AVAILABLE = sorted(n for n in DATASETS if n != "fashion_mnist" or HAS_FASHION_MNIST)
+# spoken_digits needs Debian's espeak-ng, which `make install` installs as root too.
+HAS_ESPEAK = shutil.which("espeak-ng") is not None
+AVAILABLE = sorted(n for n in DATASETS if (n != "fashion_mnist" or HAS_FASHION_MNIST)
+                   and (n != "spoken_digits" or HAS_ESPEAK))
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +38,7 @@ def _table(path):
 
 
 def test_registry():
-    assert set(DATASETS) == {"digits", "fashion_mnist", "shapes", "moons", "text", "tones"}
+    assert set(DATASETS) == {"digits", "fashion_mnist", "shapes", "moons", "text", "tones", "spoken_digits"}
 
 
 @pytest.mark.parametrize("name", AVAILABLE)
@@ -53,7 +58,7 @@ def test_deterministic(tiny, tmp_path, name):
     again = DATASETS[name](tmp_path / "again", seed=0, size="tiny")
     for split in ("train", "test"):
         assert again[split].read_bytes() == tiny[name][split].read_bytes(), f"{name}/{split} differs"
-    if name in ("shapes", "moons", "tones"):  # procedural: the seed draws every example
+    if name in ("shapes", "moons", "tones", "spoken_digits"):  # procedural: the seed draws every example
         other = DATASETS[name](tmp_path / "other", seed=1, size="tiny")
         assert other["train"].read_bytes() != tiny[name]["train"].read_bytes()
 
@@ -180,6 +185,30 @@ def test_tones_fft_peak_is_the_pitch(tiny):
     assert np.all(np.abs(peak - cols["pitch_hz"]) <= sr / wave.shape[1])
     np.testing.assert_allclose(cols["pitch_hz"], np.asarray(tones.NOTE_HZ)[cols["label"]], rtol=1e-6)
     assert read_info(tiny["tones"]["train"]).sample_rate == sr
+
+
+@pytest.mark.skipif(not HAS_ESPEAK, reason="espeak-ng is not installed (make install as root installs it)")
+def test_spoken_digits_are_speech_of_the_digit_named(tiny):
+    cols = _columns(tiny["spoken_digits"]["train"])
+    wave, label = np.stack(cols["waveform"]), cols["label"]
+    assert wave.shape == (128, spoken_digits.CLIP_SAMPLES) and set(cols["sample_rate"]) == {8000}
+    assert set(label) == set(range(10))
+    peak = np.abs(wave).max(axis=1)
+    assert peak.min() >= 0.5 - 1e-6 and peak.max() <= 0.9 + 1e-6
+    # Speech fills a good part of each clip, and silence the rest.
+    voiced = (np.abs(wave) > 0.01).mean(axis=1)
+    assert 0.1 < voiced.min() and voiced.max() < 0.95
+    # The words sound like themselves: "six" is two /s/ hisses around a short vowel, so far more
+    # of its energy lies above 2 kHz than in "nine", which is voiced and nasal throughout.
+    power = np.abs(np.fft.rfft(wave, axis=1)) ** 2
+    high = power[:, np.fft.rfftfreq(wave.shape[1], 1 / 8000) > 2000].sum(1) / power.sum(1)
+    assert high[label == 6].mean() > 3 * high[label == 9].mean()
+
+
+def test_spoken_digits_explain_a_missing_espeak(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(UserError, match="apt-get install espeak-ng"):
+        spoken_digits.prepare(tmp_path / "out", size="tiny")
 
 
 def test_text_vocab_and_round_trip(tiny):
