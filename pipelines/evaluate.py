@@ -26,6 +26,10 @@ declares and what the data holds:
     token sequences    exact bits per token (per character on the built-in text) over every
                        held-out row, beside a unigram and a bigram fitted on the training split
                        (components/metrics/ngram.py); samples/s and tokens/s of generation
+    audio clips        exact nats per sample (8-bit mu-law) over every held-out clip, beside the
+                       uniform ln 256 and a unigram and a bigram of the mu-law values; clips/s,
+                       audio samples/s; pitch accuracy (FFT peak) of class-conditioned samples
+                       where the data store each label's pitch (the built-in tones)
 
 Results go to a new MLflow evaluation run nested under the model's training run (params: the
 evaluation settings; metrics; a sample grid), and the metrics are copied onto the training run
@@ -296,8 +300,10 @@ def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> Ev
         raise ConfigError(f"{request.target}: its training data is not readable here ({e})") from None
     if data.info.kind.show == "text":
         return evaluate_sequences(request, target, model, state, data, home=home, uri=uri, say=say)
+    if data.info.kind.show == "player":
+        return evaluate_audio(request, target, model, state, data, home=home, uri=uri, say=say)
     if not data.info.kind.is_image:
-        raise ConfigError(f"{request.target}: genray eval scores image and token-sequence models; this one "
+        raise ConfigError(f"{request.target}: genray eval scores image, token-sequence and audio models; this one "
                           f"trained on {data.info.modality} data ({data.train})")
     dataset = spec.data.dataset if spec.data.path is None else Path(spec.data.path).stem
     ref_path, floor_path = (data.test, data.train) if request.reference == "test" else (data.train, data.test)
@@ -417,6 +423,12 @@ def evaluate_sequences(request: EvalRequest, target: Target, model, state: dict[
 
 def sequence_bits(model, split: dict[str, np.ndarray], *, batch_size: int) -> float:
     """The model's exact bits per token over every token of the split's rows."""
+    return nats_per_element(model, split, batch_size=batch_size) / math.log(2)
+
+
+def nats_per_element(model, split: dict[str, np.ndarray], *, batch_size: int) -> float:
+    """-log P of every row of the split (tokens, audio samples), summed and divided by the
+    number of elements: nats per token or per sample. Labels condition a class-conditional model."""
     x = torch.as_tensor(split["x"])
     y = torch.as_tensor(split["y"]) if "y" in split and model.conditioning == "class" else None
     nats = 0.0
@@ -424,7 +436,74 @@ def sequence_bits(model, split: dict[str, np.ndarray], *, batch_size: int) -> fl
         for i in range(0, len(x), batch_size):
             kw = {"y": y[i : i + batch_size]} if y is not None else {}
             nats -= float(model.log_prob(x[i : i + batch_size], **kw).double().sum())
-    return nats / x.numel() / math.log(2)
+    return nats / x.numel()
+
+
+def label_pitches(path: Path) -> dict[int, float] | None:
+    """label -> pitch in Hz, when the audio dataset stores both (the built-in tones); None else."""
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(path).names
+    if not {"label", "pitch_hz"} <= set(names):
+        return None
+    table = pq.read_table(path, columns=["label", "pitch_hz"])
+    return dict(zip(table.column("label").to_pylist(), table.column("pitch_hz").to_pylist()))
+
+
+def evaluate_audio(request: EvalRequest, target: Target, model, state: dict[str, Any], data, *, home: Path,
+                   uri: str, say) -> EvalOutcome:
+    """Audio clips (WaveNet): the exact held-out nats per sample on 8-bit mu-law, beside the
+    uniform floor ln 256 and a unigram and a bigram over the mu-law values fitted on the other
+    split (components/metrics/ngram.py); generation speed in clips/s and audio samples/s; and,
+    for a class-conditional model on data that stores each label's pitch (the built-in tones),
+    the share of samples whose FFT peak is the note asked for (components/metrics/pitch.py),
+    beside the same share for the real clips."""
+    from genray.components.data.mulaw import LEVELS, mu_law_encode
+    from genray.components.metrics.pitch import pitch_accuracy
+
+    info = data.info
+    ref_path, fit_path = (data.test, data.train) if request.reference == "test" else (data.train, data.test)
+    columns = [c for c in ("waveform", "label") if c in info.columns]
+    reference = read_decoded(ref_path, columns, info.modality, info.shape, request.likelihood_rows)
+    fit = read_decoded(fit_path, ["waveform"], info.modality, info.shape)["x"]
+    settings = sampling_settings(model, request.sampling, state.get("sampling_defaults"))
+    sampling = settings.model_dump(exclude_unset=True)
+    conditions = {"y": np.arange(request.num_samples) % model.num_classes} if model.conditioning == "class" else {}
+    params = {
+        "eval.target": request.target,
+        "eval.checkpoint_step": str(state.get("step")),
+        "eval.num_samples": str(request.num_samples),
+        "eval.reference_split": request.reference,
+        "eval.reference_rows": str(len(reference["x"])),
+        "eval.reference_samples": str(reference["x"].size),
+        "eval.sample_rate": str(info.sample_rate),
+        "eval.nats_per_sample_kind": likelihood.likelihood_of(model)[1],
+        "eval.ngram_alpha": str(ngram.ALPHA),
+        "eval.workers": str(request.workers),
+        "eval.batch_size": str(request.batch_size),
+        "eval.seed": str(request.seed),
+        **{f"eval.sampling.{k}": str(v) for k, v in settings.model_dump().items()},
+    }
+    say(f"nats/sample on {len(reference['x'])} {request.reference} clips ({reference['x'].size} samples) ...")
+    metrics = {"nats_per_sample": nats_per_element(model, reference, batch_size=min(request.batch_size, 64)),
+               "uniform_nats_per_sample": math.log(LEVELS)}
+    base = ngram.ngram_baselines(mu_law_encode(torch.as_tensor(fit)).numpy(),
+                                 mu_law_encode(torch.as_tensor(reference["x"])).numpy(), LEVELS)
+    metrics.update(unigram_nats_per_sample=base.unigram_bits * math.log(2),
+                   bigram_nats_per_sample=base.bigram_bits * math.log(2))
+
+    say(f"generating {request.num_samples} clips on {request.workers or 'no'} Ray worker(s) ...")
+    fake, speed = generate(target.checkpoint, request.num_samples, sampling=sampling, conditions=conditions,
+                           batch_size=request.batch_size, workers=request.workers, seed=request.seed)
+    metrics.update(speed, audio_samples_per_s=speed["samples_per_s"] * fake.shape[1])
+    metrics["real_time_factor"] = metrics["audio_samples_per_s"] / info.sample_rate
+    pitches = label_pitches(ref_path) if "y" in conditions else None
+    if pitches is not None and set(range(model.num_classes)) <= set(pitches):
+        wanted = np.array([pitches[int(k)] for k in conditions["y"]])
+        metrics["pitch_accuracy"] = pitch_accuracy(fake, info.sample_rate, wanted)
+        real_wanted = np.array([pitches[int(k)] for k in reference["y"]])
+        metrics["pitch_accuracy_real"] = pitch_accuracy(reference["x"], info.sample_rate, real_wanted)
+    return _log(request, target, state, params, metrics, render(fake[:16], info), uri=uri, home=home)
 
 
 def _check_request(r: EvalRequest) -> None:
@@ -452,6 +531,10 @@ def print_report(out: EvalOutcome) -> None:
         if key == "bits_per_token":
             line += (f"   ({out.params.get('eval.bits_per_token_kind')}; bits/{out.params.get('eval.token_unit')}; "
                      f"unigram {m['unigram_bits_per_token']:.4g}, bigram {m['bigram_bits_per_token']:.4g})")
+        if key == "nats_per_sample":
+            line += (f"   ({out.params.get('eval.nats_per_sample_kind')}; 8-bit mu-law; uniform "
+                     f"{m['uniform_nats_per_sample']:.4g}, unigram {m['unigram_nats_per_sample']:.4g}, "
+                     f"bigram {m['bigram_nats_per_sample']:.4g})")
         print(line)
     if out.eval_run_id:
         print(f"\nevaluation run {out.eval_run_id} in {out.tracking_uri}"

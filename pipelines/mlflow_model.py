@@ -8,7 +8,7 @@ predict input: {"n": number of samples, "seed": int, the condition the model tak
     labels when its conditioning is "class", "prompt": a string or n strings when "text")}
 predict params: the model's sampling settings (the fields of its `sampling_settings`), as the
     registered signature lists them; `mlflow models predict/serve` pass them as params too
-predict output: float32 array (n, C, H, W) in [-1, 1]
+predict output: float32 array in the data's layout, in [-1, 1]: (n, C, H, W) images, (n, T) audio
 
 Text models (capability "generate_text", GPT) take "prompt" as the text to continue (one for
 every sample) and "stop" (strings that end a sample where they first appear) and return the n

@@ -29,36 +29,15 @@ from pydantic import BaseModel, Field, create_model
 from torch import Tensor, nn
 
 from genray.components.data import DatasetInfo
+from genray.components.data.mulaw import LEVELS, mu_law_decode, mu_law_encode
 from genray.components.errors import UserError
 from genray.components.models.gpt import inverse_cdf
 from genray.components.models.layers import StackedGenerators, class_mixture_log_prob, randn
 from genray.components.models.protocol import SETTINGS_CONFIG
 from genray.components.training import Backprop
 
-MU = 255  # 8-bit mu-law: 256 levels
-LEVELS = MU + 1
 UNIFORM_NATS = math.log(LEVELS)  # a model that knows nothing: ln 256 nats per sample
 MAX_SECONDS = 60.0  # the most one sample call may ask for; serving sets its own, lower limit
-
-
-# ---------------------------------------------------------------------------------------------
-# mu-law companding (ITU-T G.711's continuous form), as plain functions of tensors
-# ---------------------------------------------------------------------------------------------
-
-
-def mu_law_encode(x: Tensor) -> Tensor:
-    """Waveform in [-1, 1] -> mu-law values 0..255 (int64): f(x) = sign(x) ln(1 + mu|x|) / ln(1 + mu),
-    then the [-1, 1] range cut into 256 equal bins (WaveNet paper, eq. 1). 0 -> 128."""
-    x = x.float().clamp(-1.0, 1.0)
-    f = torch.sign(x) * torch.log1p(MU * x.abs()) / math.log1p(MU)
-    return ((f + 1.0) / 2.0 * MU + 0.5).floor().long().clamp(0, MU)
-
-
-def mu_law_decode(q: Tensor) -> Tensor:
-    """mu-law values 0..255 -> waveform in [-1, 1] (float32), the inverse of the companding
-    at each bin's centre: x = sign(f) ((1 + mu)^|f| - 1) / mu, f = 2q/mu - 1."""
-    f = q.double() * (2.0 / MU) - 1.0
-    return (torch.sign(f) * torch.expm1(f.abs() * math.log1p(MU)) / MU).float()
 
 
 SILENCE = int(mu_law_encode(torch.zeros(())))  # 128: the start value, before the first sample

@@ -10,6 +10,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -23,7 +24,8 @@ FAMILY_ARGS = {"dcgan": {"conditional": True},
                "diffusion": {"num_timesteps": 100, "num_inference_steps": 5, "vlb_timesteps": 5}}
 # The GAN also exercises gradient accumulation across its two optimizers.
 FAMILY_TRAINER = {"dcgan": {"grad_accum": 2}}
-FAMILY_DATA = {"gpt": "text"}  # the built-in dataset of each family's kind; digits for image families
+FAMILY_DATA = {"gpt": "text", "wavenet": "tones"}  # the built-in dataset of each family's kind; digits for images
+SHOWN_AS = {"text": ".txt", "tones": ".wav"}  # how each kind's samples are logged; images: .png
 
 
 def tiny_spec(family: str, workers: int = 2, **trainer):
@@ -93,8 +95,8 @@ def test_run_is_tracked_checkpointed_and_registered(family, workers, ray_session
     # Samples at each eval, as the data kind shows them: one grid per eval (a conditional
     # diffusion model logs one per guidance scale), or a text file.
     for step in ("000003", "000006"):
-        assert any(f.startswith(f"samples/step_{step}") and f.endswith(".png" if images else ".txt")
-                   for f in files), files
+        suffix = SHOWN_AS.get(spec.data.dataset, ".png")
+        assert any(f.startswith(f"samples/step_{step}") and f.endswith(suffix) for f in files), files
     assert "checkpoint/model.safetensors" in files
     # The grids are MLflow step images too, for the UI's step slider.
     assert any(f.startswith("images/samples") for f in files) == images, files
@@ -106,6 +108,10 @@ def test_run_is_tracked_checkpointed_and_registered(family, workers, ray_session
     model = mlflow.pyfunc.load_model(f"models:/{family}-{spec.data.dataset}/{out.model_version}")
     assert out.model_version is not None
     x = model.predict({"n": 3, "seed": 1})
+    if family == "wavenet":  # three clips as long as the training clips, at 8-bit mu-law values
+        assert x.shape == (3, 2000) and x.min() >= -1 and x.max() <= 1
+        assert len(np.unique(x)) <= 256
+        return
     if not images:  # text: three continuations of the empty prompt
         assert len(x) == 3 and all(isinstance(t, str) and len(t) == 128 for t in x)
         assert run.data.metrics["train/tokens_per_s"] > 0

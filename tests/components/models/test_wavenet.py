@@ -11,8 +11,8 @@ from genray.components.data import DatasetInfo
 from genray.components.errors import UserError
 from genray.components.metrics.pitch import peak_hz
 from genray.components.models.layers import StackedGenerators
-from genray.components.models.wavenet import (SILENCE, UNIFORM_NATS, WaveNet, build_wavenet, mu_law_decode,
-                                              mu_law_encode)
+from genray.components.data.mulaw import mu_law_decode, mu_law_encode
+from genray.components.models.wavenet import SILENCE, UNIFORM_NATS, WaveNet, build_wavenet
 from genray.components.training import Engine, OptimDefaults, StepSettings
 
 
