@@ -6,6 +6,7 @@ them to each model's ModelServer and turns what comes back into HTTP.
     GET  /v1/models                     name, family, capabilities, parameters, defaults, version
     GET  /v1/models/{name}
     POST /v1/models/{name}/sample       n, seed, class_label or prompt, the model's settings, format
+                                        (audio models answer audio/wav)
     POST /v1/models/{name}/encode       images -> latents          (capability "encode")
     POST /v1/models/{name}/decode       latents -> images          (capability "decode")
     POST /v1/models/{name}/interpolate  two images -> a path       (encode and decode)
@@ -179,15 +180,18 @@ def build_fastapi(gateway: Gateway) -> FastAPI:
         return await gateway.models[name].stats.remote()
 
     @app.post("/v1/models/{name}/sample", responses={
-        200: {"model": SampleResponse, "content": {"image/png": {}},
-              "description": "JSON, or a PNG grid with Accept: image/png"}, **ERRORS})
+        200: {"model": SampleResponse, "content": {"image/png": {}, "audio/wav": {}},
+              "description": "JSON; a PNG grid with Accept: image/png (image models); audio/wav, the clips "
+                             "one after another, from an audio model (format wav, its default)"}, **ERRORS})
     async def sample(name: str, body: SampleRequest, request: Request):
         wants_png = "image/png" in request.headers.get("accept", "")
         result = await gateway.call(name, "sample", body.model_dump(), grid=wants_png)
         if not isinstance(result, dict):
             return result
         headers = {VERSION_HEADER: result["version"]}
-        if wants_png:
+        if "wav" in result:
+            return Response(content=result["wav"], media_type="audio/wav", headers=headers)
+        if "grid" in result:
             return Response(content=result["grid"], media_type="image/png", headers=headers)
         return JSONResponse(content=result, headers=headers)
 

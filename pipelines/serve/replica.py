@@ -37,6 +37,7 @@ from ray import serve
 
 from genray.components.data.images import image_grid, png_bytes, to_uint8_image
 from genray.components.data.kinds import get_kind
+from genray.components.data.show import wav_bytes
 from genray.components.errors import UserError
 from genray.components.metrics import likelihood
 from genray.components.models.layers import StackedGenerators
@@ -75,6 +76,8 @@ def describe(loaded: Loaded, limits: Limits) -> dict[str, Any]:
     data = loaded.state["model"]["data"]
     images = get_kind(data["modality"]).is_image
     routes = []
+    if "audio" in caps:  # clips out, as audio/wav or arrays
+        routes.append("sample")
     if images:  # the image routes take and give pixels
         routes.append("sample")
         if "encode" in caps:
@@ -102,7 +105,8 @@ def describe(loaded: Loaded, limits: Limits) -> dict[str, Any]:
         "capabilities": caps,
         "conditioning": model.conditioning,
         "routes": routes,
-        "data": {"kind": data["modality"], "shape": list(data["shape"])},
+        "data": {"kind": data["modality"], "shape": list(data["shape"]),
+                 **({"sample_rate": data["sample_rate"]} if data.get("sample_rate") else {})},
         "parameters": params,
         "defaults": defaults,
         "run_id": loaded.run_id,
@@ -149,12 +153,12 @@ def sample_batch(model, jobs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]
         if all(prompted):
             kwargs["prompt"] = [p for j in members for p in j["conditions"]["prompt"]]
         gens = StackedGenerators([(torch.Generator().manual_seed(j["seed"]), j["n"]) for j in members])
-        x = model.sample(gens.rows, generator=gens, **kwargs).float().cpu()  # (rows, C, H, W)
-        u8 = to_uint8_image(x)  # (rows, H, W, C)
+        x = model.sample(gens.rows, generator=gens, **kwargs).float().cpu()  # (rows, C, H, W) or (rows, T)
+        u8 = to_uint8_image(x) if x.ndim == 4 else None  # (rows, H, W, C) for images
         start = 0
         for i, j in zip(idx, members):
-            out[i] = {"floats": x[start:start + j["n"]].numpy(), "uint8": u8[start:start + j["n"]],
-                      "batch_requests": len(idx)}
+            out[i] = {"floats": x[start:start + j["n"]].numpy(),
+                      "uint8": None if u8 is None else u8[start:start + j["n"]], "batch_requests": len(idx)}
             start += j["n"]
         calls.append(len(idx))
     return out, calls
@@ -288,12 +292,14 @@ class ModelServer:
             return error_body(result)
         if isinstance(result, Exception):
             raise result
-        if grid:
+        if job["format"] == "wav":  # the clips as one WAV file, apart by a short silence
+            return {"version": result["version"], "wav": wav_bytes(result["floats"], info["data"]["sample_rate"])}
+        if grid and result["uint8"] is not None:
             return {"version": result["version"], "grid": png_bytes(image_grid(result["uint8"]))}
         return SampleResponse(
             model=self.name, version=result["version"], family=info["family"], n=job["n"], seed=job["seed"],
             settings=job["settings"], batch_requests=result["batch_requests"],
-            **images_payload(result["uint8"], result["floats"], req["format"]),
+            **images_payload(result["uint8"], result["floats"], job["format"]),
         ).model_dump(exclude_none=True)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)

@@ -2,6 +2,7 @@
 sampling request, read from the settings the model declares.
 
     POST /v1/models/{name}/sample     {"n": 4, "seed": 0, "class_label": 3, "<setting>": ..., "format": "png"}
+                                      audio models answer audio/wav (format "wav", their default)
     POST /v1/models/{name}/generate   {"prompt": "def ", "n": 1, "seed": 0, "stop": ["\\n\\n"], "stream": true,
                                        "<setting>": ...}      text models
 
@@ -9,7 +10,8 @@ n, seed, format and the condition (class_label or prompt, as `model.conditioning
 every model's; the other fields are the model's sampling settings (`model.sampling_settings`, a
 pydantic model: components/models/protocol.py), validated by it with the checkpoint's sampling
 defaults in between. What a sample call may cost is the model's own count
-(`model.sampling_cost`), held to limits.max_steps (limits.max_new_tokens for a text model).
+(`model.sampling_cost`), held to limits.max_steps (limits.max_new_tokens for a text model,
+limits.max_audio_s for an audio model, whose cost is a step per sample).
 Serve names no setting of any family.
 
 Errors look like FastAPI's own 422: {"detail": [{"loc": ["body", FIELD], "msg": ..., "type": ...}]}.
@@ -49,7 +51,9 @@ class SampleRequest(BaseModel):
     class_label: int | list[int] | None = Field(
         None, description="class-conditional models: one label for all, or one per sample")
     prompt: str | None = Field(None, description="text-conditional models")
-    format: Literal["png", "array"] = Field("png", description="base64 PNGs, or float arrays in [-1, 1]")
+    format: Literal["png", "wav", "array"] | None = Field(
+        None, description="images: base64 PNGs (png, the default) or float arrays in [-1, 1]; audio: one WAV "
+                          "file of the clips, the response body being audio/wav (wav, the default), or float arrays")
 
 
 class GenerateRequest(BaseModel):
@@ -99,7 +103,8 @@ class Served(BaseModel):
 
 class ImagesOut(Served):
     images: list[str] | None = Field(None, description="base64 PNGs (format png)")
-    arrays: list[Any] | None = Field(None, description="(B, C, H, W) floats in [-1, 1] (format array)")
+    arrays: list[Any] | None = Field(None, description="(B, C, H, W) images or (B, T) audio clips, floats in "
+                                                       "[-1, 1] (format array)")
 
 
 class SampleResponse(ImagesOut):
@@ -202,6 +207,11 @@ def sample_parameters(model, defaults: dict[str, Any], limits: Limits) -> dict[s
                                    cost_limit(model, limits)[0])
             if top is not None:
                 param["max"] = top
+        elif param["type"] == "number" and isinstance(defaults.get(name), (int, float)):
+            top = _max_number_within_cost(model, name, float(defaults[name]), param.get("max"), defaults,
+                                          cost_limit(model, limits)[0])
+            if top is not None:
+                param["max"] = top
         params[name] = param
     return params
 
@@ -261,6 +271,26 @@ def _max_within_cost(model, name: str, low: int, high: int | None, defaults: dic
     return low
 
 
+def _max_number_within_cost(model, name: str, low: float, high: float | None, defaults: dict[str, Any],
+                            limit: int) -> float | None:
+    """_max_within_cost for a real-valued setting (an audio clip's seconds), from its default
+    (which fits) up, to three decimals, rounded down; None when the cost does not grow with it."""
+
+    def fits(value: float) -> bool:
+        try:
+            return model.sampling_cost(settings_for(model, {name: value}, defaults)) <= limit
+        except ValidationError:
+            return False
+
+    high = high if high is not None else low + 1e6
+    if not fits(low) or fits(high):
+        return None
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    return math.floor(low * 1000) / 1000
+
+
 def parse_sample(req: dict[str, Any], loaded, limits: Limits) -> dict[str, Any]:
     """A /sample body (SampleRequest's fields plus the model's settings) -> a sampling job
     {n, seed, settings, conditions}: settings validated by the model's settings schema over the
@@ -292,9 +322,25 @@ def parse_sample(req: dict[str, Any], loaded, limits: Limits) -> dict[str, Any]:
     if cost > limit:
         field = _costly_field(model, settings_given, loaded.sampling_defaults, limit)
         what = f"{field}={settings_given[field]!r}" if field else "this model's default settings"
+        if "audio" in model.capabilities:
+            raise RequestError(field, f"{what}: clips of {cost / model.sample_rate:g} s; at most "
+                                      f"{limits.max_audio_s:g} s per clip (limits.max_audio_s)")
         raise RequestError(field, f"{what}: one sample call would make {cost} network evaluations; at most "
                                   f"{limit} (limits.{limit_name}): ask for fewer steps")
-    return {"n": n, "seed": req["seed"], "settings": settings.model_dump(), "conditions": conditions}
+    return {"n": n, "seed": req["seed"], "settings": settings.model_dump(), "conditions": conditions,
+            "format": response_format(req.get("format"), model)}
+
+
+def response_format(fmt: str | None, model) -> str:
+    """The format a sample answer takes: png or array for images, wav or array for audio; None
+    picks the first."""
+    allowed = ("wav", "array") if "audio" in model.capabilities else ("png", "array")
+    if fmt is None:
+        return allowed[0]
+    if fmt not in allowed:
+        kind = "audio" if "audio" in model.capabilities else "images"
+        raise RequestError("format", f"format {fmt!r}: this model makes {kind}; format is one of {', '.join(allowed)}")
+    return fmt
 
 
 def cost_limit(model, limits: Limits) -> tuple[int, str]:
@@ -302,6 +348,8 @@ def cost_limit(model, limits: Limits) -> tuple[int, str]:
     model (each a one-position pass through the KV cache), steps for the others."""
     if "generate_text" in model.capabilities:
         return limits.max_new_tokens, "max_new_tokens"
+    if "audio" in model.capabilities:  # a step per sample: the limit is on the clip's length
+        return int(limits.max_audio_s * model.sample_rate), "max_audio_s"
     return limits.max_steps, "max_steps"
 
 
@@ -313,7 +361,7 @@ def parse_generate(req: dict[str, Any], loaded, limits: Limits) -> dict[str, Any
     from genray.components.samplers import text
 
     rest = {k: v for k, v in req.items() if k not in ("prompt", "stop", "stream")}
-    job = parse_sample({**rest, "format": "png"}, loaded, limits)
+    job = parse_sample({**rest, "format": None}, loaded, limits)
     n = job["n"]
     prompts = [req["prompt"]] if isinstance(req["prompt"], str) else list(req["prompt"])
     if len(prompts) == 1:

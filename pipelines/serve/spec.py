@@ -28,6 +28,9 @@ class Limits(BaseModel):
     # Text models: tokens one generate call may add (each a cached forward pass of one position,
     # far cheaper than an image model's step, so counted apart from max_steps).
     max_new_tokens: int = Field(512, ge=1, le=100_000)
+    # Audio models: the longest clip one sample request may ask for (a network step per sample:
+    # 8,000 steps a second at 8 kHz).
+    max_audio_s: float = Field(5.0, gt=0, le=600)
     max_images: int = Field(16, ge=1, le=1024)  # images or latents in one encode/decode/log_prob
     max_interpolation_steps: int = Field(16, ge=2, le=256)
     max_prompt_chars: int = Field(256, ge=1, le=10_000)

@@ -35,10 +35,11 @@ from genray.pipelines import cli, serve, tracking
 
 pytestmark = pytest.mark.integration
 
-LIMITS = {"max_n": 8, "max_steps": 20, "max_new_tokens": 16, "max_images": 4, "max_interpolation_steps": 6,
-          "max_prompt_chars": 32, "max_body_bytes": 200_000, "request_timeout_s": 60}
+LIMITS = {"max_n": 8, "max_steps": 20, "max_new_tokens": 16, "max_audio_s": 0.2, "max_images": 4,
+          "max_interpolation_steps": 6, "max_prompt_chars": 32, "max_body_bytes": 200_000, "request_timeout_s": 60}
 VOCAB = tuple("abcdefghij \n")
 TEXT = DatasetInfo("tokens", (12,), 100, 0, VOCAB, ("tokens",))  # 12-character rows
+AUDIO = DatasetInfo("audio", (400,), 100, 3, None, ("waveform", "sample_rate", "label"), sample_rate=8000)  # 50 ms
 MODELS = {  # name -> (family, data and model arguments)
     "vae-t": ("vae", {}),
     "gan-t": ("dcgan", {"num_classes": 10, "conditional": True}),
@@ -47,8 +48,9 @@ MODELS = {  # name -> (family, data and model arguments)
     "text-t": ("diffusion", {"conditioning": "text", "text_len": 16, "num_timesteps": 50,
                              "num_inference_steps": 3, "guidance_scale": 2.0}),
     "gpt-t": ("gpt", {"data": TEXT, "block_size": 32}),
+    "wave-t": ("wavenet", {"data": AUDIO, "conditioning": "class"}),
 }
-IMAGE_MODELS = sorted(n for n, (family, _) in MODELS.items() if family != "gpt")
+IMAGE_MODELS = sorted(n for n, (family, _) in MODELS.items() if family not in ("gpt", "wavenet"))
 
 
 def register_tiny(uri: str, home: Path, name: str, family: str, *, seed: int = 0, alias: str | None = "champion",
@@ -276,6 +278,43 @@ def test_bad_generate_requests_get_422_naming_the_field(served, body, field, mes
         assert detail_field(r) == field and message in r.json()["detail"][0]["msg"], r.text
 
 
+def wav_of(response) -> tuple[int, np.ndarray]:
+    import wave
+
+    with wave.open(io.BytesIO(response.content)) as w:
+        assert (w.getnchannels(), w.getsampwidth()) == (1, 2)
+        return w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+
+
+def test_audio_comes_as_a_wav_by_seed_or_as_arrays_and_long_clips_are_refused(served):
+    c = served["client"]
+    info = c.get("/v1/models/wave-t").json()
+    assert info["routes"] == ["sample"] and info["data"] == {"kind": "audio", "shape": [400], "sample_rate": 8000}
+    assert info["defaults"] == {"seconds": 0.05, "temperature": 1.0}
+    assert info["parameters"]["seconds"]["max"] == LIMITS["max_audio_s"]  # the limit, below the model's own 60 s
+    assert info["parameters"]["class_label"]["max"] == 2
+
+    body = {"n": 2, "seed": 3, "class_label": [0, 2]}
+    r = c.post("/v1/models/wave-t/sample", json=body)
+    assert r.status_code == 200 and r.headers["content-type"] == "audio/wav", r.text
+    assert r.headers["x-genray-model-version"] == "1"
+    rate, pcm = wav_of(r)
+    assert rate == 8000 and len(pcm) == 2 * 400 + 2000  # two clips, 0.25 s of silence between them
+    assert not pcm[400:2400].any() and pcm[:400].any()
+    assert c.post("/v1/models/wave-t/sample", json=body).content == r.content  # same seed, same bytes
+    assert c.post("/v1/models/wave-t/sample", json={**body, "seed": 4}).content != r.content
+    # format array: the same clips as floats, which the WAV holds as 16-bit PCM.
+    arrays = c.post("/v1/models/wave-t/sample", json={**body, "format": "array"}).json()["arrays"]
+    x = np.asarray(arrays)
+    assert x.shape == (2, 400) and np.abs(x).max() <= 1
+    assert np.array_equal(np.rint(x[0] * 32767).astype("<i2"), pcm[:400])
+    longer = c.post("/v1/models/wave-t/sample", json={**body, "seconds": 0.2})
+    assert len(wav_of(longer)[1]) == 2 * 1600 + 2000
+    too_long = c.post("/v1/models/wave-t/sample", json={**body, "seconds": 1.5})
+    assert too_long.status_code == 422 and detail_field(too_long) == "seconds"
+    assert "at most 0.2 s per clip (limits.max_audio_s)" in too_long.json()["detail"][0]["msg"]
+
+
 def test_text_and_image_routes_stay_apart(served):
     c = served["client"]
     for route, body in (("sample", {"n": 1}), ("log_prob", {"arrays": [[[[0.0] * 8] * 8]]})):
@@ -293,7 +332,7 @@ def test_routes_a_model_lacks_answer_404_with_its_capabilities(served):
     assert detail["capabilities"] == ["condition", "sample"] and detail["routes"] == ["sample"]
     assert c.post("/v1/models/diff-t/interpolate", json={"a": "AA", "b": "AA"}).status_code == 404
     missing = c.post("/v1/models/nope/sample", json={})
-    assert missing.status_code == 404 and "diff-t, gan-t, gpt-t, text-t, vae-t" in missing.json()["detail"][0]["msg"]
+    assert missing.status_code == 404 and "diff-t, gan-t, gpt-t, text-t, vae-t, wave-t" in missing.json()["detail"][0]["msg"]
 
 
 def test_the_gallery_page_is_self_contained(served):
@@ -591,6 +630,12 @@ def test_a_bug_answers_500_and_logs_its_traceback_while_a_mistake_still_answers_
     ("vae-t", {"guidance_scale": 2}, "guidance_scale"),
     ("vae-t", {"temperature": "hot"}, "temperature"),
     ("gan-t", {"n": "four"}, "n"),
+    ("wave-t", {"seconds": 0.25}, "seconds"),  # over limits.max_audio_s
+    ("wave-t", {"seconds": 0}, "seconds"),
+    ("wave-t", {"temperature": 0}, "temperature"),
+    ("wave-t", {"format": "png"}, "format"),
+    ("wave-t", {"class_label": 3}, "class_label"),
+    ("vae-t", {"format": "wav"}, "format"),
 ])
 def test_out_of_range_values_get_422_naming_the_field(served, name, body, field):
     r = served["client"].post(f"/v1/models/{name}/sample", json=body)
@@ -900,6 +945,24 @@ def test_the_gallery_asks_for_the_key_once_and_shows_samples_in_headless_chromiu
         shown = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#samples pre.text-sample")]
         expected = served["client"].post("/v1/models/gpt-t/generate", json={"prompt": "abc", "n": 2}).json()["texts"]
         assert [s.rstrip() for s in shown] == [("abc" + t).rstrip() for t in expected]
+
+        # An audio model: the WAV in an <audio> player, and its waveform drawn beside it.
+        Select(driver.find_element(By.ID, "model")).select_by_value("wave-t")
+        wait.until(lambda d: d.find_elements(By.ID, "p-seconds"))
+        n = driver.find_element(By.ID, "p-n")
+        n.clear()
+        n.send_keys("2")
+        driver.find_element(By.ID, "go").click()
+        wait.until(lambda d: "2 clips from wave-t" in d.find_element(By.ID, "status").text)
+        canvas = driver.find_element(By.CSS_SELECTOR, "#samples canvas.waveform")
+        assert canvas.get_attribute("data-samples") == str(2 * 400 + 2000)
+        drawn = driver.execute_script(
+            "const c = document.querySelector('#samples canvas.waveform');"
+            "const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+            "let n = 0; for (let i = 3; i < px.length; i += 4) n += px[i] > 0; return n;")
+        assert drawn > 100, drawn
+        wait.until(lambda d: d.execute_script(
+            "const a = document.querySelector('#samples audio'); return a.readyState >= 1 && a.duration > 0.3"))
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
