@@ -23,7 +23,7 @@ import torch
 
 from genray.components import checkpoint
 from genray.components.data import DatasetInfo, image_grid, save_png
-from genray.components.data.show import SEPARATOR
+from genray.components.data.show import SEPARATOR, render
 from genray.components.samplers import text
 from genray.components.errors import UserError
 from genray.pipelines import sampling, tracking
@@ -165,29 +165,35 @@ class Sampled:
 def sample_to_file(target: str, out: Path | None, *, n: int = 64, seed: int = 0, overrides: list[str] | None = None,
                    class_labels: list[int] | None = None, prompt: str | None = None, stop: list[str] | None = None,
                    home: Path | None = None) -> Sampled:
-    """`genray sample`: n samples of `target` written to `out` (default samples.png, or
-    samples.txt for a text model; "-" streams a text model's samples to standard output)."""
+    """`genray sample`: n samples of `target` written to `out` (default samples.png; samples.txt
+    for a text model, where "-" streams the samples to standard output; samples.wav for audio)."""
     if n < 1:
         raise UserError(f"-n: at least one sample, got {n}")
     model = load(target, home=home)
     if "generate_text" in model.module.capabilities:
         return _text_to_file(model, target, out or Path("samples.txt"), n=n, seed=seed, overrides=overrides,
                              class_labels=class_labels, prompt=prompt or "", stop=stop)
-    out = out or Path("samples.png")
+    show = model.data.kind.show
+    suffix = {"grid": ".png", "player": ".wav"}.get(show)
+    out = out or Path(f"samples{suffix or '.png'}")
     if stop:
         raise UserError(f"--stop: {target} does not generate text; stop strings are for text models")
-    if model.data.kind.show != "grid":
-        raise UserError(f"{target}: its samples are shown as {model.data.kind.show}; genray sample writes image "
-                        "grids and text so far")
-    if out.suffix.lower() != ".png":
-        raise UserError(f"-o {out}: image samples are written as a PNG grid; name a .png file")
+    if suffix is None:
+        raise UserError(f"{target}: its samples are shown as {show}; genray sample writes image grids, text and "
+                        "audio so far")
+    if out.suffix.lower() != suffix:
+        what = "image samples are written as a PNG grid" if show == "grid" else "audio samples are written as a WAV file"
+        raise UserError(f"-o {out}: {what}; name a {suffix} file")
     given = sampling.parse_overrides(overrides or [], prefix_required=False)
     settings = sampling.resolve(model.module, given, model.defaults, label="--set ")
     model.conditions(n, class_labels, prompt, names=("--class-label", "--prompt"))
     x = model.sample(n, seed=seed, class_labels=class_labels, prompt=prompt, **settings.model_dump())
     if not out.parent.is_dir():
         raise UserError(f"-o {out}: no such folder {out.parent}")
-    model.save_grid(x, out)
+    if show == "grid":
+        model.save_grid(x, out)
+    else:
+        out.write_bytes(render(x, model.data).data)
     shown = ", ".join(f"{k}={v}" for k, v in settings.model_dump().items()) or "no settings"
     return Sampled(out, n, target, shown)
 

@@ -170,6 +170,44 @@ def test_text_sample_mistakes_are_one_line(gpt_checkpoint, tmp_path, monkeypatch
     assert needle in err and err.count("\n") == 1, err
 
 
+@pytest.fixture
+def wavenet_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    data = DatasetInfo("audio", (200,), 100, 3, None, ("waveform", "sample_rate", "label"), sample_rate=8000)
+    args = {"size": "tiny", "conditioning": "class"}
+    model = build("wavenet", args, data)
+    ckpt = tmp_path / "wavenet-ckpt"
+    checkpoint.save(ckpt, checkpoint.Checkpoint(model.state_dict(),
+                                                {"step": 1, "model": checkpoint.model_state("wavenet", args, data)}))
+    return ckpt
+
+
+def test_sample_writes_audio_clips_as_a_wav(wavenet_checkpoint, tmp_path, monkeypatch, capsys):
+    import wave
+
+    monkeypatch.setenv("GENRAY_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["sample", str(wavenet_checkpoint), "-n", "2", "--class-label", "2", "--set", "seconds=0.05"]) == 0
+    assert "seconds=0.05" in capsys.readouterr().out
+    with wave.open(str(tmp_path / "samples.wav")) as w:  # the default name for audio
+        assert (w.getframerate(), w.getnchannels(), w.getnframes()) == (8000, 1, 2 * 400 + 2000)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["-o", "x.png"], "-o x.png: audio samples are written as a WAV file; name a .wav file"),
+    (["--set", "seconds=61"], "--set seconds"),
+    (["--set", "temperature=0"], "--set temperature"),
+    (["--class-label", "3"], "--class-label"),
+    (["--prompt", "hi"], "--prompt"),
+])
+def test_audio_sample_mistakes_are_one_line(wavenet_checkpoint, tmp_path, monkeypatch, capsys, extra, needle):
+    monkeypatch.setenv("GENRAY_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["sample", str(wavenet_checkpoint), "-n", "2", *extra]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1, err
+
+
 def test_genray_help_runs_without_torch():
     """What makes `genray --help` quick: parsing imports no torch (timing lives in benchmarks)."""
     code = "import sys; from pipelines import cli; cli.parser(); print('torch' in sys.modules)"
