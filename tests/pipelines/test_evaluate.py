@@ -17,7 +17,7 @@ def tiny_spec(family: str, feature_net: str, **model):
         "model": {"family": family, "size": "tiny", **model},
         "trainer": {"max_steps": 30, "batch_size": 16, "checkpoint_every": 30, "eval_every": 30, "log_every": 10,
                     "eval_batches": 1, "num_samples": 16, "quality_samples": 16, "feature_net": feature_net},
-        "scaling": {"workers": 2, "cpus_per_worker": 0.5},
+        "scaling": {"workers": 0},  # local mode: evaluation is under test here, not data-parallel training
         "tracking": {"experiment": "test"},
     }, "<test>")
 

@@ -243,12 +243,12 @@ def test_text_conditioned_latent_diffusion_on_a_genray_autoencoder(ray_session, 
 
     from genray.components.checkpoint import build_model
 
-    ae_spec = tiny_spec("beta_vae")
+    ae_spec = tiny_spec("beta_vae", 0)  # local mode: what is tested here is the reference, not DDP
     ae_spec = config.validate({**ae_spec.model_dump(mode="json"), "model": {
         "family": "beta_vae", "size": "tiny", "latent_channels": 2, "latent_downsample": 1, "beta": 0.01}}, "<test>")
     ae = train.run(ae_spec, name="t-ae", home=genray_home)
 
-    raw = tiny_spec("diffusion").model_dump(mode="json")
+    raw = tiny_spec("diffusion", 0).model_dump(mode="json")
     raw["model"] = {"family": "diffusion", "size": "tiny", "autoencoder": f"runs:/{ae.run_id}",
                     "conditioning": "text", "text_len": 24, "num_timesteps": 50, "num_inference_steps": 4,
                     "eval_guidance_scales": [0.0, 2.0]}
@@ -275,7 +275,7 @@ def test_text_conditioned_latent_diffusion_on_a_genray_autoencoder(ray_session, 
 
 
 def test_an_autoencoder_that_names_nothing_is_a_config_error(genray_home):
-    raw = tiny_spec("diffusion").model_dump(mode="json")
+    raw = tiny_spec("diffusion", 0).model_dump(mode="json")
     raw["model"] = {"family": "diffusion", "size": "tiny", "autoencoder": "models:/no-such-model@champion"}
     with pytest.raises(config.ConfigError, match="model.autoencoder: 'models:/no-such-model@champion': not found"):
         train.run(config.validate(raw, "<test>"), name="t-bad-ae", home=genray_home)
