@@ -317,16 +317,8 @@ def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> Ev
     nets = [n for n in (domain_classifier(request.feature_net, train_path=data.train, dataset=dataset, home=home, say=say),
                         inception_net(request.inception)) if n is not None]
     params = {
-        "eval.target": request.target,
-        "eval.checkpoint_step": str(state.get("step")),
-        "eval.num_samples": str(request.num_samples),
-        "eval.reference_split": request.reference,
-        "eval.reference_rows": str(len(reference.x)),
-        "eval.workers": str(request.workers),
-        "eval.batch_size": str(request.batch_size),
-        "eval.seed": str(request.seed),
+        **run_params(request, state, len(reference.x), settings),
         "eval.feature_nets": ",".join(n.id for n in nets) or "none",
-        **{f"eval.sampling.{k}": str(v) for k, v in settings.model_dump().items()},
     }
 
     say(f"generating {request.num_samples} samples on {request.workers or 'no'} Ray worker(s) ...")
@@ -367,6 +359,22 @@ def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> Ev
     return _log(request, target, state, params, metrics, render(fake[:64], data.info), uri=uri, home=home)
 
 
+def run_params(request: EvalRequest, state: dict[str, Any], reference_rows: int, settings) -> dict[str, str]:
+    """The evaluation run's params every kind of data shares: what was scored, against which
+    split, how the samples were drawn (workers, batch, seed) and with which sampling settings."""
+    return {
+        "eval.target": request.target,
+        "eval.checkpoint_step": str(state.get("step")),
+        "eval.num_samples": str(request.num_samples),
+        "eval.reference_split": request.reference,
+        "eval.reference_rows": str(reference_rows),
+        "eval.workers": str(request.workers),
+        "eval.batch_size": str(request.batch_size),
+        "eval.seed": str(request.seed),
+        **{f"eval.sampling.{k}": str(v) for k, v in settings.model_dump().items()},
+    }
+
+
 def _log(request: EvalRequest, target: Target, state: dict[str, Any], params: dict[str, str],
          metrics: dict[str, float], shown: Rendered, *, uri: str, home: Path) -> EvalOutcome:
     eval_run_id = None
@@ -395,19 +403,11 @@ def evaluate_sequences(request: EvalRequest, target: Target, model, state: dict[
     conditions = {"y": np.arange(request.num_samples) % model.num_classes} if model.conditioning == "class" else {}
     unit = "char" if info.vocab and all(len(t) == 1 for t in info.vocab) else "token"
     params = {
-        "eval.target": request.target,
-        "eval.checkpoint_step": str(state.get("step")),
-        "eval.num_samples": str(request.num_samples),
-        "eval.reference_split": request.reference,
-        "eval.reference_rows": str(len(reference["x"])),
+        **run_params(request, state, len(reference["x"]), settings),
         "eval.reference_tokens": str(reference["x"].size),
         "eval.token_unit": unit,
         "eval.bits_per_token_kind": likelihood.likelihood_of(model)[1],
         "eval.ngram_alpha": str(ngram.ALPHA),
-        "eval.workers": str(request.workers),
-        "eval.batch_size": str(request.batch_size),
-        "eval.seed": str(request.seed),
-        **{f"eval.sampling.{k}": str(v) for k, v in settings.model_dump().items()},
     }
     say(f"bits/{unit} on {len(reference['x'])} {request.reference} sequences ({reference['x'].size} {unit}s) ...")
     metrics = {"bits_per_token": sequence_bits(model, reference, batch_size=request.batch_size)}
@@ -470,19 +470,11 @@ def evaluate_audio(request: EvalRequest, target: Target, model, state: dict[str,
     sampling = settings.model_dump(exclude_unset=True)
     conditions = {"y": np.arange(request.num_samples) % model.num_classes} if model.conditioning == "class" else {}
     params = {
-        "eval.target": request.target,
-        "eval.checkpoint_step": str(state.get("step")),
-        "eval.num_samples": str(request.num_samples),
-        "eval.reference_split": request.reference,
-        "eval.reference_rows": str(len(reference["x"])),
+        **run_params(request, state, len(reference["x"]), settings),
         "eval.reference_samples": str(reference["x"].size),
         "eval.sample_rate": str(info.sample_rate),
         "eval.nats_per_sample_kind": likelihood.likelihood_of(model)[1],
         "eval.ngram_alpha": str(ngram.ALPHA),
-        "eval.workers": str(request.workers),
-        "eval.batch_size": str(request.batch_size),
-        "eval.seed": str(request.seed),
-        **{f"eval.sampling.{k}": str(v) for k, v in settings.model_dump().items()},
     }
     say(f"nats/sample on {len(reference['x'])} {request.reference} clips ({reference['x'].size} samples) ...")
     metrics = {"nats_per_sample": nats_per_element(model, reference, batch_size=min(request.batch_size, 64)),
