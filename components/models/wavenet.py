@@ -38,8 +38,6 @@ from genray.components.training import Backprop
 
 UNIFORM_NATS = math.log(LEVELS)  # a model that knows nothing: ln 256 nats per sample
 MAX_SECONDS = 60.0  # the most one sample call may ask for; serving sets its own, lower limit
-
-
 SILENCE = int(mu_law_encode(torch.zeros(())))  # 128: the start value, before the first sample
 
 
