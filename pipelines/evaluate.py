@@ -27,7 +27,8 @@ declares and what the data holds:
                        held-out row, beside a unigram and a bigram fitted on the training split
                        (components/metrics/ngram.py); samples/s and tokens/s of generation
     audio clips        exact nats per sample (8-bit mu-law) over every held-out clip, beside the
-                       uniform ln 256 and a unigram and a bigram of the mu-law values; clips/s,
+                       uniform ln 256 and a unigram and a bigram of the mu-law values (again on
+                       the clips' active span when they are padded with silence); clips/s,
                        audio samples/s; pitch accuracy (FFT peak) of class-conditioned samples
                        where the data store each label's pitch (the built-in tones)
 
@@ -439,6 +440,27 @@ def nats_per_element(model, split: dict[str, np.ndarray], *, batch_size: int) ->
     return nats / x.numel()
 
 
+def active_span(clips: np.ndarray) -> np.ndarray:
+    """(N, T) bool: from each clip's first non-zero sample to its last, both included."""
+    loud = np.asarray(clips) != 0
+    first = loud.argmax(axis=1)
+    last = loud.shape[1] - 1 - loud[:, ::-1].argmax(axis=1)
+    t = np.arange(loud.shape[1])
+    return loud.any(axis=1)[:, None] & (t >= first[:, None]) & (t <= last[:, None])
+
+
+def log_prob_steps(model, split: dict[str, np.ndarray], *, batch_size: int) -> np.ndarray:
+    """(N, T) nats of each step of every row, labels conditioning a class-conditional model."""
+    x = torch.as_tensor(split["x"])
+    y = torch.as_tensor(split["y"]) if "y" in split and model.conditioning == "class" else None
+    parts = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            kw = {"y": y[i : i + batch_size]} if y is not None else {}
+            parts.append(model.log_prob_steps(x[i : i + batch_size], **kw).double().cpu().numpy())
+    return np.concatenate(parts)
+
+
 def label_pitches(path: Path) -> dict[int, float] | None:
     """label -> pitch in Hz, when the audio dataset stores both (the built-in tones); None else."""
     import pyarrow.parquet as pq
@@ -479,10 +501,20 @@ def evaluate_audio(request: EvalRequest, target: Target, model, state: dict[str,
     say(f"nats/sample on {len(reference['x'])} {request.reference} clips ({reference['x'].size} samples) ...")
     metrics = {"nats_per_sample": nats_per_element(model, reference, batch_size=min(request.batch_size, 64)),
                "uniform_nats_per_sample": math.log(LEVELS)}
-    base = ngram.ngram_baselines(mu_law_encode(torch.as_tensor(fit)).numpy(),
-                                 mu_law_encode(torch.as_tensor(reference["x"])).numpy(), LEVELS)
+    fit_codes = mu_law_encode(torch.as_tensor(fit)).numpy()
+    ref_codes = mu_law_encode(torch.as_tensor(reference["x"])).numpy()
+    base = ngram.ngram_baselines(fit_codes, ref_codes, LEVELS)
     metrics.update(unigram_nats_per_sample=base.unigram_bits * math.log(2),
                    bigram_nats_per_sample=base.bigram_bits * math.log(2))
+    # Clips padded with digital silence (spoken_digits: the word, then zeros) are scored again
+    # on their active span alone, where the padding's near-free predictions do not dilute it.
+    active = active_span(reference["x"])
+    if "log_prob_steps" in model.capabilities and not active.all():
+        steps = log_prob_steps(model, reference, batch_size=min(request.batch_size, 64))
+        base = ngram.ngram_baselines(fit_codes, ref_codes, LEVELS, mask=active)
+        metrics.update(active_share=float(active.mean()), nats_per_active_sample=float(-steps[active].mean()),
+                       unigram_nats_per_active_sample=base.unigram_bits * math.log(2),
+                       bigram_nats_per_active_sample=base.bigram_bits * math.log(2))
 
     say(f"generating {request.num_samples} clips on {request.workers or 'no'} Ray worker(s) ...")
     fake, speed = generate(target.checkpoint, request.num_samples, sampling=sampling, conditions=conditions,
@@ -527,6 +559,9 @@ def print_report(out: EvalOutcome) -> None:
             line += (f"   ({out.params.get('eval.nats_per_sample_kind')}; 8-bit mu-law; uniform "
                      f"{m['uniform_nats_per_sample']:.4g}, unigram {m['unigram_nats_per_sample']:.4g}, "
                      f"bigram {m['bigram_nats_per_sample']:.4g})")
+        if key == "nats_per_active_sample":
+            line += (f"   ({m['active_share']:.0%} of the samples, the padding left out; unigram "
+                     f"{m['unigram_nats_per_active_sample']:.4g}, bigram {m['bigram_nats_per_active_sample']:.4g})")
         print(line)
     if out.eval_run_id:
         print(f"\nevaluation run {out.eval_run_id} in {out.tracking_uri}"

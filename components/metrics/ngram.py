@@ -53,16 +53,22 @@ def bigram_log_probs(train: np.ndarray, vocab_size: int, alpha: float = ALPHA) -
     return np.log(counts + alpha) - np.log(counts.sum(axis=1, keepdims=True) + alpha * vocab_size)
 
 
-def ngram_baselines(train: np.ndarray, test: np.ndarray, vocab_size: int, alpha: float = ALPHA) -> NGramScores:
-    """Held-out bits per token of the unigram and the bigram fitted on `train`, both (N, T) ids."""
+def ngram_baselines(train: np.ndarray, test: np.ndarray, vocab_size: int, alpha: float = ALPHA, *,
+                    mask: np.ndarray | None = None) -> NGramScores:
+    """Held-out bits per token of the unigram and the bigram fitted on `train`, both (N, T) ids.
+    `mask` (N, T) bool scores only the positions it marks (each still predicted from the token
+    before it): the audio clips' active span, without the silence they are padded with."""
     if alpha <= 0:
         raise ValueError(f"alpha must be > 0 (a zero count would cost infinite bits), got {alpha}")
     test = _rows(test, vocab_size)
-    if test.size == 0:
+    mask = np.ones(test.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    if mask.shape != test.shape:
+        raise ValueError(f"mask must match the held-out tokens' shape {test.shape}, got {mask.shape}")
+    n = int(mask.sum())
+    if n == 0:
         raise ValueError("no held-out tokens to score")
     uni = unigram_log_probs(train, vocab_size, alpha)
     bi = bigram_log_probs(train, vocab_size, alpha)
-    uni_nats = -uni[test].sum()
-    bi_nats = -uni[test[:, 0]].sum() - bi[test[:, :-1], test[:, 1:]].sum()
-    n = test.size
-    return NGramScores(float(uni_nats / n / math.log(2)), float(bi_nats / n / math.log(2)), int(n))
+    uni_nats = -uni[test]  # (N, T)
+    bi_nats = np.concatenate([uni_nats[:, :1], -bi[test[:, :-1], test[:, 1:]]], axis=1)  # the first by the unigram
+    return NGramScores(float(uni_nats[mask].sum() / n / math.log(2)), float(bi_nats[mask].sum() / n / math.log(2)), n)

@@ -15,7 +15,7 @@ from torch import Tensor
 
 # Capabilities a family may declare; serving and evaluation route on these.
 CAPABILITIES = frozenset(
-    {"sample", "encode", "decode", "log_prob", "condition", "translate", "generate_text", "audio"}
+    {"sample", "encode", "decode", "log_prob", "log_prob_steps", "condition", "translate", "generate_text", "audio"}
 )
 
 # The settings model's config: unknown keys are errors (a typo must not be ignored), values are
@@ -77,7 +77,8 @@ class GenerativeModel(Protocol):
         ...
 
     # Present when the capability is declared:
-    #   encode(x) -> z, decode(z) -> x, log_prob(x) -> nats per example, translate(x) -> x'
+    #   encode(x) -> z, decode(z) -> x, log_prob(x) -> nats per example, translate(x) -> x',
+    #   log_prob_steps(x, y=) -> (B, T) nats of each step of a sequence, summing to log_prob
     # A model with log_prob also declares log_prob_space ("discrete": log P of the 8-bit bins;
     # "continuous": a density on [-1, 1]^D) and log_prob_kind ("exact" | "bound" | "estimate"),
     # so bits/dim are computed and labelled the same way for every family (metrics/likelihood.py).

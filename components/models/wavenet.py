@@ -79,7 +79,7 @@ def sampling_model(default_seconds: float) -> type[BaseModel]:
 
 
 class WaveNet(nn.Module):
-    capabilities = frozenset({"sample", "log_prob", "audio"})
+    capabilities = frozenset({"sample", "log_prob", "log_prob_steps", "audio"})
     # The softmax gives log P of each mu-law value: discrete and exact.
     log_prob_space, log_prob_kind = "discrete", "exact"
 
@@ -154,6 +154,21 @@ class WaveNet(nn.Module):
             if y is None and self.num_classes:
                 return class_mixture_log_prob(lambda k: -self.nll(x, k), x, self.num_classes)
             return -self.nll(x, y)
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def log_prob_steps(self, x: Tensor, *, y: Tensor | None = None) -> Tensor:
+        """log p(x_t | x_<t, y) of every sample, nats (B, T): its rows sum to log_prob(x, y=y).
+        A class-conditional model needs y here (a mixture over classes has no per-step terms)."""
+        if self.num_classes and y is None:
+            raise ValueError("wavenet.log_prob_steps: a class-conditional model needs y")
+        was_training = self.training
+        self.eval()
+        try:
+            logits = self.logits(x, y)
+            logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+            return -F.cross_entropy(logits, mu_law_encode(x), reduction="none")
         finally:
             self.train(was_training)
 

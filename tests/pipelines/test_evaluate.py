@@ -204,6 +204,7 @@ def test_an_audio_model_is_scored_in_nats_per_sample_beside_its_baselines_and_by
     assert 0 < m["nats_per_sample"] < m["uniform_nats_per_sample"]
     assert ev.params["eval.nats_per_sample_kind"] == "exact" and ev.params["eval.reference_samples"] == str(16 * 2000)
     assert m["pitch_accuracy_real"] == 1.0 and 0 <= m["pitch_accuracy"] <= 1
+    assert "nats_per_active_sample" not in m  # tones are sound from end to end: no padding to leave out
     assert m["audio_samples_per_s"] == pytest.approx(m["samples_per_s"] * 2000)
     assert m["real_time_factor"] == pytest.approx(m["audio_samples_per_s"] / 8000)
     files = [f.path for f in client_for(home).list_artifacts(ev.eval_run_id, "samples")]

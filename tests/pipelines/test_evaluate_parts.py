@@ -195,3 +195,12 @@ def test_in_a_real_process_a_bug_exits_1_with_its_traceback_a_mistake_2_without(
     assert mistake.returncode == 2, mistake.stderr[-2000:]
     assert "Traceback" not in mistake.stderr
     assert mistake.stderr.strip().splitlines()[-1].startswith("genray: error: TARGET 'no/such/dir'")
+
+
+def test_the_active_span_of_a_clip_runs_from_its_first_sound_to_its_last():
+    clips = np.zeros((3, 8), dtype=np.float32)
+    clips[0, 2:5] = [0.1, 0.0, -0.2]  # a zero inside the span stays in it
+    clips[1, :] = 0.5
+    span = evaluate.active_span(clips)
+    assert span[0].tolist() == [False, False, True, True, True, False, False, False]
+    assert span[1].all() and not span[2].any()  # all sound; all silence

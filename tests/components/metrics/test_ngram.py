@@ -24,6 +24,22 @@ def test_unigram_and_bigram_against_hand_counts():
     assert math.isclose(s.bigram_bits, -(math.log2(uni[1]) + math.log2(bi[1, 0])) / 2)
 
 
+def test_a_mask_scores_only_the_positions_it_marks():
+    train = np.array([[0, 1, 1], [1, 0, 2]])
+    test = np.array([[1, 0, 2], [2, 2, 1]])
+    uni, bi = unigram_log_probs(train, 3), bigram_log_probs(train, 3)
+    mask = np.array([[False, True, True], [True, False, False]])
+    s = ngram_baselines(train, test, 3, mask=mask)
+    assert s.tokens == 3
+    # Masked-out tokens still serve as the context of the next one: (1 ->) 0, (0 ->) 2, and 2 first.
+    by_hand = -(bi[1, 0] + bi[0, 2] + uni[2]) / 3 / math.log(2)
+    assert math.isclose(s.bigram_bits, by_hand)
+    assert math.isclose(s.unigram_bits, -(uni[0] + uni[2] + uni[2]) / 3 / math.log(2))
+    assert ngram_baselines(train, test, 3, mask=np.ones((2, 3), bool)) == ngram_baselines(train, test, 3)
+    with pytest.raises(ValueError, match="shape"):
+        ngram_baselines(train, test, 3, mask=np.ones((2, 2), bool))
+
+
 def test_bigram_beats_unigram_on_text_with_local_structure():
     rng = np.random.default_rng(0)
     # A Markov chain that mostly steps to the next symbol: the unigram is ~uniform, the bigram sharp.

@@ -80,6 +80,12 @@ def test_log_prob_is_the_summed_softmax_cross_entropy_of_the_mu_law_values():
     per_class = torch.stack([model.log_prob(x, y=torch.full((3,), k)) for k in range(2)])
     assert torch.allclose(model.log_prob(x), per_class.logsumexp(0) - math.log(2))
     assert torch.allclose(model.evaluate({"x": x, "y": y})["nats_per_sample"], -by_hand.mean() / 40)
+    # Step by step: each sample's own term, summing to the clip's.
+    steps = model.log_prob_steps(x, y=y)
+    assert steps.shape == (3, 40) and (steps <= 0).all()
+    assert torch.allclose(steps.sum(1), by_hand)
+    with pytest.raises(ValueError, match="needs y"):
+        model.log_prob_steps(x)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -144,7 +150,7 @@ def test_builder_takes_audio_and_explains_the_rest():
     tones = DatasetInfo("audio", (2000,), 10, 15, None, ("waveform", "sample_rate", "label"), sample_rate=8000)
     model = build_wavenet(data=tones, size="small", conditioning="class")
     assert model.receptive_field == 1024 and model.num_classes == 15
-    assert model.capabilities == {"sample", "log_prob", "audio", "condition"}
+    assert model.capabilities == {"sample", "log_prob", "log_prob_steps", "audio", "condition"}
     assert build_wavenet(data=tones, size="tiny", stacks=3).receptive_field == 1 + 3 * 63
     with pytest.raises(UserError, match="audio"):
         build_wavenet(data=DatasetInfo.for_images((1, 8, 8)), size="tiny")
