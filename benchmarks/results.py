@@ -276,7 +276,7 @@ def main() -> None:
                       "metrics": ev.metrics, "params": ev.params}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(done, indent=2, sort_keys=True))
-        entries = [done[n] for n, _, _ in ENTRIES if n in done]
+        entries = [done[n] for n, _, _ in ENTRIES if n in done and "metrics" in done[n]]  # trained, then scored
         write_markdown(entries, args.out, "make results", args.num_samples)
     print(f"wrote {args.out}")
 
