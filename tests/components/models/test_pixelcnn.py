@@ -123,4 +123,18 @@ def test_windowed_sampling_draws_what_the_whole_image_pass_draws():
     window = model.logits(x[:, :, 4:9])[:, :, -1]  # rows 5..8 see rows >= 5 only: window from 4 is enough
     assert torch.allclose(window, model.logits(x)[:, :, 8], atol=1e-5)
     gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
-    assert torch.equal(model.sample(3, generator=gen()), model.sample_naive(3, generator=gen()))
+    naive = model.sample_naive(3, generator=gen())
+    assert torch.equal(model.sample_windowed(3, generator=gen()), naive)
+
+
+@pytest.mark.parametrize("layers, kernel, classes", [(2, 3, 0), (4, 5, 3)])
+def test_the_row_cache_draws_what_the_whole_image_pass_draws(layers, kernel, classes):
+    """`sample` runs the vertical stack once per row and the horizontal stack on one row per
+    pixel: the same images as the whole image per pixel, past the rows the first window covers."""
+    model = net(11, 6, layers=layers, kernel=kernel, num_classes=classes).float()
+    assert model.reach < 11
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    y = torch.tensor([2, 0, 1]) if classes else None
+    cached = model.sample(3, generator=gen(), y=y)
+    assert torch.equal(cached, model.sample_naive(3, generator=gen(), y=y))
+    assert len(torch.unique(cached)) > 20  # varied images: the check could fail
