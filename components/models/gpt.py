@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from genray.components.data import DatasetInfo
 from genray.components.errors import UserError
-from genray.components.models.layers import StackedGenerators, class_mixture_log_prob, randn
+from genray.components.models.layers import StackedGenerators, exact_log_prob, randn
 from genray.components.models.protocol import SETTINGS_CONFIG
 from genray.components.training import Backprop
 
@@ -306,14 +306,7 @@ class GPT(nn.Module):
         """log P(x | y) of whole sequences, exact, nats per sequence (B,). Dropout is off. A
         class-conditional model without y gives the marginal under a uniform class prior,
         log (1/K) sum_k P(x | k): still exact, at K passes."""
-        was_training = self.training
-        self.eval()
-        try:
-            if y is None and self.num_classes:
-                return class_mixture_log_prob(lambda k: -token_nll(self.logits(x, k), x).sum(1), x, self.num_classes)
-            return -token_nll(self.logits(x, y), x).sum(dim=1)
-        finally:
-            self.train(was_training)
+        return exact_log_prob(self, lambda x, y: token_nll(self.logits(x, y), x).sum(dim=1), x, y, self.num_classes)
 
     @torch.no_grad()
     def evaluate(self, batch: dict[str, Tensor], *, generator: torch.Generator | None = None) -> dict[str, Tensor]:

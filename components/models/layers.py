@@ -3,7 +3,7 @@ import math
 from typing import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def check_image_shape(image_shape: tuple[int, int, int], family: str) -> tuple[int, int, int]:
@@ -67,6 +67,21 @@ def randn(shape: tuple[int, ...], *, generator: "torch.Generator | StackedGenera
     if isinstance(generator, StackedGenerators):
         return generator.randn(tuple(shape)).to(device)
     return torch.randn(shape, generator=generator, device=generator.device).to(device)
+
+
+def exact_log_prob(module: nn.Module, nll: Callable[[Tensor, Tensor | None], Tensor], x: Tensor,
+                   y: Tensor | None, num_classes: int) -> Tensor:
+    """log P(x | y) = -nll(x, y) per example (B,), in eval mode (dropout off) whatever mode the
+    module was in; a class-conditional model (num_classes > 0) without y gives the mixture under
+    a uniform class prior (class_mixture_log_prob). The log_prob of every exact-likelihood family."""
+    was_training = module.training
+    module.eval()
+    try:
+        if y is None and num_classes:
+            return class_mixture_log_prob(lambda k: -nll(x, k), x, num_classes)
+        return -nll(x, y)
+    finally:
+        module.train(was_training)
 
 
 def class_mixture_log_prob(log_prob: Callable[[Tensor], Tensor], x: Tensor, num_classes: int) -> Tensor:

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from genray.components.data import DatasetInfo
 from genray.components.errors import UserError
 from genray.components.models.gpt import inverse_cdf
-from genray.components.models.layers import StackedGenerators, class_mixture_log_prob, randn
+from genray.components.models.layers import StackedGenerators, exact_log_prob, randn
 from genray.components.models.protocol import SETTINGS_CONFIG
 from genray.components.training import Backprop
 
@@ -163,14 +163,7 @@ class GatedPixelCNN(nn.Module):
     def log_prob(self, x: Tensor, *, y: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
         """log P(x | y) of the 8-bit images, nats per image (B,). Class-conditional without y:
         the mixture under a uniform class prior (K passes)."""
-        was_training = self.training
-        self.eval()
-        try:
-            if y is None and self.num_classes:
-                return class_mixture_log_prob(lambda k: -self.nll(x, k), x, self.num_classes)
-            return -self.nll(x, y)
-        finally:
-            self.train(was_training)
+        return exact_log_prob(self, self.nll, x, y, self.num_classes)
 
     @torch.no_grad()
     def evaluate(self, batch: dict[str, Tensor], *, generator: torch.Generator | None = None) -> dict[str, Tensor]:

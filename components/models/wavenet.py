@@ -32,7 +32,7 @@ from genray.components.data import DatasetInfo
 from genray.components.data.mulaw import LEVELS, mu_law_decode, mu_law_encode
 from genray.components.errors import UserError
 from genray.components.models.gpt import inverse_cdf
-from genray.components.models.layers import StackedGenerators, class_mixture_log_prob, randn
+from genray.components.models.layers import StackedGenerators, exact_log_prob, randn
 from genray.components.models.protocol import SETTINGS_CONFIG
 from genray.components.training import Backprop
 
@@ -130,12 +130,15 @@ class WaveNet(nn.Module):
         inputs = torch.cat([torch.full_like(q[:, :1], SILENCE), q[:, :-1]], dim=1)
         return self.logits_of_inputs(inputs, y)
 
-    def nll(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """-log P(mu-law(x) | y) in nats per clip, exact, (B,)."""
+    def step_nll(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """-log p(x_t | x_<t, y) of every sample's mu-law value, nats (B, T)."""
         logits = self.logits(x, y)
         logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits  # autocast
-        return F.cross_entropy(logits, mu_law_encode(x),
-                               reduction="none").sum(1)
+        return F.cross_entropy(logits, mu_law_encode(x), reduction="none")
+
+    def nll(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """-log P(mu-law(x) | y) in nats per clip, exact, (B,)."""
+        return self.step_nll(x, y).sum(1)
 
     def forward(self, batch: dict[str, Tensor], phase: str = "main") -> tuple[Tensor, dict[str, Tensor]]:
         if phase != "main":
@@ -148,14 +151,7 @@ class WaveNet(nn.Module):
     def log_prob(self, x: Tensor, *, y: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
         """log P(mu-law(x) | y), nats per clip (B,). Class-conditional without y: the mixture
         under a uniform class prior (K passes)."""
-        was_training = self.training
-        self.eval()
-        try:
-            if y is None and self.num_classes:
-                return class_mixture_log_prob(lambda k: -self.nll(x, k), x, self.num_classes)
-            return -self.nll(x, y)
-        finally:
-            self.train(was_training)
+        return exact_log_prob(self, self.nll, x, y, self.num_classes)
 
     @torch.no_grad()
     def log_prob_steps(self, x: Tensor, *, y: Tensor | None = None) -> Tensor:
@@ -166,9 +162,7 @@ class WaveNet(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            logits = self.logits(x, y)
-            logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-            return -F.cross_entropy(logits, mu_law_encode(x), reduction="none")
+            return -self.step_nll(x, y)
         finally:
             self.train(was_training)
 
