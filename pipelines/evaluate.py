@@ -395,13 +395,7 @@ def evaluate_sequences(request: EvalRequest, target: Target, model, state: dict[
     fitted on the other split (components/metrics/ngram.py), and generation speed in samples/s
     and tokens/s. Characters are tokens for the built-in text, so bits/token is bits/char there."""
     info = data.info
-    ref_path, fit_path = (data.test, data.train) if request.reference == "test" else (data.train, data.test)
-    columns = [c for c in ("tokens", "label") if c in info.columns]
-    reference = read_decoded(ref_path, columns, info.modality, info.shape, request.likelihood_rows)
-    fit = read_decoded(fit_path, ["tokens"], info.modality, info.shape)["x"]
-    settings = sampling_settings(model, request.sampling, state.get("sampling_defaults"))
-    sampling = settings.model_dump(exclude_unset=True)
-    conditions = {"y": np.arange(request.num_samples) % model.num_classes} if model.conditioning == "class" else {}
+    ref_path, reference, fit, settings, sampling, conditions = sequence_setup(request, model, state, data)
     unit = "char" if info.vocab and all(len(t) == 1 for t in info.vocab) else "token"
     params = {
         **run_params(request, state, len(reference["x"]), settings),
@@ -422,6 +416,22 @@ def evaluate_sequences(request: EvalRequest, target: Target, model, state: dict[
     return _log(request, target, state, params, metrics, render(fake[:64], info), uri=uri, home=home)
 
 
+def sequence_setup(request: EvalRequest, model, state: dict[str, Any], data):
+    """What scoring a sequence model (tokens, audio) starts from: the reference split's path and
+    rows (its main column and labels, up to --likelihood-rows), the other split's rows to fit
+    the n-gram baselines on, the sampling settings (all, and those chosen), and the conditions
+    samples are drawn with (classes cycling 0..K-1 for a class-conditional model)."""
+    info = data.info
+    main = info.kind.main[0].name
+    ref_path, fit_path = (data.test, data.train) if request.reference == "test" else (data.train, data.test)
+    columns = [c for c in (main, "label") if c in info.columns]
+    reference = read_decoded(ref_path, columns, info.modality, info.shape, request.likelihood_rows)
+    fit = read_decoded(fit_path, [main], info.modality, info.shape)["x"]
+    settings = sampling_settings(model, request.sampling, state.get("sampling_defaults"))
+    conditions = {"y": np.arange(request.num_samples) % model.num_classes} if model.conditioning == "class" else {}
+    return ref_path, reference, fit, settings, settings.model_dump(exclude_unset=True), conditions
+
+
 def sequence_bits(model, split: dict[str, np.ndarray], *, batch_size: int) -> float:
     """The model's exact bits per token over every token of the split's rows."""
     return nats_per_element(model, split, batch_size=batch_size) / math.log(2)
@@ -430,14 +440,20 @@ def sequence_bits(model, split: dict[str, np.ndarray], *, batch_size: int) -> fl
 def nats_per_element(model, split: dict[str, np.ndarray], *, batch_size: int) -> float:
     """-log P of every row of the split (tokens, audio samples), summed and divided by the
     number of elements: nats per token or per sample. Labels condition a class-conditional model."""
+    return float(-by_batch(model.log_prob, model, split, batch_size=batch_size).sum() / split["x"].size)
+
+
+def by_batch(fn, model, split: dict[str, np.ndarray], *, batch_size: int) -> np.ndarray:
+    """fn(x) over the split's rows, batch_size at a time, concatenated as float64: (N,) from
+    log_prob, (N, T) from log_prob_steps. Labels are passed as y to a class-conditional model."""
     x = torch.as_tensor(split["x"])
     y = torch.as_tensor(split["y"]) if "y" in split and model.conditioning == "class" else None
-    nats = 0.0
+    parts = []
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
             kw = {"y": y[i : i + batch_size]} if y is not None else {}
-            nats -= float(model.log_prob(x[i : i + batch_size], **kw).double().sum())
-    return nats / x.numel()
+            parts.append(fn(x[i : i + batch_size], **kw).double().cpu().numpy())
+    return np.concatenate(parts)
 
 
 def active_span(clips: np.ndarray) -> np.ndarray:
@@ -447,18 +463,6 @@ def active_span(clips: np.ndarray) -> np.ndarray:
     last = loud.shape[1] - 1 - loud[:, ::-1].argmax(axis=1)
     t = np.arange(loud.shape[1])
     return loud.any(axis=1)[:, None] & (t >= first[:, None]) & (t <= last[:, None])
-
-
-def log_prob_steps(model, split: dict[str, np.ndarray], *, batch_size: int) -> np.ndarray:
-    """(N, T) nats of each step of every row, labels conditioning a class-conditional model."""
-    x = torch.as_tensor(split["x"])
-    y = torch.as_tensor(split["y"]) if "y" in split and model.conditioning == "class" else None
-    parts = []
-    with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            kw = {"y": y[i : i + batch_size]} if y is not None else {}
-            parts.append(model.log_prob_steps(x[i : i + batch_size], **kw).double().cpu().numpy())
-    return np.concatenate(parts)
 
 
 def label_pitches(path: Path) -> dict[int, float] | None:
@@ -484,13 +488,7 @@ def evaluate_audio(request: EvalRequest, target: Target, model, state: dict[str,
     from genray.components.metrics.pitch import pitch_accuracy
 
     info = data.info
-    ref_path, fit_path = (data.test, data.train) if request.reference == "test" else (data.train, data.test)
-    columns = [c for c in ("waveform", "label") if c in info.columns]
-    reference = read_decoded(ref_path, columns, info.modality, info.shape, request.likelihood_rows)
-    fit = read_decoded(fit_path, ["waveform"], info.modality, info.shape)["x"]
-    settings = sampling_settings(model, request.sampling, state.get("sampling_defaults"))
-    sampling = settings.model_dump(exclude_unset=True)
-    conditions = {"y": np.arange(request.num_samples) % model.num_classes} if model.conditioning == "class" else {}
+    ref_path, reference, fit, settings, sampling, conditions = sequence_setup(request, model, state, data)
     params = {
         **run_params(request, state, len(reference["x"]), settings),
         "eval.reference_samples": str(reference["x"].size),
@@ -499,8 +497,12 @@ def evaluate_audio(request: EvalRequest, target: Target, model, state: dict[str,
         "eval.ngram_alpha": str(ngram.ALPHA),
     }
     say(f"nats/sample on {len(reference['x'])} {request.reference} clips ({reference['x'].size} samples) ...")
-    metrics = {"nats_per_sample": nats_per_element(model, reference, batch_size=min(request.batch_size, 64)),
-               "uniform_nats_per_sample": math.log(LEVELS)}
+    batch = min(request.batch_size, 64)
+    # Per-step terms, when the model gives them, serve both figures below from one pass.
+    steps = by_batch(model.log_prob_steps, model, reference, batch_size=batch) \
+        if "log_prob_steps" in model.capabilities else None
+    nats = -steps.mean() if steps is not None else nats_per_element(model, reference, batch_size=batch)
+    metrics = {"nats_per_sample": float(nats), "uniform_nats_per_sample": math.log(LEVELS)}
     fit_codes = mu_law_encode(torch.as_tensor(fit)).numpy()
     ref_codes = mu_law_encode(torch.as_tensor(reference["x"])).numpy()
     base = ngram.ngram_baselines(fit_codes, ref_codes, LEVELS)
@@ -509,8 +511,7 @@ def evaluate_audio(request: EvalRequest, target: Target, model, state: dict[str,
     # Clips padded with digital silence (spoken_digits: the word, then zeros) are scored again
     # on their active span alone, where the padding's near-free predictions do not dilute it.
     active = active_span(reference["x"])
-    if "log_prob_steps" in model.capabilities and not active.all():
-        steps = log_prob_steps(model, reference, batch_size=min(request.batch_size, 64))
+    if steps is not None and not active.all():
         base = ngram.ngram_baselines(fit_codes, ref_codes, LEVELS, mask=active)
         metrics.update(active_share=float(active.mean()), nats_per_active_sample=float(-steps[active].mean()),
                        unigram_nats_per_active_sample=base.unigram_bits * math.log(2),
