@@ -208,8 +208,8 @@ def sample_parameters(model, defaults: dict[str, Any], limits: Limits) -> dict[s
             if top is not None:
                 param["max"] = top
         elif param["type"] == "number" and isinstance(defaults.get(name), (int, float)):
-            top = _max_number_within_cost(model, name, float(defaults[name]), param.get("max"), defaults,
-                                          cost_limit(model, limits)[0])
+            top = _max_within_cost(model, name, float(defaults[name]), param.get("max"), defaults,
+                                   cost_limit(model, limits)[0], integer=False)
             if top is not None:
                 param["max"] = top
         params[name] = param
@@ -251,40 +251,28 @@ def _resolve(prop: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     return {**defs.get(ref.rsplit("/", 1)[-1], {}), **{k: v for k, v in prop.items() if k != "$ref"}}
 
 
-def _max_within_cost(model, name: str, low: int, high: int | None, defaults: dict[str, Any], limit: int) -> int | None:
-    """The largest value of integer setting NAME in [low, high] whose sampling cost, the other
-    settings at their defaults, is at most `limit`; None when the cost does not grow with NAME
-    within its range (or no value fits, which each request then hears about)."""
+def _max_within_cost(model, name: str, low: float, high: float | None, defaults: dict[str, Any], limit: int, *,
+                     integer: bool = True) -> float | None:
+    """The largest value of setting NAME in [low, high] whose sampling cost, the other settings
+    at their defaults, is at most `limit`: exact for an integer setting; for a real-valued one (an
+    audio clip's seconds, searched from its default, which fits) to three decimals, rounded
+    down. None when the cost does not grow with NAME within its range (or no value fits, which
+    each request then hears about)."""
 
-    def fits(value: int) -> bool:
+    def fits(value: float) -> bool:
         try:
             return model.sampling_cost(settings_for(model, {name: value}, defaults)) <= limit
         except ValidationError:  # a value its own validators refuse with the other settings
             return False
 
-    high = high if high is not None else low + 2**20
+    high = high if high is not None else low + (2**20 if integer else 1e6)
     if not fits(low) or fits(high):
         return None
-    while high - low > 1:  # fits(low), not fits(high); the cost grows with the value
-        mid = (low + high) // 2
-        low, high = (mid, high) if fits(mid) else (low, mid)
-    return low
-
-
-def _max_number_within_cost(model, name: str, low: float, high: float | None, defaults: dict[str, Any],
-                            limit: int) -> float | None:
-    """_max_within_cost for a real-valued setting (an audio clip's seconds), from its default
-    (which fits) up, to three decimals, rounded down; None when the cost does not grow with it."""
-
-    def fits(value: float) -> bool:
-        try:
-            return model.sampling_cost(settings_for(model, {name: value}, defaults)) <= limit
-        except ValidationError:
-            return False
-
-    high = high if high is not None else low + 1e6
-    if not fits(low) or fits(high):
-        return None
+    if integer:
+        while high - low > 1:  # fits(low), not fits(high); the cost grows with the value
+            mid = (low + high) // 2
+            low, high = (mid, high) if fits(mid) else (low, mid)
+        return low
     for _ in range(60):
         mid = (low + high) / 2
         low, high = (mid, high) if fits(mid) else (low, mid)

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from genray.components.data import DATASETS, decode_batch, read_info
-from genray.components.errors import UserError
 from genray.components.data import fashion_mnist, moons, shapes, spoken_digits, text, tones
+from genray.components.errors import UserError
 
 # Fashion-MNIST is read from Debian's package, which `make install` installs as root; without it,
 # its own tests (test_fashion_mnist.py) cover the reader on synthetic IDX files.
