@@ -209,8 +209,17 @@ class Synthesis(nn.Module):
                                             for _ in range(2)]
 
     def draw_noise(self, n: int, *, generator, device) -> list[Tensor]:
-        """One (n, 1, H, W) normal per conv, in layer order (the order of the draws a seed makes)."""
+        """One (n, 1, H, W) normal per conv, in layer order (training's draws)."""
         return [randn((n, 1, *hw), generator=generator, device=device) for hw in self.noise_shapes]
+
+    def split_noise(self, flat: Tensor) -> list[Tensor]:
+        """(n, noise_size) numbers -> the per-conv (n, 1, H, W) noise maps, in layer order."""
+        sizes = [h * w for h, w in self.noise_shapes]
+        return [part.reshape(-1, 1, *hw) for part, hw in zip(flat.split(sizes, dim=1), self.noise_shapes)]
+
+    @property
+    def noise_size(self) -> int:
+        return sum(h * w for h, w in self.noise_shapes)
 
     def forward(self, ws: Tensor, noise: list[Tensor]) -> Tensor:
         x = self.const[None].expand(ws.shape[0], -1, -1, -1)  # (B, C0, 4, 4)
@@ -432,15 +441,20 @@ class StyleGAN2(nn.Module):
     def _synthesise(self, ws: Tensor, noise: list[Tensor]) -> Tensor:
         return self.synthesis(ws, noise).float().clamp(-1.0, 1.0)
 
+    def draw(self, n: int, generator) -> tuple[Tensor, list[Tensor]]:
+        """Row i's z and noise from one draw of (n, z_dim + noise_size) normals: row i gets the
+        i-th row's numbers whatever n is, so a seed's first images do not depend on how many are
+        asked for (and a batched request draws what it draws alone)."""
+        flat = randn((n, self.z_dim + self.synthesis.noise_size), generator=generator, device=self._device())
+        return flat[:, : self.z_dim], self.synthesis.split_noise(flat[:, self.z_dim :])
+
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator | StackedGenerators | None = None,
                y: Tensor | None = None, truncation_psi: float = 1.0, truncation_cutoff: int | None = None) -> Tensor:
-        """(n, C, H, W) in [-1, 1]. Draws z (n, z_dim), then each conv's noise in layer order.
-        Conditional without y: the labels cycle 0..K-1 so a grid shows every class."""
+        """(n, C, H, W) in [-1, 1]. Conditional without y: the labels cycle 0..K-1 so a grid
+        shows every class."""
         y = self._check_labels(n, y)
-        device = self._device()
-        z = randn((n, self.z_dim), generator=generator, device=device)
-        noise = self.synthesis.draw_noise(n, generator=generator, device=device)
+        z, noise = self.draw(n, generator)
         ws = self.mapping(z, y)[:, None].repeat(1, self.num_ws, 1)
         return self._synthesise(self.truncate(ws, y, truncation_psi, truncation_cutoff), noise)
 
@@ -453,10 +467,8 @@ class StyleGAN2(nn.Module):
         if not 0 <= crossover <= self.num_ws:
             raise ValueError(f"stylegan2: crossover must be in 0..{self.num_ws}, got {crossover}")
         y = self._check_labels(n, y)
-        device = self._device()
-        z_a = randn((n, self.z_dim), generator=generator_a, device=device)
-        noise = self.synthesis.draw_noise(n, generator=generator_a, device=device)
-        z_b = randn((n, self.z_dim), generator=generator_b, device=device)
+        z_a, noise = self.draw(n, generator_a)
+        z_b, _ = self.draw(n, generator_b)
         ws = self.mapping(z_a, y)[:, None].repeat(1, self.num_ws, 1)
         ws[:, crossover:] = self.mapping(z_b, y)[:, None]
         return self._synthesise(self.truncate(ws, y, truncation_psi, truncation_cutoff), noise)

@@ -10,6 +10,7 @@ them to each model's ModelServer and turns what comes back into HTTP.
     POST /v1/models/{name}/encode       images -> latents          (capability "encode")
     POST /v1/models/{name}/decode       latents -> images          (capability "decode")
     POST /v1/models/{name}/interpolate  two images -> a path       (encode and decode)
+    POST /v1/models/{name}/style_mix    two seeds, a crossover -> mixed images   (StyleGAN2)
     POST /v1/models/{name}/log_prob     images -> nats, bits/dim   (capability "log_prob")
     POST /v1/models/{name}/generate     text models: prompt -> text, JSON or streamed as
                                         server-sent events           (capability "generate_text")
@@ -54,6 +55,7 @@ from genray.pipelines.serve.schemas import (
     LogProbResponse,
     SampleRequest,
     SampleResponse,
+    StyleMixRequest,
 )
 from genray.pipelines.serve.spec import Limits
 
@@ -217,6 +219,10 @@ def build_fastapi(gateway: Gateway) -> FastAPI:
     @app.post("/v1/models/{name}/log_prob", responses={200: {"model": LogProbResponse}, **ERRORS})
     async def log_prob(name: str, body: ImagesRequest):
         return await gateway.versioned(name, "log_prob", body.model_dump())
+
+    @app.post("/v1/models/{name}/style_mix", responses={200: {"model": ImagesOut}, **ERRORS})
+    async def style_mix(name: str, body: StyleMixRequest):
+        return await gateway.versioned(name, "style_mix", body.model_dump())
 
     @app.get("/", include_in_schema=False)
     async def gallery():

@@ -19,7 +19,7 @@ An alias change alone swaps nothing: only --reload writes the tag.
 Sampling requests are batched (`@serve.batch`): requests with equal settings run as one
 `model.sample` call, each drawing its noise from its own seeded generator
 (components.models.layers.StackedGenerators), so a seed names the same image alone or batched.
-The other routes (encode, decode, interpolate, log_prob) run one request at a time, in a thread.
+The other routes (encode, decode, interpolate, log_prob, style_mix) run one request at a time, in a thread.
 
 A user's mistake (UserError) comes back as an error body that the gateway answers with a 4xx;
 any other exception propagates, and the gateway answers 500 and logs its traceback.
@@ -57,6 +57,7 @@ from genray.pipelines.serve.schemas import (
     images_payload,
     parse_generate,
     parse_sample,
+    parse_style_mix,
     sample_parameters,
     settings_key,
 )
@@ -88,6 +89,8 @@ def describe(loaded: Loaded, limits: Limits) -> dict[str, Any]:
             routes.append("interpolate")
         if "log_prob" in caps:
             routes.append("log_prob")
+        if "style_mix" in caps:
+            routes.append("style_mix")
     params = sample_parameters(model, defaults, limits)
     if "generate_text" in caps:
         routes.append("generate")
@@ -117,6 +120,8 @@ def describe(loaded: Loaded, limits: Limits) -> dict[str, Any]:
         info["latent_shape"] = list(model.latent_shape)
     if "log_prob" in caps:
         info["log_prob_kind"] = model.log_prob_kind
+    if "style_mix" in caps:
+        info["style_layers"] = model.num_ws
     return info
 
 
@@ -412,6 +417,29 @@ class ModelServer:
         out = await asyncio.to_thread(run)
         return InterpolateResponse(model=self.name, version=loaded.version, method=req["method"],
                                    **images_payload(to_uint8_image(out), out, req["format"])).model_dump(exclude_none=True)
+
+    async def style_mix(self, req: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        try:
+            loaded = self._needs("style_mix")
+            job = parse_style_mix(req, loaded, self.limits)
+        except UserError as e:
+            return error_body(e)
+        kwargs = dict(job["settings"])
+        if loaded.model.conditioning == "class":
+            labels = job["conditions"].get("y") or list(np.arange(job["n"]) % loaded.model.num_classes)
+            kwargs["y"] = torch.as_tensor(labels, dtype=torch.long)
+
+        def run():
+            gen = lambda seed: torch.Generator().manual_seed(seed)  # noqa: E731
+            return loaded.model.style_mix(job["n"], generator_a=gen(job["seed"]), generator_b=gen(job["seed_b"]),
+                                          crossover=job["crossover"], **kwargs).float().cpu()
+
+        x = await asyncio.to_thread(run)
+        return {**Served(model=self.name, version=loaded.version).model_dump(),
+                "seed": job["seed"], "seed_b": job["seed_b"], "crossover": job["crossover"],
+                "settings": job["settings"], **images_payload(to_uint8_image(x), x, job["format"])}
 
     async def log_prob(self, req: dict[str, Any]) -> dict[str, Any]:
         import torch

@@ -3,6 +3,7 @@ sampling request, read from the settings the model declares.
 
     POST /v1/models/{name}/sample     {"n": 4, "seed": 0, "class_label": 3, "<setting>": ..., "format": "png"}
                                       audio models answer audio/wav (format "wav", their default)
+    POST /v1/models/{name}/style_mix  {"seed": 0, "seed_b": 1, "crossover": 2, ...a sample request}  (StyleGAN2)
     POST /v1/models/{name}/generate   {"prompt": "def ", "n": 1, "seed": 0, "stop": ["\\n\\n"], "stream": true,
                                        "<setting>": ...}      text models
 
@@ -54,6 +55,15 @@ class SampleRequest(BaseModel):
     format: Literal["png", "wav", "array"] | None = Field(
         None, description="images: base64 PNGs (png, the default) or float arrays in [-1, 1]; audio: one WAV "
                           "file of the clips, the response body being audio/wav (wav, the default), or float arrays")
+
+
+class StyleMixRequest(SampleRequest):
+    """Models with the style_mix capability (StyleGAN2): the images of `seed` with the styles of
+    layers from `crossover` on taken from `seed_b`'s. The other fields are a sample request's."""
+
+    seed_b: int = Field(1, ge=0, le=2**63 - 1, description="the seed whose styles the layers from crossover on take")
+    crossover: int = Field(description="layers below it keep seed's styles (coarse: shape), the rest take "
+                                       "seed_b's (fine: texture); 0..style_layers (GET /v1/models/{name})")
 
 
 class GenerateRequest(BaseModel):
@@ -317,6 +327,18 @@ def parse_sample(req: dict[str, Any], loaded, limits: Limits) -> dict[str, Any]:
                                   f"{limit} (limits.{limit_name}): ask for fewer steps")
     return {"n": n, "seed": req["seed"], "settings": settings.model_dump(), "conditions": conditions,
             "format": response_format(req.get("format"), model)}
+
+
+def parse_style_mix(req: dict[str, Any], loaded, limits: Limits) -> dict[str, Any]:
+    """A /style_mix body -> a sampling job (parse_sample's) plus seed_b and crossover, the
+    crossover checked against the model's number of style layers."""
+    rest = {k: v for k, v in req.items() if k not in ("seed_b", "crossover")}
+    job = parse_sample(rest, loaded, limits)
+    layers = loaded.model.num_ws
+    if not 0 <= req["crossover"] <= layers:
+        raise RequestError("crossover", f"crossover is {req['crossover']}; this model has {layers} style layers, "
+                                        f"so crossover is 0..{layers}")
+    return {**job, "seed_b": req["seed_b"], "crossover": req["crossover"]}
 
 
 def response_format(fmt: str | None, model) -> str:

@@ -43,6 +43,7 @@ AUDIO = DatasetInfo("audio", (400,), 100, 3, None, ("waveform", "sample_rate", "
 MODELS = {  # name -> (family, data and model arguments)
     "vae-t": ("vae", {}),
     "gan-t": ("dcgan", {"num_classes": 10, "conditional": True}),
+    "style-t": ("stylegan2", {"num_classes": 10, "conditional": True}),
     "diff-t": ("diffusion", {"num_classes": 10, "conditioning": "class", "num_timesteps": 50,
                              "num_inference_steps": 5}),
     "text-t": ("diffusion", {"conditioning": "text", "text_len": 16, "num_timesteps": 50,
@@ -105,7 +106,7 @@ def served(ray_session, tmp_path_factory):
     for name, (family, args) in MODELS.items():
         register_tiny(uri, home, name, family, **args)
     spec = serve.ServeSpec(port=free_port(), limits=LIMITS, api_key_file=str(key_file(home.parent)),
-                           deployment={"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "num_cpus": 0.5})
+                           deployment={"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "num_cpus": 0.4})
     deployed = serve.deploy(spec, uri=uri, home=home)
     serve.wait_until_ready(deployed.url)  # /healthz: open without the key
     with httpx.Client(base_url=deployed.url, timeout=60, headers=AUTH) as client:
@@ -217,6 +218,28 @@ def test_encode_decode_interpolate_and_log_prob(served):
     by_array = c.post("/v1/models/vae-t/log_prob", json={"arrays": arrays, "seed": 0}).json()["bits_per_dim"]
     by_png = c.post("/v1/models/vae-t/log_prob", json={"images": images[:1], "seed": 0}).json()["bits_per_dim"]
     assert by_array == pytest.approx(by_png)
+
+
+def test_style_mix_keeps_the_first_seeds_coarse_styles(served):
+    c = served["client"]
+    info = c.get("/v1/models/style-t").json()
+    layers = info["style_layers"]
+    assert info["routes"] == ["sample", "style_mix"] and layers == 4  # 8x8: 4x4 conv, two at 8x8, ToRGB
+    assert info["parameters"]["truncation_psi"]["max"] == 1.5 and info["defaults"]["truncation_cutoff"] is None
+    body = {"n": 2, "seed": 3, "class_label": [1, 7], "truncation_psi": 0.7}
+    own = c.post("/v1/models/style-t/sample", json=body).json()["images"]
+    whole = c.post("/v1/models/style-t/style_mix", json={**body, "seed_b": 4, "crossover": layers})
+    assert whole.status_code == 200 and whole.headers[serve.VERSION_HEADER] == "1", whole.text
+    assert whole.json()["images"] == own  # every layer keeps seed's styles: seed's own images
+    mixed = c.post("/v1/models/style-t/style_mix", json={**body, "seed_b": 4, "crossover": 1}).json()
+    assert mixed["crossover"] == 1 and mixed["settings"]["truncation_psi"] == 0.7 and mixed["images"] != own
+    for bad, field in (({"crossover": layers + 1}, "crossover"), ({"crossover": -1}, "crossover"),
+                       ({"crossover": 1, "truncation_psi": 1.6}, "truncation_psi"),
+                       ({"crossover": 1, "class_label": 10}, "class_label"), ({}, "crossover")):
+        r = c.post("/v1/models/style-t/style_mix", json={"seed_b": 1, **bad})
+        assert r.status_code == 422 and detail_field(r) == field, r.text
+    r = c.post("/v1/models/gan-t/style_mix", json={"seed_b": 1, "crossover": 1})
+    assert r.status_code == 404 and "style_mix" in r.json()["detail"][0]["msg"]
 
 
 def sse(response) -> list[tuple[str, dict]]:
@@ -332,7 +355,7 @@ def test_routes_a_model_lacks_answer_404_with_its_capabilities(served):
     assert detail["capabilities"] == ["condition", "sample"] and detail["routes"] == ["sample"]
     assert c.post("/v1/models/diff-t/interpolate", json={"a": "AA", "b": "AA"}).status_code == 404
     missing = c.post("/v1/models/nope/sample", json={})
-    assert missing.status_code == 404 and "diff-t, gan-t, gpt-t, text-t, vae-t, wave-t" in missing.json()["detail"][0]["msg"]
+    assert missing.status_code == 404 and "diff-t, gan-t, gpt-t, style-t, text-t, vae-t, wave-t" in missing.json()["detail"][0]["msg"]
 
 
 def test_the_gallery_page_is_self_contained(served):
@@ -630,6 +653,9 @@ def test_a_bug_answers_500_and_logs_its_traceback_while_a_mistake_still_answers_
     ("vae-t", {"guidance_scale": 2}, "guidance_scale"),
     ("vae-t", {"temperature": "hot"}, "temperature"),
     ("gan-t", {"n": "four"}, "n"),
+    ("style-t", {"truncation_psi": 1.6}, "truncation_psi"),
+    ("style-t", {"truncation_psi": -0.1}, "truncation_psi"),
+    ("style-t", {"truncation_cutoff": 5}, "truncation_cutoff"),
     ("wave-t", {"seconds": 0.25}, "seconds"),  # over limits.max_audio_s
     ("wave-t", {"seconds": 0}, "seconds"),
     ("wave-t", {"temperature": 0}, "temperature"),

@@ -156,6 +156,12 @@ def test_settings_ranges():
     s(truncation_psi=1.5, truncation_cutoff=m.num_ws)
 
 
+def test_a_seeds_first_images_do_not_depend_on_n():
+    m = model()
+    four = m.sample(4, generator=gen(3), y=torch.tensor([0, 1, 2, 3]))
+    torch.testing.assert_close(m.sample(2, generator=gen(3), y=torch.tensor([0, 1])), four[:2])
+
+
 def test_a_batched_request_draws_what_it_draws_alone():
     # Serve batches requests with StackedGenerators: each request's rows come from its own seed.
     m = model()
