@@ -153,7 +153,8 @@ def add_data(p: argparse.ArgumentParser) -> None:
     imp.add_argument("--verbose", action="store_true",
                      help="show Ray's and Ray Data's own output here too (default: in a log file under the project home)")
     prep.add_argument("--from", dest="source", type=Path, metavar="DIR",
-                      help="fashion_mnist: the folder with its four .gz files (default: Debian's dataset-fashion-mnist)")
+                      help="fashion_mnist, fashion_edges: the folder with the four Fashion-MNIST .gz files "
+                           "(default: Debian's dataset-fashion-mnist)")
 
 
 def add_families(p: argparse.ArgumentParser) -> None:

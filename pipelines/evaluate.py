@@ -19,6 +19,8 @@ declares and what the data holds:
                        weights (--inception or GENRAY_INCEPTION_WEIGHTS); nothing is downloaded
     "condition"        class consistency: the share of samples the classifier puts in the class
                        they were asked for
+    "translate"        translations of the reference split's inputs against their targets: L1,
+                       PSNR, FD/KID/precision/recall on the target domain, class consistency
     "log_prob"         bits/dim on the reference split, labelled exact / bound / estimate
     "encode"+"decode"  reconstruction MSE and PSNR
     "encode" + factors MIG (Chen et al. 2018) on the factor_* columns; on the built-in `shapes`,
@@ -303,6 +305,8 @@ def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> Ev
         return evaluate_sequences(request, target, model, state, data, home=home, uri=uri, say=say)
     if data.info.kind.show == "player":
         return evaluate_audio(request, target, model, state, data, home=home, uri=uri, say=say)
+    if "translate" in model.capabilities:
+        return evaluate_translation(request, target, model, state, data, spec, home=home, uri=uri, say=say)
     if not data.info.kind.is_image:
         raise ConfigError(f"{request.target}: genray eval scores image, token-sequence and audio models; this one "
                           f"trained on {data.info.modality} data ({data.train})")
@@ -358,6 +362,55 @@ def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> Ev
             params.update({f"eval.beta_vae.{k}": str(v) for k, v in BETA_VAE_POINTS.items()})
 
     return _log(request, target, state, params, metrics, render(fake[:64], data.info), uri=uri, home=home)
+
+
+def evaluate_translation(request: EvalRequest, target: Target, model, state: dict[str, Any], data, spec, *,
+                         home: Path, uri: str, say) -> EvalOutcome:
+    """A translation model (Pix2Pix) on the first num_samples pairs of the reference split: its
+    translations of the inputs against their true targets, pixel by pixel (L1 on [-1, 1], the
+    training loss; PSNR in dB on [0, 1], per image, averaged), as a distribution (FD, KID,
+    precision/recall on the target domain's classifier, beside the floor of as many real
+    targets of the other split), and by class: the share of translations the classifier puts in
+    the class of the item the input came from. Translated in this process, in batches, with
+    the model's settings (dropout masks from --seed)."""
+    dataset = spec.data.dataset if spec.data.path is None else Path(spec.data.path).stem
+    ref_path, floor_path = (data.test, data.train) if request.reference == "test" else (data.train, data.test)
+    settings = sampling_settings(model, request.sampling, state.get("sampling_defaults"))
+    info = data.info
+    columns = [c.name for c in info.kind.main] + (["label"] if "label" in info.columns else [])
+    pairs = read_decoded(ref_path, columns, info.modality, info.shape, request.num_samples)
+    x, truth = normalize_images(torch.as_tensor(pairs["x"])), normalize_images(torch.as_tensor(pairs["x_paired"]))
+    labels = pairs.get("y")
+    params = run_params(request, state, len(x), settings)
+
+    say(f"translating {len(x)} {request.reference} inputs ...")
+    gen = torch.Generator().manual_seed(request.seed)
+    started, outs = time.perf_counter(), []
+    with torch.no_grad():
+        for i in range(0, len(x), request.batch_size):
+            outs.append(model.translate(x[i : i + request.batch_size], generator=gen, **settings.model_dump()).cpu())
+    elapsed = time.perf_counter() - started
+    fake = normalize_images(torch.as_tensor(quantize(torch.cat(outs))))  # scored as saved to PNG
+    err = (fake - truth).abs().flatten(1).mean(1).double()
+    mse = ((fake - truth) / 2).pow(2).flatten(1).mean(1).double()
+    metrics: dict[str, float] = {
+        "l1": float(err.mean()), "psnr": float((10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean()),
+        "translations_per_s": len(x) / elapsed,
+    }
+    net = domain_classifier(request.feature_net, train_path=data.train, dataset=dataset, home=home, say=say)
+    if net is not None:
+        say(f"scoring against {net.id} features ...")
+        params["eval.feature_nets"] = net.id
+        real = reference_features(net, ref_path, None, home)
+        pool = reference_features(net, floor_path, len(x), home)
+        params["eval.compared_rows"] = str(min(len(x), len(pool)))
+        metrics.update(sample_quality(net.features(fake), real, pool, net.name, seed=request.seed))
+        if labels is not None:
+            metrics["classifier_accuracy_real"] = float((net.predict(truth) == labels).mean())
+            metrics["class_consistency"] = float((net.predict(fake) == labels).mean())
+    k = min(16, len(x))  # inputs, translations and targets, a row of each per example block
+    shown = render(torch.cat([x[:k], fake[:k], truth[:k]]), info)
+    return _log(request, target, state, params, metrics, shown, uri=uri, home=home)
 
 
 def run_params(request: EvalRequest, state: dict[str, Any], reference_rows: int, settings) -> dict[str, str]:

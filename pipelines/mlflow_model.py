@@ -8,6 +8,8 @@ predict input: {"n": number of samples, "seed": int, the condition the model tak
     labels when its conditioning is "class", "prompt": a string or n strings when "text")}
 predict params: the model's sampling settings (the fields of its `sampling_settings`), as the
     registered signature lists them; `mlflow models predict/serve` pass them as params too
+translation models (capability translate) take {"x": input images' values in [-1, 1], flat or
+    (B, C, H, W), "seed": int} and return the (B, C, H, W) translations
 predict output: float32 array in the data's layout, in [-1, 1]: (n, C, H, W) images, (n, T) audio
 
 Text models (capability "generate_text", GPT) take "prompt" as the text to continue (one for
@@ -44,6 +46,8 @@ class GenrayModel(PythonModel):
         generator = torch.Generator().manual_seed(int(request.pop("seed", 0)))
         if "generate_text" in self.model.capabilities:
             return self._generate(n, generator, request, params)
+        if "translate" in self.model.capabilities:
+            return self._translate(generator, request, params)
         condition = CONDITION_KEYS.get(self.model.conditioning)
         kwargs = {}
         for key in CONDITION_KEYS.values():
@@ -59,6 +63,21 @@ class GenrayModel(PythonModel):
         kwargs.update(settings.model_dump())
         return self.model.sample(n, generator=generator, **kwargs).float().cpu().numpy()
 
+
+    def _translate(self, generator: torch.Generator, request: dict, params: dict | None) -> np.ndarray:
+        """{"x": the input images' values, flat or (B, C, H, W), in [-1, 1]} -> (B, C, H, W) translations."""
+        if "x" not in request:
+            raise UserError(f"x: a {self.state['model']['family']} model translates images; give x, the input "
+                            "images' values in [-1, 1], flat or (B, C, H, W)")
+        c, h, w = self.model.image_shape
+        x = np.asarray(request.pop("x"), dtype=np.float32)
+        if x.size == 0 or x.size % (c * h * w):
+            raise UserError(f"x: {x.size} values are not whole {c}x{h}x{w} images")
+        if not np.isfinite(x).all() or x.min() < -1 or x.max() > 1:
+            raise UserError("x: values must be finite and in [-1, 1]")
+        settings = resolve(self.model, {**request, **(params or {})}, self.state.get("sampling_defaults"))
+        x_t = torch.as_tensor(x.reshape(-1, c, h, w))
+        return self.model.translate(x_t, generator=generator, **settings.model_dump()).float().cpu().numpy()
 
     def _generate(self, n: int, generator: torch.Generator, request: dict, params: dict | None) -> list[str]:
         prompt = str(request.pop("prompt", ""))

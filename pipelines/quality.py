@@ -46,12 +46,17 @@ class Split:
 
 
 def read_split(path: str, rows: int | None, *, factors: bool = False) -> Split:
-    """The first `rows` rows of a Parquet image dataset, decoded here with pyarrow."""
+    """The first `rows` rows of a Parquet image dataset, decoded here with pyarrow. Of a paired
+    dataset, the targets (`image_paired`): the images a model of it makes, which its domain
+    classifier and reference features must describe (Pix2Pix: the items, not their edges)."""
     import pyarrow.parquet as pq
 
     info = read_info(path)
-    columns = ["image"] + [c for c in ("label", "caption") if c in info.columns]
+    main = [c.name for c in info.kind.main]
+    columns = main + [c for c in ("label", "caption") if c in info.columns]
     d = read_decoded(path, columns, info.modality, info.shape, rows)
+    if "x_paired" in d:
+        d["x"] = d.pop("x_paired")
     factor_cols = [c for c in info.columns if c.startswith("factor_")] if factors else []
     f = {}
     if factor_cols:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -189,12 +190,16 @@ def model_signature(checkpoint_dir: Path):
     if "generate_text" in model.capabilities:  # the text to continue, and where to stop
         inputs += [ColSpec(DataType.string, "prompt", required=False),
                    ColSpec(Array(DataType.string), "stop", required=False)]
+    if "translate" in model.capabilities:  # the images to translate, their values flattened
+        inputs = [ColSpec(Array(DataType.double), "x"), ColSpec(DataType.long, "seed", required=False)]
     defaults = settings_for(model, {}, state.get("sampling_defaults")).model_dump()
     kinds = {"integer": DataType.long, "number": DataType.double, "boolean": DataType.boolean}
     props = model.sampling_settings.model_json_schema().get("properties", {})
     params = [ParamSpec(name, kinds.get(props[name].get("type"), DataType.string), value)
               for name, value in defaults.items()]
     signature = ModelSignature(inputs=Schema(inputs), params=ParamSchema(params) if params else None)
+    if "translate" in model.capabilities:  # one blank image
+        return signature, {"x": [-1.0] * math.prod(model.image_shape), "seed": 0}
     return signature, ({"n": 2, "seed": 0, "prompt": ""} if "generate_text" in model.capabilities
                        else {"n": 4, "seed": 0})
 

@@ -43,8 +43,11 @@ def resolve_model_inputs(spec: ExperimentSpec, data: DataSource, *, uri: str, ho
     combination (a conditional model on unlabelled data, an autoencoder for other images) is a
     user error before Ray starts."""
     args = resolve_refs(spec.model.family, spec.model_args(), uri=uri, cache=home / "cache")
-    build(spec.model.family, args, data.info)
-    return ModelInputs(args, data.info.to_json(), quality_inputs(spec, data, home))
+    model = build(spec.model.family, args, data.info)
+    # The probe scores samples: a translation model (pix2pix) has none to score without inputs;
+    # `genray eval` measures its translations.
+    quality = quality_inputs(spec, data, home) if "sample" in model.capabilities else None
+    return ModelInputs(args, data.info.to_json(), quality)
 
 
 # ----------------------------------------------------------------------------- the driver

@@ -63,21 +63,33 @@ def load(source: Path | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]
     return out
 
 
-def prepare(out_dir: Path, *, seed: int = 0, size: str = "full", source: Path | None = None) -> dict[str, Path]:
-    """Write out_dir/train.parquet and out_dir/test.parquet (the official split, rows ordered by seed)."""
+def padded_splits(*, seed: int = 0, size: str = "full",
+                  source: Path | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"train", "test": (images (N, 32, 32, 1) uint8, labels (N,) int64)}: the official split,
+    padded, rows ordered by seed and cut to `size`. The rows every Fashion-MNIST dataset stores
+    (fashion_edges.py makes its pairs from the same rows)."""
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
     splits = load(source)
     rng = np.random.default_rng(seed)
-    out_dir = Path(out_dir)
-    paths = {}
-    for split, limit in zip(("train", "test"), SIZES[size]):  # test last: its file marks a complete dataset
+    out = {}
+    for split, limit in zip(("train", "test"), SIZES[size]):
         x, y = splits[split]
         order = rng.permutation(len(y))[:limit]
-        pixels = np.pad(x[order], ((0, 0), (PAD, PAD), (PAD, PAD)))[..., None]  # (N, 32, 32, 1)
-        paths[split] = write_table(
-            out_dir / f"{split}.parquet", "image",
-            {"image": pixels, "label": y[order], "caption": [f"a photo of a {CLASSES[k]}" for k in y[order]]},
-            shape=SHAPE,
-        )
+        out[split] = (np.pad(x[order], ((0, 0), (PAD, PAD), (PAD, PAD)))[..., None], y[order])  # (N, 32, 32, 1)
+    return out
+
+
+def captions(labels: np.ndarray) -> list[str]:
+    return [f"a photo of a {CLASSES[k]}" for k in labels]
+
+
+def prepare(out_dir: Path, *, seed: int = 0, size: str = "full", source: Path | None = None) -> dict[str, Path]:
+    """Write out_dir/train.parquet and out_dir/test.parquet (the official split, rows ordered by seed)."""
+    out_dir = Path(out_dir)
+    paths = {}
+    for split, (pixels, labels) in padded_splits(seed=seed, size=size, source=source).items():
+        # test last (dicts keep their order): its file marks a complete dataset
+        paths[split] = write_table(out_dir / f"{split}.parquet", "image",
+                                   {"image": pixels, "label": labels, "caption": captions(labels)}, shape=SHAPE)
     return paths

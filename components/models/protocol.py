@@ -15,7 +15,7 @@ from torch import Tensor
 
 # Capabilities a family may declare; serving and evaluation route on these.
 CAPABILITIES = frozenset(
-    {"sample", "encode", "decode", "log_prob", "log_prob_steps", "condition", "translate", "generate_text", "audio"}
+    {"sample", "encode", "decode", "log_prob", "log_prob_steps", "condition", "translate", "style_mix", "generate_text", "audio"}
 )
 
 # The settings model's config: unknown keys are errors (a typo must not be ignored), values are

@@ -10,6 +10,7 @@ them to each model's ModelServer and turns what comes back into HTTP.
     POST /v1/models/{name}/encode       images -> latents          (capability "encode")
     POST /v1/models/{name}/decode       latents -> images          (capability "decode")
     POST /v1/models/{name}/interpolate  two images -> a path       (encode and decode)
+    POST /v1/models/{name}/translate    images -> their translations   (capability "translate")
     POST /v1/models/{name}/style_mix    two seeds, a crossover -> mixed images   (StyleGAN2)
     POST /v1/models/{name}/log_prob     images -> nats, bits/dim   (capability "log_prob")
     POST /v1/models/{name}/generate     text models: prompt -> text, JSON or streamed as
@@ -56,6 +57,7 @@ from genray.pipelines.serve.schemas import (
     SampleRequest,
     SampleResponse,
     StyleMixRequest,
+    TranslateRequest,
 )
 from genray.pipelines.serve.spec import Limits
 
@@ -219,6 +221,10 @@ def build_fastapi(gateway: Gateway) -> FastAPI:
     @app.post("/v1/models/{name}/log_prob", responses={200: {"model": LogProbResponse}, **ERRORS})
     async def log_prob(name: str, body: ImagesRequest):
         return await gateway.versioned(name, "log_prob", body.model_dump())
+
+    @app.post("/v1/models/{name}/translate", responses={200: {"model": ImagesOut}, **ERRORS})
+    async def translate(name: str, body: TranslateRequest):
+        return await gateway.versioned(name, "translate", body.model_dump())
 
     @app.post("/v1/models/{name}/style_mix", responses={200: {"model": ImagesOut}, **ERRORS})
     async def style_mix(name: str, body: StyleMixRequest):

@@ -19,7 +19,8 @@ An alias change alone swaps nothing: only --reload writes the tag.
 Sampling requests are batched (`@serve.batch`): requests with equal settings run as one
 `model.sample` call, each drawing its noise from its own seeded generator
 (components.models.layers.StackedGenerators), so a seed names the same image alone or batched.
-The other routes (encode, decode, interpolate, log_prob, style_mix) run one request at a time, in a thread.
+The other routes (encode, decode, interpolate, log_prob, translate, style_mix) run one request at a time, in a
+thread.
 
 A user's mistake (UserError) comes back as an error body that the gateway answers with a 4xx;
 any other exception propagates, and the gateway answers 500 and logs its traceback.
@@ -58,6 +59,7 @@ from genray.pipelines.serve.schemas import (
     parse_generate,
     parse_sample,
     parse_style_mix,
+    parse_translate,
     sample_parameters,
     settings_key,
 )
@@ -80,7 +82,10 @@ def describe(loaded: Loaded, limits: Limits) -> dict[str, Any]:
     if "audio" in caps:  # clips out, as audio/wav or arrays
         routes.append("sample")
     if images:  # the image routes take and give pixels
-        routes.append("sample")
+        if "sample" in caps:
+            routes.append("sample")
+        if "translate" in caps:
+            routes.append("translate")
         if "encode" in caps:
             routes.append("encode")
         if "decode" in caps:
@@ -417,6 +422,24 @@ class ModelServer:
         out = await asyncio.to_thread(run)
         return InterpolateResponse(model=self.name, version=loaded.version, method=req["method"],
                                    **images_payload(to_uint8_image(out), out, req["format"])).model_dump(exclude_none=True)
+
+    async def translate(self, req: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        try:
+            loaded = self._needs("translate")
+            job = parse_translate(req, loaded, self.limits)
+        except UserError as e:
+            return error_body(e)
+
+        def run():
+            gen = torch.Generator().manual_seed(job["seed"])
+            return loaded.model.translate(torch.as_tensor(job["x"]).to(self.device), generator=gen,
+                                          **job["settings"]).float().cpu()
+
+        x = await asyncio.to_thread(run)
+        return {**Served(model=self.name, version=loaded.version).model_dump(), "seed": job["seed"],
+                "settings": job["settings"], **images_payload(to_uint8_image(x), x, job["format"])}
 
     async def style_mix(self, req: dict[str, Any]) -> dict[str, Any]:
         import torch

@@ -3,6 +3,7 @@ sampling request, read from the settings the model declares.
 
     POST /v1/models/{name}/sample     {"n": 4, "seed": 0, "class_label": 3, "<setting>": ..., "format": "png"}
                                       audio models answer audio/wav (format "wav", their default)
+    POST /v1/models/{name}/translate  {"images": [base64 PNG, ...] or "arrays": ..., "seed": 0, "<setting>": ...}  (Pix2Pix)
     POST /v1/models/{name}/style_mix  {"seed": 0, "seed_b": 1, "crossover": 2, ...a sample request}  (StyleGAN2)
     POST /v1/models/{name}/generate   {"prompt": "def ", "n": 1, "seed": 0, "stop": ["\\n\\n"], "stream": true,
                                        "<setting>": ...}      text models
@@ -86,6 +87,19 @@ class ImagesRequest(BaseModel):
     images: list[str] | None = Field(None, min_length=1, description="base64 PNGs of the model's size")
     arrays: list[list[list[list[FiniteFloat]]]] | None = Field(None, min_length=1, description="(B, C, H, W) in [-1, 1]")
     seed: int = Field(0, ge=0, le=2**63 - 1, description="seed of the likelihood estimator's noise")
+
+
+class TranslateRequest(BaseModel):
+    """Translation models (capability translate: Pix2Pix): images in, their translations out.
+    Every field beyond these is one of the model's sampling settings (Pix2Pix: dropout)."""
+
+    model_config = ConfigDict(extra="allow")
+    images: list[str] | None = Field(None, min_length=1, description="base64 PNGs of the model's size")
+    arrays: list[list[list[list[FiniteFloat]]]] | None = Field(None, min_length=1, description="(B, C, H, W) in [-1, 1]")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="seed of the translation's noise (Pix2Pix: dropout masks)")
+    direction: str | None = Field(None, description="models that translate both ways: which way (GET "
+                                                    "/v1/models/{name} lists them); null: the model's one way")
+    format: Literal["png", "array"] = "png"
 
 
 class DecodeRequest(BaseModel):
@@ -339,6 +353,24 @@ def parse_style_mix(req: dict[str, Any], loaded, limits: Limits) -> dict[str, An
         raise RequestError("crossover", f"crossover is {req['crossover']}; this model has {layers} style layers, "
                                         f"so crossover is 0..{layers}")
     return {**job, "seed_b": req["seed_b"], "crossover": req["crossover"]}
+
+
+def parse_translate(req: dict[str, Any], loaded, limits: Limits) -> dict[str, Any]:
+    """A /translate body -> {x (B, C, H, W) float32, seed, settings, format}: the direction checked
+    against the model's, the settings by its settings schema, the images by its size and channels."""
+    model = loaded.model
+    directions = list(getattr(model, "directions", ()))  # a two-way model lists its directions
+    if req.get("direction") is not None and req["direction"] not in directions:
+        allowed = f"one of {', '.join(directions)}" if directions else "null: this model translates one way"
+        raise RequestError("direction", f"direction {req['direction']!r}: {loaded.name} ({loaded.family}) takes {allowed}")
+    given = {k: v for k, v in req.items() if k not in TranslateRequest.model_fields and v is not None}
+    try:
+        settings = settings_for(model, given, loaded.sampling_defaults)
+    except ValidationError as e:
+        raise RequestError.from_validation(e) from None
+    x = decode_images(req, tuple(model.image_shape), limits)
+    return {"x": x, "seed": req["seed"], "settings": settings.model_dump(), "format": req["format"],
+            "direction": req.get("direction")}
 
 
 def response_format(fmt: str | None, model) -> str:

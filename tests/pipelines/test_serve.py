@@ -39,11 +39,13 @@ LIMITS = {"max_n": 8, "max_steps": 20, "max_new_tokens": 16, "max_audio_s": 0.2,
           "max_interpolation_steps": 6, "max_prompt_chars": 32, "max_body_bytes": 200_000, "request_timeout_s": 60}
 VOCAB = tuple("abcdefghij \n")
 TEXT = DatasetInfo("tokens", (12,), 100, 0, VOCAB, ("tokens",))  # 12-character rows
+PAIRS = DatasetInfo("paired_image", (8, 8, 1), 100, 0, None, ("image", "image_paired"))  # edges -> items, 8x8
 AUDIO = DatasetInfo("audio", (400,), 100, 3, None, ("waveform", "sample_rate", "label"), sample_rate=8000)  # 50 ms
 MODELS = {  # name -> (family, data and model arguments)
     "vae-t": ("vae", {}),
     "gan-t": ("dcgan", {"num_classes": 10, "conditional": True}),
     "style-t": ("stylegan2", {"num_classes": 10, "conditional": True}),
+    "p2p-t": ("pix2pix", {"data": PAIRS}),
     "diff-t": ("diffusion", {"num_classes": 10, "conditioning": "class", "num_timesteps": 50,
                              "num_inference_steps": 5}),
     "text-t": ("diffusion", {"conditioning": "text", "text_len": 16, "num_timesteps": 50,
@@ -51,7 +53,7 @@ MODELS = {  # name -> (family, data and model arguments)
     "gpt-t": ("gpt", {"data": TEXT, "block_size": 32}),
     "wave-t": ("wavenet", {"data": AUDIO, "conditioning": "class"}),
 }
-IMAGE_MODELS = sorted(n for n, (family, _) in MODELS.items() if family not in ("gpt", "wavenet"))
+IMAGE_MODELS = sorted(n for n, (family, _) in MODELS.items() if family not in ("gpt", "wavenet", "pix2pix"))
 
 
 def register_tiny(uri: str, home: Path, name: str, family: str, *, seed: int = 0, alias: str | None = "champion",
@@ -242,6 +244,51 @@ def test_style_mix_keeps_the_first_seeds_coarse_styles(served):
     assert r.status_code == 404 and "style_mix" in r.json()["detail"][0]["msg"]
 
 
+def png_b64(pixels: np.ndarray) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_translate_takes_pngs_or_arrays_and_checks_them(served):
+    c = served["client"]
+    info = c.get("/v1/models/p2p-t").json()
+    assert info["routes"] == ["translate"] and info["capabilities"] == ["translate"]
+    edges = np.zeros((8, 8), np.uint8)
+    edges[2:6, 2] = edges[2:6, 5] = 255  # two strokes
+    body = {"images": [png_b64(edges)], "seed": 4}
+    first = c.post("/v1/models/p2p-t/translate", json=body)
+    assert first.status_code == 200 and first.headers[serve.VERSION_HEADER] == "1", first.text
+    out = first.json()
+    assert png_array(out["images"][0]).shape == (8, 8) and out["settings"] == {"dropout": True}
+    assert c.post("/v1/models/p2p-t/translate", json=body).json()["images"] == out["images"]  # a seed fixes the masks
+    arrays = (edges.astype(np.float32) / 127.5 - 1)[None, None].tolist()
+    by_array = c.post("/v1/models/p2p-t/translate", json={"arrays": arrays, "seed": 4, "format": "array"}).json()
+    assert np.array_equal(np.rint((np.asarray(by_array["arrays"])[0, 0] + 1) * 127.5).astype(np.uint8),
+                          png_array(out["images"][0]))
+    # Without dropout the translation is the one deterministic map: no seed changes it.
+    fixed = [c.post("/v1/models/p2p-t/translate", json={**body, "seed": s, "dropout": False}).json()["images"]
+             for s in (1, 2)]
+    assert fixed[0] == fixed[1]
+    big = np.zeros((16, 16), np.uint8)
+    for bad, field in (({"images": [png_b64(big)]}, "images[0]"),
+                       ({"images": [base64.b64encode(b"GIF89a not a png").decode()]}, "images[0]"),
+                       ({"arrays": [[[[0.0] * 8] * 8] * 3]}, "arrays"),  # 3 channels; the model takes 1
+                       ({"arrays": [[[[1.5] * 8] * 8]]}, "arrays"),
+                       ({"images": [png_b64(edges)], "direction": "b_to_a"}, "direction"),
+                       ({"images": [png_b64(edges)], "dropout": "sometimes"}, "dropout"),
+                       ({"images": [png_b64(edges)], "truncation_psi": 0.5}, "truncation_psi"),
+                       ({}, "images")):
+        r = c.post("/v1/models/p2p-t/translate", json=bad)
+        assert r.status_code == 422 and detail_field(r) == field, (bad, r.text)
+    r = c.post("/v1/models/p2p-t/sample", json={"n": 1})
+    assert r.status_code == 404 and r.json()["detail"][0]["routes"] == ["translate"]
+    r = c.post("/v1/models/gan-t/translate", json=body)
+    assert r.status_code == 404 and "translate" in r.json()["detail"][0]["msg"]
+
+
 def sse(response) -> list[tuple[str, dict]]:
     """(event, data) of each server-sent event in a response body."""
     out = []
@@ -355,7 +402,7 @@ def test_routes_a_model_lacks_answer_404_with_its_capabilities(served):
     assert detail["capabilities"] == ["condition", "sample"] and detail["routes"] == ["sample"]
     assert c.post("/v1/models/diff-t/interpolate", json={"a": "AA", "b": "AA"}).status_code == 404
     missing = c.post("/v1/models/nope/sample", json={})
-    assert missing.status_code == 404 and "diff-t, gan-t, gpt-t, style-t, text-t, vae-t, wave-t" in missing.json()["detail"][0]["msg"]
+    assert missing.status_code == 404 and "diff-t, gan-t, gpt-t, p2p-t, style-t, text-t, vae-t, wave-t" in missing.json()["detail"][0]["msg"]
 
 
 def test_the_gallery_page_is_self_contained(served):
@@ -386,6 +433,8 @@ def keyed_routes(c) -> list[tuple[str, str, dict | None]]:
         ("POST", "/v1/models/vae-t/log_prob", {"images": images[:1], "seed": 0}),
         ("POST", "/v1/models/gpt-t/generate", {"prompt": "ab", "n": 1}),
         ("POST", "/v1/models/gpt-t/generate", {"prompt": "ab", "n": 1, "stream": True}),
+        ("POST", "/v1/models/p2p-t/translate", {"arrays": [[[[0.0] * 8] * 8]]}),
+        ("POST", "/v1/models/style-t/style_mix", {"seed_b": 1, "crossover": 1}),
         ("GET", "/openapi.json", None),
         ("GET", "/docs", None),
         ("GET", "/docs/oauth2-redirect", None),
@@ -402,7 +451,8 @@ def test_every_route_but_healthz_and_the_page_needs_the_key(served):
     routes = keyed_routes(c)
     from genray.pipelines.serve.auth import OPEN_PATHS
 
-    documented = {path.replace("{name}", "gpt-t" if path.endswith("/generate") else "vae-t")
+    serving = {"/generate": "gpt-t", "/translate": "p2p-t", "/style_mix": "style-t"}
+    documented = {path.replace("{name}", next((m for end, m in serving.items() if path.endswith(end)), "vae-t"))
                   for path in c.get("/openapi.json").json()["paths"]}
     assert documented - OPEN_PATHS <= {path for _, path, _ in routes}, "a new route: add it to keyed_routes"
     wrong = {"missing": {}, "one byte off": {"Authorization": f"Bearer {wrong_key()}"},

@@ -24,7 +24,9 @@ FAMILY_ARGS = {"dcgan": {"conditional": True},
                "diffusion": {"num_timesteps": 100, "num_inference_steps": 5, "vlb_timesteps": 5}}
 # The GAN also exercises gradient accumulation across its two optimizers.
 FAMILY_TRAINER = {"dcgan": {"grad_accum": 2}}
-FAMILY_DATA = {"gpt": "text", "wavenet": "tones"}  # the built-in dataset of each family's kind; digits for images
+# The built-in dataset of each family's kind; digits for images. Pix2Pix's edges -> items pairs
+# are made from Debian's Fashion-MNIST, which `make test` installs.
+FAMILY_DATA = {"gpt": "text", "wavenet": "tones", "pix2pix": "fashion_edges"}
 SHOWN_AS = {"text": ".txt", "tones": ".wav"}  # how each kind's samples are logged; images: .png
 
 
@@ -71,6 +73,7 @@ def test_run_is_tracked_checkpointed_and_registered(family, workers, ray_session
     ray.train API in this process); a multi-network recipe with accumulation on 2 real workers.
     Every family also logs the cheap quality metrics at each eval, on a small digits classifier."""
     images = family not in FAMILY_DATA
+    translates = "translate" in model_capabilities(family)
     quality = {"quality_samples": 16, "feature_net": str(digits_classifier)} if images else {}
     spec = tiny_spec(family, workers, **FAMILY_TRAINER.get(family, {}), **quality)
     out = train.run(spec, name=f"t-{family}-{workers}", home=genray_home)
@@ -99,7 +102,7 @@ def test_run_is_tracked_checkpointed_and_registered(family, workers, ray_session
         assert any(f.startswith(f"samples/step_{step}") and f.endswith(suffix) for f in files), files
     assert "checkpoint/model.safetensors" in files
     # The grids are MLflow step images too, for the UI's step slider.
-    assert any(f.startswith("images/samples") for f in files) == images, files
+    assert any(f.startswith("images/samples") for f in files) == (images or translates), files
 
     # The registered model loads from safetensors + genray's code, and samples.
     import mlflow.pyfunc
@@ -107,6 +110,14 @@ def test_run_is_tracked_checkpointed_and_registered(family, workers, ray_session
     mlflow.set_registry_uri(f"sqlite:///{genray_home / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model(f"models:/{family}-{spec.data.dataset}/{out.model_version}")
     assert out.model_version is not None
+    if translates:  # pix2pix: edges in, 32x32 items out, the same for the same seed
+        edges = np.full((2, 1, 32, 32), -1.0, np.float32)
+        edges[:, :, 8:24, 16] = 1.0
+        x = model.predict({"x": edges.ravel().tolist(), "seed": 1})
+        assert x.shape == (2, 1, 32, 32) and x.min() >= -1 and x.max() <= 1
+        assert np.array_equal(x, model.predict({"x": edges.ravel().tolist(), "seed": 1}))
+        assert "eval/l1" in run.data.metrics and "eval/psnr" in run.data.metrics
+        return
     x = model.predict({"n": 3, "seed": 1})
     if family == "wavenet":  # three clips as long as the training clips, at 8-bit mu-law values
         assert x.shape == (3, 2000) and x.min() >= -1 and x.max() <= 1

@@ -13,11 +13,11 @@ from genray.components.data import fashion_mnist, moons, shapes, spoken_digits, 
 from genray.components.errors import UserError
 
 # Fashion-MNIST is read from Debian's package, which `make install` installs as root; without it,
-# its own tests (test_fashion_mnist.py) cover the reader on synthetic IDX files.
+# its own tests (test_fashion_mnist.py, test_fashion_edges.py) cover them on synthetic IDX files.
 HAS_FASHION_MNIST = (fashion_mnist.DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file()
 # spoken_digits needs Debian's espeak-ng, which `make install` installs as root too.
 HAS_ESPEAK = shutil.which("espeak-ng") is not None
-AVAILABLE = sorted(n for n in DATASETS if (n != "fashion_mnist" or HAS_FASHION_MNIST)
+AVAILABLE = sorted(n for n in DATASETS if (n not in ("fashion_mnist", "fashion_edges") or HAS_FASHION_MNIST)
                    and (n != "spoken_digits" or HAS_ESPEAK))
 
 
@@ -38,7 +38,8 @@ def _table(path):
 
 
 def test_registry():
-    assert set(DATASETS) == {"digits", "fashion_mnist", "shapes", "moons", "text", "tones", "spoken_digits"}
+    assert set(DATASETS) == {"digits", "fashion_mnist", "fashion_edges", "shapes", "moons", "text", "tones",
+                             "spoken_digits"}
 
 
 @pytest.mark.parametrize("name", AVAILABLE)

@@ -3,9 +3,11 @@ networks gradients, typed sampling settings, samples in range and reproducible b
 round trip through safetensors after a real engine step.
 
 A new family adds its entry to CASES (builder kwargs for a couple of data shapes; `size` is
-"tiny" unless a case says otherwise; `image_shape`/`num_classes`, or `tokens` = (sequence length,
-vocabulary size), or `audio` = (clip samples, sample rate), describe the data the builder receives) and, if its batches are of a new kind,
-to make_batch.
+"tiny" unless a case says otherwise; `image_shape`/`num_classes` (with `paired` for pairs of
+images, x -> x_paired), or `tokens` = (sequence length, vocabulary size), or `audio` = (clip
+samples, sample rate), describe the data the builder receives) and, if its batches are of a new
+kind, to make_batch. A translation model (capability `translate`) is drawn from by translating an
+example batch where other families sample (`draw`).
 """
 import inspect
 import typing
@@ -28,12 +30,14 @@ COLOUR = {"image_shape": (3, 32, 32)}  # CIFAR-shaped, unlabelled
 FAST_DIFFUSION = {"num_timesteps": 50, "num_inference_steps": 4, "vlb_timesteps": 3}
 TEXT = {"tokens": (16, 20)}  # 16-token rows over a 20-symbol vocabulary
 TONES = {"audio": (96, 8000)}  # 96-sample clips at 8 kHz
+PAIRS = {"image_shape": (1, 8, 8), "paired": True}  # 8x8 grey inputs and their targets
 
 CASES = {
     "vae": [DIGITS, COLOUR, {**DIGITS, "decoder_sigma": 0.1}],
     "beta_vae": [DIGITS, COLOUR, {**DIGITS, "capacity_max": 5.0, "capacity_steps": 10},
                  {**COLOUR, "latent_channels": 4, "latent_downsample": 2}],
     "dcgan": [DIGITS, COLOUR, {**DIGITS, "conditional": True}],
+    "stylegan2": [DIGITS, {**COLOUR, "mixing_prob": 0.0}, {**DIGITS, "conditional": True, "r1_every": 2}],
     "diffusion": [
         {**DIGITS, **FAST_DIFFUSION},  # class-conditional with guidance
         {**COLOUR, **FAST_DIFFUSION, "prediction": "v", "schedule": "sigmoid", "min_snr_gamma": 5.0},
@@ -48,10 +52,11 @@ CASES = {
             {"tokens": (8, 512), "block_size": 24}],  # a VQ-VAE-sized code vocabulary
     "pixelcnn": [DIGITS, {**DIGITS, "conditioning": "class", "kernel": 5}, {"image_shape": (1, 5, 7)}],
     "wavenet": [TONES, {**TONES, "num_classes": 15, "conditioning": "class", "stacks": 2}],
+    "pix2pix": [PAIRS, {"image_shape": (3, 32, 32), "paired": True, "lambda_l1": 10.0}],
 }
 # Families that model images of any size (no stride-2 stack): only a wrong channel count is refused.
 ANY_SIZE = {"pixelcnn"}
-DATA_KEYS = ("image_shape", "num_classes", "tokens", "audio")  # describe the data, which the builder gets as a DatasetInfo
+DATA_KEYS = ("image_shape", "num_classes", "paired", "tokens", "audio")  # describe the data, which the builder gets as a DatasetInfo
 
 
 PARAMS = [
@@ -71,6 +76,10 @@ def data_of(kwargs: dict) -> DatasetInfo:
         length, rate = kwargs["audio"]
         columns = ("waveform", "sample_rate") + (("label",) if kwargs.get("num_classes") else ())
         return DatasetInfo("audio", (length,), 64, kwargs.get("num_classes", 0), None, columns, sample_rate=rate)
+    if kwargs.get("paired"):
+        c, h, w = kwargs["image_shape"]
+        columns = ("image", "image_paired") + (("label",) if kwargs.get("num_classes") else ())
+        return DatasetInfo("paired_image", (h, w, c), 64, kwargs.get("num_classes", 0), None, columns)
     return DatasetInfo.for_images(kwargs["image_shape"], kwargs.get("num_classes", 0))
 
 
@@ -113,12 +122,22 @@ def make_batch(kwargs: dict, n: int = 8, seed: int = 0) -> dict[str, torch.Tenso
         batch = {"x": torch.rand(n, kwargs["audio"][0], generator=g) * 2 - 1}
     else:
         batch = {"x": torch.rand(n, *kwargs["image_shape"], generator=g) * 2 - 1}
+    if kwargs.get("paired"):
+        batch["x_paired"] = torch.rand(n, *kwargs["image_shape"], generator=g) * 2 - 1
     if kwargs.get("num_classes", 0) > 0:
         batch["y"] = torch.randint(kwargs["num_classes"], (n,), generator=g)
     if kwargs.get("conditioning") == "text":  # byte tokens, zero-padded like encode_captions
         batch["text"] = torch.randint(1, 257, (n, kwargs["text_len"]), generator=g)
         batch["text"][:, kwargs["text_len"] // 2 :] = 0
     return batch
+
+
+def draw(model, kwargs: dict, n: int, generator: torch.Generator) -> torch.Tensor:
+    """What a model makes from a seed: n samples, or for a translation model, which needs an input,
+    the translations of an example batch's n inputs (routed on capabilities, as the pipelines do)."""
+    if "translate" in model.capabilities:
+        return model.translate(make_batch(kwargs, n=n)["x"], generator=generator)
+    return model.sample(n, generator=generator)
 
 
 def config_model(builder) -> type[pydantic.BaseModel]:
@@ -169,17 +188,19 @@ IMAGE_FAMILIES = sorted(n for n in FAMILIES if n in CASES and NATIVE[n].kind.is_
     (name, shape) for name in IMAGE_FAMILIES for shape in [(1, 12, 12), (1, 4, 4), (3, 32, 24)]
     if not (name in ANY_SIZE and shape[0] == 1)])  # grey images of any size are fine for those
 def test_unsupported_image_shape_is_explained(name, image_shape):
+    data = data_of({"image_shape": image_shape, "paired": NATIVE[name].modality == "paired_image"})
     with pytest.raises(ValueError, match="image"):
-        FAMILIES[name](data=DatasetInfo.for_images(image_shape), size="tiny")
+        FAMILIES[name](data=data, size="tiny")
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_data_of_another_kind_are_explained(name):
     """Every family names the kind of data it trains on when handed another kind."""
-    if NATIVE[name].kind.is_image:
-        other, wanted = DatasetInfo("tokens", (16,), 10, 0, ("a", "b"), ("tokens",)), "image"
-    else:
-        other, wanted = DatasetInfo.for_images((1, 8, 8), 10), NATIVE[name].modality
+    if NATIVE[name].modality == "image":
+        other = DatasetInfo("tokens", (16,), 10, 0, ("a", "b"), ("tokens",))
+    else:  # token, audio and paired-image families: plain images, the likeliest mix-up
+        other = DatasetInfo.for_images((1, 8, 8), 10)
+    wanted = NATIVE[name].modality
     with pytest.raises(ValueError, match=wanted):
         FAMILIES[name](data=other, size="tiny")
 
@@ -189,7 +210,7 @@ def test_protocol(name, kwargs):
     model = build(name, kwargs)
     assert isinstance(model, GenerativeModel)
     assert model.capabilities <= CAPABILITIES
-    assert "sample" in model.capabilities
+    assert {"sample", "translate"} & model.capabilities, "a model draws samples, or translates its inputs"
     assert model.conditioning in ("none", "class", "text")
     assert (model.conditioning != "none") == ("condition" in model.capabilities)
     assert (model.conditioning == "class") == (model.num_classes > 0)
@@ -240,9 +261,9 @@ def test_every_phase_gives_every_parameter_a_gradient(name, kwargs):
 def test_sample_shape_range_and_seed(name, kwargs):
     model = build(name, kwargs)
     n = 6
-    a = model.sample(n, generator=torch.Generator().manual_seed(1))
-    b = model.sample(n, generator=torch.Generator().manual_seed(1))
-    c = model.sample(n, generator=torch.Generator().manual_seed(2))
+    a = draw(model, kwargs, n, torch.Generator().manual_seed(1))
+    b = draw(model, kwargs, n, torch.Generator().manual_seed(1))
+    c = draw(model, kwargs, n, torch.Generator().manual_seed(2))
     assert a.shape == (n, *sample_shape(kwargs))
     if "tokens" in kwargs:  # token ids into the vocabulary
         assert a.dtype == torch.int64 and a.min() >= 0 and a.max() < kwargs["tokens"][1]
@@ -269,7 +290,7 @@ def test_state_round_trip_through_safetensors(name, kwargs, tmp_path):
     fresh.load_state_dict(load_file(tmp_path / "model.safetensors"))
     fresh.eval()
     gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731
-    assert torch.equal(model.sample(4, generator=gen()), fresh.sample(4, generator=gen()))
+    assert torch.equal(draw(model, kwargs, 4, gen()), draw(fresh, kwargs, 4, gen()))
     batch = make_batch(kwargs, seed=3)
     assert torch.equal(model.evaluate(batch, generator=gen())["loss"], fresh.evaluate(batch, generator=gen())["loss"])
 
@@ -304,3 +325,10 @@ def test_declared_capabilities_work(name, kwargs):
         else:
             cond = {"prompt": ["a small red heart", "a large blue square", "", "x"]}
         assert model.sample(4, generator=torch.Generator().manual_seed(0), **cond).shape == x.shape
+    if "translate" in model.capabilities:
+        x_hat = model.translate(x, generator=torch.Generator().manual_seed(0))
+        assert x_hat.shape == batch["x_paired"].shape and x_hat.min() >= -1 and x_hat.max() <= 1
+    if "style_mix" in model.capabilities:
+        gen = lambda seed: torch.Generator().manual_seed(seed)  # noqa: E731
+        mixed = model.style_mix(4, generator_a=gen(0), generator_b=gen(1), crossover=1)
+        assert mixed.shape == x.shape and mixed.min() >= -1 and mixed.max() <= 1
