@@ -97,6 +97,8 @@ def describe(loaded: Loaded, limits: Limits) -> dict[str, Any]:
         if "style_mix" in caps:
             routes.append("style_mix")
     params = sample_parameters(model, defaults, limits)
+    if "sample" not in caps:  # a translation makes one output per input image: no n
+        params.pop("n", None)
     if "generate_text" in caps:
         routes.append("generate")
         params = {

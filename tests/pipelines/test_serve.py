@@ -1039,6 +1039,40 @@ def test_the_gallery_asks_for_the_key_once_and_shows_samples_in_headless_chromiu
         assert drawn > 100, drawn
         wait.until(lambda d: d.execute_script(
             "const a = document.querySelector('#samples audio'); return a.readyState >= 1 && a.duration > 0.3"))
+
+        # A translation model: strokes drawn on the pad with the mouse, Translate, the input and
+        # its translation shown; the translation is what the API gives for that input and seed.
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        Select(driver.find_element(By.ID, "model")).select_by_value("p2p-t")
+        wait.until(lambda d: d.find_element(By.ID, "go").text == "Translate")
+        assert not driver.find_elements(By.ID, "p-n")  # one translation per input
+        pad = driver.find_element(By.ID, "pad")
+        ActionChains(driver).move_to_element_with_offset(pad, -40, -50).click_and_hold() \
+            .move_by_offset(30, 40).move_by_offset(40, 30).release().perform()
+        assert driver.execute_script(
+            "const c = document.getElementById('pad'); const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+            "let n = 0; for (let i = 0; i < px.length; i += 4) n += px[i] > 0; return n;") > 100
+        driver.find_element(By.ID, "go").click()
+        wait.until(lambda d: "translated by p2p-t" in d.find_element(By.ID, "status").text)
+        wait.until(lambda d: d.execute_script(
+            "return [...document.querySelectorAll('#samples img')].every(i => i.complete && i.naturalWidth === 8)"))
+        shown_in, shown_out = [img.get_attribute("src").split(",", 1)[1]
+                               for img in driver.find_elements(By.CSS_SELECTOR, "#samples img")]
+        assert png_array(shown_in).max() > 0  # the strokes reached the model's 8x8 input
+        direct = served["client"].post("/v1/models/p2p-t/translate", json={"images": [shown_in], "seed": 0}).json()
+        assert np.array_equal(png_array(direct["images"][0]), png_array(shown_out))
+
+        # StyleGAN2: truncation psi as a slider beside its box, and style mixing.
+        Select(driver.find_element(By.ID, "model")).select_by_value("style-t")
+        wait.until(lambda d: d.find_elements(By.ID, "r-truncation_psi"))
+        driver.execute_script("const s = document.getElementById('r-truncation_psi'); s.value = 0.5;"
+                              "s.dispatchEvent(new Event('input'));")
+        assert driver.find_element(By.ID, "p-truncation_psi").get_attribute("value") == "0.5"
+        driver.find_element(By.ID, "mix").click()
+        wait.until(lambda d: "mixed images from style-t" in d.find_element(By.ID, "status").text)
+        assert "crossover 2" in driver.find_element(By.ID, "status").text  # half of its 4 style layers
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#samples img.sample")) == 4
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
