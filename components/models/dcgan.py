@@ -216,7 +216,7 @@ class DCGAN(nn.Module):
             real_logits = self.discriminator(x, y)
             fake_logits = self.discriminator(fake, y)
             loss = discriminator_loss(real_logits, fake_logits)
-            logs = {"d_loss": loss, "d_real": torch.sigmoid(real_logits).mean(),
+            logs = {"d_real": torch.sigmoid(real_logits).mean(),
                     "d_fake": torch.sigmoid(fake_logits).mean()}
         elif phase == "disc_reg":
             # Lazy R1 (Karras et al. 2020, §3.1): gamma / 2 * E|grad D(x)|^2, scaled by the interval
@@ -227,8 +227,7 @@ class DCGAN(nn.Module):
             logs = {"r1": penalty}
         elif phase == "gen":
             loss = generator_loss(self.discriminator(self.generate(z, y), y))
-            # Log keys differ between phases: the loop sums logs by key over a step's phases.
-            logs = {"g_loss": loss}
+            logs = {}  # the phase loss is logged by the engine as gen/loss
         else:
             raise ValueError(f"dcgan phases are disc, disc_reg and gen, got phase={phase!r}")
         return loss, {k: v.detach() for k, v in logs.items()}

@@ -254,15 +254,14 @@ class Pix2Pix(nn.Module):
             real_logits = self.discriminator(x, y)  # (B, H', W')
             fake_logits = self.discriminator(x, fake)
             loss = discriminator_loss(real_logits, fake_logits)
-            logs = {"d_loss": loss, "d_real": torch.sigmoid(real_logits).mean(),
+            logs = {"d_real": torch.sigmoid(real_logits).mean(),
                     "d_fake": torch.sigmoid(fake_logits).mean()}
         elif phase == "gen":
             fake = self.generator(x)  # (B, C_out, H, W)
             adv = generator_loss(self.discriminator(x, fake))
             l1 = l1_loss(fake, y)
             loss = adv + self.lambda_l1 * l1  # eq. 4
-            # Log keys differ between phases: the loop sums logs by key over a step's phases.
-            logs = {"g_adv": adv, "g_l1": l1, "g_loss": loss}
+            logs = {"g_adv": adv, "g_l1": l1}  # their sum, the loss, is logged as gen/loss
         else:
             raise ValueError(f"pix2pix phases are disc and gen, got phase={phase!r}")
         return loss, {k: v.detach() for k, v in logs.items()}

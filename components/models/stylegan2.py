@@ -385,7 +385,7 @@ class StyleGAN2(nn.Module):
                 fake = self._generate_train(x.shape[0], y, x.device)
             real_logits, fake_logits = self.discriminator(x, y), self.discriminator(fake, y)
             loss = discriminator_loss(real_logits, fake_logits)  # softplus(D(G(z))) + softplus(-D(x))
-            logs = {"d_loss": loss, "d_real": torch.sigmoid(real_logits).mean(),
+            logs = {"d_real": torch.sigmoid(real_logits).mean(),
                     "d_fake": torch.sigmoid(fake_logits).mean()}
         elif phase == "disc_reg":
             # Lazy R1 (2020, §3.1): gamma / 2 * E|grad D(x)|^2 every r1_every steps, scaled by the interval.
@@ -395,7 +395,7 @@ class StyleGAN2(nn.Module):
             logs = {"r1": penalty}
         elif phase == "gen":
             loss = generator_loss(self.discriminator(self._generate_train(x.shape[0], y, x.device), y))
-            logs = {"g_loss": loss}
+            logs = {}  # the phase loss is logged by the engine as gen/loss
         else:
             raise ValueError(f"stylegan2 phases are disc, disc_reg and gen, got phase={phase!r}")
         return loss, {k: v.detach() for k, v in logs.items()}

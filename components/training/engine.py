@@ -150,12 +150,14 @@ class Engine:
                     with self.autocast():
                         loss, extra = self.recipe.loss(self.model, mb, phase, self.step)
                     (loss / accum).backward()
-                    key = "loss" if phase.name == "main" else f"{phase.name}_loss"
-                    extra = {key: loss.detach(), **extra}
+                    extra = {"loss": loss.detach(), **extra}
                 else:
                     with self.autocast():
                         extra = self.recipe.update(self.model, mb, phase, self.step, 1.0 / accum)
+                # Keyed by phase ("disc/loss", "gen/g_adv"): each network's figures apart in MLflow.
+                # A single-phase recipe ("main") keeps plain keys.
                 for k, v in extra.items():
+                    k = k if phase.name == "main" else f"{phase.name}/{k}"
                     logs[k] = logs.get(k, 0.0) + float(v) / accum
             sync_gradients(params)
             if s.grad_clip is not None:

@@ -52,7 +52,7 @@ def test_losses_match_the_non_saturating_formulas():
     model.discriminator.forward = lambda x, y=None: fake
     loss, logs = model(batch, "gen")
     torch.testing.assert_close(loss, g_expected)
-    torch.testing.assert_close(logs["g_loss"], g_expected)
+    assert logs == {}  # the engine logs the loss itself, as gen/loss
 
 
 def test_disc_phase_leaves_the_generator_alone():

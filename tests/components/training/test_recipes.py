@@ -81,7 +81,7 @@ def test_b_two_learning_rates_n_critic_and_lazy_r1():
     # 8 generator steps; 3 critic steps a step plus the R1 step at steps 0 and 4.
     assert adam_steps(g_opt) == 8
     assert adam_steps(d_opt) == 8 * 3 + 2
-    assert {"disc_loss", "gen_loss"} <= set(logs)
+    assert {"disc/loss", "gen/loss"} <= set(logs)
 
 
 def test_b_a_phase_moves_only_its_network():
