@@ -213,8 +213,8 @@ def cmd_data(args) -> int:
     out = args.out or project_home() / "data" / f"{args.name}-{args.size}-seed{args.seed}"
     extra = {}
     if args.source is not None:
-        if args.name not in ("fashion_mnist", "fashion_edges"):
-            raise UserError(f"--from: only fashion_mnist and fashion_edges read files from a folder (the "
+        if args.name not in ("fashion_mnist", "fashion_edges", "fashion_halves"):
+            raise UserError(f"--from: only fashion_mnist, fashion_edges and fashion_halves read files from a folder (the "
                             f"Fashion-MNIST .gz files); {args.name} is generated or bundled")
         extra["source"] = args.source
     paths = DATASETS[args.name](Path(out), seed=args.seed, size=args.size, **extra)

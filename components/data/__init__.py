@@ -25,12 +25,13 @@ def __getattr__(name: str):
 
         return getattr(parquet, name)
     if name == "DATASETS":
-        from . import digits, fashion_edges, fashion_mnist, moons, shapes, spoken_digits, text, tones
+        from . import digits, fashion_edges, fashion_halves, fashion_mnist, moons, shapes, spoken_digits, text, tones
 
         globals()["DATASETS"] = datasets = {
             "digits": digits.prepare,
             "fashion_mnist": fashion_mnist.prepare,
             "fashion_edges": fashion_edges.prepare,
+            "fashion_halves": fashion_halves.prepare,
             "shapes": shapes.prepare,
             "moons": moons.prepare,
             "text": text.prepare,

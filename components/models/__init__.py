@@ -15,7 +15,7 @@ from torch import nn
 
 from genray.components.data import DatasetInfo
 from genray.components.errors import UserError
-from genray.components.models import dcgan, diffusion, gpt, pix2pix, pixelcnn, stylegan2, vae, wavenet
+from genray.components.models import cyclegan, dcgan, diffusion, gpt, pix2pix, pixelcnn, stylegan2, vae, wavenet
 from genray.components.models.refs import ModelRef, ref_arguments
 
 FAMILIES = {
@@ -23,6 +23,7 @@ FAMILIES = {
     "beta_vae": vae.build_beta_vae,
     "dcgan": dcgan.build_dcgan,
     "pix2pix": pix2pix.build_pix2pix,
+    "cyclegan": cyclegan.build_cyclegan,
     "stylegan2": stylegan2.build_stylegan2,
     "diffusion": diffusion.build_diffusion,
     "gpt": gpt.build_gpt,
@@ -32,14 +33,17 @@ FAMILIES = {
 
 # The data kind each family trains on, when it is not images: what `genray families` and the
 # tests build an example of each family on (example_data).
-FAMILY_KINDS = {"gpt": "tokens", "wavenet": "audio", "pix2pix": "paired_image"}
+FAMILY_KINDS = {"gpt": "tokens", "wavenet": "audio", "pix2pix": "paired_image",
+                "cyclegan": "two_domain_image"}
 
 
 def example_data(family: str) -> DatasetInfo:
-    """A small description of the data `family` trains on: 8x8 grey images (or pairs of them),
-    16-token rows over printable ASCII and newline, or 256-sample clips at 8 kHz."""
+    """A small description of the data `family` trains on: 8x8 grey images (or pairs of them, or
+    two domains of them), 16-token rows over printable ASCII and newline, or 256-sample clips at 8 kHz."""
     if FAMILY_KINDS.get(family) == "paired_image":
         return DatasetInfo("paired_image", (8, 8, 1), 0, 0, None, ("image", "image_paired"))
+    if FAMILY_KINDS.get(family) == "two_domain_image":
+        return DatasetInfo("two_domain_image", (8, 8, 1), 0, 0, None, ("image", "domain"))
     if FAMILY_KINDS.get(family) == "audio":
         return DatasetInfo("audio", (256,), 0, 0, None, ("waveform", "sample_rate"), sample_rate=8000)
     if FAMILY_KINDS.get(family) == "tokens":

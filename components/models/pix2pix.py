@@ -214,6 +214,7 @@ class Pix2PixSampling(BaseModel):
 
 class Pix2Pix(nn.Module):
     capabilities = frozenset({"translate"})  # no "sample": it needs an input to translate
+    directions: tuple[str, ...] = ()  # one way, edges -> items: translate takes no direction
     conditioning, num_classes = "none", 0
     sampling_settings = Pix2PixSampling
 

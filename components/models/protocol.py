@@ -77,7 +77,8 @@ class GenerativeModel(Protocol):
         ...
 
     # Present when the capability is declared:
-    #   encode(x) -> z, decode(z) -> x, log_prob(x) -> nats per example, translate(x) -> x',
+    #   encode(x) -> z, decode(z) -> x, log_prob(x) -> nats per example, translate(x) -> x' (with
+    #   `directions`: () for a one-way model, else the names translate's `direction=` takes),
     #   log_prob_steps(x, y=) -> (B, T) nats of each step of a sequence, summing to log_prob
     # A model with log_prob also declares log_prob_space ("discrete": log P of the 8-bit bins;
     # "continuous": a density on [-1, 1]^D) and log_prob_kind ("exact" | "bound" | "estimate"),

@@ -129,6 +129,8 @@ def describe(loaded: Loaded, limits: Limits) -> dict[str, Any]:
         info["log_prob_kind"] = model.log_prob_kind
     if "style_mix" in caps:
         info["style_layers"] = model.num_ws
+    if "translate" in caps:
+        info["directions"] = list(model.directions)
     return info
 
 
@@ -436,8 +438,9 @@ class ModelServer:
 
         def run():
             gen = torch.Generator().manual_seed(job["seed"])
+            way = {} if job["direction"] is None else {"direction": job["direction"]}
             return loaded.model.translate(torch.as_tensor(job["x"]).to(self.device), generator=gen,
-                                          **job["settings"]).float().cpu()
+                                          **job["settings"], **way).float().cpu()
 
         x = await asyncio.to_thread(run)
         return {**Served(model=self.name, version=loaded.version).model_dump(), "seed": job["seed"],

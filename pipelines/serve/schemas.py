@@ -359,7 +359,7 @@ def parse_translate(req: dict[str, Any], loaded, limits: Limits) -> dict[str, An
     """A /translate body -> {x (B, C, H, W) float32, seed, settings, format}: the direction checked
     against the model's, the settings by its settings schema, the images by its size and channels."""
     model = loaded.model
-    directions = list(getattr(model, "directions", ()))  # a two-way model lists its directions
+    directions = list(model.directions)  # a two-way model's (CycleGAN); empty for one way
     if req.get("direction") is not None and req["direction"] not in directions:
         allowed = f"one of {', '.join(directions)}" if directions else "null: this model translates one way"
         raise RequestError("direction", f"direction {req['direction']!r}: {loaded.name} ({loaded.family}) takes {allowed}")

@@ -255,7 +255,7 @@ def png_b64(pixels: np.ndarray) -> str:
 def test_translate_takes_pngs_or_arrays_and_checks_them(served):
     c = served["client"]
     info = c.get("/v1/models/p2p-t").json()
-    assert info["routes"] == ["translate"] and info["capabilities"] == ["translate"]
+    assert info["routes"] == ["translate"] and info["capabilities"] == ["translate"] and info["directions"] == []
     edges = np.zeros((8, 8), np.uint8)
     edges[2:6, 2] = edges[2:6, 5] = 255  # two strokes
     body = {"images": [png_b64(edges)], "seed": 4}
