@@ -153,8 +153,8 @@ def add_data(p: argparse.ArgumentParser) -> None:
     imp.add_argument("--verbose", action="store_true",
                      help="show Ray's and Ray Data's own output here too (default: in a log file under the project home)")
     prep.add_argument("--from", dest="source", type=Path, metavar="DIR",
-                      help="fashion_mnist, fashion_edges, fashion_halves: the folder with the four Fashion-MNIST .gz files "
-                           "(default: Debian's dataset-fashion-mnist)")
+                      help="fashion_mnist, fashion_edges, fashion_halves: the folder with the four Fashion-MNIST .gz "
+                           "files (default: Debian's dataset-fashion-mnist)")
 
 
 def add_families(p: argparse.ArgumentParser) -> None:

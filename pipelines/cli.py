@@ -214,8 +214,8 @@ def cmd_data(args) -> int:
     extra = {}
     if args.source is not None:
         if args.name not in ("fashion_mnist", "fashion_edges", "fashion_halves"):
-            raise UserError(f"--from: only fashion_mnist, fashion_edges and fashion_halves read files from a folder (the "
-                            f"Fashion-MNIST .gz files); {args.name} is generated or bundled")
+            raise UserError(f"--from: only fashion_mnist, fashion_edges and fashion_halves read files from a folder "
+                            f"(the Fashion-MNIST .gz files); {args.name} is generated or bundled")
         extra["source"] = args.source
     paths = DATASETS[args.name](Path(out), seed=args.seed, size=args.size, **extra)
     for split, path in paths.items():

@@ -32,8 +32,6 @@ from genray.components.models.pix2pix import MAX_WIDTH_MULT, patch_halvings, pat
 from genray.components.models.protocol import NoSettings
 from genray.components.training import Adversarial
 
-DOMAINS = {"a_to_b": 0, "b_to_a": 1}  # the domain each direction reads (batch["domain"] value)
-
 
 # ---------------------------------------------------------------------------------------------
 # Losses, as plain functions of tensors
@@ -364,7 +362,8 @@ class CycleGAN(nn.Module):
             raise ValueError("cyclegan.evaluate: the batch has no rows")
         for name, other in (("a", "b"), ("b", "a")):
             for term in ("cycle", "idt"):
-                scores.setdefault(f"{term}_{name}", scores[f"{term}_{other}"])
+                if f"{term}_{name}" not in scores:
+                    scores[f"{term}_{name}"] = scores[f"{term}_{other}"]
         return {"loss": (scores["cycle_a"] + scores["cycle_b"]) / 2, **scores}
 
 

@@ -25,8 +25,8 @@ FAMILY_ARGS = {"dcgan": {"conditional": True},
 # The GAN also exercises gradient accumulation across its two optimizers.
 FAMILY_TRAINER = {"dcgan": {"grad_accum": 2}}
 # The built-in dataset of each family's kind; digits for images. Pix2Pix's edges -> items pairs
-# are made from Debian's Fashion-MNIST, which `make test` installs.
-FAMILY_DATA = {"gpt": "text", "wavenet": "tones", "pix2pix": "fashion_edges"}
+# and CycleGAN's sneakers / ankle boots are made from Debian's Fashion-MNIST, which `make test` installs.
+FAMILY_DATA = {"gpt": "text", "wavenet": "tones", "pix2pix": "fashion_edges", "cyclegan": "fashion_halves"}
 SHOWN_AS = {"text": ".txt", "tones": ".wav"}  # how each kind's samples are logged; images: .png
 
 
@@ -110,13 +110,16 @@ def test_run_is_tracked_checkpointed_and_registered(family, workers, ray_session
     mlflow.set_registry_uri(f"sqlite:///{genray_home / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model(f"models:/{family}-{spec.data.dataset}/{out.model_version}")
     assert out.model_version is not None
-    if translates:  # pix2pix: edges in, 32x32 items out, the same for the same seed
+    if translates:  # pix2pix: edges in, 32x32 items out; cyclegan: sneakers in, boots out; same seed, same out
         edges = np.full((2, 1, 32, 32), -1.0, np.float32)
         edges[:, :, 8:24, 16] = 1.0
         x = model.predict({"x": edges.ravel().tolist(), "seed": 1})
         assert x.shape == (2, 1, 32, 32) and x.min() >= -1 and x.max() <= 1
         assert np.array_equal(x, model.predict({"x": edges.ravel().tolist(), "seed": 1}))
-        assert "eval/l1" in run.data.metrics and "eval/psnr" in run.data.metrics
+        if family == "cyclegan":  # unpaired: no target to compare with, the held-out cycle L1
+            assert "eval/cycle_a" in run.data.metrics and "eval/cycle_b" in run.data.metrics
+        else:
+            assert "eval/l1" in run.data.metrics and "eval/psnr" in run.data.metrics
         return
     x = model.predict({"n": 3, "seed": 1})
     if family == "wavenet":  # three clips as long as the training clips, at 8-bit mu-law values

@@ -4,10 +4,11 @@ round trip through safetensors after a real engine step.
 
 A new family adds its entry to CASES (builder kwargs for a couple of data shapes; `size` is
 "tiny" unless a case says otherwise; `image_shape`/`num_classes` (with `paired` for pairs of
-images, x -> x_paired), or `tokens` = (sequence length, vocabulary size), or `audio` = (clip
-samples, sample rate), describe the data the builder receives) and, if its batches are of a new
-kind, to make_batch. A translation model (capability `translate`) is drawn from by translating an
-example batch where other families sample (`draw`).
+images, x -> x_paired, or `two_domain` for images of two domains, x and domain), or `tokens` =
+(sequence length, vocabulary size), or `audio` = (clip samples, sample rate), describe the data
+the builder receives) and, if its batches are of a new kind, to make_batch. A translation model
+(capability `translate`) is drawn from by translating an example batch where other families
+sample (`draw`).
 """
 import inspect
 import typing
@@ -31,6 +32,7 @@ FAST_DIFFUSION = {"num_timesteps": 50, "num_inference_steps": 4, "vlb_timesteps"
 TEXT = {"tokens": (16, 20)}  # 16-token rows over a 20-symbol vocabulary
 TONES = {"audio": (96, 8000)}  # 96-sample clips at 8 kHz
 PAIRS = {"image_shape": (1, 8, 8), "paired": True}  # 8x8 grey inputs and their targets
+TWO_DOMAINS = {"image_shape": (1, 8, 8), "two_domain": True}  # 8x8 grey images of domains A and B
 
 CASES = {
     "vae": [DIGITS, COLOUR, {**DIGITS, "decoder_sigma": 0.1}],
@@ -53,10 +55,15 @@ CASES = {
     "pixelcnn": [DIGITS, {**DIGITS, "conditioning": "class", "kernel": 5}, {"image_shape": (1, 5, 7)}],
     "wavenet": [TONES, {**TONES, "num_classes": 15, "conditioning": "class", "stacks": 2}],
     "pix2pix": [PAIRS, {"image_shape": (3, 32, 32), "paired": True, "lambda_l1": 10.0}],
+    "cyclegan": [TWO_DOMAINS, {"image_shape": (3, 32, 32), "two_domain": True, "lambda_identity": 0.0,
+                               "pool_size": 2}],
 }
 # Families that model images of any size (no stride-2 stack): only a wrong channel count is refused.
 ANY_SIZE = {"pixelcnn"}
-DATA_KEYS = ("image_shape", "num_classes", "paired", "tokens", "audio")  # describe the data, which the builder gets as a DatasetInfo
+# Translation families with no noise: a translation is the same for every seed.
+DETERMINISTIC = {"cyclegan"}
+# They describe the data, which the builder gets as a DatasetInfo.
+DATA_KEYS = ("image_shape", "num_classes", "paired", "two_domain", "tokens", "audio")
 
 
 PARAMS = [
@@ -80,6 +87,9 @@ def data_of(kwargs: dict) -> DatasetInfo:
         c, h, w = kwargs["image_shape"]
         columns = ("image", "image_paired") + (("label",) if kwargs.get("num_classes") else ())
         return DatasetInfo("paired_image", (h, w, c), 64, kwargs.get("num_classes", 0), None, columns)
+    if kwargs.get("two_domain"):
+        c, h, w = kwargs["image_shape"]
+        return DatasetInfo("two_domain_image", (h, w, c), 64, 0, None, ("image", "domain"))
     return DatasetInfo.for_images(kwargs["image_shape"], kwargs.get("num_classes", 0))
 
 
@@ -124,6 +134,8 @@ def make_batch(kwargs: dict, n: int = 8, seed: int = 0) -> dict[str, torch.Tenso
         batch = {"x": torch.rand(n, *kwargs["image_shape"], generator=g) * 2 - 1}
     if kwargs.get("paired"):
         batch["x_paired"] = torch.rand(n, *kwargs["image_shape"], generator=g) * 2 - 1
+    if kwargs.get("two_domain"):  # a mix of both domains, as a shuffled two_domain_image batch
+        batch["domain"] = torch.arange(n) % 2
     if kwargs.get("num_classes", 0) > 0:
         batch["y"] = torch.randint(kwargs["num_classes"], (n,), generator=g)
     if kwargs.get("conditioning") == "text":  # byte tokens, zero-padded like encode_captions
@@ -188,7 +200,8 @@ IMAGE_FAMILIES = sorted(n for n in FAMILIES if n in CASES and NATIVE[n].kind.is_
     (name, shape) for name in IMAGE_FAMILIES for shape in [(1, 12, 12), (1, 4, 4), (3, 32, 24)]
     if not (name in ANY_SIZE and shape[0] == 1)])  # grey images of any size are fine for those
 def test_unsupported_image_shape_is_explained(name, image_shape):
-    data = data_of({"image_shape": image_shape, "paired": NATIVE[name].modality == "paired_image"})
+    data = data_of({"image_shape": image_shape, "paired": NATIVE[name].modality == "paired_image",
+                    "two_domain": NATIVE[name].modality == "two_domain_image"})
     with pytest.raises(ValueError, match="image"):
         FAMILIES[name](data=data, size="tiny")
 
@@ -271,7 +284,10 @@ def test_sample_shape_range_and_seed(name, kwargs):
         assert a.dtype == torch.float32 and torch.isfinite(a).all()
         assert a.min() >= -1 and a.max() <= 1
     assert torch.equal(a, b), "same seed must give the same samples"
-    assert not torch.allclose(a, c), "different seeds must give different samples"
+    if name in DETERMINISTIC:
+        assert torch.equal(a, c), "a translation without noise must not depend on the seed"
+    else:
+        assert not torch.allclose(a, c), "different seeds must give different samples"
 
 
 @pytest.mark.parametrize("name, kwargs", PARAMS)
@@ -326,8 +342,9 @@ def test_declared_capabilities_work(name, kwargs):
             cond = {"prompt": ["a small red heart", "a large blue square", "", "x"]}
         assert model.sample(4, generator=torch.Generator().manual_seed(0), **cond).shape == x.shape
     if "translate" in model.capabilities:
-        x_hat = model.translate(x, generator=torch.Generator().manual_seed(0))
-        assert x_hat.shape == batch["x_paired"].shape and x_hat.min() >= -1 and x_hat.max() <= 1
+        for way in [{}] + [{"direction": d} for d in model.directions]:  # every direction a model names
+            x_hat = model.translate(x, generator=torch.Generator().manual_seed(0), **way)
+            assert x_hat.shape == batch.get("x_paired", x).shape and x_hat.min() >= -1 and x_hat.max() <= 1
     if "style_mix" in model.capabilities:
         gen = lambda seed: torch.Generator().manual_seed(seed)  # noqa: E731
         mixed = model.style_mix(4, generator_a=gen(0), generator_b=gen(1), crossover=1)
