@@ -20,7 +20,9 @@ declares and what the data holds:
     "condition"        class consistency: the share of samples the classifier puts in the class
                        they were asked for
     "translate"        translations of the reference split's inputs against their targets: L1,
-                       PSNR, FD/KID/precision/recall on the target domain, class consistency
+                       PSNR, FD/KID/precision/recall on the target domain, class consistency;
+                       two-way (CycleGAN, unpaired domains): per direction the share of
+                       translations in the target domain's class, cycle PSNR, FD to the target
     "log_prob"         bits/dim on the reference split, labelled exact / bound / estimate
     "encode"+"decode"  reconstruction MSE and PSNR
     "encode" + factors MIG (Chen et al. 2018) on the factor_* columns; on the built-in `shapes`,
@@ -305,6 +307,8 @@ def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> Ev
         return evaluate_sequences(request, target, model, state, data, home=home, uri=uri, say=say)
     if data.info.kind.show == "player":
         return evaluate_audio(request, target, model, state, data, home=home, uri=uri, say=say)
+    if "translate" in model.capabilities and data.info.modality == "two_domain_image":
+        return evaluate_unpaired(request, target, model, state, data, spec, home=home, uri=uri, say=say)
     if "translate" in model.capabilities:
         return evaluate_translation(request, target, model, state, data, spec, home=home, uri=uri, say=say)
     if not data.info.kind.is_image:
@@ -411,6 +415,66 @@ def evaluate_translation(request: EvalRequest, target: Target, model, state: dic
     k = min(16, len(x))  # inputs, translations and targets, a row of each per example block
     shown = render(torch.cat([x[:k], fake[:k], truth[:k]]), info)
     return _log(request, target, state, params, metrics, shown, uri=uri, home=home)
+
+
+def translate_all(model, x: torch.Tensor, *, batch_size: int, seed: int, **kwargs) -> torch.Tensor:
+    """model.translate over x in batches, scored as saved to PNG (quantized to 8 bits)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        out = torch.cat([model.translate(x[i : i + batch_size], generator=gen, **kwargs).cpu()
+                         for i in range(0, len(x), batch_size)])
+    return normalize_images(torch.as_tensor(quantize(out)))
+
+
+def evaluate_unpaired(request: EvalRequest, target: Target, model, state: dict[str, Any], data, spec, *,
+                      home: Path, uri: str, say) -> EvalOutcome:
+    """A two-way translation model (CycleGAN) on unpaired domains: directions[0] takes domain 0 to
+    domain 1, directions[1] the reverse. Per direction, on up to num_samples reference images of
+    its source domain: the share of translations the dataset's classifier puts in the target
+    domain's class (when the data are labelled), the cycle's PSNR (translated there and back,
+    against the input), and FD/KID/precision/recall of the translations against the reference
+    split's target-domain images, beside the floor of as many real target-domain images of the
+    other split."""
+    dataset = spec.data.dataset if spec.data.path is None else Path(spec.data.path).stem
+    ref_path, floor_path = (data.test, data.train) if request.reference == "test" else (data.train, data.test)
+    info = data.info
+    settings = sampling_settings(model, request.sampling, state.get("sampling_defaults"))
+    columns = ["image", "domain"] + (["label"] if "label" in info.columns else [])
+    ref = read_decoded(ref_path, columns, info.modality, info.shape)
+    pool = read_decoded(floor_path, columns, info.modality, info.shape)
+    x_ref, x_pool = normalize_images(torch.as_tensor(ref["x"])), normalize_images(torch.as_tensor(pool["x"]))
+    params = run_params(request, state, len(x_ref), settings)
+    net = domain_classifier(request.feature_net, train_path=data.train, dataset=dataset, home=home, say=say)
+    if net is not None:
+        params["eval.feature_nets"] = net.id
+    metrics: dict[str, float] = {}
+    shown = []
+    forward, backward = model.directions
+    for source, way, back in ((0, forward, backward), (1, backward, forward)):
+        rows = np.flatnonzero(ref["domain"] == source)[: request.num_samples]
+        x = x_ref[rows]
+        say(f"translating {len(x)} domain-{source} {request.reference} images {way} ...")
+        started = time.perf_counter()
+        fake = translate_all(model, x, batch_size=request.batch_size, seed=request.seed, direction=way,
+                             **settings.model_dump())
+        metrics[f"translations_per_s_{way}"] = len(x) / (time.perf_counter() - started)
+        again = translate_all(model, fake, batch_size=request.batch_size, seed=request.seed, direction=back,
+                              **settings.model_dump())
+        mse = ((again - x) / 2).pow(2).flatten(1).mean(1).double()
+        metrics[f"cycle_psnr_{way}"] = float((10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean())
+        shown += [x[:8], fake[:8]]
+        if net is None:
+            continue
+        real = net.features(x_ref[ref["domain"] == 1 - source])
+        floor = net.features(x_pool[pool["domain"] == 1 - source])
+        scores = sample_quality(net.features(fake), real, floor, f"{net.name}_{way}", seed=request.seed)
+        metrics.update(scores)
+        if "y" in ref:  # the target domain's class: its images' most common label
+            target_class = np.bincount(ref["y"][ref["domain"] == 1 - source]).argmax()
+            metrics[f"target_share_{way}"] = float((net.predict(fake) == target_class).mean())
+            # The classifier's own accuracy on the real source images, for scale.
+            metrics[f"classifier_accuracy_real_domain{source}"] = float((net.predict(x) == ref["y"][rows]).mean())
+    return _log(request, target, state, params, metrics, render(torch.cat(shown), info), uri=uri, home=home)
 
 
 def run_params(request: EvalRequest, state: dict[str, Any], reference_rows: int, settings) -> dict[str, str]:

@@ -9,7 +9,8 @@ predict input: {"n": number of samples, "seed": int, the condition the model tak
 predict params: the model's sampling settings (the fields of its `sampling_settings`), as the
     registered signature lists them; `mlflow models predict/serve` pass them as params too
 translation models (capability translate) take {"x": input images' values in [-1, 1], flat or
-    (B, C, H, W), "seed": int} and return the (B, C, H, W) translations
+    (B, C, H, W), "seed": int, "direction": one of the model's directions (two-way models)} and
+    return the (B, C, H, W) translations
 predict output: float32 array in the data's layout, in [-1, 1]: (n, C, H, W) images, (n, T) audio
 
 Text models (capability "generate_text", GPT) take "prompt" as the text to continue (one for
@@ -75,9 +76,16 @@ class GenrayModel(PythonModel):
             raise UserError(f"x: {x.size} values are not whole {c}x{h}x{w} images")
         if not np.isfinite(x).all() or x.min() < -1 or x.max() > 1:
             raise UserError("x: values must be finite and in [-1, 1]")
+        way = {}
+        direction = request.pop("direction", None)
+        if direction is not None:
+            if direction not in self.model.directions:
+                allowed = " or ".join(self.model.directions) or "none: this model translates one way"
+                raise UserError(f"direction {direction!r}: this model takes {allowed}")
+            way["direction"] = direction
         settings = resolve(self.model, {**request, **(params or {})}, self.state.get("sampling_defaults"))
         x_t = torch.as_tensor(x.reshape(-1, c, h, w))
-        return self.model.translate(x_t, generator=generator, **settings.model_dump()).float().cpu().numpy()
+        return self.model.translate(x_t, generator=generator, **settings.model_dump(), **way).float().cpu().numpy()
 
     def _generate(self, n: int, generator: torch.Generator, request: dict, params: dict | None) -> list[str]:
         prompt = str(request.pop("prompt", ""))

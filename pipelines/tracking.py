@@ -192,6 +192,8 @@ def model_signature(checkpoint_dir: Path):
                    ColSpec(Array(DataType.string), "stop", required=False)]
     if "translate" in model.capabilities:  # the images to translate, their values flattened
         inputs = [ColSpec(Array(DataType.double), "x"), ColSpec(DataType.long, "seed", required=False)]
+        if model.directions:
+            inputs.append(ColSpec(DataType.string, "direction", required=False))
     defaults = settings_for(model, {}, state.get("sampling_defaults")).model_dump()
     kinds = {"integer": DataType.long, "number": DataType.double, "boolean": DataType.boolean}
     props = model.sampling_settings.model_json_schema().get("properties", {})

@@ -39,6 +39,7 @@ LIMITS = {"max_n": 8, "max_steps": 20, "max_new_tokens": 16, "max_audio_s": 0.2,
           "max_interpolation_steps": 6, "max_prompt_chars": 32, "max_body_bytes": 200_000, "request_timeout_s": 60}
 VOCAB = tuple("abcdefghij \n")
 TEXT = DatasetInfo("tokens", (12,), 100, 0, VOCAB, ("tokens",))  # 12-character rows
+DOMAINS = DatasetInfo("two_domain_image", (8, 8, 1), 100, 0, None, ("image", "domain"))  # unpaired, 8x8
 PAIRS = DatasetInfo("paired_image", (8, 8, 1), 100, 0, None, ("image", "image_paired"))  # edges -> items, 8x8
 AUDIO = DatasetInfo("audio", (400,), 100, 3, None, ("waveform", "sample_rate", "label"), sample_rate=8000)  # 50 ms
 MODELS = {  # name -> (family, data and model arguments)
@@ -46,6 +47,7 @@ MODELS = {  # name -> (family, data and model arguments)
     "gan-t": ("dcgan", {"num_classes": 10, "conditional": True}),
     "style-t": ("stylegan2", {"num_classes": 10, "conditional": True}),
     "p2p-t": ("pix2pix", {"data": PAIRS}),
+    "cyc-t": ("cyclegan", {"data": DOMAINS}),
     "diff-t": ("diffusion", {"num_classes": 10, "conditioning": "class", "num_timesteps": 50,
                              "num_inference_steps": 5}),
     "text-t": ("diffusion", {"conditioning": "text", "text_len": 16, "num_timesteps": 50,
@@ -53,7 +55,7 @@ MODELS = {  # name -> (family, data and model arguments)
     "gpt-t": ("gpt", {"data": TEXT, "block_size": 32}),
     "wave-t": ("wavenet", {"data": AUDIO, "conditioning": "class"}),
 }
-IMAGE_MODELS = sorted(n for n, (family, _) in MODELS.items() if family not in ("gpt", "wavenet", "pix2pix"))
+IMAGE_MODELS = sorted(n for n, (family, _) in MODELS.items() if family not in ("gpt", "wavenet", "pix2pix", "cyclegan"))
 
 
 def register_tiny(uri: str, home: Path, name: str, family: str, *, seed: int = 0, alias: str | None = "champion",
@@ -108,7 +110,7 @@ def served(ray_session, tmp_path_factory):
     for name, (family, args) in MODELS.items():
         register_tiny(uri, home, name, family, **args)
     spec = serve.ServeSpec(port=free_port(), limits=LIMITS, api_key_file=str(key_file(home.parent)),
-                           deployment={"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "num_cpus": 0.4})
+                           deployment={"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "num_cpus": 0.35})
     deployed = serve.deploy(spec, uri=uri, home=home)
     serve.wait_until_ready(deployed.url)  # /healthz: open without the key
     with httpx.Client(base_url=deployed.url, timeout=60, headers=AUTH) as client:
@@ -283,6 +285,15 @@ def test_translate_takes_pngs_or_arrays_and_checks_them(served):
                        ({}, "images")):
         r = c.post("/v1/models/p2p-t/translate", json=bad)
         assert r.status_code == 422 and detail_field(r) == field, (bad, r.text)
+    # A two-way model: each direction its own map, the first the default; a direction it lacks is a 422.
+    cyc = c.get("/v1/models/cyc-t").json()
+    assert cyc["directions"] == ["a_to_b", "b_to_a"] and cyc["routes"] == ["translate"]
+    ways = {d: c.post("/v1/models/cyc-t/translate", json={**body, "direction": d}).json()["images"]
+            for d in ("a_to_b", "b_to_a")}
+    assert ways["a_to_b"] != ways["b_to_a"]
+    assert c.post("/v1/models/cyc-t/translate", json=body).json()["images"] == ways["a_to_b"]
+    r = c.post("/v1/models/cyc-t/translate", json={**body, "direction": "c_to_d"})
+    assert r.status_code == 422 and detail_field(r) == "direction" and "a_to_b" in r.json()["detail"][0]["msg"]
     r = c.post("/v1/models/p2p-t/sample", json={"n": 1})
     assert r.status_code == 404 and r.json()["detail"][0]["routes"] == ["translate"]
     r = c.post("/v1/models/gan-t/translate", json=body)
@@ -402,7 +413,7 @@ def test_routes_a_model_lacks_answer_404_with_its_capabilities(served):
     assert detail["capabilities"] == ["condition", "sample"] and detail["routes"] == ["sample"]
     assert c.post("/v1/models/diff-t/interpolate", json={"a": "AA", "b": "AA"}).status_code == 404
     missing = c.post("/v1/models/nope/sample", json={})
-    assert missing.status_code == 404 and "diff-t, gan-t, gpt-t, p2p-t, style-t, text-t, vae-t, wave-t" in missing.json()["detail"][0]["msg"]
+    assert missing.status_code == 404 and "cyc-t, diff-t, gan-t, gpt-t, p2p-t, style-t, text-t, vae-t, wave-t" in missing.json()["detail"][0]["msg"]
 
 
 def test_the_gallery_page_is_self_contained(served):

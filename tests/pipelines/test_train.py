@@ -118,6 +118,8 @@ def test_run_is_tracked_checkpointed_and_registered(family, workers, ray_session
         assert np.array_equal(x, model.predict({"x": edges.ravel().tolist(), "seed": 1}))
         if family == "cyclegan":  # unpaired: no target to compare with, the held-out cycle L1
             assert "eval/cycle_a" in run.data.metrics and "eval/cycle_b" in run.data.metrics
+            back = model.predict({"x": edges.ravel().tolist(), "seed": 1, "direction": "b_to_a"})
+            assert back.shape == x.shape and not np.array_equal(back, x)
         else:
             assert "eval/l1" in run.data.metrics and "eval/psnr" in run.data.metrics
         return
