@@ -61,7 +61,11 @@ class TrainerSpec(_Section):
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to lr * this")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="the schedule decays to lr * this")
+    lr_schedule: Literal["cosine", "linear"] = Field(
+        "cosine", description="after warmup: cosine decay, or linear: constant, then linear from lr_decay_start")
+    lr_decay_start: float = Field(0.5, ge=0, lt=1, description="linear: the share of the steps after warmup "
+                                                               "at which the decay starts")
     grad_accum: int = Field(1, ge=1)
     grad_clip: float | None = Field(1.0, gt=0)
     ema_decay: float | None = Field(0.999, gt=0, lt=1)

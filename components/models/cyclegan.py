@@ -15,8 +15,8 @@ role: "disc" steps d_a and d_b on real images vs pooled translations, "gen" step
 through both discriminators plus the cycle and identity terms. A batch is a random mix of the
 two domains, split here by batch["domain"]; a batch with no rows of one domain drops the terms
 that need them. The paper keeps the learning rate for the first half of training and decays it
-linearly to zero over the second (§4); genray's engine schedules a cosine to
-trainer.min_lr_ratio, so configs set min_lr_ratio: 0.0, the nearest schedule it expresses.
+linearly to zero over the second (§4): the trainer's schedule, `lr_schedule: linear`,
+`lr_decay_start: 0.5`, `min_lr_ratio: 0.0` (the shipped config).
 """
 from typing import Annotated, Literal
 

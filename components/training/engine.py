@@ -35,15 +35,27 @@ class StepSettings:
     grad_clip: float | None = 1.0
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1
+    lr_schedule: str = "cosine"  # "cosine" | "linear" (constant, then linear from lr_decay_start)
+    lr_decay_start: float = 0.5
     ema_decay: float | None = None
     bf16: bool = False  # autocast the forward in bfloat16 (GPUs)
 
 
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warmup, then cosine decay to min_ratio (Loshchilov & Hutter 2017)."""
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float, schedule: str = "cosine",
+              decay_start: float = 0.5) -> float:
+    """Linear warmup, then cosine decay to min_ratio (Loshchilov & Hutter 2017), or with schedule
+    "linear" the lr held until `decay_start` of the steps after warmup and then decayed linearly
+    to min_ratio (CycleGAN's: constant for 100 epochs, linearly to 0 over the next 100, Zhu et
+    al. 2017, §4)."""
     if step < warmup:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "linear":
+        if progress <= decay_start:
+            return 1.0
+        return 1.0 - (1 - min_ratio) * (progress - decay_start) / (1 - decay_start)
+    if schedule != "cosine":
+        raise ValueError(f"lr schedule must be cosine or linear, got {schedule!r}")
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -107,7 +119,7 @@ class Engine:
         s = settings
         self.schedulers = {
             name: torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda k: lr_factor(k, s.warmup_steps, s.max_steps, s.min_lr_ratio))
+                opt, lambda k: lr_factor(k, s.warmup_steps, s.max_steps, s.min_lr_ratio, s.lr_schedule, s.lr_decay_start))
             for name, opt in self.optimizers.items()
         }
         self.params = {name: optimizer_parameters(opt) for name, opt in self.optimizers.items()}

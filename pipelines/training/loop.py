@@ -54,6 +54,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     engine = Engine(model, defaults=OptimDefaults(t.lr, tuple(t.betas), t.weight_decay),
                     settings=StepSettings(max_steps=t.max_steps, grad_accum=t.grad_accum, grad_clip=t.grad_clip,
                                           warmup_steps=t.warmup_steps, min_lr_ratio=t.min_lr_ratio,
+                                          lr_schedule=t.lr_schedule, lr_decay_start=t.lr_decay_start,
                                           ema_decay=t.ema_decay, bf16=use_bf16))
     epoch = 0  # passes over the training data completed
     into_epoch = 0  # batches of pass `epoch` trained on (the same count on every rank)

@@ -65,3 +65,16 @@ def test_permute_rows_repeats_every_row_once_per_copy():
     copies = out.reshape(4, 10)
     assert all(sorted(c.tolist()) == list(range(10)) for c in copies)
     assert len({tuple(c) for c in copies}) == 4  # each copy in its own order
+
+
+def test_linear_schedule_holds_then_decays_to_the_floor():
+    # CycleGAN (Zhu et al. 2017, §4): constant for the first half, then linearly to 0.
+    total = 110
+    f = [lr_factor(k, 10, total, 0.0, "linear", 0.5) for k in range(total + 1)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(v == 1.0 for v in f[10:61])  # progress 0 .. 0.5
+    assert f[85] == pytest.approx(0.5) and f[110] == pytest.approx(0.0)
+    assert all(a >= b for a, b in zip(f[60:], f[61:]))
+    assert lr_factor(110, 0, 110, 0.2, "linear", 0.5) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="cosine or linear"):
+        lr_factor(20, 10, 100, 0.0, "step")
