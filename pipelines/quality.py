@@ -52,7 +52,7 @@ def read_split(path: str, rows: int | None, *, factors: bool = False) -> Split:
     import pyarrow.parquet as pq
 
     info = read_info(path)
-    main = [c.name for c in info.kind.main]
+    main = [c.name for c in info.kind.main + info.kind.required]  # what decoding the kind needs (CycleGAN's domain)
     columns = main + [c for c in ("label", "caption") if c in info.columns]
     d = read_decoded(path, columns, info.modality, info.shape, rows)
     if "x_paired" in d:

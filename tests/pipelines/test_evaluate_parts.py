@@ -204,3 +204,25 @@ def test_the_active_span_of_a_clip_runs_from_its_first_sound_to_its_last():
     span = evaluate.active_span(clips)
     assert span[0].tolist() == [False, False, True, True, True, False, False, False]
     assert span[1].all() and not span[2].any()  # all sound; all silence
+
+
+@pytest.mark.parametrize("kind", ["paired_image", "two_domain_image"])
+def test_a_split_of_translation_data_is_the_images_a_model_makes(kind, tmp_path):
+    """The domain classifier and reference features read a split through read_split: of pairs,
+    the targets; of two domains, every image (the domain column read, as decoding needs it)."""
+    from genray.components.data.parquet import write_table
+
+    rng = np.random.default_rng(0)
+    inputs = rng.integers(0, 256, (6, 8, 8, 1), dtype=np.uint8)
+    columns = {"image": inputs, "label": np.arange(6) % 2}
+    if kind == "paired_image":
+        targets = 255 - inputs
+        columns["image_paired"] = targets
+    else:
+        targets = inputs
+        columns["domain"] = np.arange(6) % 2
+    path = write_table(tmp_path / "train.parquet", kind, columns, shape=(8, 8, 1))
+    split = quality.read_split(str(path), None)
+    expected = torch.as_tensor(targets).permute(0, 3, 1, 2).float() / 127.5 - 1
+    torch.testing.assert_close(split.x, expected)
+    assert list(split.y) == [0, 1, 0, 1, 0, 1]
