@@ -388,13 +388,9 @@ def evaluate_translation(request: EvalRequest, target: Target, model, state: dic
     params = run_params(request, state, len(x), settings)
 
     say(f"translating {len(x)} {request.reference} inputs ...")
-    gen = torch.Generator().manual_seed(request.seed)
-    started, outs = time.perf_counter(), []
-    with torch.no_grad():
-        for i in range(0, len(x), request.batch_size):
-            outs.append(model.translate(x[i : i + request.batch_size], generator=gen, **settings.model_dump()).cpu())
+    started = time.perf_counter()
+    fake = translate_all(model, x, batch_size=request.batch_size, seed=request.seed, **settings.model_dump())
     elapsed = time.perf_counter() - started
-    fake = normalize_images(torch.as_tensor(quantize(torch.cat(outs))))  # scored as saved to PNG
     err = (fake - truth).abs().flatten(1).mean(1).double()
     mse = ((fake - truth) / 2).pow(2).flatten(1).mean(1).double()
     metrics: dict[str, float] = {
