@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from genray.components.data import DatasetInfo
 from genray.components.errors import UserError
 from genray.components.models.dcgan import dcgan_init
-from genray.components.models.layers import StackedGenerators, check_image_shape
+from genray.components.models.layers import StackedGenerators, check_image_shape, translation_inputs
 from genray.components.models.pix2pix import MAX_WIDTH_MULT, patch_halvings, patch_layers, receptive_field
 from genray.components.models.protocol import NoSettings
 from genray.components.training import Adversarial
@@ -315,12 +315,7 @@ class CycleGAN(nn.Module):
                x: Tensor | None = None, direction: str = "a_to_b") -> Tensor:
         """translate(x, direction=) for n inputs x (n, C, H, W). A translation model has nothing
         to draw from without an input, so x is required."""
-        if x is None:
-            raise UserError("cyclegan translates an input image rather than sampling from noise: call "
-                            "translate(x, direction='a_to_b' or 'b_to_a') (or sample(n, x=x)) with n input "
-                            "images (n, C, H, W) in [-1, 1]")
-        if x.shape[0] != n:
-            raise UserError(f"cyclegan.sample: x holds {x.shape[0]} inputs, n is {n}")
+        x = translation_inputs("cyclegan", n, x, "translate(x, direction='a_to_b' or 'b_to_a')")
         return self.translate(x, generator=generator, direction=direction)
 
     def sampling_cost(self, settings: BaseModel) -> int:

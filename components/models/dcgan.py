@@ -47,6 +47,23 @@ def r1_penalty(real_logits: Tensor, x: Tensor) -> Tensor:
     return grad.pow(2).flatten(1).sum(1).mean()
 
 
+def discriminator_step(discriminator, x: Tensor, fake: Tensor, y: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+    """The "disc" phase of a non-saturating GAN, shared by DCGAN and StyleGAN2: the loss on a real
+    batch and a detached fake batch, and the mean D(x), D(G(z)) to log."""
+    real_logits, fake_logits = discriminator(x, y), discriminator(fake, y)
+    logs = {"d_real": torch.sigmoid(real_logits).mean(), "d_fake": torch.sigmoid(fake_logits).mean()}
+    return discriminator_loss(real_logits, fake_logits), logs
+
+
+def lazy_r1_step(discriminator, x: Tensor, y: Tensor | None, *, gamma: float, every: int) -> tuple[Tensor, dict[str, Tensor]]:
+    """The "disc_reg" phase: gamma / 2 * E|grad_x D(x)|^2 on the real batch (Mescheder et al. 2018,
+    eq. 9), run every `every` steps and scaled by the interval, so its average strength matches a
+    penalty applied at every step (lazy regularisation, Karras et al. 2020, §3.1)."""
+    x = x.detach().requires_grad_(True)
+    penalty = r1_penalty(discriminator(x, y), x)
+    return 0.5 * gamma * penalty * every, {"r1": penalty}
+
+
 def mmd2_unbiased(x: Tensor, y: Tensor, scales: tuple[float, ...] = (0.5, 1.0, 2.0)) -> Tensor:
     """Unbiased squared MMD between samples x (n, d) and y (m, d) (Gretton et al. 2012, eq. 3).
 
@@ -213,18 +230,9 @@ class DCGAN(nn.Module):
         if phase == "disc":
             with torch.no_grad():  # G(z).detach(): this phase steps D only
                 fake = self.generate(z, y)
-            real_logits = self.discriminator(x, y)
-            fake_logits = self.discriminator(fake, y)
-            loss = discriminator_loss(real_logits, fake_logits)
-            logs = {"d_real": torch.sigmoid(real_logits).mean(),
-                    "d_fake": torch.sigmoid(fake_logits).mean()}
+            loss, logs = discriminator_step(self.discriminator, x, fake, y)
         elif phase == "disc_reg":
-            # Lazy R1 (Karras et al. 2020, §3.1): gamma / 2 * E|grad D(x)|^2, scaled by the interval
-            # so its average strength matches a penalty applied every step.
-            x = x.detach().requires_grad_(True)
-            penalty = r1_penalty(self.discriminator(x, y), x)
-            loss = 0.5 * self.r1_gamma * penalty * self.r1_every
-            logs = {"r1": penalty}
+            loss, logs = lazy_r1_step(self.discriminator, x, y, gamma=self.r1_gamma, every=self.r1_every)
         elif phase == "gen":
             loss = generator_loss(self.discriminator(self.generate(z, y), y))
             logs = {}  # the phase loss is logged by the engine as gen/loss

@@ -5,6 +5,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from genray.components.errors import UserError
+
 
 def check_image_shape(image_shape: tuple[int, int, int], family: str) -> tuple[int, int, int]:
     """Return (C, H, W) if the strided conv stacks can handle it, else explain why not.
@@ -89,3 +91,14 @@ def class_mixture_log_prob(log_prob: Callable[[Tensor], Tensor], x: Tensor, num_
     class prior, exact, from K calls of log_prob(y) -> log P(x | y) per example."""
     per_class = torch.stack([log_prob(torch.full((len(x),), k, device=x.device)) for k in range(num_classes)])
     return per_class.logsumexp(dim=0) - math.log(num_classes)  # (K, B) -> (B,)
+
+
+def translation_inputs(family: str, n: int, x: Tensor | None, call: str) -> Tensor:
+    """The n input images of a translation model's sample(n, x=x): such a model has nothing to draw
+    from without an input, so x is required, one image per sample. `call` shows the translate call."""
+    if x is None:
+        raise UserError(f"{family} translates an input image rather than sampling from noise: call {call} "
+                        "(or sample(n, x=x)) with n input images (n, C, H, W) in [-1, 1]")
+    if x.shape[0] != n:
+        raise UserError(f"{family}.sample: x holds {x.shape[0]} inputs, n is {n}")
+    return x

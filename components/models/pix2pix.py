@@ -25,7 +25,7 @@ from genray.components.errors import UserError
 from genray.components.models.dcgan import dcgan_init
 from genray.components.models.dcgan import discriminator_loss as gan_discriminator_loss
 from genray.components.models.dcgan import generator_loss as gan_generator_loss
-from genray.components.models.layers import StackedGenerators, check_image_shape, randn
+from genray.components.models.layers import StackedGenerators, check_image_shape, randn, translation_inputs
 from genray.components.models.protocol import SETTINGS_CONFIG
 from genray.components.training import Adversarial
 
@@ -296,11 +296,7 @@ class Pix2Pix(nn.Module):
                x: Tensor | None = None, dropout: bool = True) -> Tensor:
         """translate(x) for n inputs x (n, C_in, H, W). A translation model has nothing to draw
         from without an input, so x is required."""
-        if x is None:
-            raise UserError("pix2pix translates an input image rather than sampling from noise: call "
-                            "translate(x) (or sample(n, x=x)) with n input images (n, C, H, W) in [-1, 1]")
-        if x.shape[0] != n:
-            raise UserError(f"pix2pix.sample: x holds {x.shape[0]} inputs, n is {n}")
+        x = translation_inputs("pix2pix", n, x, "translate(x)")
         return self.translate(x, generator=generator, dropout=dropout)
 
     def sampling_cost(self, settings: BaseModel) -> int:

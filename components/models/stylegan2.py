@@ -41,7 +41,7 @@ from pydantic import BaseModel, Field, create_model
 from torch import Tensor, nn
 
 from genray.components.data import DatasetInfo
-from genray.components.models.dcgan import discriminator_loss, generator_loss, mmd2_unbiased, r1_penalty
+from genray.components.models.dcgan import discriminator_step, generator_loss, lazy_r1_step, mmd2_unbiased
 from genray.components.models.layers import StackedGenerators, check_image_shape, num_halvings, randn
 from genray.components.models.protocol import SETTINGS_CONFIG
 from genray.components.training import Adversarial
@@ -383,16 +383,9 @@ class StyleGAN2(nn.Module):
         if phase == "disc":
             with torch.no_grad():
                 fake = self._generate_train(x.shape[0], y, x.device)
-            real_logits, fake_logits = self.discriminator(x, y), self.discriminator(fake, y)
-            loss = discriminator_loss(real_logits, fake_logits)  # softplus(D(G(z))) + softplus(-D(x))
-            logs = {"d_real": torch.sigmoid(real_logits).mean(),
-                    "d_fake": torch.sigmoid(fake_logits).mean()}
+            loss, logs = discriminator_step(self.discriminator, x, fake, y)  # softplus(D(G(z))) + softplus(-D(x))
         elif phase == "disc_reg":
-            # Lazy R1 (2020, §3.1): gamma / 2 * E|grad D(x)|^2 every r1_every steps, scaled by the interval.
-            x = x.detach().requires_grad_(True)
-            penalty = r1_penalty(self.discriminator(x, y), x)
-            loss = 0.5 * self.r1_gamma * penalty * self.r1_every
-            logs = {"r1": penalty}
+            loss, logs = lazy_r1_step(self.discriminator, x, y, gamma=self.r1_gamma, every=self.r1_every)
         elif phase == "gen":
             loss = generator_loss(self.discriminator(self._generate_train(x.shape[0], y, x.device), y))
             logs = {}  # the phase loss is logged by the engine as gen/loss

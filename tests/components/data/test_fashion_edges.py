@@ -3,8 +3,6 @@ Parquet (kind, shapes, binary edges, the same rows as fashion_mnist), on synthet
 on the real Debian files when installed."""
 from __future__ import annotations
 
-import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +12,8 @@ from genray.components.data import decode_batch, fashion_edges, fashion_mnist, r
 from genray.components.data.fashion_edges import edges
 
 
-def write_idx(path: Path, array: np.ndarray) -> None:
-    header = b"\0\0\x08" + bytes([array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
 @pytest.fixture
-def source(tmp_path):
+def source(tmp_path, write_idx):
     """Four IDX files of random 'photos' (smooth blobs, so their edges are not everywhere)."""
     rng = np.random.default_rng(0)
     root = tmp_path / "fm"
@@ -120,9 +112,7 @@ def test_prepare_pairs_edges_with_fashion_mnists_rows(source, tmp_path):
     assert all(again[s].read_bytes() == paths[s].read_bytes() for s in paths)  # same input, same bytes
 
 
-@pytest.mark.skipif(not (fashion_mnist.DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file(),
-                    reason="Debian's dataset-fashion-mnist is not installed (make install installs it as root)")
-def test_the_real_tiny_dataset(tmp_path):
+def test_the_real_tiny_dataset(tmp_path, debian_fashion):
     paths = fashion_edges.prepare(tmp_path / "edges", size="tiny")
     check_pairs(paths, fashion_mnist.prepare(tmp_path / "items", size="tiny"), {"train": 512, "test": 128})
     x = rows_from(read_table(paths["train"]), "image")

@@ -3,8 +3,6 @@ labels that match the domains, and domains that share no image and come from dis
 fashion_mnist's seeded rows; on synthetic IDX files and on the real Debian files when installed."""
 from __future__ import annotations
 
-import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +11,8 @@ import pytest
 from genray.components.data import decode_batch, fashion_halves, fashion_mnist, read_info, read_table
 
 
-def write_idx(path: Path, array: np.ndarray) -> None:
-    header = b"\0\0\x08" + bytes([array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
 @pytest.fixture
-def source(tmp_path):
+def source(tmp_path, write_idx):
     """Four IDX files of distinct random 'photos', every class in both halves of each split."""
     rng = np.random.default_rng(0)
     root = tmp_path / "fm"
@@ -95,9 +87,7 @@ def test_prepare_on_synthetic_files(source, tmp_path):
         fashion_halves.prepare(tmp_path / "bad", size="huge", source=source)
 
 
-@pytest.mark.skipif(not (fashion_mnist.DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file(),
-                    reason="Debian's dataset-fashion-mnist is not installed (make install installs it as root)")
-def test_the_real_tiny_dataset(tmp_path):
+def test_the_real_tiny_dataset(tmp_path, debian_fashion):
     paths = fashion_halves.prepare(tmp_path / "halves", size="tiny")
     check(paths, seed=0, source=None, rows={"train": 256, "test": 128})
     for path in paths.values():

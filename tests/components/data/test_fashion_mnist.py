@@ -3,7 +3,6 @@ errors for a missing package or a bad file, and the real Debian files when insta
 from __future__ import annotations
 
 import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +12,8 @@ from genray.components.data import fashion_mnist, read_info, read_table
 from genray.components.errors import UserError
 
 
-def write_idx(path: Path, array: np.ndarray) -> None:
-    header = b"\0\0\x08" + bytes([array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
 @pytest.fixture
-def source(tmp_path):
+def source(tmp_path, write_idx):
     rng = np.random.default_rng(0)
     root = tmp_path / "fm"
     root.mkdir()
@@ -65,9 +58,7 @@ def test_a_file_that_is_not_idx_is_named(source):
         fashion_mnist.load(source)
 
 
-@pytest.mark.skipif(not (fashion_mnist.DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file(),
-                    reason="Debian's dataset-fashion-mnist is not installed (make install installs it as root)")
-def test_the_real_dataset():
+def test_the_real_dataset(debian_fashion):
     splits = fashion_mnist.load()
     (x, y), (xt, yt) = splits["train"], splits["test"]
     assert x.shape == (60000, 28, 28) and xt.shape == (10000, 28, 28)
