@@ -62,12 +62,13 @@ def evaluate(target: str | TrainOutcome, *, num_samples: int = evaluation.DEFAUL
 
 
 def tune(config_or_path: config.Source, *, overrides: Overrides = None, name: str | None = None,
-         resume: bool = False, home: str | Path | None = None) -> SweepOutcome:
-    """Run a sweep config as `genray tune` does (resume=True continues the sweep `name`). Returns
-    every trial's row, the best one, the registered champion and the report's files."""
+         resume: bool = False, home: str | Path | None = None, yes: bool = False) -> SweepOutcome:
+    """Run a sweep config as `genray tune` does (resume=True continues the sweep `name`; yes=True
+    starts one of more than tune.max_trials trials). Returns every trial's row, the best one, the
+    registered champion and the report's files."""
     sweep = tuning.load(config_or_path, overrides)
     stem = "sweep" if isinstance(config_or_path, Mapping) else sweep.source
-    return tuning.run(sweep, name=name or tuning.default_sweep_name(stem), resume=resume, home=_home(home))
+    return tuning.run(sweep, name=name or tuning.default_sweep_name(stem), resume=resume, home=_home(home), yes=yes)
 
 
 def _home(home: str | Path | None) -> Path | None:

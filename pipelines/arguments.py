@@ -62,6 +62,7 @@ def add_tune(p: argparse.ArgumentParser) -> None:
                    help="show Ray's, Tune's and the workers' own output here too (default: in a log file under the project home)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, tune.* included, e.g. --set tune.num_samples=8 (repeatable)")
+    p.add_argument("--yes", action="store_true", help="start a sweep of more than tune.max_trials trials")
     names = p.add_mutually_exclusive_group()
     names.add_argument("--name", help="name of a new sweep (default: <config>-<date>-<time>)")
     names.add_argument("--resume", metavar="NAME", help="continue the interrupted sweep NAME; finished trials are kept")

@@ -300,8 +300,9 @@ class TuneSpec(_Section):
     mode: Literal["min", "max"]
     space: dict[str, Any]  # config key -> {choice|grid: [...]} | {uniform|loguniform|int: [low, high]}
     num_samples: int = Field(1, ge=1, description="trials; with grid entries, repeats of the whole grid")
+    max_trials: int = Field(32, ge=1, description="a sweep of more trials starts only with --yes")
     max_concurrent_trials: int = Field(2, ge=1)
-    trial_resources: dict[str, float] | None = None  # default: {CPU: 0.01} training, {CPU: 1} sampling
+    trial_resources: dict[str, float] | None = None  # default: tune.trial_resources() in pipelines/tune.py
     scheduler: Literal["none", "asha"] = "none"
     grace_period: int | None = Field(None, ge=1, description="ASHA: steps before a trial can be stopped")
     reduction_factor: float = Field(2.0, gt=1)

@@ -33,7 +33,7 @@ from genray.pipelines.env import init_ray, log_path, project_home, storage_path
 from genray.pipelines.progress import TrainingProgress
 from genray.pipelines.quality import quality_inputs
 from genray.pipelines.refs import resolve_refs
-from genray.pipelines.training.trainer import ModelInputs, build_trainer
+from genray.pipelines.training.trainer import ModelInputs, build_trainer, run_in_process
 
 # ----------------------------------------------------------------------------- setup (driver)
 
@@ -71,13 +71,14 @@ class TrainOutcome:
 
 def run(spec: ExperimentSpec, *, name: str, home: Path | None = None, uri: str | None = None,
         parent_run_id: str | None = None, callbacks: list | None = None,
-        train_data: TrainData | None = None, show_progress: bool = True) -> TrainOutcome:
+        train_data: TrainData | None = None, show_progress: bool = True, in_process: bool = False) -> TrainOutcome:
     """Train `spec` as run `name` (continuing it if it exists) and register the final model.
 
     A Tune trial (pipelines/tune.py) passes the sweep's MLflow run as `parent_run_id`, so its run
-    nests under the sweep's, Ray's TuneReportCallback in `callbacks`, and the dataset the sweep
-    built once for all its trials as `train_data`, and shows no progress bar (the sweep's driver
-    shows the trials)."""
+    nests under the sweep's, and the dataset the sweep built once for all its trials as
+    `train_data`, and shows no progress bar (the sweep's driver shows the trials). A one-worker
+    trial runs the loop in its own process (`in_process`: no Train controller or worker group,
+    reports straight to Tune); a multi-worker one passes Ray's TuneReportCallback in `callbacks`."""
     from ray.train.v2.api.exceptions import TrainingFailedError
 
     home = home or project_home()
@@ -96,6 +97,15 @@ def run(spec: ExperimentSpec, *, name: str, home: Path | None = None, uri: str |
         print(f"[{name}] Ray and library output: {logs} (--verbose shows it here)", flush=True)
 
     init_ray()
+    if in_process:
+        try:
+            final, metrics = run_in_process(spec, data, inputs, name=name, home=home, uri=uri, run_id=run_id,
+                                            train_data=train_data)
+        except BaseException:
+            tracking.finish_run(uri, run_id, "FAILED")
+            raise
+        return _finish(spec, name, run_id, uri, final, final, metrics)
+
     trainer = build_trainer(spec, data, inputs, name=name, home=home, uri=uri, run_id=run_id, callbacks=callbacks,
                             train_data=train_data)
     progress = TrainingProgress(uri, run_id, name, spec.trainer.max_steps) if show_progress else contextlib.nullcontext()
@@ -111,20 +121,24 @@ def run(spec: ExperimentSpec, *, name: str, home: Path | None = None, uri: str |
 
     if result.checkpoint is None:
         raise RuntimeError(f"run {name} finished without a checkpoint under {storage_path(home)}/{name}")
-    model_name = version = None
-    # A local directory as it is; from s3:// or gs:// storage, a temporary download.
-    with result.checkpoint.as_directory() as local:
-        ckpt_dir = Path(local)
-        logger = tracking.RunLogger(uri, run_id)
-        logger.artifacts(ckpt_dir, "checkpoint")
-        if spec.tracking.register_model:
-            model_name = spec.tracking.model_name or f"{spec.model.family}-{spec.data.dataset or 'custom'}"
-            with console.library_output():
-                version = tracking.log_and_register(uri, run_id, ckpt_dir, model_name)
-    tracking.finish_run(uri, run_id, "FINISHED")
     where = Path(result.checkpoint.path) if result.checkpoint.filesystem.type_name == "local" else \
         f"{result.checkpoint.filesystem.type_name}://{result.checkpoint.path}"
-    return TrainOutcome(name, run_id, where, dict(result.metrics or {}), model_name, version, uri)
+    # A local directory as it is; from s3:// or gs:// storage, a temporary download.
+    with result.checkpoint.as_directory() as local:
+        return _finish(spec, name, run_id, uri, Path(local), where, dict(result.metrics or {}))
+
+
+def _finish(spec: ExperimentSpec, name: str, run_id: str, uri: str, ckpt_dir: Path, where, metrics: dict[str, Any]) -> TrainOutcome:
+    """The final checkpoint into the run's artifacts and the registry; the run marked finished."""
+    model_name = version = None
+    logger = tracking.RunLogger(uri, run_id)
+    logger.artifacts(ckpt_dir, "checkpoint")
+    if spec.tracking.register_model:
+        model_name = spec.tracking.model_name or f"{spec.model.family}-{spec.data.dataset or 'custom'}"
+        with console.library_output():
+            version = tracking.log_and_register(uri, run_id, ckpt_dir, model_name)
+    tracking.finish_run(uri, run_id, "FINISHED")
+    return TrainOutcome(name, run_id, where, metrics, model_name, version, uri)
 
 
 def default_run_name(config_path: str | Path) -> str:

@@ -148,6 +148,18 @@ class Sweep:
         return "sample" if self.tune.target else "train"
 
     @property
+    def num_trials(self) -> int:
+        """Tune's trial count: every combination of the grid entries, num_samples times (each
+        sample also draws the other entries)."""
+        return math.prod(len(d.values) for d in self.dims if d.kind == "grid") * self.tune.num_samples
+
+    def describe_trials(self) -> str:
+        """'grid 5 x num_samples 3 = 15 trials': how the count comes about."""
+        grids = [str(len(d.values)) for d in self.dims if d.kind == "grid"]
+        parts = ([f"grid {' x '.join(grids)}"] if grids else []) + [f"num_samples {self.tune.num_samples}"]
+        return f"{' x '.join(parts)} = {self.num_trials} trial{'s' if self.num_trials != 1 else ''}"
+
+    @property
     def eval_spec(self) -> SweepEvalSpec | None:
         return self.tune.evaluate or (SweepEvalSpec() if self.kind == "sample" else None)
 
@@ -199,11 +211,6 @@ def _check_training_sweep(sw: Sweep) -> Sweep:
         swept = {d.key for d in sw.dims} & {"trainer.max_steps", "trainer.checkpoint_every", "trainer.eval_every"}
         if swept:
             raise ConfigError(f"{src}: tune.space.{sorted(swept)[0]}: ASHA's rungs are counted in steps; do not sweep it")
-    if sw.spec.scaling.workers == 0:
-        # Ray Train's local mode runs the loop in the calling process, and inside a Tune trial
-        # that process is Tune's: the loop's ray.train calls fail there, and every trial would.
-        raise ConfigError(f"{src}: scaling.workers=0 (local mode) cannot run inside a sweep's trials; use "
-                          "scaling.workers: 1 or more (each trial runs its own Ray Train workers)")
     _check_common(sw)
     return sw
 
@@ -248,8 +255,12 @@ def train_trial(config: dict[str, Any], *, ctx: dict[str, Any]) -> None:
     raw.setdefault("tracking", {})["register_model"] = False  # the sweep registers only its winner
     spec = validate(raw, ctx["source"])
     name = f"{ctx['name']}-{tune.get_context().get_trial_id()}"
+    # One worker: the loop runs here, reporting to Tune itself (pipelines/training/session.py);
+    # more: a Ray Train run whose reports TuneReportCallback forwards.
+    in_process = runs_in_trial(spec)
     out = train.run(spec, name=name, home=Path(ctx["home"]), uri=ctx["uri"], parent_run_id=ctx["run_id"],
-                    callbacks=[TuneReportCallback()], train_data=ctx.get("train_data"), show_progress=False)
+                    callbacks=None if in_process else [TuneReportCallback()], train_data=ctx.get("train_data"),
+                    show_progress=False, in_process=in_process)
     if ctx["eval"] is None:
         return  # the callback has reported every checkpoint, the last one included
     torch.set_num_threads(ctx["threads"])
@@ -272,6 +283,26 @@ def sampling_trial(config: dict[str, Any], *, ctx: dict[str, Any]) -> None:
     request = _eval_request(ctx, ctx["checkpoint"], sampling=sampling, parent_run_id=ctx["run_id"],
                             tags={"genray.tune.trial": tune.get_context().get_trial_id()})
     tune.report(evaluate.evaluate(request, home=Path(ctx["home"]), say=lambda line: None).metrics)
+
+
+def runs_in_trial(spec: ExperimentSpec) -> bool:
+    """Whether a training trial runs its loop in its own process (0 or 1 workers) rather than as a
+    Ray Train run of its own."""
+    return spec.scaling.workers <= 1
+
+
+def trial_resources(sweep: Sweep) -> dict[str, float]:
+    """What each trial asks Tune for: tune.trial_resources, else a training trial that runs its
+    loop itself holds one worker's CPUs (and GPU), one that starts Ray Train workers next to
+    nothing (the workers ask for theirs), a sampling trial one CPU."""
+    if sweep.tune.trial_resources:
+        return dict(sweep.tune.trial_resources)
+    if sweep.kind == "sample":
+        return {"CPU": 1.0}
+    s = sweep.spec.scaling
+    if runs_in_trial(sweep.spec):
+        return {"CPU": s.cpus_per_worker, **({"GPU": 1.0} if s.gpu else {})}
+    return {"CPU": 0.01}
 
 
 def _eval_request(ctx: dict[str, Any], target: str, **kwargs):
@@ -330,12 +361,16 @@ def default_sweep_name(config_path: str | Path) -> str:
     return f"{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def run(sweep: Sweep, *, name: str, resume: bool = False, home: Path | None = None, say=print) -> SweepOutcome:
+def run(sweep: Sweep, *, name: str, resume: bool = False, home: Path | None = None, say=print,
+        yes: bool = False) -> SweepOutcome:
     """Run the sweep `name` (or continue it with resume=True), tabulate and plot its trials and
-    register the best trial's model."""
+    register the best trial's model. A new sweep of more than tune.max_trials trials is refused
+    unless `yes`."""
     from ray import tune
 
-
+    if not resume and sweep.num_trials > sweep.tune.max_trials and not yes:
+        raise ConfigError(f"{sweep.source}: {sweep.describe_trials()}, over tune.max_trials={sweep.tune.max_trials}; "
+                          "confirm with --yes (genray.tune(..., yes=True)) or raise tune.max_trials")
     home = home or project_home()
     home.mkdir(parents=True, exist_ok=True)
     logs = console.route_logs(log_path(home, "tune", name))
@@ -376,14 +411,15 @@ def run(sweep: Sweep, *, name: str, resume: bool = False, home: Path | None = No
         params.update(sweep.spec.flat())
     run_id, continued = tracking.start_run(uri, experiment_id, name, params,
                                            {"genray.kind": "sweep", **parent_tags})
-    say(f"[{name}] {sweep.kind} sweep, MLflow run {run_id} ({'continued' if continued else 'new'}) in {uri}")
+    say(f"[{name}] {sweep.kind} sweep of {sweep.describe_trials()}, MLflow run {run_id} "
+        f"({'continued' if continued else 'new'}) in {uri}")
     if logs is not None:
         say(f"[{name}] Ray, Tune and library output: {logs} (--verbose shows it here)")
 
     # --- the Tuner
     init_ray()
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # eval_full/* arrive only at the end
-    resources = t.trial_resources or ({"CPU": 0.01} if sweep.kind == "train" else {"CPU": 1.0})
+    resources = trial_resources(sweep)
     ctx = {"name": name, "home": str(home), "uri": uri, "run_id": run_id, "source": sweep.source,
            "base": sweep.base, "checkpoint": str(checkpoint_dir) if checkpoint_dir else None,
            "eval": ev.model_dump() if ev is not None else None,
@@ -499,7 +535,7 @@ def check_sampling_space(sweep: Sweep, model, defaults: dict[str, Any] | None = 
                               f"takes integers; use int: [low, high] or choice: [...]")
 
 
-def fitting_concurrency(sweep: Sweep, trial_resources: dict[str, float], *, say=print) -> int:
+def fitting_concurrency(sweep: Sweep, per_trial: dict[str, float], *, say=print) -> int:
     """tune.max_concurrent_trials, lowered to what the cluster can run at once. Tune counts only
     the trial function's own resources; a training trial's TorchTrainer asks for its workers
     later, and a trial whose workers do not fit waits, timing out and retrying its worker group
@@ -507,8 +543,8 @@ def fitting_concurrency(sweep: Sweep, trial_resources: dict[str, float], *, say=
     import ray
 
     want = sweep.tune.max_concurrent_trials
-    need = dict(trial_resources)
-    if sweep.kind == "train":
+    need = dict(per_trial)
+    if sweep.kind == "train" and not runs_in_trial(sweep.spec):
         s = sweep.spec.scaling
         need["CPU"] = need.get("CPU", 0) + s.workers * s.cpus_per_worker
         if s.gpu:
@@ -810,7 +846,7 @@ def command(args) -> int:
         return 0
     name = args.resume or args.name or default_sweep_name(args.config)
     try:
-        out = run(sweep, name=name, resume=args.resume is not None)
+        out = run(sweep, name=name, resume=args.resume is not None, yes=args.yes)
     except KeyboardInterrupt:
         out = None
     if out is None or out.interrupted:

@@ -34,18 +34,22 @@ from genray.pipelines import tracking
 from genray.pipelines.config import ExperimentSpec
 from genray.pipelines.data import read_decoded
 from genray.pipelines.quality import QualityProbe
+from genray.pipelines.training.session import LoopSession, RayTrainSession
 
 
 def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
-    import ray.train
-    import ray.train.torch
+    """Ray Train's entry point (a worker, or the caller's process in local mode)."""
+    return run_loop(cfg, RayTrainSession())
 
+
+def run_loop(cfg: dict[str, Any], session: LoopSession) -> dict[str, Any]:
+    """The loop, wherever `session` says it runs (session.py): a Ray Train worker, or a Tune
+    trial's own process."""
     # ------------------------------------------------------------------------- setup
     spec = ExperimentSpec.model_validate(cfg["spec"])
     t = spec.trainer
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    rank, world = session.world_rank, session.world_size
+    device = session.device()
     use_bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
     data = DatasetInfo.from_json(cfg["data"])
 
@@ -58,10 +62,10 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
                                           ema_decay=t.ema_decay, bf16=use_bf16))
     epoch = 0  # passes over the training data completed
     into_epoch = 0  # batches of pass `epoch` trained on (the same count on every rank)
-    # After a restart or a rerun: the latest reported checkpoint (Ray Train), or in local mode,
-    # which keeps no checkpoints of its own, the latest one this loop wrote itself.
+    # After a restart or a rerun: the latest reported checkpoint (Ray Train), or where the session
+    # keeps no checkpoints of its own (local mode, a trial's process), the latest this loop wrote.
     local_dir = Path(cfg["local_checkpoints"]) if cfg.get("local_checkpoints") else None
-    resumed = ray.train.get_checkpoint() or (_latest_local(local_dir) if local_dir else None)
+    resumed = session.latest_checkpoint() or (_latest_local(local_dir) if local_dir else None)
     if resumed is not None:
         with resumed.as_directory() as d:
             ck = checkpoint.load(d, map_location=device)
@@ -78,7 +82,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     quality = QualityProbe(cfg["quality"], t.quality_samples, t.seed) if rank == 0 and cfg.get("quality") else None
 
     per_worker = t.batch_size // world
-    train_shard = ray.train.get_dataset_shard("train")
+    train_shard = session.dataset_shard()
     held_out: list[dict[str, torch.Tensor]] = []
     last_eval: dict[str, float] = {}
     sums: dict[str, float] = {}  # train logs summed over summed_steps steps, for the next log line
@@ -113,7 +117,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     def save_and_report() -> None:
         metrics = {"step": engine.step, "epoch": epoch, **last_eval}
         if rank != 0:
-            ray.train.report(metrics, checkpoint=None)  # every rank reports, or the group hangs
+            session.report(metrics, None)  # every rank reports, or the group hangs
             return
         d = tempfile.mkdtemp(prefix="genray-ckpt-") if local_dir is None else str(local_dir / f"checkpoint_{engine.step:06d}")
         try:
@@ -132,7 +136,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
                     "model": checkpoint.model_state(spec.model.family, cfg["model_args"], data),
                 },
             ))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+            session.report(metrics, d)
         finally:
             if local_dir is None:
                 shutil.rmtree(d, ignore_errors=True)
@@ -213,8 +217,14 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
 def _latest_local(root: Path):
     import ray.train
 
+    done = latest_checkpoint_dir(root)
+    return ray.train.Checkpoint.from_directory(str(done)) if done else None
+
+
+def latest_checkpoint_dir(root: Path) -> Path | None:
+    """The newest complete checkpoint_* directory the loop wrote under root (local mode, trials)."""
     done = sorted(p for p in root.glob("checkpoint_*") if (p / checkpoint.STATE_FILE).is_file())
-    return ray.train.Checkpoint.from_directory(str(done[-1])) if done else None
+    return done[-1] if done else None
 
 
 def _held_out_batches(test: dict[str, Any], batch_size: int, num_batches: int, device) -> list[dict[str, torch.Tensor]]:

@@ -1,5 +1,6 @@
 """The Ray Train TorchTrainer for one run: scaling, the collective backend, the dataset, the
-storage and failure settings, and what the workers' loop needs (pipelines/training/loop.py)."""
+storage and failure settings, and what the workers' loop needs (pipelines/training/loop.py);
+or, for a one-worker Tune trial, the same loop in the trial's own process (run_in_process)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,7 +11,8 @@ from genray.pipelines import console
 from genray.pipelines.config import ExperimentSpec
 from genray.pipelines.data import DataSource, TrainData, build_dataset
 from genray.pipelines.env import storage_path
-from genray.pipelines.training.loop import train_loop_per_worker
+from genray.pipelines.training.loop import latest_checkpoint_dir, run_loop, train_loop_per_worker
+from genray.pipelines.training.session import TrialSession
 
 
 @dataclass
@@ -22,6 +24,42 @@ class ModelInputs:
     args: dict[str, Any]
     data: dict[str, Any]
     quality: dict[str, Any] | None = None
+
+
+def loop_config(spec: ExperimentSpec, data: DataSource, inputs: ModelInputs, train_data: TrainData, *, name: str,
+                home: Path, uri: str, run_id: str, keep_checkpoints: bool) -> dict[str, Any]:
+    """What the loop (loop.py) is handed, wherever it runs. keep_checkpoints: the loop writes its
+    checkpoints under the run's storage folder itself (Train's local mode persists none; a trial's
+    process has no Train controller to persist them)."""
+    return {
+        "spec": spec.model_dump(mode="json"),
+        "model_args": inputs.args,
+        "data": inputs.data,
+        "quality": inputs.quality,
+        "name": name,
+        "uri": uri,
+        "run_id": run_id,
+        "test": {"path": data.test, "columns": data.columns, **data.decode},
+        # Repeated copies are already permuted row by row; a local shuffle buffer on top costs
+        # ~6 ms of worker CPU per batch here for nothing.
+        "local_shuffle": train_data.repeats == 1,
+        "local_checkpoints": str(Path(storage_path(home)) / name) if keep_checkpoints else None,
+        "echo": console.verbose(),  # the workers' own progress lines (the driver shows a bar either way)
+    }
+
+
+def run_in_process(spec: ExperimentSpec, data: DataSource, inputs: ModelInputs, *, name: str, home: Path, uri: str,
+                   run_id: str, train_data: TrainData | None = None) -> tuple[Path, dict[str, Any]]:
+    """The loop in this process without Ray Train: what a one-worker Tune trial runs (session.py
+    says why). Returns the final checkpoint's directory and the loop's last metrics."""
+    train_data = train_data or build_dataset(spec, data)
+    cfg = loop_config(spec, data, inputs, train_data, name=name, home=home, uri=uri, run_id=run_id,
+                      keep_checkpoints=True)
+    metrics = run_loop(cfg, TrialSession(train_data.dataset, gpu=spec.scaling.gpu))
+    final = latest_checkpoint_dir(Path(cfg["local_checkpoints"]))
+    if final is None:
+        raise RuntimeError(f"run {name} finished without a checkpoint under {cfg['local_checkpoints']}")
+    return final, metrics
 
 
 def build_trainer(spec: ExperimentSpec, data: DataSource, inputs: ModelInputs, *, name: str, home: Path, uri: str,
@@ -42,22 +80,8 @@ def build_trainer(spec: ExperimentSpec, data: DataSource, inputs: ModelInputs, *
     ingest.preserve_order = True
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "spec": spec.model_dump(mode="json"),
-            "model_args": inputs.args,
-            "data": inputs.data,
-            "quality": inputs.quality,
-            "name": name,
-            "uri": uri,
-            "run_id": run_id,
-            "test": {"path": data.test, "columns": data.columns, **data.decode},
-            # Repeated copies are already permuted row by row; a local shuffle buffer on top costs
-            # ~6 ms of worker CPU per batch here for nothing.
-            "local_shuffle": train_data.repeats == 1,
-            # Local mode (workers: 0) persists no checkpoints itself: the loop writes them here.
-            "local_checkpoints": str(Path(storage_path(home)) / name) if s.workers == 0 else None,
-            "echo": console.verbose(),  # the workers' own progress lines (the driver shows a bar either way)
-        },
+        train_loop_config=loop_config(spec, data, inputs, train_data, name=name, home=home, uri=uri, run_id=run_id,
+                                      keep_checkpoints=s.workers == 0),
         scaling_config=ScalingConfig(
             num_workers=s.workers,
             use_gpu=s.gpu,

@@ -123,6 +123,25 @@ def test_asha_stops_trials_early_a_diverging_trial_fails_and_the_best_becomes_ch
     wait_for_idle_cluster(ray_session)
 
 
+@pytest.mark.integration
+def test_a_two_worker_trial_trains_with_ray_train_inside_the_trial(ray_session, genray_home, tmp_path):
+    # A trial of more than one worker starts its own TorchTrainer; Ray's TuneReportCallback
+    # forwards rank 0's reports, checkpoint path included, as the one-worker trials report theirs.
+    base = json.loads(json.dumps(TINY))
+    base["trainer"].update(max_steps=2, checkpoint_every=2, eval_every=2)
+    base["scaling"] = {"workers": 2, "cpus_per_worker": 0.5}
+    cfg = write_config(tmp_path / "two.yaml", {"metric": "eval/loss", "mode": "min",
+                                               "space": {"trainer.lr": {"choice": [1e-3]}}}, base)
+    out = tune.run(tune.load(cfg), name="two", home=genray_home)
+    [row] = out.rows
+    assert row.status == "finished" and row.metrics["step"] == 2, row
+    assert (Path(row.checkpoint) / "state.json").is_file()
+    state = json.loads((Path(row.checkpoint) / "state.json").read_text())
+    assert state["step"] == 2 and state["config"]["scaling"]["workers"] == 2
+    assert out.model_version is not None
+    wait_for_idle_cluster(ray_session)
+
+
 # ----------------------------------------------------------------------------- sampling sweeps
 
 
@@ -302,12 +321,27 @@ def test_bad_tune_settings_exit_2(section, message, tmp_path, capsys):
     assert message in err and "Traceback" not in err, err
 
 
-def test_a_sweep_in_local_mode_exits_2_before_any_trial(tmp_path, capsys):
-    cfg = write_config(tmp_path / "local.yaml", {"metric": "eval/loss", "mode": "min",
-                                                 "space": {"trainer.lr": {"choice": [0.1]}}})
-    assert cli.main(["tune", str(cfg), "--set", "scaling.workers=0"]) == 2
+def test_the_trial_count_is_spelled_out_and_a_sweep_over_the_limit_needs_yes(tmp_path, genray_home, capsys):
+    # num_samples repeats the whole grid: 5 x 3 = 15 trials, and the choice entry multiplies nothing.
+    cfg = write_config(tmp_path / "big.yaml", {"metric": "eval/loss", "mode": "min", "num_samples": 3, "max_trials": 10,
+                                               "space": {"trainer.lr": {"grid": [1e-4, 2e-4, 3e-4, 4e-4, 5e-4]},
+                                                         "model.latent_dim": {"choice": [4, 8]}}})
+    assert tune.load(cfg).describe_trials() == "grid 5 x num_samples 3 = 15 trials"
+    assert cli.main(["tune", str(cfg)]) == 2
     err = capsys.readouterr().err
-    assert "scaling.workers=0 (local mode) cannot run inside a sweep's trials" in err and "Traceback" not in err, err
+    assert "grid 5 x num_samples 3 = 15 trials, over tune.max_trials=10; confirm with --yes" in err, err
+    assert "Traceback" not in err and not (genray_home / "sweeps").exists()  # refused before anything started
+
+
+def test_one_worker_trials_run_their_loop_in_process_and_hold_its_resources(tmp_path):
+    section = {"metric": "eval/loss", "mode": "min", "space": {"trainer.lr": {"choice": [0.1]}}}
+    for workers in (0, 1):  # local mode is allowed in a sweep now: the trial's process is the worker
+        sweep = tune.load(write_config(tmp_path / "s.yaml", section), [f"scaling.workers={workers}"])
+        assert tune.runs_in_trial(sweep.spec) and tune.trial_resources(sweep) == {"CPU": 0.5}
+    sweep = tune.load(write_config(tmp_path / "s.yaml", section), ["scaling.workers=2", "scaling.gpu=true"])
+    assert not tune.runs_in_trial(sweep.spec) and tune.trial_resources(sweep) == {"CPU": 0.01}
+    sweep = tune.load(write_config(tmp_path / "s.yaml", section), ["scaling.gpu=true"])
+    assert tune.trial_resources(sweep) == {"CPU": 0.5, "GPU": 1.0}
 
 
 def test_resuming_a_sweep_that_does_not_exist_exits_2(tmp_path, genray_home, capsys):
