@@ -301,6 +301,9 @@ class TuneSpec(_Section):
     space: dict[str, Any]  # config key -> {choice|grid: [...]} | {uniform|loguniform|int: [low, high]}
     num_samples: int = Field(1, ge=1, description="trials; with grid entries, repeats of the whole grid")
     max_trials: int = Field(32, ge=1, description="a sweep of more trials starts only with --yes")
+    # A trial of 0 or 1 workers runs the loop in its own process; false starts a Ray Train run
+    # per trial as multi-worker trials do (Train's failure handling per trial, at ~45 s a trial).
+    in_process_trials: bool = True
     max_concurrent_trials: int = Field(2, ge=1)
     trial_resources: dict[str, float] | None = None  # default: tune.trial_resources() in pipelines/tune.py
     scheduler: Literal["none", "asha"] = "none"

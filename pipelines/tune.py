@@ -211,6 +211,11 @@ def _check_training_sweep(sw: Sweep) -> Sweep:
         swept = {d.key for d in sw.dims} & {"trainer.max_steps", "trainer.checkpoint_every", "trainer.eval_every"}
         if swept:
             raise ConfigError(f"{src}: tune.space.{sorted(swept)[0]}: ASHA's rungs are counted in steps; do not sweep it")
+    if sw.spec.scaling.workers == 0 and not t.in_process_trials:
+        # Ray Train's local mode runs the loop in the calling process, and inside a Tune trial
+        # that process is Tune's, where the loop's ray.train calls fail.
+        raise ConfigError(f"{src}: scaling.workers=0 (Ray Train's local mode) cannot run inside a trial with "
+                          "tune.in_process_trials=false; use scaling.workers: 1 or more, or in_process_trials: true")
     _check_common(sw)
     return sw
 
@@ -257,7 +262,7 @@ def train_trial(config: dict[str, Any], *, ctx: dict[str, Any]) -> None:
     name = f"{ctx['name']}-{tune.get_context().get_trial_id()}"
     # One worker: the loop runs here, reporting to Tune itself (pipelines/training/session.py);
     # more: a Ray Train run whose reports TuneReportCallback forwards.
-    in_process = runs_in_trial(spec)
+    in_process = ctx["in_process"]
     out = train.run(spec, name=name, home=Path(ctx["home"]), uri=ctx["uri"], parent_run_id=ctx["run_id"],
                     callbacks=None if in_process else [TuneReportCallback()], train_data=ctx.get("train_data"),
                     show_progress=False, in_process=in_process)
@@ -285,10 +290,10 @@ def sampling_trial(config: dict[str, Any], *, ctx: dict[str, Any]) -> None:
     tune.report(evaluate.evaluate(request, home=Path(ctx["home"]), say=lambda line: None).metrics)
 
 
-def runs_in_trial(spec: ExperimentSpec) -> bool:
-    """Whether a training trial runs its loop in its own process (0 or 1 workers) rather than as a
-    Ray Train run of its own."""
-    return spec.scaling.workers <= 1
+def runs_in_trial(spec: ExperimentSpec, t: TuneSpec) -> bool:
+    """Whether a training trial runs its loop in its own process (0 or 1 workers, unless
+    tune.in_process_trials is false) rather than as a Ray Train run of its own."""
+    return spec.scaling.workers <= 1 and t.in_process_trials
 
 
 def trial_resources(sweep: Sweep) -> dict[str, float]:
@@ -300,7 +305,7 @@ def trial_resources(sweep: Sweep) -> dict[str, float]:
     if sweep.kind == "sample":
         return {"CPU": 1.0}
     s = sweep.spec.scaling
-    if runs_in_trial(sweep.spec):
+    if runs_in_trial(sweep.spec, sweep.tune):
         return {"CPU": s.cpus_per_worker, **({"GPU": 1.0} if s.gpu else {})}
     return {"CPU": 0.01}
 
@@ -423,7 +428,8 @@ def run(sweep: Sweep, *, name: str, resume: bool = False, home: Path | None = No
     ctx = {"name": name, "home": str(home), "uri": uri, "run_id": run_id, "source": sweep.source,
            "base": sweep.base, "checkpoint": str(checkpoint_dir) if checkpoint_dir else None,
            "eval": ev.model_dump() if ev is not None else None,
-           "threads": max(1, int(resources.get("CPU", 1)))}
+           "threads": max(1, int(resources.get("CPU", 1))),
+           "in_process": sweep.kind == "train" and runs_in_trial(sweep.spec, sweep.tune)}
     if sweep.kind == "train" and shares_dataset(sweep):
         # Decoded and materialised once in the object store for every trial: per trial it cost
         # more than the tiny trials' training on 2 cores (benchmarks/tune_asha.py).
@@ -544,7 +550,7 @@ def fitting_concurrency(sweep: Sweep, per_trial: dict[str, float], *, say=print)
 
     want = sweep.tune.max_concurrent_trials
     need = dict(per_trial)
-    if sweep.kind == "train" and not runs_in_trial(sweep.spec):
+    if sweep.kind == "train" and not runs_in_trial(sweep.spec, sweep.tune):
         s = sweep.spec.scaling
         need["CPU"] = need.get("CPU", 0) + s.workers * s.cpus_per_worker
         if s.gpu:

@@ -337,11 +337,15 @@ def test_one_worker_trials_run_their_loop_in_process_and_hold_its_resources(tmp_
     section = {"metric": "eval/loss", "mode": "min", "space": {"trainer.lr": {"choice": [0.1]}}}
     for workers in (0, 1):  # local mode is allowed in a sweep now: the trial's process is the worker
         sweep = tune.load(write_config(tmp_path / "s.yaml", section), [f"scaling.workers={workers}"])
-        assert tune.runs_in_trial(sweep.spec) and tune.trial_resources(sweep) == {"CPU": 0.5}
+        assert tune.runs_in_trial(sweep.spec, sweep.tune) and tune.trial_resources(sweep) == {"CPU": 0.5}
     sweep = tune.load(write_config(tmp_path / "s.yaml", section), ["scaling.workers=2", "scaling.gpu=true"])
-    assert not tune.runs_in_trial(sweep.spec) and tune.trial_resources(sweep) == {"CPU": 0.01}
+    assert not tune.runs_in_trial(sweep.spec, sweep.tune) and tune.trial_resources(sweep) == {"CPU": 0.01}
     sweep = tune.load(write_config(tmp_path / "s.yaml", section), ["scaling.gpu=true"])
     assert tune.trial_resources(sweep) == {"CPU": 0.5, "GPU": 1.0}
+    sweep = tune.load(write_config(tmp_path / "s.yaml", section), ["tune.in_process_trials=false"])
+    assert not tune.runs_in_trial(sweep.spec, sweep.tune) and tune.trial_resources(sweep) == {"CPU": 0.01}
+    with pytest.raises(config.ConfigError, match="local mode.*cannot run inside a trial with tune.in_process_trials=false"):
+        tune.load(write_config(tmp_path / "s.yaml", section), ["tune.in_process_trials=false", "scaling.workers=0"])
 
 
 def test_resuming_a_sweep_that_does_not_exist_exits_2(tmp_path, genray_home, capsys):
