@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/train_overhead.py [--steps 300] [--family vae] [--size small]
 
 Reports steady-state examples/s (the median over log windows after the first, eval excluded),
-start-up time separately, and the ratios Ray(1 worker)/bare and Ray(2 workers)/Ray(1 worker).
+start-up time separately (and the loop's startup/* marks: seconds from the start of train.run to
+each stage, the first step included), and the ratios Ray(1 worker)/bare and Ray(2 workers)/Ray(1 worker).
 Ray sets OMP_NUM_THREADS=1 in a worker that asks for less than one CPU, so the bare loop runs
 with one intra-op thread too: the comparison is per worker, not per machine.
 """
@@ -76,8 +77,12 @@ def ray_run(spec, workers: int, name: str, home: Path) -> dict:
     rates = [m.value for m in sorted(history, key=lambda m: m.step)][1:]  # first window: start-up
     steady = statistics.median(rates)
     steps = spec.trainer.max_steps
+    # The loop's marks: seconds from train.run's start to each stage (pipelines/training/loop.py).
+    startup = {k.removeprefix("startup/"): v for k, v in client.get_run(out.run_id).data.metrics.items()
+               if k.startswith("startup/")}
     return {"examples_per_s": steady, "wall_s": wall,
-            "startup_s": wall - steps * spec.trainer.batch_size / steady}
+            "startup_s": wall - steps * spec.trainer.batch_size / steady,
+            "first_step_s": startup.get("first_step_s"), "startup_marks_s": startup}
 
 
 def main() -> None:

@@ -81,12 +81,15 @@ def run(spec: ExperimentSpec, *, name: str, home: Path | None = None, uri: str |
     reports straight to Tune); a multi-worker one passes Ray's TuneReportCallback in `callbacks`."""
     from ray.train.v2.api.exceptions import TrainingFailedError
 
+    startup = {"start": time.time()}  # wall-clock marks to the first step (the loop logs them: startup/*)
     home = home or project_home()
     home.mkdir(parents=True, exist_ok=True)
     logs = console.route_logs(log_path(home, "train", name)) if show_progress else None
     data = resolve_data(spec, home)
+    startup["data"] = time.time()
     uri = uri or tracking.tracking_uri(home)
     inputs = resolve_model_inputs(spec, data, uri=uri, home=home)
+    startup["model_inputs"] = time.time()
     experiment_id = tracking.ensure_experiment(uri, spec.tracking.experiment, home)
     tags = {"genray.family": spec.model.family, "genray.dataset": spec.data.dataset or spec.data.path or ""}
     if parent_run_id:
@@ -96,18 +99,20 @@ def run(spec: ExperimentSpec, *, name: str, home: Path | None = None, uri: str |
     if logs is not None:
         print(f"[{name}] Ray and library output: {logs} (--verbose shows it here)", flush=True)
 
+    startup["mlflow_run"] = time.time()
     init_ray()
+    startup["ray_init"] = time.time()
     if in_process:
         try:
             final, metrics = run_in_process(spec, data, inputs, name=name, home=home, uri=uri, run_id=run_id,
-                                            train_data=train_data)
+                                            train_data=train_data, startup=startup)
         except BaseException:
             tracking.finish_run(uri, run_id, "FAILED")
             raise
         return _finish(spec, name, run_id, uri, final, final, metrics)
 
     trainer = build_trainer(spec, data, inputs, name=name, home=home, uri=uri, run_id=run_id, callbacks=callbacks,
-                            train_data=train_data)
+                            train_data=train_data, startup=startup)
     progress = TrainingProgress(uri, run_id, name, spec.trainer.max_steps) if show_progress else contextlib.nullcontext()
     try:
         with progress:

@@ -27,7 +27,7 @@ import torch
 
 from genray.components import checkpoint
 from genray.components.data import DatasetInfo, normalize_images
-from genray.components.data.show import render
+from genray.components.data.show import density, render
 from genray.components.models import build
 from genray.components.training import Engine, OptimDefaults, StepSettings, step_seed
 from genray.pipelines import tracking
@@ -46,6 +46,7 @@ def run_loop(cfg: dict[str, Any], session: LoopSession) -> dict[str, Any]:
     """The loop, wherever `session` says it runs (session.py): a Ray Train worker, or a Tune
     trial's own process."""
     # ------------------------------------------------------------------------- setup
+    startup = {**cfg.get("startup", {}), "loop": time.time()}  # the driver's marks, then this process's
     spec = ExperimentSpec.model_validate(cfg["spec"])
     t = spec.trainer
     rank, world = session.world_rank, session.world_size
@@ -76,6 +77,7 @@ def run_loop(cfg: dict[str, Any], session: LoopSession) -> dict[str, Any]:
         if rank == 0 and cfg.get("echo"):
             say(f"[{cfg['name']}] resumed from step {engine.step} (epoch {epoch}, batch {into_epoch} of it)")
 
+    startup["model"] = time.time()  # built, resumed, on the device; the process group is up
     logger = tracking.RunLogger(cfg["uri"], cfg["run_id"]) if rank == 0 else None
     if logger is not None:
         logger.metrics({"resumed_from_step": engine.step}, step=engine.step)
@@ -104,12 +106,19 @@ def run_loop(cfg: dict[str, Any], session: LoopSession) -> dict[str, Any]:
                 for k, v in net.evaluate(b, generator=gen).items():
                     totals[k] = totals.get(k, 0.0) + float(v) / len(held_out)
             grids = net.eval_samples(t.num_samples, generator_seed=t.seed, batch=held_out[0])
+            shown_density = None
+            if "log_prob" in net.capabilities and data.modality == "points" and data.shape == (2,):
+                # A 2-D density (a flow on the moons): exp(log p) over the box around the data.
+                shown_density = density(lambda p: net.log_prob(torch.as_tensor(p, device=device)).float().cpu().numpy(),
+                                        held_out[0]["x"].cpu().numpy())
             if quality is not None:
                 totals.update(quality.score(net))
         model.train()
         for key, samples in grids.items():
             logger.samples(render(samples.cpu(), data), f"samples/step_{engine.step:06d}{'_' + key if key else ''}",
                            key=f"samples{'_' + key if key else ''}", step=engine.step)
+        if shown_density is not None:
+            logger.samples(shown_density, f"density/step_{engine.step:06d}", key="density", step=engine.step)
         scores = {f"eval/{k}": v for k, v in totals.items()}
         logger.metrics(scores, step=engine.step)
         return scores
@@ -162,6 +171,8 @@ def run_loop(cfg: dict[str, Any], session: LoopSession) -> dict[str, Any]:
         fetch_start = time.perf_counter()
         for batch in batches:
             data_wait += time.perf_counter() - fetch_start
+            if "first_batch" not in startup:
+                startup["first_batch"] = time.time()
             into_epoch += 1
             batch = {k: normalize_images(v) for k, v in batch.items()}  # uint8 pixels -> [-1, 1] on the device
             if engine.step == 0 and resumed is None:
@@ -169,6 +180,10 @@ def run_loop(cfg: dict[str, Any], session: LoopSession) -> dict[str, Any]:
             torch.manual_seed(step_seed(t.seed, rank, engine.step))
             logs = engine.train_step(batch)
             window_steps += 1
+            if "first_step" not in startup:
+                startup["first_step"] = time.time()
+                if rank == 0 and "start" in startup:
+                    logger.metrics(startup_seconds(startup), step=engine.step)
             if rank == 0:
                 summed_steps += 1
                 for k, v in logs.items():
@@ -212,6 +227,16 @@ def run_loop(cfg: dict[str, Any], session: LoopSession) -> dict[str, Any]:
 
     # ------------------------------------------------------------------------- teardown
     return {"step": engine.step, "epoch": epoch, **last_eval}
+
+
+def startup_seconds(marks: dict[str, float]) -> dict[str, float]:
+    """Wall-clock marks -> startup/<mark>_s, seconds from the run's start to each, in order:
+    data (prepared or found), model_inputs (references resolved, the model built once on the
+    driver), mlflow_run, ray_init, dataset (the Ray Dataset materialised), loop (this process
+    entered the loop: with Ray Train, its controller, worker group and process group are up),
+    model, first_batch, first_step."""
+    start = marks["start"]
+    return {f"startup/{k}_s": round(v - start, 3) for k, v in marks.items() if k != "start"}
 
 
 def _latest_local(root: Path):

@@ -3,6 +3,7 @@ storage and failure settings, and what the workers' loop needs (pipelines/traini
 or, for a one-worker Tune trial, the same loop in the trial's own process (run_in_process)."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,14 @@ class ModelInputs:
 
 
 def loop_config(spec: ExperimentSpec, data: DataSource, inputs: ModelInputs, train_data: TrainData, *, name: str,
-                home: Path, uri: str, run_id: str, keep_checkpoints: bool) -> dict[str, Any]:
+                home: Path, uri: str, run_id: str, keep_checkpoints: bool,
+                startup: dict[str, float] | None = None) -> dict[str, Any]:
     """What the loop (loop.py) is handed, wherever it runs. keep_checkpoints: the loop writes its
     checkpoints under the run's storage folder itself (Train's local mode persists none; a trial's
-    process has no Train controller to persist them)."""
+    process has no Train controller to persist them). startup: the driver's wall-clock marks
+    (time.time()) since the run started, which the loop completes and logs at its first step."""
     return {
+        "startup": dict(startup or {}),
         "spec": spec.model_dump(mode="json"),
         "model_args": inputs.args,
         "data": inputs.data,
@@ -49,12 +53,15 @@ def loop_config(spec: ExperimentSpec, data: DataSource, inputs: ModelInputs, tra
 
 
 def run_in_process(spec: ExperimentSpec, data: DataSource, inputs: ModelInputs, *, name: str, home: Path, uri: str,
-                   run_id: str, train_data: TrainData | None = None) -> tuple[Path, dict[str, Any]]:
+                   run_id: str, train_data: TrainData | None = None,
+                   startup: dict[str, float] | None = None) -> tuple[Path, dict[str, Any]]:
     """The loop in this process without Ray Train: what a one-worker Tune trial runs (session.py
     says why). Returns the final checkpoint's directory and the loop's last metrics."""
+    startup = dict(startup or {})
     train_data = train_data or build_dataset(spec, data)
+    startup["dataset"] = time.time()
     cfg = loop_config(spec, data, inputs, train_data, name=name, home=home, uri=uri, run_id=run_id,
-                      keep_checkpoints=True)
+                      keep_checkpoints=True, startup=startup)
     metrics = run_loop(cfg, TrialSession(train_data.dataset, gpu=spec.scaling.gpu))
     final = latest_checkpoint_dir(Path(cfg["local_checkpoints"]))
     if final is None:
@@ -63,14 +70,17 @@ def run_in_process(spec: ExperimentSpec, data: DataSource, inputs: ModelInputs, 
 
 
 def build_trainer(spec: ExperimentSpec, data: DataSource, inputs: ModelInputs, *, name: str, home: Path, uri: str,
-                  run_id: str, callbacks: list | None = None, train_data: TrainData | None = None):
+                  run_id: str, callbacks: list | None = None, train_data: TrainData | None = None,
+                  startup: dict[str, float] | None = None):
     """The TorchTrainer for one run. `train_data` is a dataset built beforehand by build_dataset
     (a sweep builds one for all its trials when they share TrainData.key); else one is built.
     scaling.workers = 0 runs the same loop in this process (Ray Train's local mode)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    startup = dict(startup or {})
     train_data = train_data or build_dataset(spec, data)
+    startup["dataset"] = time.time()  # Train's controller, worker group and process group come next
     s = spec.scaling
     # Train's streaming_split hands each block to the worker with the fewest rows so far: the
     # same shards every pass and every restart when the blocks arrive in order. Its default
@@ -81,7 +91,7 @@ def build_trainer(spec: ExperimentSpec, data: DataSource, inputs: ModelInputs, *
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config(spec, data, inputs, train_data, name=name, home=home, uri=uri, run_id=run_id,
-                                      keep_checkpoints=s.workers == 0),
+                                      keep_checkpoints=s.workers == 0, startup=startup),
         scaling_config=ScalingConfig(
             num_workers=s.workers,
             use_gpu=s.gpu,

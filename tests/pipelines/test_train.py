@@ -94,6 +94,10 @@ def test_run_is_tracked_checkpointed_and_registered(family, workers, ray_session
     if "condition" in model_capabilities(family):
         assert 0 <= run.data.metrics["eval/class_consistency"] <= 1
     assert any(k.startswith("train/") and k.endswith("loss") for k in run.data.metrics)
+    # Where the time to the first step went, each mark after the one before it.
+    marks = ["data", "model_inputs", "mlflow_run", "ray_init", "dataset", "loop", "model", "first_batch", "first_step"]
+    startup = [run.data.metrics[f"startup/{m}_s"] for m in marks]
+    assert startup == sorted(startup) and startup[0] >= 0, dict(zip(marks, startup))
     files = artifact_paths(client, run.info.run_id)
     # Samples at each eval, as the data kind shows them: one grid per eval (a conditional
     # diffusion model logs one per guidance scale), or a text file.
