@@ -292,6 +292,12 @@ class SweepEvalSpec(_Section):
     feature_net: str = "auto"
     likelihood_rows: int = Field(200, ge=1)
     seed: int = 0
+    # Training sweeps: None scores every trial that finishes, in the trial; k scores only the k
+    # finished trials best by `rank_by` (a training metric, the one ASHA's rungs and the search
+    # use), on the driver after the sweep.
+    top_k: int | None = Field(None, ge=1)
+    rank_by: str = "eval/loss"
+    rank_mode: Literal["min", "max"] = "min"
 
 
 class TuneSpec(_Section):

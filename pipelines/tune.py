@@ -200,10 +200,14 @@ def _check_training_sweep(sw: Sweep) -> Sweep:
     if t.metric.startswith("eval_full/") and t.evaluate is None:
         raise ConfigError(f"{src}: tune.metric {t.metric!r} comes from genray eval after training; add a tune.evaluate "
                           "section (e.g. evaluate: {num_samples: 500}) or optimise a training metric (eval/loss)")
+    if t.evaluate is not None and t.evaluate.top_k and not t.evaluate.rank_by.startswith(("eval/", "train/")):
+        raise ConfigError(f"{src}: tune.evaluate.rank_by must be a training metric (eval/*, train/*) that every "
+                          f"checkpoint reports, got {t.evaluate.rank_by!r}")
     if t.scheduler == "asha":
-        if not t.metric.startswith(("eval/", "train/")):
+        if not rung_metric(t)[0].startswith(("eval/", "train/")):
             raise ConfigError(f"{src}: tune.scheduler=asha compares trials at every checkpoint, so tune.metric must be "
-                              f"reported there (eval/*), not only at the end (got {t.metric!r})")
+                              f"reported there (eval/*), not only at the end (got {t.metric!r}); or score only the "
+                              "best finished trials with genray eval: tune.evaluate.top_k with rank_by: eval/loss")
         tr = sw.spec.trainer
         if tr.checkpoint_every % tr.eval_every:
             raise ConfigError(f"{src}: tune.scheduler=asha needs an eval at every checkpoint: trainer.checkpoint_every "
@@ -232,6 +236,8 @@ def _check_sampling_sweep(sw: Sweep, rest: dict[str, Any]) -> Sweep:
     if sw.tune.scheduler != "none":
         raise ConfigError(f"{src}: tune.scheduler={sw.tune.scheduler}: a sampling sweep has no training steps to stop "
                           "early at; use scheduler: none")
+    if sw.tune.evaluate is not None and sw.tune.evaluate.top_k:
+        raise ConfigError(f"{src}: tune.evaluate.top_k: a sampling sweep's every trial is a genray eval; remove top_k")
     _check_common(sw)
     return sw
 
@@ -266,8 +272,8 @@ def train_trial(config: dict[str, Any], *, ctx: dict[str, Any]) -> None:
     out = train.run(spec, name=name, home=Path(ctx["home"]), uri=ctx["uri"], parent_run_id=ctx["run_id"],
                     callbacks=None if in_process else [TuneReportCallback()], train_data=ctx.get("train_data"),
                     show_progress=False, in_process=in_process)
-    if ctx["eval"] is None:
-        return  # the callback has reported every checkpoint, the last one included
+    if ctx["eval"] is None or ctx["eval"]["top_k"]:
+        return  # every checkpoint is reported, the last one included; top_k: scored on the driver
     torch.set_num_threads(ctx["threads"])
     result = evaluate.evaluate(_eval_request(ctx, str(out.checkpoint), tags={"genray.tune.trial": name}),
                                home=Path(ctx["home"]))
@@ -308,6 +314,22 @@ def trial_resources(sweep: Sweep) -> dict[str, float]:
     if runs_in_trial(sweep.spec, sweep.tune):
         return {"CPU": s.cpus_per_worker, **({"GPU": 1.0} if s.gpu else {})}
     return {"CPU": 0.01}
+
+
+def score_top_k(rows: list[TrialRow], ctx: dict[str, Any], *, say=print) -> None:
+    """tune.evaluate.top_k: genray eval of the k finished trials best by rank_by, here on the
+    driver, one after another; their rows gain eval_full/*. The others keep their training metrics."""
+    e = ctx["eval"]
+    finished = [r for r in rows if r.status == "finished" and _finite(r.metrics.get(e["rank_by"]))]
+    finished.sort(key=lambda r: r.metrics[e["rank_by"]], reverse=e["rank_mode"] == "max")
+    chosen = finished[: e["top_k"]]
+    say(f"[{ctx['name']}] genray eval of the {len(chosen)} best finished trial(s) by {e['rank_by']} "
+        f"(tune.evaluate.top_k={e['top_k']}) ...")
+    for row in chosen:
+        result = evaluate.evaluate(_eval_request(ctx, row.checkpoint, tags={"genray.tune.trial": row.run_name}),
+                                   home=Path(ctx["home"]), say=lambda line: None)
+        row.metrics.update({f"eval_full/{k}": v for k, v in result.metrics.items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
 
 
 def _eval_request(ctx: dict[str, Any], target: str, **kwargs):
@@ -458,6 +480,8 @@ def run(sweep: Sweep, *, name: str, resume: bool = False, home: Path | None = No
     # --- teardown: the table, the plot, the trials' MLflow status, the champion
     rows = [_row(r, sweep, name) for r in grid]
     rows.sort(key=lambda r: r.trial_id)
+    if ev is not None and ev.top_k:
+        score_top_k(rows, ctx, say=say)
     _close_trial_runs(rows, sweep, uri)
     ranked = [r for r in rows if r.status != "failed" and _finite(r.metrics.get(t.metric))]
     if not ranked and any(r.status != "failed" for r in rows):
@@ -587,8 +611,17 @@ def _tune_config(sweep: Sweep, concurrency: int):
         # is ignored for a variant generator (Tune warns and runs everything at once): it takes
         # its own limit.
         search, limit = BasicVariantGenerator(random_state=t.seed, max_concurrent=concurrency), None
-    return tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples, scheduler=scheduler,
+    metric, mode = rung_metric(t)
+    return tune.TuneConfig(metric=metric, mode=mode, num_samples=t.num_samples, scheduler=scheduler,
                            search_alg=search, max_concurrent_trials=limit)
+
+
+def rung_metric(t: TuneSpec) -> tuple[str, str]:
+    """The metric Tune itself compares trials on (ASHA's rungs, the search algorithm): tune.metric,
+    or with tune.evaluate.top_k, the training metric that ranks trials for genray eval."""
+    if t.evaluate is not None and t.evaluate.top_k:
+        return t.evaluate.rank_by, t.evaluate.rank_mode
+    return t.metric, t.mode
 
 
 def _run_config(sweep: Sweep, name: str, home: Path, callbacks: list | None = None):
@@ -608,7 +641,8 @@ class TrialLines(Callback):
     the best so far. Plain data only: Tune pickles its callbacks with the sweep's state."""
 
     def __init__(self, name: str, sweep: Sweep):
-        self.name, self.metric, self.mode = name, sweep.tune.metric, sweep.tune.mode
+        self.name = name
+        self.metric, self.mode = rung_metric(sweep.tune)  # with top_k, eval_full/* comes after the sweep
         self.keys = [d.key for d in sweep.dims]
         self.best: float | None = None
 

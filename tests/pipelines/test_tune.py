@@ -69,13 +69,14 @@ def test_asha_stops_trials_early_a_diverging_trial_fails_and_the_best_becomes_ch
     # Learning rates from high to low, two trials at a time: after two steps the low ones are
     # clearly behind the first pair, so ASHA (reduction factor 2, first rung at step 2) stops
     # them. lr 1e12 without gradient clipping turns the loss non-finite within a few steps; the
-    # training loop stops that trial with the reason. Finished trials are then scored by
-    # genray eval (the eval_full/* path of the β sweep).
+    # training loop stops that trial with the reason. The best finished trial by eval/loss is
+    # then scored by genray eval on the driver (tune.evaluate.top_k: the eval_full/* path of the
+    # β sweep), the others are not.
     base = json.loads(json.dumps(TINY))
     base["trainer"].update(log_every=1, grad_clip=None)
     cfg = write_config(tmp_path / "sweep.yaml", {
         "metric": "eval/loss", "mode": "min", "scheduler": "asha", "grace_period": 2,
-        "report": ["eval_full/recon_psnr"], "evaluate": {"num_samples": 40, "feature_net": str(digits_classifier)},
+        "report": ["eval_full/recon_psnr"], "evaluate": {"num_samples": 40, "feature_net": str(digits_classifier), "top_k": 1},
         "max_concurrent_trials": 2, "space": {"trainer.lr": {"grid": [3e-3, 1e12, 1e-4, 1e-5]}},
     }, base)
     out = tune.run(tune.load(cfg), name="asha", home=genray_home)
@@ -91,6 +92,7 @@ def test_asha_stops_trials_early_a_diverging_trial_fails_and_the_best_becomes_ch
     best = min(ranked, key=lambda r: r.metrics["eval/loss"])
     assert out.best.trial_id == best.trial_id == by_lr[3e-3].trial_id
     assert best.metrics["eval_full/recon_psnr"] > 0
+    assert [r.trial_id for r in out.rows if "eval_full/recon_psnr" in r.metrics] == [best.trial_id]
 
     client = mlflow_client(genray_home)
     version = client.get_model_version_by_alias("vae-digits", "champion")
@@ -166,7 +168,7 @@ def trained_diffusion(ray_session, tmp_path_factory):
 def sampling_sweep(tmp_path: Path, digits_classifier, space: dict, **extra) -> Path:
     return write_config(tmp_path / "sweep.yaml", {
         "target": "models:/tinydiff/1", "metric": "fd_digits", "mode": "min", "report": ["class_consistency"],
-        "evaluate": {"num_samples": 40, "feature_net": str(digits_classifier)}, "space": space, **extra,
+        "evaluate": {"num_samples": 40, "feature_net": str(digits_classifier), "top_k": 1}, "space": space, **extra,
     }, base=None)
 
 
@@ -313,6 +315,10 @@ def test_a_bad_search_space_entry_exits_2_with_a_plain_message(space, message, t
     ({"metric": "eval_full/mig", "mode": "max", "space": {"model.latent_dim": {"choice": [4]}}}, "add a tune.evaluate"),
     ({"metric": "eval/loss", "mode": "min", "search": "optuna", "space": {"trainer.lr": {"grid": [0.1, 0.2]}}},
      "grid does not combine with search: optuna"),
+    ({"metric": "eval_full/mig", "mode": "max", "evaluate": {"top_k": 2, "rank_by": "eval_full/fd"},
+      "space": {"model.latent_dim": {"choice": [4]}}}, "tune.evaluate.rank_by must be a training metric"),
+    ({"metric": "eval_full/mig", "mode": "max", "evaluate": {"top_k": 0}, "space": {"model.latent_dim": {"choice": [4]}}},
+     "tune.evaluate.top_k: Input should be greater than or equal to 1"),
 ])
 def test_bad_tune_settings_exit_2(section, message, tmp_path, capsys):
     cfg = write_config(tmp_path / "bad.yaml", section)
@@ -331,6 +337,15 @@ def test_the_trial_count_is_spelled_out_and_a_sweep_over_the_limit_needs_yes(tmp
     err = capsys.readouterr().err
     assert "grid 5 x num_samples 3 = 15 trials, over tune.max_trials=10; confirm with --yes" in err, err
     assert "Traceback" not in err and not (genray_home / "sweeps").exists()  # refused before anything started
+
+
+def test_asha_rungs_use_the_training_metric_when_genray_eval_scores_only_the_top_k(tmp_path):
+    section = {"metric": "eval_full/mig", "mode": "max", "scheduler": "asha", "evaluate": {"top_k": 2},
+               "space": {"model.latent_dim": {"choice": [4, 8]}}}
+    sweep = tune.load(write_config(tmp_path / "s.yaml", section))
+    assert tune.rung_metric(sweep.tune) == ("eval/loss", "min")
+    section["evaluate"] = {"top_k": 2, "rank_by": "eval/elbo", "rank_mode": "max"}
+    assert tune.rung_metric(tune.load(write_config(tmp_path / "s.yaml", section)).tune) == ("eval/elbo", "max")
 
 
 def test_one_worker_trials_run_their_loop_in_process_and_hold_its_resources(tmp_path):
