@@ -57,6 +57,7 @@ import yaml
 from ray.tune import Callback
 
 from genray.components import checkpoint
+from genray.components.models import build
 from genray.components.errors import UserError
 from genray.pipelines import arguments, config, console, evaluate, quality, tracking, train
 from genray.pipelines.config import (DISTRIBUTIONS, ConfigError, ExperimentSpec, SweepEvalSpec, TuneSpec, apply_overrides,
@@ -412,7 +413,8 @@ def run(sweep: Sweep, *, name: str, resume: bool = False, home: Path | None = No
 
         spec = sweep.spec
         data = resolve_data(spec, home)
-        train.resolve_model_inputs(spec, data, uri=uri, home=home)  # a bad base config fails here
+        inputs = train.resolve_model_inputs(spec, data, uri=uri, home=home)  # a bad base config fails here
+        check_scoring(sweep, build(spec.model.family, inputs.args, data.info), data.info)
         experiment_id = tracking.ensure_experiment(uri, spec.tracking.experiment, home)
         parent_tags: dict[str, str] = {}
         checkpoint_dir = None
@@ -545,7 +547,43 @@ def _check_sampling_values(sweep: Sweep, checkpoint_dir: Path, home: Path):
     model, state = checkpoint.build_model(checkpoint_dir)
     check_sampling_space(sweep, model, state.get("sampling_defaults"))
     spec = ExperimentSpec.model_validate(state["config"])
-    return spec, resolve_data(spec, home)
+    data = resolve_data(spec, home)
+    check_scoring(sweep, model, data.info)
+    return spec, data
+
+
+# genray eval's metrics that not every model can have: name prefix -> what the model needs
+# (pipelines/evaluate.py computes them on these capabilities), and what it is.
+SCORING_NEEDS = {
+    "mig": ({"encode"}, "the mutual information gap of a model's codes"),
+    "beta_vae_score": ({"encode"}, "the β-VAE metric of a model's codes"),
+    "recon_": ({"encode", "decode"}, "reconstruction of encoded data"),
+    "bits_per_dim": ({"log_prob"}, "a likelihood"),
+    "bits_per_token": ({"log_prob"}, "a likelihood"),
+    "nats_per_": ({"log_prob"}, "a likelihood"),
+    "cycle_psnr_": ({"translate"}, "cycle reconstruction of a two-way translator"),
+    "target_share_": ({"translate"}, "the target-class share of a two-way translator"),
+}
+
+
+def check_scoring(sweep: Sweep, model, info) -> None:
+    """The objective and the report's genray eval metrics are ones this model can have: a GAN has
+    no MIG, a VAE no cycle PSNR. A ConfigError naming the metric before any trial starts."""
+    t = sweep.tune
+    names = [m for m in (t.metric, *t.report) if sweep.kind == "sample" or m.startswith("eval_full/")]
+    for name in names:
+        bare = name.removeprefix("eval_full/")
+        for prefix, (needs, what) in SCORING_NEEDS.items():
+            missing = needs - model.capabilities
+            if bare.startswith(prefix) and missing:
+                where = "tune.metric" if name == t.metric else "tune.report"
+                raise ConfigError(f"{sweep.source}: {where} {name!r} is {what}, which a {type(model).__name__} "
+                                  f"cannot give (it lacks {', '.join(sorted(missing))}; it can "
+                                  f"{', '.join(sorted(model.capabilities))})")
+        if bare.startswith(("mig", "beta_vae_score")) and not any(c.startswith("factor_") for c in info.columns):
+            raise ConfigError(f"{sweep.source}: {name!r} needs data with ground-truth factors (factor_* columns, "
+                              f"as the built-in shapes dataset has); {info.modality} data with columns "
+                              f"{', '.join(info.columns)} has none")
 
 
 def check_sampling_space(sweep: Sweep, model, defaults: dict[str, Any] | None = None) -> None:

@@ -348,6 +348,24 @@ def test_asha_rungs_use_the_training_metric_when_genray_eval_scores_only_the_top
     assert tune.rung_metric(tune.load(write_config(tmp_path / "s.yaml", section)).tune) == ("eval/elbo", "max")
 
 
+def test_a_metric_the_family_cannot_have_exits_2_before_any_trial(tmp_path, genray_home, capsys):
+    base = json.loads(json.dumps(TINY))
+    base["model"] = {"family": "dcgan", "size": "tiny"}
+    cfg = write_config(tmp_path / "gan.yaml", {"metric": "eval_full/mig", "mode": "max", "evaluate": {},
+                                               "space": {"trainer.lr": {"choice": [1e-4]}}}, base)
+    assert cli.main(["tune", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "tune.metric 'eval_full/mig' is the mutual information gap of a model's codes, which a DCGAN cannot give" \
+        in err and "Traceback" not in err, err
+    base["model"] = {"family": "vae", "size": "tiny"}  # a VAE encodes, but digits have no ground-truth factors
+    cfg = write_config(tmp_path / "vae.yaml", {"metric": "eval/loss", "mode": "min", "evaluate": {},
+                                               "report": ["eval_full/mig"], "space": {"trainer.lr": {"choice": [1e-4]}}}, base)
+    assert cli.main(["tune", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "'eval_full/mig' needs data with ground-truth factors" in err and "Traceback" not in err, err
+    assert not list((genray_home / "sweeps").glob("*/*.json"))  # no trial state: nothing started
+
+
 def test_one_worker_trials_run_their_loop_in_process_and_hold_its_resources(tmp_path):
     section = {"metric": "eval/loss", "mode": "min", "space": {"trainer.lr": {"choice": [0.1]}}}
     for workers in (0, 1):  # local mode is allowed in a sweep now: the trial's process is the worker
