@@ -168,7 +168,7 @@ def trained_diffusion(ray_session, tmp_path_factory):
 def sampling_sweep(tmp_path: Path, digits_classifier, space: dict, **extra) -> Path:
     return write_config(tmp_path / "sweep.yaml", {
         "target": "models:/tinydiff/1", "metric": "fd_digits", "mode": "min", "report": ["class_consistency"],
-        "evaluate": {"num_samples": 40, "feature_net": str(digits_classifier), "top_k": 1}, "space": space, **extra,
+        "evaluate": {"num_samples": 40, "feature_net": str(digits_classifier)}, "space": space, **extra,
     }, base=None)
 
 
