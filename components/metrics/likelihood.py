@@ -5,7 +5,7 @@ of width 2/255 centred on x. A model's likelihood is compared on those bins:
 
     bits/dim = -log2 P(v) / D,   D = C * H * W
 
-Models report log_prob(x) in nats per example, in one of two spaces (the model's
+Models report log_prob(x) in nats per example, in one of three spaces (the model's
 `log_prob_space` attribute):
 
     "discrete"    log P(v) of the 8-bit bins already (diffusion's discretized decoder, Ho et al.
@@ -19,6 +19,10 @@ Models report log_prob(x) in nats per example, in one of two spaces (the model's
                   so the continuous NLL becomes an upper bound on the discrete one. Without the
                   dequantization noise, a density can put unbounded mass on the grid points and
                   "bits/dim" below zero means nothing.
+    "binary"      log P(v) of the image binarised (a pixel is on above the midpoint, 8-bit
+                  value >= 128): a Bernoulli RBM's likelihood. Used as it is, so its bits/dim
+                  are bits per binary pixel, at most 1, and compare only with other binary
+                  models (the binarised-MNIST literature), never with the 8-bit spaces above.
 
 and of one of three kinds (`log_prob_kind`), reported beside every figure:
 
@@ -38,7 +42,10 @@ import torch
 from torch import Tensor
 
 KINDS = ("exact", "bound", "estimate")
-SPACES = ("discrete", "continuous")
+SPACES = ("discrete", "continuous", "binary")
+# What one "dim" of bits/dim is in each space: every report prints it beside the figure.
+UNITS = {"discrete": "bits per 8-bit pixel", "continuous": "bits per 8-bit pixel (dequantized)",
+         "binary": "bits per binarised pixel"}
 LEVELS = 256  # 8-bit pixels
 BIN_WIDTH = 2.0 / (LEVELS - 1)  # one pixel value's bin in [-1, 1]
 
@@ -79,8 +86,8 @@ def likelihood_of(model) -> tuple[str, str]:
 @torch.no_grad()
 def model_bits_per_dim(model, x: Tensor, *, generator: torch.Generator | None = None, **kwargs) -> Tensor:
     """Bits/dim of each 8-bit image in x (B, C, H, W) in [-1, 1] under a model with the log_prob
-    capability, (B,); dequantizes first when the model's density is continuous. kwargs go to
-    log_prob (y, text, ...)."""
+    capability, (B,); dequantizes first when the model's density is continuous. A binary model's
+    figure is bits per binarised pixel (UNITS). kwargs go to log_prob (y, text, ...)."""
     space, _ = likelihood_of(model)
     d = x[0].numel()
     if space == "continuous":

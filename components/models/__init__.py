@@ -16,6 +16,8 @@ from torch import nn
 from genray.components.data import DatasetInfo
 from genray.components.errors import UserError
 from genray.components.models import cyclegan, dcgan, diffusion, gpt, pix2pix, pixelcnn, stylegan2, vae, wavenet
+from genray.components.models import rbm
+from genray.components.models import glow, realnvp
 from genray.components.models.refs import ModelRef, ref_arguments
 
 FAMILIES = {
@@ -29,6 +31,9 @@ FAMILIES = {
     "gpt": gpt.build_gpt,
     "pixelcnn": pixelcnn.build_pixelcnn,
     "wavenet": wavenet.build_wavenet,
+    "rbm": rbm.build_rbm,
+    "realnvp": realnvp.build_realnvp,
+    "glow": glow.build_glow,
 }
 
 # The data kind each family trains on, when it is not images: what `genray families` and the

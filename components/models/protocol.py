@@ -81,8 +81,9 @@ class GenerativeModel(Protocol):
     #   `directions`: () for a one-way model, else the names translate's `direction=` takes),
     #   log_prob_steps(x, y=) -> (B, T) nats of each step of a sequence, summing to log_prob
     # A model with log_prob also declares log_prob_space ("discrete": log P of the 8-bit bins;
-    # "continuous": a density on [-1, 1]^D) and log_prob_kind ("exact" | "bound" | "estimate"),
-    # so bits/dim are computed and labelled the same way for every family (metrics/likelihood.py).
+    # "continuous": a density on [-1, 1]^D; "binary": log P of the binarised image) and
+    # log_prob_kind ("exact" | "bound" | "estimate"), so bits/dim are computed and labelled the
+    # same way for every family (metrics/likelihood.py).
 
 
 def settings_for(model: GenerativeModel, given: dict[str, Any] | None = None,

@@ -5,10 +5,10 @@ round trip through safetensors after a real engine step.
 A new family adds its entry to CASES (builder kwargs for a couple of data shapes; `size` is
 "tiny" unless a case says otherwise; `image_shape`/`num_classes` (with `paired` for pairs of
 images, x -> x_paired, or `two_domain` for images of two domains, x and domain), or `tokens` =
-(sequence length, vocabulary size), or `audio` = (clip samples, sample rate), describe the data
-the builder receives) and, if its batches are of a new kind, to make_batch. A translation model
-(capability `translate`) is drawn from by translating an example batch where other families
-sample (`draw`).
+(sequence length, vocabulary size), or `audio` = (clip samples, sample rate), or `points` = D
+(vectors of D numbers), describe the data the builder receives) and, if its batches are of a new
+kind, to make_batch. A translation model (capability `translate`) is drawn from by translating an
+example batch where other families sample (`draw`).
 """
 import inspect
 import typing
@@ -33,6 +33,7 @@ TEXT = {"tokens": (16, 20)}  # 16-token rows over a 20-symbol vocabulary
 TONES = {"audio": (96, 8000)}  # 96-sample clips at 8 kHz
 PAIRS = {"image_shape": (1, 8, 8), "paired": True}  # 8x8 grey inputs and their targets
 TWO_DOMAINS = {"image_shape": (1, 8, 8), "two_domain": True}  # 8x8 grey images of domains A and B
+MOONS = {"points": 2}  # 2-D points (the moons toy)
 
 CASES = {
     "vae": [DIGITS, COLOUR, {**DIGITS, "decoder_sigma": 0.1}],
@@ -57,13 +58,18 @@ CASES = {
     "pix2pix": [PAIRS, {"image_shape": (3, 32, 32), "paired": True, "lambda_l1": 10.0}],
     "cyclegan": [TWO_DOMAINS, {"image_shape": (3, 32, 32), "two_domain": True, "lambda_identity": 0.0,
                                "pool_size": 2}],
+    "realnvp": [DIGITS, {**COLOUR, "levels": 3}, MOONS],
+    "glow": [DIGITS, {**COLOUR, "levels": 3, "steps": 1}, MOONS, {"points": 5, "steps": 3}],
+    "rbm": [{**DIGITS, "ais_temperatures": 100, "ais_runs": 8},
+            {"image_shape": (1, 5, 7), "persistent": True, "k": 2, "num_chains": 4, "ais_temperatures": 50,
+             "ais_runs": 4}],
 }
 # Families that model images of any size (no stride-2 stack): only a wrong channel count is refused.
-ANY_SIZE = {"pixelcnn"}
+ANY_SIZE = {"pixelcnn", "rbm"}
 # Translation families with no noise: a translation is the same for every seed.
 DETERMINISTIC = {"cyclegan"}
 # They describe the data, which the builder gets as a DatasetInfo.
-DATA_KEYS = ("image_shape", "num_classes", "paired", "two_domain", "tokens", "audio")
+DATA_KEYS = ("image_shape", "num_classes", "paired", "two_domain", "tokens", "audio", "points")
 
 
 PARAMS = [
@@ -83,6 +89,8 @@ def data_of(kwargs: dict) -> DatasetInfo:
         length, rate = kwargs["audio"]
         columns = ("waveform", "sample_rate") + (("label",) if kwargs.get("num_classes") else ())
         return DatasetInfo("audio", (length,), 64, kwargs.get("num_classes", 0), None, columns, sample_rate=rate)
+    if "points" in kwargs:
+        return DatasetInfo("points", (kwargs["points"],), 64, 0, None, ("point",))
     if kwargs.get("paired"):
         c, h, w = kwargs["image_shape"]
         columns = ("image", "image_paired") + (("label",) if kwargs.get("num_classes") else ())
@@ -95,6 +103,8 @@ def data_of(kwargs: dict) -> DatasetInfo:
 
 def sample_shape(kwargs: dict) -> tuple[int, ...]:
     """One example's shape as `sample` returns it: (C, H, W) images, (T,) token ids or samples."""
+    if "points" in kwargs:
+        return (kwargs["points"],)
     for key in ("tokens", "audio"):
         if key in kwargs:
             return (kwargs[key][0],)
@@ -130,6 +140,8 @@ def make_batch(kwargs: dict, n: int = 8, seed: int = 0) -> dict[str, torch.Tenso
         batch = {"x": torch.randint(vocab_size, (n, seq_len), generator=g)}
     elif "audio" in kwargs:
         batch = {"x": torch.rand(n, kwargs["audio"][0], generator=g) * 2 - 1}
+    elif "points" in kwargs:  # unbounded, like real 2-D toys
+        batch = {"x": torch.randn(n, kwargs["points"], generator=g)}
     else:
         batch = {"x": torch.rand(n, *kwargs["image_shape"], generator=g) * 2 - 1}
     if kwargs.get("paired"):
@@ -282,7 +294,8 @@ def test_sample_shape_range_and_seed(name, kwargs):
         assert a.dtype == torch.int64 and a.min() >= 0 and a.max() < kwargs["tokens"][1]
     else:
         assert a.dtype == torch.float32 and torch.isfinite(a).all()
-        assert a.min() >= -1 and a.max() <= 1
+        if "points" not in kwargs:  # points live on the real line
+            assert a.min() >= -1 and a.max() <= 1
     assert torch.equal(a, b), "same seed must give the same samples"
     if name in DETERMINISTIC:
         assert torch.equal(a, c), "a translation without noise must not depend on the seed"
@@ -330,7 +343,8 @@ def test_declared_capabilities_work(name, kwargs):
         assert z.shape[0] == 4
         if "decode" in model.capabilities:
             x_hat = model.decode(z)
-            assert x_hat.shape == x.shape and x_hat.min() >= -1 and x_hat.max() <= 1
+            assert x_hat.shape == x.shape
+            assert "points" in kwargs or (x_hat.min() >= -1 and x_hat.max() <= 1)  # points are unbounded
     if "log_prob" in model.capabilities:
         lp = model.log_prob(x)
         assert lp.shape == (4,) and torch.isfinite(lp).all()

@@ -186,6 +186,43 @@ def test_d_pcd_learns_and_resumes_exactly():
     assert float((straight.gibbs(data, 1) - data).abs().mean()) < 0.15
 
 
+def test_d_cd_hooks_binarise_initialise_and_log_the_surrogate():
+    """The model's hooks: images binarised into visible units, visible biases from the first
+    batch, and cd_loss = mean F(data) - mean F(negatives), whose gradient the update is."""
+    from genray.components.models.rbm import RBM
+
+    torch.manual_seed(0)
+    rbm = RBM(image_shape=(1, 2, 3), hidden=4, persistent=False)
+    x = torch.rand(16, 1, 2, 3) * 2 - 1  # grey images in [-1, 1]
+    v = (x.flatten(1) > 0).float()
+    Engine(rbm, defaults=DEFAULTS, settings=StepSettings(max_steps=1, grad_clip=None)).initialize({"x": x})
+    p = (v.sum(0) + 1) / 18  # Hinton 2010 §8, with a pseudo-image on and one off
+    assert torch.allclose(rbm.b, torch.logit(p)) and torch.equal(rbm.base_bias, rbm.b.detach())
+    torch.manual_seed(1)
+    logs = rbm.recipe.update(rbm, {"x": x}, rbm.recipe.phases_at(0)[0], 0, 1.0)
+    torch.manual_seed(1)
+    v1 = rbm.gibbs(v, 1)  # the same draws the update made
+    ph0, ph1 = torch.sigmoid(v @ rbm.W + rbm.c), torch.sigmoid(v1 @ rbm.W + rbm.c)
+    assert torch.allclose(rbm.W.grad, -(v.T @ ph0 - v1.T @ ph1) / 16, atol=1e-6)
+    assert float(logs["cd_loss"]) == pytest.approx(float(rbm.free_energy(v).mean() - rbm.free_energy(v1).mean()),
+                                                   abs=1e-5)
+
+
+def test_d_cd_weight_decay_only_on_the_weights():
+    """Hinton 2010 §10: L2 weight decay on W; the biases are not pulled towards 0."""
+    torch.manual_seed(0)
+    rbm = BernoulliRBM()
+    with torch.no_grad():
+        rbm.b.fill_(1.0), rbm.c.fill_(1.0)
+    before = {k: p.detach().clone() for k, p in rbm.named_parameters()}
+    opt = rbm.recipe.configure_optimizers(rbm, OptimDefaults(lr=0.1, betas=(0.0, 0.999), weight_decay=0.5))["main"]
+    for p in rbm.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    assert torch.allclose(rbm.W, before["W"] * (1 - 0.1 * 0.5))
+    assert torch.equal(rbm.b, before["b"]) and torch.equal(rbm.c, before["c"])
+
+
 # ----------------------------------------------------------------------------- e. a frozen model by reference
 
 
