@@ -57,7 +57,7 @@ def test_eval_of_a_run_logs_every_metric_with_its_settings(trained, env_home, di
                      "--feature-net", str(digits_classifier), "--likelihood-rows", "64"])
     assert code == 0
     shown = capsys.readouterr().out
-    assert "fd_digits" in shown and "floor" in shown and "(bound)" in shown
+    assert "fd_digits" in shown and "floor" in shown and "(bound; bits per 8-bit pixel" in shown
 
     client = client_for(env_home)
     run = client.get_run(client.get_run(vae.run_id).data.tags["genray.eval.last_run"])
