@@ -308,13 +308,14 @@ class Split(nn.Module):
         return kept, z, gaussian_log_prob(z, mean, log_scale)
 
     def inverse(self, kept: Tensor, z: Tensor | None = None, *, temperature: float = 1.0,
-                generator=None) -> Tensor:
+                eps: Tensor | None = None) -> Tensor:
         """The kept half and z -> x; without z, z is drawn from the prior with its scale times
-        `temperature` (Kingma & Dhariwal 2018, sec. 5: sampling at T < 1)."""
+        `temperature` (Kingma & Dhariwal 2018, sec. 5: sampling at T < 1), from the standard
+        normal noise `eps`."""
         shape = (kept.shape[0], self.out, *kept.shape[2:])
         if z is None:
             mean, log_scale = self.mean_log_scale(kept, kept.new_zeros(shape))
-            z = mean + temperature * torch.exp(log_scale) * randn(shape, generator=generator, device=kept.device)
+            z = mean + temperature * torch.exp(log_scale) * eps.reshape(shape)
         return torch.cat([kept, z], dim=1)
 
 
@@ -337,8 +338,8 @@ class TopPrior(nn.Module):
     def log_prob(self, z: Tensor) -> Tensor:
         return gaussian_log_prob(z, *self.mean_log_scale(z))
 
-    def sample(self, n: int, *, temperature: float, generator, device) -> Tensor:
-        eps = randn((n, *self.shape), generator=generator, device=device)
+    def sample(self, n: int, *, temperature: float, eps: Tensor) -> Tensor:
+        eps = eps.reshape(n, *self.shape)
         mean, log_scale = self.mean_log_scale(eps)
         return mean + temperature * torch.exp(log_scale) * eps
 
@@ -396,14 +397,18 @@ class MultiScaleFlow(nn.Module):
 
     def from_latents(self, zs: list[Tensor | None], n: int, *, temperature: float = 1.0, generator=None) -> Tensor:
         """The inverse: latents (None where one is to be drawn from its prior at `temperature`)
-        -> x. Draws go top first, then each split from the last level down, so a seed names one
-        sample whatever the batch."""
+        -> x. The noise of every latent is one draw of (n, D) standard normals, split as the latents
+        are, so a seed names one sample whatever else is drawn with it (a request's first image
+        is the same for any n)."""
         device = next(self.parameters()).device
-        h = zs[-1] if zs[-1] is not None else self.top.sample(n, temperature=temperature, generator=generator,
-                                                              device=device)
+        eps = [None] * len(zs)
+        if any(z is None for z in zs):
+            eps = self.unflatten(randn((n, sum(math.prod(s) for s in self.latent_shapes)), generator=generator,
+                                       device=device))
+        h = zs[-1] if zs[-1] is not None else self.top.sample(n, temperature=temperature, eps=eps[-1])
         for i in reversed(range(len(self.levels))):
             if i < len(self.splits):
-                h = self.splits[i].inverse(h, zs[i], temperature=temperature, generator=generator)
+                h = self.splits[i].inverse(h, zs[i], temperature=temperature, eps=eps[i])
             for layer in reversed(self.levels[i]):
                 h = layer.inverse(h)
         for layer in reversed(self.pre):

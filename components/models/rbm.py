@@ -282,6 +282,8 @@ class RBM(nn.Module):
 
     # -- sampling ---------------------------------------------------------------------------------
 
+    sampling_cost_unit = "gibbs_sweeps"  # serve holds these to limits.max_gibbs_sweeps, not max_steps
+
     def sampling_cost(self, settings: BaseModel) -> int:
         return settings.gibbs_steps + (settings.samples_per_chain - 1) * settings.thinning  # Gibbs sweeps
 

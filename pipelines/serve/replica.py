@@ -485,11 +485,11 @@ class ModelServer:
 
         bpd = await asyncio.to_thread(run)
         nats = (bpd * x[0].numel() * math.log(2.0)).tolist()
-        _, kind = likelihood.likelihood_of(loaded.model)
-        return LogProbResponse(model=self.name, version=loaded.version, kind=kind,
+        space, kind = likelihood.likelihood_of(loaded.model)
+        return LogProbResponse(model=self.name, version=loaded.version, kind=kind, unit=likelihood.UNITS[space],
                                neg_log_prob_nats=[round(v, 6) for v in nats],
                                bits_per_dim=[round(v, 6) for v in bpd.tolist()],
-                               note="-log P of the 8-bit images; a bound's bits/dim is an upper bound").model_dump()
+                               note=LOG_PROB_NOTES[space] + KIND_NOTES[kind]).model_dump()
 
     # -- helpers
 
@@ -510,6 +510,17 @@ class ModelServer:
         import torch
 
         return torch.as_tensor(decode_images(req, tuple(loaded.model.image_shape), self.limits))
+
+
+# What a log_prob answer's figures are, by the model's likelihood space and kind.
+LOG_PROB_NOTES = {
+    "discrete": "-log P of the 8-bit images",
+    "continuous": "-log P of the 8-bit images (the density of the dequantized pixels over each pixel's bin)",
+    "binary": "-log P of the images binarised at the midpoint (8-bit value >= 128 is on), per binary pixel; "
+              "not comparable with 8-bit bits/dim",
+}
+KIND_NOTES = {"exact": "; exact", "bound": "; a bound: the true bits/dim are at most these",
+              "estimate": "; an estimate (its log partition function by annealed importance sampling)"}
 
 
 ModelServerDeployment = serve.deployment(ModelServer)

@@ -159,6 +159,7 @@ class EncodeResponse(Served):
 
 class LogProbResponse(Served):
     kind: str = Field(description="exact, bound or estimate")
+    unit: str = Field(description="what one dim of bits_per_dim is: an 8-bit pixel, or a binarised one")
     neg_log_prob_nats: list[float]
     bits_per_dim: list[float]
     note: str
@@ -392,6 +393,8 @@ def cost_limit(model, limits: Limits) -> tuple[int, str]:
         return limits.max_new_tokens, "max_new_tokens"
     if "audio" in model.capabilities:  # a step per sample: the limit is on the clip's length
         return int(limits.max_audio_s * model.sample_rate), "max_audio_s"
+    if getattr(model, "sampling_cost_unit", "steps") == "gibbs_sweeps":
+        return limits.max_gibbs_sweeps, "max_gibbs_sweeps"
     return limits.max_steps, "max_steps"
 
 

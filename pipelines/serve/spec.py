@@ -31,6 +31,9 @@ class Limits(BaseModel):
     # Audio models: the longest clip one sample request may ask for (a network step per sample:
     # 8,000 steps a second at 8 kHz).
     max_audio_s: float = Field(5.0, gt=0, le=600)
+    # Gibbs-sampled models (RBM): block Gibbs sweeps one sample call may make (each sweep is two
+    # matrix products, thousands of times cheaper than a U-Net step, so counted apart as well).
+    max_gibbs_sweeps: int = Field(20_000, ge=1, le=10_000_000)
     max_images: int = Field(16, ge=1, le=1024)  # images or latents in one encode/decode/log_prob
     max_interpolation_steps: int = Field(16, ge=2, le=256)
     max_prompt_chars: int = Field(256, ge=1, le=10_000)

@@ -36,7 +36,7 @@ from genray.pipelines import cli, serve, tracking
 pytestmark = pytest.mark.integration
 
 LIMITS = {"max_n": 8, "max_steps": 20, "max_new_tokens": 16, "max_audio_s": 0.2, "max_images": 4,
-          "max_interpolation_steps": 6, "max_prompt_chars": 32, "max_body_bytes": 200_000, "request_timeout_s": 60}
+          "max_interpolation_steps": 6, "max_gibbs_sweeps": 50, "max_prompt_chars": 32, "max_body_bytes": 200_000, "request_timeout_s": 60}
 VOCAB = tuple("abcdefghij \n")
 TEXT = DatasetInfo("tokens", (12,), 100, 0, VOCAB, ("tokens",))  # 12-character rows
 DOMAINS = DatasetInfo("two_domain_image", (8, 8, 1), 100, 0, None, ("image", "domain"))  # unpaired, 8x8
@@ -54,8 +54,10 @@ MODELS = {  # name -> (family, data and model arguments)
                              "num_inference_steps": 3, "guidance_scale": 2.0}),
     "gpt-t": ("gpt", {"data": TEXT, "block_size": 32}),
     "wave-t": ("wavenet", {"data": AUDIO, "conditioning": "class"}),
+    "glow-t": ("glow", {}),
+    "rbm-t": ("rbm", {"ais_temperatures": 200, "ais_runs": 20}),
 }
-IMAGE_MODELS = sorted(n for n, (family, _) in MODELS.items() if family not in ("gpt", "wavenet", "pix2pix", "cyclegan"))
+IMAGE_MODELS = sorted(n for n, (family, _) in MODELS.items() if family not in ("gpt", "wavenet", "pix2pix", "cyclegan", "rbm"))
 
 
 def register_tiny(uri: str, home: Path, name: str, family: str, *, seed: int = 0, alias: str | None = "champion",
@@ -110,7 +112,7 @@ def served(ray_session, tmp_path_factory):
     for name, (family, args) in MODELS.items():
         register_tiny(uri, home, name, family, **args)
     spec = serve.ServeSpec(port=free_port(), limits=LIMITS, api_key_file=str(key_file(home.parent)),
-                           deployment={"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "num_cpus": 0.35})
+                           deployment={"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "num_cpus": 0.3})
     deployed = serve.deploy(spec, uri=uri, home=home)
     serve.wait_until_ready(deployed.url)  # /healthz: open without the key
     with httpx.Client(base_url=deployed.url, timeout=60, headers=AUTH) as client:
@@ -222,6 +224,53 @@ def test_encode_decode_interpolate_and_log_prob(served):
     by_array = c.post("/v1/models/vae-t/log_prob", json={"arrays": arrays, "seed": 0}).json()["bits_per_dim"]
     by_png = c.post("/v1/models/vae-t/log_prob", json={"images": images[:1], "seed": 0}).json()["bits_per_dim"]
     assert by_array == pytest.approx(by_png)
+
+
+def test_a_flow_encodes_decodes_exactly_and_answers_its_exact_likelihood(served):
+    c = served["client"]
+    sampled = c.post("/v1/models/glow-t/sample", json={"n": 2, "seed": 5, "temperature": 0.7, "format": "array"})
+    assert sampled.status_code == 200 and sampled.json()["settings"]["temperature"] == 0.7
+    arrays = sampled.json()["arrays"]
+    enc = c.post("/v1/models/glow-t/encode", json={"arrays": arrays}).json()
+    assert enc["latent_shape"] == [64]
+    # A flow is a bijection: decoding its encoding gives the (8-bit) image back.
+    dec = c.post("/v1/models/glow-t/decode", json={"latents": enc["latents"], "format": "array"}).json()["arrays"]
+    np.testing.assert_allclose(np.asarray(dec), np.round((np.asarray(arrays) + 1) * 127.5) / 127.5 - 1, atol=1e-3)
+    lp = c.post("/v1/models/glow-t/log_prob", json={"arrays": arrays}).json()
+    assert lp["kind"] == "exact" and lp["unit"] == "bits per 8-bit pixel (dequantized)" and "exact" in lp["note"]
+    np.testing.assert_allclose(lp["bits_per_dim"], np.asarray(lp["neg_log_prob_nats"]) / (64 * np.log(2)), rtol=1e-5)
+    assert len(c.post("/v1/models/glow-t/interpolate", json={"a": c.post("/v1/models/glow-t/sample", json={
+        "n": 1}).json()["images"][0], "b": c.post("/v1/models/glow-t/sample", json={"n": 1, "seed": 1}).json()[
+        "images"][0], "steps": 4}).json()["images"]) == 4
+    # Bad input names its field: a latent of the wrong size, pixels outside [-1, 1], T <= 0.
+    assert detail_field(c.post("/v1/models/glow-t/decode", json={"latents": [[0.0] * 63]})) == "latents"
+    assert detail_field(c.post("/v1/models/glow-t/log_prob", json={"arrays": [[[[1.5] * 8] * 8]]})) == "arrays"
+    for t in (0, -1.0):
+        r = c.post("/v1/models/glow-t/sample", json={"temperature": t})
+        assert r.status_code == 422 and detail_field(r) == "temperature"
+
+
+def test_an_rbm_samples_by_gibbs_steps_and_answers_an_estimate_per_binary_pixel(served):
+    c = served["client"]
+    info = c.get("/v1/models/rbm-t").json()
+    assert info["log_prob_kind"] == "estimate" and "log_prob" in info["routes"] and "encode" not in info["routes"]
+    body = {"n": 2, "seed": 2, "gibbs_steps": 5, "thinning": 1, "mean_field": False}
+    first = c.post("/v1/models/rbm-t/sample", json=body).json()["images"]
+    assert first == c.post("/v1/models/rbm-t/sample", json=body).json()["images"]
+    assert set(np.unique(png_array(first[0]))) <= {0, 255}  # binary units, shown black and white
+    # By default the last sweep shows each pixel's probability of being on (mean field): greys.
+    means = c.post("/v1/models/rbm-t/sample", json={**body, "mean_field": True}).json()["images"]
+    assert len(set(np.unique(png_array(means[0]))) - {0, 255}) > 0
+    lp = c.post("/v1/models/rbm-t/log_prob", json={"images": first}).json()
+    assert lp["kind"] == "estimate" and lp["unit"] == "bits per binarised pixel" and "binarised" in lp["note"]
+    assert all(0 < b < 1.5 for b in lp["bits_per_dim"])  # at most 1 bit per pixel, give or take AIS noise
+    # Gibbs sweeps past the request limit (limits.max_gibbs_sweeps, not max_steps) are refused,
+    # naming the field.
+    assert c.post("/v1/models/rbm-t/sample", json={"gibbs_steps": LIMITS["max_steps"] + 1}).status_code == 200
+    r = c.post("/v1/models/rbm-t/sample", json={"gibbs_steps": LIMITS["max_gibbs_sweeps"] + 1})
+    assert r.status_code == 422 and detail_field(r) == "gibbs_steps"
+    r = c.post("/v1/models/rbm-t/sample", json={"gibbs_steps": 2, "thinning": 0})
+    assert r.status_code == 422 and detail_field(r) == "thinning"
 
 
 def test_style_mix_keeps_the_first_seeds_coarse_styles(served):

@@ -114,8 +114,22 @@ def test_split_inverts_with_its_latent_and_draws_without_one():
         kept, z, log_p = split(x)
         assert kept.shape == (3, 2, 2, 2) and z.shape == (3, 2, 2, 2) and log_p.shape == (3,)
         assert torch.equal(split.inverse(kept, z), x)
-        drawn = split.inverse(kept, generator=torch.Generator().manual_seed(0))
+        eps = torch.randn(3, 2, 2, 2, generator=torch.Generator().manual_seed(0))
+        drawn = split.inverse(kept, eps=eps)
         assert torch.equal(drawn[:, :2], kept) and not torch.allclose(drawn[:, 2:], z)
+        # The draw is the prior's mean plus T times its scale times the noise.
+        mean, log_scale = split.mean_log_scale(kept, z)
+        cool = split.inverse(kept, eps=eps, temperature=0.5)
+        torch.testing.assert_close(cool[:, 2:], mean + 0.5 * log_scale.exp() * eps)
+
+
+@pytest.mark.parametrize("family", ["realnvp", "glow"])
+def test_a_seed_names_the_same_samples_whatever_n(family):
+    model = perturb(build(family, {"size": "tiny"}, DIGITS), scale=0.1).eval()
+    with torch.no_grad():
+        three = model.sample(3, generator=torch.Generator().manual_seed(4))
+        five = model.sample(5, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(three, five[:3])
 
 
 @pytest.mark.parametrize("family, data, kw", MODELS, ids=MODEL_IDS)
