@@ -359,6 +359,11 @@ def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> Ev
         metrics["bits_per_dim"], params["eval.bits_per_dim_kind"] = bits_per_dim(
             model, reference.x[:rows], seed=request.seed)
         params["eval.bits_per_dim_unit"] = likelihood.UNITS[likelihood.likelihood_of(model)[0]]
+        if hasattr(model, "log_partition"):  # an estimated likelihood: its log Z and that estimate's error
+            log_z, stderr = model.log_partition()
+            metrics["log_partition"], metrics["log_partition_stderr"] = float(log_z), float(stderr)
+            params["eval.log_partition_method"] = (f"AIS, {model.ais_temperatures} temperatures x {model.ais_runs} "
+                                                   "runs (Salakhutdinov & Murray 2008)")
     if {"encode", "decode"} <= model.capabilities:
         metrics.update(reconstruction(model, reference.x))
     if "encode" in model.capabilities and reference.factors:
@@ -695,7 +700,7 @@ def print_report(out: EvalOutcome) -> None:
     shown = set()
     print()
     for key in sorted(m):
-        if key in shown or key.endswith(("_floor", "_std")):
+        if key in shown or key.endswith(("_floor", "_std", "_stderr")):
             continue
         line = f"{key:28s} {m[key]:.4g}"
         if f"{key}_floor" in m:
@@ -704,6 +709,9 @@ def print_report(out: EvalOutcome) -> None:
         if key == "bits_per_dim":
             unit = out.params.get("eval.bits_per_dim_unit")
             line += f"   ({out.params.get('eval.bits_per_dim_kind')}{'; ' + unit if unit else ''})"
+        if key == "log_partition":
+            line += (f" ± {m['log_partition_stderr']:.2g}   (log Z, nats; {out.params.get('eval.log_partition_method')}; "
+                     "± its standard error over the runs)")
         if key == "bits_per_token":
             line += (f"   ({out.params.get('eval.bits_per_token_kind')}; bits/{out.params.get('eval.token_unit')}; "
                      f"unigram {m['unigram_bits_per_token']:.4g}, bigram {m['bigram_bits_per_token']:.4g})")

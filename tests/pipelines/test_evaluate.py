@@ -213,6 +213,32 @@ def test_an_audio_model_is_scored_in_nats_per_sample_beside_its_baselines_and_by
     assert "8-bit mu-law; uniform 5.545" in capsys.readouterr().out
 
 
+def test_an_rbm_is_scored_per_binarised_pixel_with_its_ais_log_partition_and_error(ray_session, tmp_path, capsys):
+    """An RBM's likelihood is an estimate: genray eval reports bits per binarised pixel, the AIS
+    log Z behind it and that estimate's standard error over the runs, with the schedule."""
+    home = tmp_path / "home"
+    spec = config.validate({
+        "data": {"dataset": "digits", "size": "tiny"},
+        "model": {"family": "rbm", "size": "tiny", "ais_temperatures": 300, "ais_runs": 16},
+        "trainer": {"max_steps": 20, "batch_size": 16, "lr": 0.05, "checkpoint_every": 20, "eval_every": 20,
+                    "eval_batches": 1, "num_samples": 4, "feature_net": "none", "quality_samples": 0},
+        "scaling": {"workers": 0},
+        "tracking": {"experiment": "test"},
+    }, "<test>")
+    out = train.run(spec, name="e-rbm", home=home)
+    ev = evaluate.evaluate(evaluate.EvalRequest(target=f"runs:/{out.run_id}", num_samples=8, batch_size=8, workers=0,
+                                                feature_net="none", likelihood_rows=32,
+                                                sampling={"gibbs_steps": 20}), home=home)
+    m, p = ev.metrics, ev.params
+    assert p["eval.bits_per_dim_kind"] == "estimate" and p["eval.bits_per_dim_unit"] == "bits per binarised pixel"
+    assert 0 < m["bits_per_dim"] <= 1.0  # a binary pixel costs at most a bit under a sane model
+    assert np.isfinite(m["log_partition"]) and 0 <= m["log_partition_stderr"] < 1
+    assert p["eval.log_partition_method"].startswith("AIS, 300 temperatures x 16 runs")
+    evaluate.print_report(ev)
+    shown = capsys.readouterr().out
+    assert f"± {m['log_partition_stderr']:.2g}" in shown and "log_partition_stderr" not in shown
+
+
 def test_a_translation_model_is_scored_on_its_translations_of_held_out_inputs(ray_session, tmp_path):
     """Pix2Pix on the edges -> items pairs, a few local-mode steps: genray eval translates the
     test split's first inputs and scores them against their true targets (what a translation
