@@ -18,6 +18,7 @@ from genray.components.errors import UserError
 from genray.components.models import cyclegan, dcgan, diffusion, gpt, pix2pix, pixelcnn, stylegan2, vae, wavenet
 from genray.components.models import rbm
 from genray.components.models import glow, realnvp
+from genray.components.models import vqvae
 from genray.components.models.refs import ModelRef, ref_arguments
 
 FAMILIES = {
@@ -34,6 +35,7 @@ FAMILIES = {
     "rbm": rbm.build_rbm,
     "realnvp": realnvp.build_realnvp,
     "glow": glow.build_glow,
+    "vqvae": vqvae.build_vqvae,
 }
 
 # The data kind each family trains on, when it is not images: what `genray families` and the

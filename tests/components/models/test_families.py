@@ -63,6 +63,8 @@ CASES = {
     "rbm": [{**DIGITS, "ais_temperatures": 100, "ais_runs": 8},
             {"image_shape": (1, 5, 7), "persistent": True, "k": 2, "num_chains": 4, "ais_temperatures": 50,
              "ais_runs": 4}],
+    "vqvae": [{**DIGITS, "codebook_size": 16, "code_dim": 8}, {**COLOUR, "restart_dead_codes": False},
+              {**DIGITS, "codebook_size": 8, "ema_decay": 0.5, "dead_code_threshold": 0.9}],  # restarts every step
 }
 # Families that model images of any size (no stride-2 stack): only a wrong channel count is refused.
 ANY_SIZE = {"pixelcnn", "rbm"}

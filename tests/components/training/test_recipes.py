@@ -14,7 +14,8 @@ from genray.components.models import FAMILIES, build
 from genray.components.models.refs import ModelRef
 from genray.components.training import Engine, OptimDefaults, StepSettings, step_seed
 from genray.components.training.engine import sync_gradients
-from toys import ActNorm, BernoulliRBM, Regressor, SelfTarget, ToyCycleGAN, ToyGAN, run_two_ranks, two_rank_scenarios
+from toys import (ActNorm, BernoulliRBM, Regressor, SelfTarget, ToyCycleGAN, ToyGAN, codebook_batches, run_two_ranks,
+                  two_rank_scenarios, vq_codebook_model)
 
 DEFAULTS = OptimDefaults(lr=1e-2, betas=(0.9, 0.99), weight_decay=0.0)
 
@@ -293,6 +294,32 @@ def test_g_data_init_is_rank_zeros_everywhere(ranks):
     for k in r0:
         assert torch.equal(r0[k], r1[k]), k
     assert not torch.allclose(r0["bias"], torch.zeros(3))
+
+
+# ----------------------------------------------------------------------------- buffers updated in forward
+
+
+def test_vq_codebook_is_identical_on_every_rank(ranks):
+    """The VQ-VAE's EMA codebook: statistics all-reduced, restarts drawn on rank 0 and broadcast,
+    so weights and codebook agree bit for bit though each rank saw its own data and generator."""
+    r0, r1 = ranks("codebook")
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+    assert r0["True/dead"] > 0  # codes were restarted
+
+
+def test_vq_codebook_step_is_the_step_on_both_ranks_batches(ranks):
+    r0, _ = ranks("codebook")
+    model = vq_codebook_model(restart=False)
+    b0, b1 = codebook_batches(0), codebook_batches(1)
+    torch.manual_seed(100)
+    model.initialize({"x": b0[0]})  # rank 0's init, which the engine broadcast
+    model.quantizer.cluster_size.mul_(2)  # ... counted over both ranks' batches
+    model.quantizer.code_sum.mul_(2)
+    for x0, x1 in zip(b0, b1):
+        model({"x": torch.cat([x0, x1])}, "main")
+    for k in ("codebook", "cluster_size", "code_sum"):
+        torch.testing.assert_close(r0[f"False/quantizer.{k}"], getattr(model.quantizer, k))
 
 
 def test_sync_gradients_is_a_no_op_alone():

@@ -3,7 +3,8 @@
 Each is a real (if tiny) instance of its method: a regressor (one backprop loss), a GAN and a
 two-pair CycleGAN (adversarial), a Bernoulli RBM (contrastive divergence), a model trained
 against its own EMA target (consistency training's shape), an ActNorm flow layer
-(data-dependent initialisation).
+(data-dependent initialisation); and a tiny real VQ-VAE, whose codebook is buffers updated
+inside its forward.
 """
 from __future__ import annotations
 
@@ -198,10 +199,53 @@ def _actnorm_rank(rank: int, tmp: str):
     return {k: v for k, v in model.state_dict().items()}
 
 
-def two_rank_scenarios(rank: int, tmp: str) -> dict[str, Tensor]:
-    """The rank claims of points c, f and g in one process group (one spawn: ~10 s)."""
+def codebook_batches(rank: int, steps: int = 4) -> list[Tensor]:
+    """Each rank's own 8x8 images for the VQ-VAE codebook claims: 6 per step, shifted by rank."""
+    g = torch.Generator().manual_seed(10 + rank)
+    return [(torch.rand(6, 1, 8, 8, generator=g) * 2 - 1) * (0.5 + 0.5 * rank) for _ in range(steps)]
+
+
+def vq_codebook_model(restart: bool):
+    """A tiny VQ-VAE whose EMA codebook forgets fast and restarts codes early (16 codes of 4)."""
+    from genray.components.data import DatasetInfo
+    from genray.components.models import build
+
+    torch.manual_seed(0)
+    args = {"size": "tiny", "codebook_size": 16, "code_dim": 4, "ema_decay": 0.5, "restart_dead_codes": restart,
+            "dead_code_threshold": 0.5}
+    return build("vqvae", args, DatasetInfo.for_images((1, 8, 8)))
+
+
+def _codebook_rank(rank: int, tmp: str):
+    """The VQ-VAE's EMA codebook (buffers updated inside forward) through the engine: init from each
+    rank's first batch, then steps on each rank's own data with each rank's own global generator, as
+    the training loop seeds it. Restarts on; and off, the EMA step alone on a fixed encoder (lr 0),
+    to compare with one step on both ranks' batches together."""
+    from genray.components.training import Engine, OptimDefaults, StepSettings
+
     out = {}
-    for prefix, fn in (("cycle", _cycle_rank), ("target", _target_rank), ("actnorm", _actnorm_rank)):
+    for restart in (True, False):
+        model = vq_codebook_model(restart)
+        engine = Engine(model, defaults=OptimDefaults(lr=1e-2 if restart else 0.0),
+                        settings=StepSettings(max_steps=100, grad_clip=None))
+        batches = codebook_batches(rank)
+        torch.manual_seed(100 + rank)
+        engine.initialize({"x": batches[0]})
+        dead = 0.0
+        for x in batches:
+            torch.manual_seed(200 + rank)
+            dead += engine.train_step({"x": x})["dead_codes"]
+        out.update({f"{restart}/{k}": v for k, v in model.state_dict().items()})
+        out[f"{restart}/dead"] = torch.tensor(dead)
+    return out
+
+
+def two_rank_scenarios(rank: int, tmp: str) -> dict[str, Tensor]:
+    """The rank claims of points c, f and g and of the VQ-VAE's codebook in one process group (one
+    spawn: ~10 s)."""
+    out = {}
+    for prefix, fn in (("cycle", _cycle_rank), ("target", _target_rank), ("actnorm", _actnorm_rank),
+                       ("codebook", _codebook_rank)):
         out.update({f"{prefix}/{k}": v for k, v in fn(rank, tmp).items()})
     return out
 
