@@ -20,8 +20,9 @@ import torch
 from pydantic import Field
 
 from genray.components.data import DatasetInfo
-from genray.components.models.flow_layers import (ActNorm, AffineCoupling, ConvNet, FlowModel, InvConv1x1, MLPNet,
-                                                  MultiScaleFlow, Split, Squeeze, TopPrior, channel_mask, check_data)
+from genray.components.models.flow_layers import (ActNorm, AffineCoupling, ConvNet, FlowModel, InvConv1x1, Logit,
+                                                  MLPNet, MultiScaleFlow, Split, Squeeze, TopPrior, channel_mask,
+                                                  check_data)
 
 # hidden width of each coupling's network, steps per level (K)
 SIZES = {"tiny": (8, 2), "small": (64, 8), "base": (256, 16)}
@@ -33,8 +34,10 @@ def step(c: int, net, spatial: tuple[int, int] | None, generator: torch.Generato
             AffineCoupling(net, channel_mask(c, 0, spatial), scale="sigmoid")]
 
 
-def image_flow(shape: tuple[int, int, int], *, levels: int, steps: int, hidden: int) -> MultiScaleFlow:
-    """Kingma & Dhariwal 2018, fig. 2b: the multi-scale architecture (Dinh et al. 2017, sec. 3.6)."""
+def image_flow(shape: tuple[int, int, int], *, levels: int, steps: int, hidden: int,
+               logit: float | None = None) -> MultiScaleFlow:
+    """Kingma & Dhariwal 2018, fig. 2b: the multi-scale architecture (Dinh et al. 2017, sec. 3.6),
+    on the pixels themselves or (logit = alpha) on RealNVP's logit of them."""
     c, h, w = shape
     gen = torch.Generator().manual_seed(0)  # the 1x1 convs' initial rotations; the weights are saved anyway
     stages, splits = [], []
@@ -47,7 +50,8 @@ def image_flow(shape: tuple[int, int, int], *, levels: int, steps: int, hidden: 
         if level < levels - 1:
             splits.append(Split(c, learned=True))
             c = c // 2
-    return MultiScaleFlow([], stages, splits, TopPrior((c, h, w), learned=True), shape)
+    pre = [] if logit is None else [Logit(logit)]
+    return MultiScaleFlow(pre, stages, splits, TopPrior((c, h, w), learned=True), shape)
 
 
 def points_flow(dims: int, *, steps: int, hidden: int) -> MultiScaleFlow:
@@ -62,8 +66,12 @@ def build_glow(
     size: Literal["tiny", "small", "base"] = "small",
     levels: Annotated[int, Field(ge=1, le=6)] = 2,
     steps: Annotated[int, Field(ge=1)] | None = None,
+    logit: Annotated[float, Field(gt=0, lt=0.5)] | None = None,
 ) -> FlowModel:
-    """Glow on images (levels, K = steps per level; None: the size's) or on points (steps)."""
+    """Glow on images (levels, K = steps per level; None: the size's) or on points (steps).
+    logit: model RealNVP's logit of the pixels with this alpha (Dinh et al. 2017, sec. 4.1)
+    instead of the pixels, as Glow's paper does; its log-det is counted, so bits/dim stay exact
+    and comparable (None: the pixels)."""
     hidden, default_steps = SIZES[size]
     steps = steps or default_steps
 
@@ -77,5 +85,5 @@ def build_glow(
     if len(shape) == 1:
         flow = points_flow(shape[0], steps=steps, hidden=max(hidden, 32))
     else:
-        flow = image_flow(shape, levels=levels, steps=steps, hidden=hidden)
+        flow = image_flow(shape, levels=levels, steps=steps, hidden=hidden, logit=logit)
     return FlowModel(family="glow", flow=flow, data_init=True)

@@ -81,8 +81,9 @@ def perturbed_model(family: str, data: DatasetInfo, **kw):
 
 
 MODELS = [("realnvp", DIGITS, {}), ("glow", DIGITS, {}), ("realnvp", POINTS, {}), ("glow", POINTS, {}),
-          ("glow", DatasetInfo.for_images((3, 8, 8)), {"levels": 3})]
-MODEL_IDS = ["realnvp-digits", "glow-digits", "realnvp-points", "glow-points", "glow-colour-3-levels"]
+          ("glow", DatasetInfo.for_images((3, 8, 8)), {"levels": 3}), ("glow", DIGITS, {"logit": 0.05})]
+MODEL_IDS = ["realnvp-digits", "glow-digits", "realnvp-points", "glow-points", "glow-colour-3-levels",
+             "glow-digits-logit"]
 
 
 def data_batch(data: DatasetInfo, n: int, seed: int = 0) -> torch.Tensor:
@@ -164,7 +165,7 @@ def test_each_layers_logdet_is_its_jacobians(name, layer, shape):
     assert torch.allclose(logdet, expected, atol=1e-6), (logdet, expected)
 
 
-@pytest.mark.parametrize("family, data, kw", MODELS[:4], ids=MODEL_IDS[:4])
+@pytest.mark.parametrize("family, data, kw", MODELS[:4] + MODELS[5:], ids=MODEL_IDS[:4] + MODEL_IDS[5:])
 def test_the_whole_flows_logdet_is_its_jacobians(family, data, kw):
     """x -> every latent flattened is a bijection of R^D (a split only reorders numbers), so its
     Jacobian's log|det| is the sum of the layers' log-dets the flow reports."""
