@@ -178,6 +178,19 @@ def reconstruction(model, x: torch.Tensor, batch_size: int = 250) -> dict[str, f
     return {"recon_mse": float(mse.mean()), "recon_psnr": float(psnr.mean())}
 
 
+def codebook_use(model, x: torch.Tensor, batch_size: int = 250) -> dict[str, float]:
+    """How a tokenizer's codebook is used on x: the share of its K codes that at least one grid
+    position of x chose, and the perplexity of the code frequencies (K when all are equally used)."""
+    counts = torch.zeros(model.codebook_size, dtype=torch.float64)
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            ids = model.tokens(x[i : i + batch_size]).flatten().cpu()
+            counts += torch.bincount(ids, minlength=model.codebook_size).double()
+    p = counts / counts.sum()
+    return {"codebook_usage": float((counts > 0).double().mean()),
+            "codebook_perplexity": float(torch.exp(-torch.special.xlogy(p, p).sum()))}
+
+
 def bits_per_dim(model, x: torch.Tensor, *, seed: int, batch_size: int = 100) -> tuple[float, str]:
     """Mean bits/dim over x, and the kind of figure it is (exact / bound / estimate)."""
     _, kind = likelihood.likelihood_of(model)
@@ -359,13 +372,15 @@ def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> Ev
         metrics["bits_per_dim"], params["eval.bits_per_dim_kind"] = bits_per_dim(
             model, reference.x[:rows], seed=request.seed)
         params["eval.bits_per_dim_unit"] = likelihood.UNITS[likelihood.likelihood_of(model)[0]]
-        if hasattr(model, "log_partition"):  # an estimated likelihood: its log Z and that estimate's error
+        if params["eval.bits_per_dim_kind"] == "estimate":  # the protocol's log_partition: log Z and its error
             log_z, stderr = model.log_partition()
             metrics["log_partition"], metrics["log_partition_stderr"] = float(log_z), float(stderr)
             params["eval.log_partition_method"] = (f"AIS, {model.ais_temperatures} temperatures x {model.ais_runs} "
                                                    "runs (Salakhutdinov & Murray 2008)")
     if {"encode", "decode"} <= model.capabilities:
         metrics.update(reconstruction(model, reference.x))
+    if "tokenize" in model.capabilities:
+        metrics.update(codebook_use(model, reference.x))
     if "encode" in model.capabilities and reference.factors:
         names, factors = factor_codes(reference.factors)
         mig = disentanglement.mutual_info_gap(encode_flat(model, reference.x), factors)

@@ -226,3 +226,17 @@ def test_a_split_of_translation_data_is_the_images_a_model_makes(kind, tmp_path)
     expected = torch.as_tensor(targets).permute(0, 3, 1, 2).float() / 127.5 - 1
     torch.testing.assert_close(split.x, expected)
     assert list(split.y) == [0, 1, 0, 1, 0, 1]
+
+
+def test_codebook_use_counts_the_codes_any_position_chose_and_their_perplexity():
+    class Tokenizer:  # a 2x2 grid of codes from a 4-code book: each image's first pixel picks them
+        codebook_size = 4
+
+        def tokens(self, x):
+            return torch.stack([x[:, 0, 0, 0].long()] * 4, dim=1).view(-1, 2, 2)
+
+    x = torch.zeros(6, 1, 2, 2)
+    x[:3, 0, 0, 0] = 1  # three images use code 1 everywhere, three code 0
+    use = evaluate.codebook_use(Tokenizer(), x, batch_size=4)
+    assert use["codebook_usage"] == 0.5  # codes 0 and 1 of 4
+    assert use["codebook_perplexity"] == pytest.approx(2.0)  # two codes, equally often
