@@ -30,7 +30,7 @@ HELP = {
     "serve": "serve registered models over HTTP with Ray Serve (gallery at /, API at /v1)",
     "submit": "run train, tune or eval as a Ray Job on a cluster (Ray Jobs API)",
     "jobs": "the Ray Jobs on a cluster: list, logs, stop",
-    "data": "built-in datasets",
+    "data": "datasets: prepare the built-in ones, import images, tokenize images with a VQ-VAE",
     "families": "list model families, their capabilities and configs",
     "configs": "the shipped configs: list, show, copy",
     "sample": "draw samples from a trained model into a file (no server needed)",
@@ -152,6 +152,26 @@ def add_data(p: argparse.ArgumentParser) -> None:
                      help="0: decode in this process; N > 0: on Ray Data, at most N tasks at once "
                           "(default: in this process below 20,000 images, Ray Data above)")
     imp.add_argument("--verbose", action="store_true",
+                     help="show Ray's and Ray Data's own output here too (default: in a log file under the project home)")
+    tok = sub.add_parser("tokenize", help="a tokenizer's (VQ-VAE's) code ids for every image of a dataset, on Ray Data: "
+                                          "a tokens dataset a prior trains on")
+    tok.add_argument("ref", metavar="REF",
+                     help="the tokenizer: models:/NAME/VERSION, models:/NAME@ALIAS, models:/NAME/latest, runs:/RUN_ID "
+                          "or a checkpoint directory")
+    tok.add_argument("--data", metavar="NAME|DIR",
+                     help="a built-in dataset (see --size, --seed) or a dataset folder with train.parquet and "
+                          "test.parquet (default: the data the tokenizer trained on)")
+    tok.add_argument("--size", choices=["tiny", "full"], default="full", help="a built-in --data: full or tiny (default full)")
+    tok.add_argument("--seed", type=int, default=0, help="a built-in --data: its split seed (default 0)")
+    tok.add_argument("--out", type=Path,
+                     help="output folder (default: <GENRAY_HOME>/data/<data>-tokens-<tokenizer>)")
+    tok.add_argument("--split", choices=["train", "test", "both"], default="both", help="which splits (default both)")
+    tok.add_argument("--actors", type=int, metavar="N",
+                     help="Ray Data actors, each holding the tokenizer (one GPU each when the cluster has GPUs; "
+                          "default 2, at most the GPUs)")
+    tok.add_argument("--batch-size", type=int, default=256, help="images per batch on an actor (default 256)")
+    tok.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    tok.add_argument("--verbose", action="store_true",
                      help="show Ray's and Ray Data's own output here too (default: in a log file under the project home)")
     prep.add_argument("--from", dest="source", type=Path, metavar="DIR",
                       help="fashion_mnist, fashion_edges, fashion_halves: the folder with the four Fashion-MNIST .gz "

@@ -9,6 +9,7 @@
     genray jobs list | logs ID [--follow] | stop ID   [--address URL]
     genray data prepare NAME [--out PATH] [--seed S] [--size tiny|full] [--from DIR]
     genray data import DIR|HF_PARQUET --out PATH [--size 32] [--grayscale] [--workers N]
+    genray data tokenize REF [--data NAME|DIR] [--out PATH] [--actors N] [--batch-size B] [--split train|test|both]
     genray sample MODEL [-n 64] [-o grid.png] [--set KEY=VALUE ...]
     genray configs list | show NAME | copy NAME DEST
     genray families
@@ -190,8 +191,10 @@ def cmd_jobs(args) -> int:
 
 
 def cmd_data(args) -> int:
+    import time
+
     from genray.components.data import DATASETS
-    from genray.pipelines.env import project_home
+    from genray.pipelines.env import log_path, project_home
 
     if args.data_command == "import":
         from genray.pipelines.importing import run_import
@@ -209,6 +212,22 @@ def cmd_data(args) -> int:
             print(f"skipped {len(r.skipped)} unreadable images: {shown}{' ...' if len(r.skipped) > 5 else ''} "
                   f"(all listed in {r.skipped_file})", file=sys.stderr)
         print(f"train on it with --set data.path={r.train} --set data.test_path={r.test}")
+        return 0
+    if args.data_command == "tokenize":
+        from genray.pipelines.tokenizing import SPLITS, tokenize
+
+        console.set_verbose(args.verbose)
+        home = project_home()
+        logs = console.route_logs(log_path(home, "tokenize", time.strftime("%Y%m%d-%H%M%S")))
+        if logs is not None:
+            print(f"Ray and library output: {logs} (--verbose shows it here)")
+        r = tokenize(args.ref, data=args.data, out=args.out, size=args.size, seed=args.seed,
+                     splits=SPLITS if args.split == "both" else (args.split,), actors=args.actors,
+                     batch_size=args.batch_size, overwrite=args.overwrite, home=home)
+        for split, path in r.files.items():
+            print(f"{split:6s} {path}  ({r.rows[split]:,} rows)")
+        if set(r.files) == {"train", "test"}:
+            print(f"train a prior on it with --set data.path={r.files['train']} --set data.test_path={r.files['test']}")
         return 0
     out = args.out or project_home() / "data" / f"{args.name}-{args.size}-seed{args.seed}"
     extra = {}

@@ -49,10 +49,7 @@ def resolve_data(spec: ExperimentSpec, home: Path) -> DataSource:
             raise ConfigError("data.test_path: required with data.path (held-out Parquet for eval)")
         test = absolute(d.test_path)
     else:
-        root = home / "data" / f"{d.dataset}-{d.size}-seed{d.seed}"
-        if not (root / "test.parquet").exists():  # test is written last
-            DATASETS[d.dataset](root, seed=d.seed, size=d.size)
-        train, test = str(root / "train.parquet"), str(root / "test.parquet")
+        train, test = prepared(d.dataset, d.size, d.seed, home)
     info = read_info(train)
     test_info = read_info(test)
     if (test_info.modality, test_info.shape) != (info.modality, info.shape):
@@ -66,6 +63,15 @@ def resolve_data(spec: ExperimentSpec, home: Path) -> DataSource:
                 )
         text_len = int(spec.model_args().get("text_len", 64))
     return DataSource(train, test, info, text_len)
+
+
+def prepared(dataset: str, size: str, seed: int, home: Path) -> tuple[str, str]:
+    """A built-in dataset's train and test files under <home>/data (where `genray data prepare`
+    writes them), prepared on first use."""
+    root = home / "data" / f"{dataset}-{size}-seed{seed}"
+    if not (root / "test.parquet").exists():  # test is written last
+        DATASETS[dataset](root, seed=seed, size=size)
+    return str(root / "train.parquet"), str(root / "test.parquet")
 
 
 def read_decoded(path: str, columns: list[str], modality: str, shape, rows: int | None = None, *,

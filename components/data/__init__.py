@@ -16,7 +16,8 @@ from .decode import decode_batch
 from .images import image_grid, normalize_images, quantize, save_png, to_uint8_image
 from .kinds import KINDS, MAIN_COLUMN, MODALITIES, DataFormatError, DataKind, DatasetInfo
 
-_PARQUET = ("DatasetWriter", "build_table", "check_table", "read_info", "read_table", "write_table")
+_PARQUET = ("DatasetWriter", "build_table", "check_table", "read_info", "read_metadata", "read_table",
+            "write_table")
 
 
 def __getattr__(name: str):
@@ -60,6 +61,7 @@ __all__ = [
     "normalize_images",
     "quantize",
     "read_info",
+    "read_metadata",
     "read_table",
     "save_png",
     "to_uint8_image",

@@ -17,6 +17,13 @@ model reads text (captions.py). Stored types decode the same way in every kind: 
 (row-major H x W x C uint8) -> float32 (B, C, H, W) in [-1, 1] (uint8 with normalize=False),
 list<int32> -> int64 (B, T), list<float32> -> float32 (B, T), int64 -> int64 (B,).
 
+A `tokens` dataset made from images by a tokenizer (`genray data tokenize`: a VQ-VAE's code ids)
+is an ordinary tokens dataset, so a GPT trains on it unchanged: each row is the h x w grid of
+code ids flattened row-major to [h*w], and the vocabulary is the ids as strings "0".."K-1". Its
+files also carry genray.token_grid ([h, w]), genray.tokenizer (the model, resolved to a version),
+genray.tokenizer_run and genray.source_dataset (parquet.py), so a prior's samples can be decoded
+back to images and compared with the images the tokens came from.
+
 Why two_domain_image is one image column plus an int64 `domain` in {0, 1}, rather than two image
 columns or two files: the domains of an unpaired translation dataset (CycleGAN's horse2zebra:
 1067 horses, 1334 zebras) differ in size, so a row cannot hold one of each without inventing

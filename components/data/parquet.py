@@ -8,6 +8,17 @@ its key-value schema metadata, so a reader never guesses:
                       ([H, W, C] for images, [T] for tokens and audio, [D] for points)
     genray.vocab      tokens only: JSON list of strings, index = token id
 
+A writer may add more genray.* keys that describe where the data came from (`metadata=`); readers
+that do not know a key ignore it, and `read_metadata` returns them all. The ones genray writes:
+
+    genray.token_grid      tokens made by a tokenizer (`genray data tokenize`): JSON [h, w], the
+                           grid the row-major [h*w] sequence came from
+    genray.tokenizer       the model that made them, resolved: models:/NAME/VERSION, runs:/ID or
+                           a checkpoint directory
+    genray.tokenizer_run   its MLflow training run id ("" when the store does not know it)
+    genray.source_dataset  JSON: the image data as a config's data section names it
+                           ({"dataset", "size", "seed"} or {"path", "test_path"})
+
 The columns of each kind are listed in kinds.py; anything else is an error, so a typo cannot
 silently drop a column. This module only reads, checks and writes: `write_table`/`DatasetWriter`
 are the writers the built-in datasets use, and `check_table`/`read_info` are what the pipelines
@@ -39,6 +50,11 @@ from .kinds import (
 KEY_MODALITY = "genray.modality"
 KEY_SHAPE = "genray.shape"
 KEY_VOCAB = "genray.vocab"
+CORE_KEYS = (KEY_MODALITY, KEY_SHAPE, KEY_VOCAB)
+KEY_TOKEN_GRID = "genray.token_grid"
+KEY_TOKENIZER = "genray.tokenizer"
+KEY_TOKENIZER_RUN = "genray.tokenizer_run"
+KEY_SOURCE_DATASET = "genray.source_dataset"
 
 # The arrow types each stored type accepts. Readers accept only the types writers produce; a file
 # from elsewhere that uses large_binary or float64 waveforms should be rewritten with write_table
@@ -64,10 +80,20 @@ DEFAULT_ROW_GROUP_SIZE = 10_000
 # ---------------------------------------------------------------------------------------------
 
 
-def _metadata(kind: DataKind, shape: Sequence[int], vocab: Sequence[str] | None) -> dict[str, str]:
+def _metadata(kind: DataKind, shape: Sequence[int], vocab: Sequence[str] | None,
+              extra: Mapping[str, str] | None = None, source: str = "table") -> dict[str, str]:
     meta = {KEY_MODALITY: kind.name, KEY_SHAPE: json.dumps([int(s) for s in shape])}
     if vocab is not None:
         meta[KEY_VOCAB] = json.dumps(list(vocab))
+    for key, value in (extra or {}).items():
+        # The core keys come from the arguments above, so a second spelling cannot disagree.
+        if not (isinstance(key, str) and key.startswith("genray.")) or key in CORE_KEYS:
+            raise DataFormatError(f"{source}: extra metadata key {key!r} must start with 'genray.' and not be one "
+                                  f"of {', '.join(CORE_KEYS)} (pass those as modality, shape and vocab)")
+        if not isinstance(value, str):
+            raise DataFormatError(f"{source}: metadata {key!r} must be a string (JSON-encode lists), got "
+                                  f"{type(value).__name__}")
+        meta[key] = value
     return meta
 
 
@@ -311,6 +337,20 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
     return _read_checked(path, keep_tables=False)[0]
 
 
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """Every genray.* key of a dataset's first file (sorted order, as read_info checks them), the
+    ones that describe where the data came from included; values as stored (JSON text)."""
+    fs, files = _list_files(path)
+    fs_path, shown = files[0]
+    try:
+        with fs.open_input_file(fs_path) as f:
+            metadata = pq.read_schema(f).metadata or {}
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataFormatError(f"{shown}: not a readable Parquet file ({e})") from None
+    meta = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in metadata.items()}
+    return {k: v for k, v in meta.items() if k.startswith("genray.")}
+
+
 def read_table(path: str | os.PathLike) -> pa.Table:
     """Check a dataset file or directory and return all its rows as one table, metadata included.
 
@@ -472,8 +512,10 @@ def build_table(
     vocab: Sequence[str] | None = None,
     *,
     source: str = "table",
+    metadata: Mapping[str, str] | None = None,
 ) -> pa.Table:
-    """Columns (numpy arrays or lists) -> a checked arrow table with genray metadata.
+    """Columns (numpy arrays or lists) -> a checked arrow table with genray metadata; `metadata`
+    adds genray.* keys beyond modality, shape and vocab (see the module docstring).
 
     A contiguous uint8 image array is wrapped, not copied: do not modify it while the table lives.
     """
@@ -483,7 +525,7 @@ def build_table(
         raise DataFormatError(f"{source}: pass vocab for modality {with_vocab}, and only for {with_vocab}")
     if not columns:
         raise DataFormatError(f"{source}: no columns given ({kind.schema_text()})")
-    meta = _metadata(kind, shape, vocab)
+    meta = _metadata(kind, shape, vocab, metadata, source)
     lengths = {name: len(v) for name, v in columns.items() if not _is_scalar(v)}
     if not lengths:
         raise DataFormatError(f"{source}: every column is a scalar; cannot tell the number of rows")
@@ -515,10 +557,11 @@ def write_table(
     vocab: Sequence[str] | None = None,
     *,
     row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
+    metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Build, check and write one dataset file. Same input -> same bytes (no timestamps)."""
     path = Path(path)
-    table = build_table(modality, columns, shape, vocab, source=str(path))
+    table = build_table(modality, columns, shape, vocab, source=str(path), metadata=metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path, row_group_size=row_group_size, compression="zstd")
     return path
@@ -536,13 +579,15 @@ class DatasetWriter:
     If the body raises, the half-written file is removed rather than left looking valid.
     """
 
-    def __init__(self, path: str | os.PathLike, modality: str, shape: Sequence[int], vocab: Sequence[str] | None = None):
+    def __init__(self, path: str | os.PathLike, modality: str, shape: Sequence[int], vocab: Sequence[str] | None = None,
+                 *, metadata: Mapping[str, str] | None = None):
         self.path = Path(path)
-        self.modality, self.shape, self.vocab = modality, list(shape), vocab
+        self.modality, self.shape, self.vocab, self.metadata = modality, list(shape), vocab, metadata
         self._writer: pq.ParquetWriter | None = None
 
     def write(self, columns: Mapping[str, Any]) -> None:
-        table = build_table(self.modality, columns, self.shape, self.vocab, source=str(self.path))
+        table = build_table(self.modality, columns, self.shape, self.vocab, source=str(self.path),
+                            metadata=self.metadata)
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")

@@ -15,7 +15,8 @@ from torch import Tensor
 
 # Capabilities a family may declare; serving and evaluation route on these.
 CAPABILITIES = frozenset(
-    {"sample", "encode", "decode", "log_prob", "log_prob_steps", "condition", "translate", "style_mix", "generate_text", "audio"}
+    {"sample", "encode", "decode", "log_prob", "log_prob_steps", "condition", "translate", "style_mix", "generate_text",
+     "audio", "tokenize"}
 )
 
 # The settings model's config: unknown keys are errors (a typo must not be ignored), values are
@@ -79,7 +80,9 @@ class GenerativeModel(Protocol):
     # Present when the capability is declared:
     #   encode(x) -> z, decode(z) -> x, log_prob(x) -> nats per example, translate(x) -> x' (with
     #   `directions`: () for a one-way model, else the names translate's `direction=` takes),
-    #   log_prob_steps(x, y=) -> (B, T) nats of each step of a sequence, summing to log_prob
+    #   log_prob_steps(x, y=) -> (B, T) nats of each step of a sequence, summing to log_prob,
+    #   tokenize: tokens(x) -> (B, h, w) long code ids of images, decode_tokens(ids) -> images,
+    #   `grid` (h, w) and `codebook_size` K (ids lie in [0, K)); `genray data tokenize` runs it
     # A model with log_prob also declares log_prob_space ("discrete": log P of the 8-bit bins;
     # "continuous": a density on [-1, 1]^D; "binary": log P of the binarised image) and
     # log_prob_kind ("exact" | "bound" | "estimate"), so bits/dim are computed and labelled the

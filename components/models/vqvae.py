@@ -45,7 +45,8 @@ paper's second stage.
 `encode(x)` gives z_q, the quantised latents (B, D, H/4, W/4), and `decode(z)` snaps any latent
 to its nearest codes before decoding, so decode(encode(x)) is the reconstruction and a latent
 that came from elsewhere (an interpolation, a request) decodes as the model would decode codes.
-`tokens(x)` gives the code ids (B, H/4, W/4) and `decode_tokens(ids)` decodes them.
+`tokens(x)` gives the code ids (B, H/4, W/4) and `decode_tokens(ids)` decodes them: the
+`tokenize` capability, which `genray data tokenize` runs over a dataset.
 """
 import math
 from typing import Annotated, Literal
@@ -274,7 +275,7 @@ class VQVAESampling(BaseModel):
 
 
 class VQVAE(nn.Module):
-    capabilities = frozenset({"sample", "encode", "decode", "log_prob"})
+    capabilities = frozenset({"sample", "encode", "decode", "log_prob", "tokenize"})
     conditioning, num_classes = "none", 0
     sampling_settings = VQVAESampling
     # The VAE's Gaussian density on [-1, 1]^D, with a point-mass posterior: a bound (module docstring).
