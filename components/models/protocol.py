@@ -83,6 +83,8 @@ class GenerativeModel(Protocol):
     #   log_prob_steps(x, y=) -> (B, T) nats of each step of a sequence, summing to log_prob,
     #   tokenize: tokens(x) -> (B, h, w) long code ids of images, decode_tokens(ids) -> images,
     #   `grid` (h, w) and `codebook_size` K (ids lie in [0, K)); `genray data tokenize` runs it
+    # A model whose log_prob_kind is "estimate" also has log_partition() -> (log Z, its standard
+    # error), float64 scalars (the RBM's AIS): genray eval reports both beside bits/dim.
     # A model with log_prob also declares log_prob_space ("discrete": log P of the 8-bit bins;
     # "continuous": a density on [-1, 1]^D; "binary": log P of the binarised image) and
     # log_prob_kind ("exact" | "bound" | "estimate"), so bits/dim are computed and labelled the
