@@ -19,6 +19,7 @@ from genray.components.models import cyclegan, dcgan, diffusion, gpt, pix2pix, p
 from genray.components.models import rbm
 from genray.components.models import glow, realnvp
 from genray.components.models import vqvae
+from genray.components.models import maskgit
 from genray.components.models.refs import ModelRef, ref_arguments
 
 FAMILIES = {
@@ -36,11 +37,12 @@ FAMILIES = {
     "realnvp": realnvp.build_realnvp,
     "glow": glow.build_glow,
     "vqvae": vqvae.build_vqvae,
+    "maskgit": maskgit.build_maskgit,
 }
 
 # The data kind each family trains on, when it is not images: what `genray families` and the
 # tests build an example of each family on (example_data).
-FAMILY_KINDS = {"gpt": "tokens", "wavenet": "audio", "pix2pix": "paired_image",
+FAMILY_KINDS = {"gpt": "tokens", "maskgit": "tokens", "wavenet": "audio", "pix2pix": "paired_image",
                 "cyclegan": "two_domain_image"}
 
 

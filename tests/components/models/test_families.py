@@ -65,6 +65,11 @@ CASES = {
              "ais_runs": 4}],
     "vqvae": [{**DIGITS, "codebook_size": 16, "code_dim": 8}, {**COLOUR, "restart_dead_codes": False},
               {**DIGITS, "codebook_size": 8, "ema_decay": 0.5, "dead_code_threshold": 0.9}],  # restarts every step
+    "maskgit": [TEXT, {**TEXT, "num_classes": 3, "conditioning": "class", "dropout": 0.1, "cond_dropout": 0.5},
+                # MaskGIT over a VQ-VAE's 4x4 codes: a model of images
+                {"image_shape": (1, 16, 16), "num_classes": 10, "conditioning": "class", "tokenizer": ModelRef(
+                    "models:/vq@champion", "vqvae", {"size": "tiny", "codebook_size": 16, "code_dim": 8},
+                    DatasetInfo.for_images((1, 16, 16)).to_json())}],
 }
 # Families that model images of any size (no stride-2 stack): only a wrong channel count is refused.
 ANY_SIZE = {"pixelcnn", "rbm"}
