@@ -33,6 +33,8 @@ from genray.components.data import DatasetInfo
 from genray.components.errors import UserError
 from genray.components.models.layers import StackedGenerators, exact_log_prob, randn
 from genray.components.models.protocol import SETTINGS_CONFIG
+from genray.components.models.refs import ModelRef
+from genray.components.models.token_prior import TokenPrior, token_data, tokenizer_module
 from genray.components.training import Backprop
 
 START = -1  # the start slot's id in an input row: it embeds as the start vector, not as a token
@@ -478,14 +480,27 @@ def build_gpt(
     conditioning: Literal["none", "class"] = "none",
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0,
     block_size: Annotated[int, Field(ge=1)] | None = None,
-) -> GPT:
+    tokenizer: ModelRef | None = None,
+) -> GPT | TokenPrior:
     """A decoder-only transformer on `tokens` data: its vocabulary from the dataset, its context
     the sequence length unless block_size raises it (positions beyond the data's length are
-    never trained). conditioning: class conditions every sequence on the row's label."""
+    never trained). conditioning: class conditions every sequence on the row's label.
+
+    With `tokenizer` (a trained VQ-VAE), the autoregressive prior of VQ-VAE: it trains on the
+    tokenizer's image data, over the h*w code grid of each image flattened row-major, and samples
+    images (components/models/token_prior.py)."""
+    if tokenizer is not None:
+        tok = tokenizer_module(tokenizer, data, "gpt")
+        if conditioning == "class" and data.num_classes < 1:
+            raise UserError("gpt: conditioning: class needs class labels, but the dataset has none "
+                            f"(num_classes={data.num_classes}); use a labelled dataset or conditioning: none")
+        net = build_gpt(data=token_data(tok, data), size=size, conditioning=conditioning, dropout=dropout,
+                        block_size=block_size)
+        return TokenPrior(net, tok)
     if data.modality != "tokens":
         raise UserError(f"gpt trains on tokens data (a sequence of token ids per row, with a vocabulary); "
                         f"got {data.modality} data of shape {list(data.shape)}. Images need an image family, "
-                        "or a VQ-VAE's codes as tokens")
+                        "or a trained VQ-VAE as model.tokenizer (the autoregressive prior over its codes)")
     if not data.vocab:
         raise UserError("gpt: the tokens dataset has no vocabulary (metadata genray.vocab); it sets the output size")
     if conditioning == "class" and data.num_classes < 1:

@@ -26,7 +26,7 @@ FAMILY_ARGS = {"dcgan": {"conditional": True},
 FAMILY_TRAINER = {"dcgan": {"grad_accum": 2}}
 # The built-in dataset of each family's kind; digits for images. Pix2Pix's edges -> items pairs
 # and CycleGAN's sneakers / ankle boots are made from Debian's Fashion-MNIST, which `make test` installs.
-FAMILY_DATA = {"gpt": "text", "wavenet": "tones", "pix2pix": "fashion_edges", "cyclegan": "fashion_halves"}
+FAMILY_DATA = {"gpt": "text", "maskgit": "text", "wavenet": "tones", "pix2pix": "fashion_edges", "cyclegan": "fashion_halves"}
 SHOWN_AS = {"text": ".txt", "tones": ".wav"}  # how each kind's samples are logged; images: .png
 
 
@@ -292,6 +292,56 @@ def test_text_conditioned_latent_diffusion_on_a_genray_autoencoder(ray_session, 
     [run] = runs_named(client, "t-ldm")
     files = artifact_paths(client, run.info.run_id)
     assert "samples/step_000006_guidance_0.png" in files and "samples/step_000006_guidance_2.png" in files
+
+
+@pytest.fixture
+def digits_tokenizer(ray_session, genray_home):
+    """A tiny VQ-VAE trained on digits: 8x8 images -> 2x2 grids of 16 codes."""
+    raw = tiny_spec("vqvae", 0).model_dump(mode="json")
+    raw["model"] = {"family": "vqvae", "size": "tiny", "codebook_size": 16, "code_dim": 8}
+    return train.run(config.validate(raw, "<test>"), name="t-vq", home=genray_home)
+
+
+@pytest.mark.parametrize("family", ["gpt", "maskgit"])
+def test_a_prior_over_a_trained_tokenizers_codes_samples_and_scores_images(family, digits_tokenizer, ray_session,
+                                                                           genray_home, digits_classifier):
+    """VQ-VAE's second stage: a token model over the codes of a VQ-VAE named by its run, trained on
+    the images the tokenizer saw, sampling images; genray eval scores them as images (FD against
+    the floor, class consistency; the GPT's VQ-VAE bound with the prior in place of the unigram)."""
+    import torch
+
+    from genray.components.checkpoint import build_model
+    from genray.pipelines import evaluate
+
+    raw = tiny_spec(family, 0, quality_samples=16, feature_net=str(digits_classifier)).model_dump(mode="json")
+    raw["data"]["dataset"] = "digits"
+    raw["model"] = {"family": family, "size": "tiny", "conditioning": "class",
+                    "tokenizer": f"runs:/{digits_tokenizer.run_id}"}
+    out = train.run(config.validate(raw, "<test>"), name=f"t-{family}-prior", home=genray_home)
+    assert out.metrics["step"] == 6
+
+    model, state = build_model(out.checkpoint)
+    ref = state["model"]["args"]["tokenizer"]
+    assert ref["family"] == "vqvae" and ref["ref"] == f"runs:/{digits_tokenizer.run_id}" and "weights" not in ref
+    vq, _ = build_model(digits_tokenizer.checkpoint)
+    for k, v in vq.state_dict().items():  # the frozen tokenizer in the checkpoint is the run's, untouched
+        assert torch.equal(model.state_dict()[f"tokenizer.{k}"], v), k
+    x = model.sample(3, generator=torch.Generator().manual_seed(0), y=torch.tensor([0, 1, 2]))
+    assert x.shape == (3, 1, 8, 8) and x.abs().max() <= 1
+    client = mlflow_client(genray_home)
+    [run] = runs_named(client, f"t-{family}-prior")
+    assert 0 <= run.data.metrics["eval/class_consistency"] <= 1 and run.data.metrics["eval/fd_digits_n16"] >= 0
+    assert "samples/step_000006.png" in artifact_paths(client, run.info.run_id)
+
+    scored = evaluate.evaluate(evaluate.EvalRequest(f"runs:/{out.run_id}", num_samples=32, workers=0, batch_size=16,
+                                                    feature_net=str(digits_classifier), likelihood_rows=32),
+                               home=genray_home, say=lambda *a: None)
+    m, p = scored.metrics, scored.params
+    assert m["fd_digits"] > 0 and m["fd_digits_floor"] > 0 and 0 <= m["class_consistency"] <= 1
+    if family == "gpt":
+        assert p["eval.bits_per_dim_kind"] == "bound" and m["bits_per_dim"] > 0
+    else:  # MaskGIT has no likelihood
+        assert "bits_per_dim" not in m
 
 
 def test_an_autoencoder_that_names_nothing_is_a_config_error(genray_home):

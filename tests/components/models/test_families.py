@@ -52,7 +52,10 @@ CASES = {
             DatasetInfo.for_images((3, 32, 32)).to_json())},
     ],
     "gpt": [TEXT, {**TEXT, "num_classes": 3, "conditioning": "class", "dropout": 0.1},
-            {"tokens": (8, 512), "block_size": 24}],  # a VQ-VAE-sized code vocabulary
+            {"tokens": (8, 512), "block_size": 24},  # a VQ-VAE-sized code vocabulary
+            {"image_shape": (1, 16, 16), "num_classes": 10, "conditioning": "class", "tokenizer": ModelRef(
+                "models:/vq@champion", "vqvae", {"size": "tiny", "codebook_size": 16, "code_dim": 8},
+                DatasetInfo.for_images((1, 16, 16)).to_json())}],  # VQ-VAE's prior: images through a tokenizer
     "pixelcnn": [DIGITS, {**DIGITS, "conditioning": "class", "kernel": 5}, {"image_shape": (1, 5, 7)}],
     "wavenet": [TONES, {**TONES, "num_classes": 15, "conditioning": "class", "stacks": 2}],
     "pix2pix": [PAIRS, {"image_shape": (3, 32, 32), "paired": True, "lambda_l1": 10.0}],

@@ -248,7 +248,8 @@ def test_e_a_referenced_model_is_frozen_and_loaded():
 def test_e_every_model_reference_is_typed():
     from genray.components.models.refs import ref_arguments
 
-    assert {f: ref_arguments(b) for f, b in FAMILIES.items() if ref_arguments(b)} == {"diffusion": ["autoencoder"]}
+    refs = {f: ref_arguments(b) for f, b in FAMILIES.items() if ref_arguments(b)}
+    assert refs == {"diffusion": ["autoencoder"], "gpt": ["tokenizer"], "maskgit": ["tokenizer"]}
 
 
 # ----------------------------------------------------------------------------- f. an EMA target in the loss
