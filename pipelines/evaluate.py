@@ -61,6 +61,7 @@ from genray.components.data import normalize_images, quantize, shapes
 from genray.components.data.show import Rendered, render
 from genray.components.errors import UserError
 from genray.components.metrics import disentanglement, likelihood, ngram
+from genray.components.metrics.codebook import perplexity
 from genray.components.metrics.frechet import frechet_distance_features
 from genray.components.metrics.kid import kid
 from genray.components.metrics.precision_recall import precision_recall
@@ -186,9 +187,7 @@ def codebook_use(model, x: torch.Tensor, batch_size: int = 250) -> dict[str, flo
         for i in range(0, len(x), batch_size):
             ids = model.tokens(x[i : i + batch_size]).flatten().cpu()
             counts += torch.bincount(ids, minlength=model.codebook_size).double()
-    p = counts / counts.sum()
-    return {"codebook_usage": float((counts > 0).double().mean()),
-            "codebook_perplexity": float(torch.exp(-torch.special.xlogy(p, p).sum()))}
+    return {"codebook_usage": float((counts > 0).double().mean()), "codebook_perplexity": float(perplexity(counts))}
 
 
 def bits_per_dim(model, x: torch.Tensor, *, seed: int, batch_size: int = 100) -> tuple[float, str]:

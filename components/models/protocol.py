@@ -97,3 +97,16 @@ def settings_for(model: GenerativeModel, given: dict[str, Any] | None = None,
     `sampling_defaults`, chosen by a sampling sweep), then `given` (a request). Raises pydantic's
     ValidationError, whose errors name each bad field and what is allowed."""
     return model.sampling_settings.model_validate({**(defaults or {}), **(given or {})})
+
+
+# What `sampling_cost` counts. "steps": network passes (every family but one); "gibbs_sweeps": an
+# RBM's block-Gibbs sweeps, two matrix products each, which serving holds to a limit of its own.
+# A family whose unit is not "steps" sets the class attribute `sampling_cost_unit`.
+COST_UNITS = ("steps", "gibbs_sweeps")
+
+
+def sampling_cost_unit(model: GenerativeModel) -> Literal["steps", "gibbs_sweeps"]:
+    unit = getattr(model, "sampling_cost_unit", "steps")
+    if unit not in COST_UNITS:
+        raise ValueError(f"{type(model).__name__}.sampling_cost_unit must be one of {', '.join(COST_UNITS)}, got {unit!r}")
+    return unit

@@ -59,6 +59,7 @@ from torch import Tensor, nn
 
 from genray.components.data import DatasetInfo
 from genray.components.errors import UserError
+from genray.components.metrics.codebook import perplexity
 from genray.components.metrics.likelihood import model_bits_per_dim
 from genray.components.models.layers import StackedGenerators, check_image_shape, randn
 from genray.components.models.pix2pix import psnr
@@ -109,13 +110,6 @@ def ema_codebook(cluster_size: Tensor, code_sum: Tensor, counts: Tensor, sums: T
     n = size.sum()
     smoothed = (size + epsilon) / (n + len(size) * epsilon) * n
     return size, total, total / smoothed[:, None]
-
-
-def perplexity(counts: Tensor) -> Tensor:
-    """exp of the entropy of the code usage counts (K,): K when every code is used equally, 1 when
-    one code takes everything."""
-    p = counts / counts.sum().clamp_min(1)
-    return torch.exp(-torch.special.xlogy(p, p).sum())
 
 
 def random_rows(z: Tensor, k: int) -> Tensor:

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 
 from genray.components.data.images import normalize_images, png_bytes, quantize
 from genray.components.errors import UserError
-from genray.components.models.protocol import settings_for
+from genray.components.models.protocol import sampling_cost_unit, settings_for
 from genray.pipelines.serve.spec import Limits
 
 # The field that carries a model's condition, by `model.conditioning`.
@@ -393,7 +393,7 @@ def cost_limit(model, limits: Limits) -> tuple[int, str]:
         return limits.max_new_tokens, "max_new_tokens"
     if "audio" in model.capabilities:  # a step per sample: the limit is on the clip's length
         return int(limits.max_audio_s * model.sample_rate), "max_audio_s"
-    if getattr(model, "sampling_cost_unit", "steps") == "gibbs_sweeps":
+    if sampling_cost_unit(model) == "gibbs_sweeps":
         return limits.max_gibbs_sweeps, "max_gibbs_sweeps"
     return limits.max_steps, "max_steps"
 
