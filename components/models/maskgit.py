@@ -1,6 +1,6 @@
 """MaskGIT: a bidirectional transformer over token sequences, trained to fill in masked tokens and
 sampled by iterative parallel decoding (Chang et al. 2022, "MaskGIT: Masked Generative Image
-Transformer"), optionally class-conditional with classifier-free guidance.
+Transformer"), optionally class- or text-conditional with classifier-free guidance.
 
     training (sec. 3.2)    r ~ U(0, 1), mask ceil(gamma(r) N) random positions with [MASK],
                            loss = cross-entropy of the masked tokens only
@@ -16,16 +16,22 @@ the causal mask, over N + 1 ids: the K tokens and [MASK] (id K). The output laye
 rows of the token embedding (tied, as the paper's released code) plus a bias.
 
 Class conditioning prepends one slot holding a class embedding; row num_classes of it is the null
-class. Training replaces a row's class by the null class with probability cond_dropout, so one
-network gives both branches of classifier-free guidance (Ho & Salimans 2022; Muse, Chang et al.
-2023, sec. 2.4): logits = cond + s (cond - uncond), both branches in one batched pass.
+class. Text conditioning is Muse's (Chang et al. 2023, sec. 2.1): every block cross-attends to a
+text encoder's per-token embeddings of the caption (components/models/text_encoder.py, the byte
+transformer latent diffusion uses, trained with the model as in diffusion.py; Muse's T5 is a
+frozen pretrained encoder, and genray has none to freeze). Each cross-attention has a learned
+null key/value that every query may attend to (as unet.py), so the empty caption, whose mask is
+all False, is a well-defined null text. Training replaces a row's class by the null class, or its
+caption by the empty one, with probability cond_dropout, so one network gives both branches of
+classifier-free guidance (Ho & Salimans 2022; Muse, sec. 2.4.1): logits = cond + s (cond - uncond),
+both branches in one batched pass.
 
 Randomness. Every draw is a standard normal through `layers.randn`, with a fixed shape whatever
-the settings: training draws r (B,) and then the masking scores (B, N); each decoding step draws
-the token uniforms (n, N) and then the confidence noise (n, N), in that order. Uniforms are
-Phi(z) and Gumbel noise is -log(-log Phi(z)), so one seed names the same samples with any
-settings, and a StackedGenerators (components/models/layers.py) makes a row's sample independent
-of its batch.
+the settings: training draws r (B,), then the masking scores (B, N), then (a conditional model in
+training mode) the condition dropout's (B,); each decoding step draws the token uniforms (n, N)
+and then the confidence noise (n, N), in that order. Uniforms are Phi(z) and Gumbel noise is
+-log(-log Phi(z)), so one seed names the same samples with any settings, and a StackedGenerators
+(components/models/layers.py) makes a row's sample independent of its batch.
 
     1 <= steps <= N     (each step fixes at least one token; N steps fix one at a time)
 """
@@ -43,6 +49,7 @@ from genray.components.models.gpt import MLP, gpt_init, next_token
 from genray.components.models.layers import StackedGenerators, randn
 from genray.components.models.protocol import SETTINGS_CONFIG
 from genray.components.models.refs import ModelRef
+from genray.components.models.text_encoder import TextEncoder, encode_text
 from genray.components.models.token_prior import TokenPrior, token_data, tokenizer_module
 from genray.components.training import Backprop
 
@@ -128,18 +135,55 @@ class SelfAttention(nn.Module):
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(b, n, d)))
 
 
-class Block(nn.Module):
-    """x + attn(ln(x)), then x + mlp(ln(x)): gpt.Block's pre-norm layout, bidirectional."""
+class CrossAttention(nn.Module):
+    """Queries from the tokens, keys and values from a text context (Muse, sec. 2.1; Rombach et al.
+    2022, sec. 3.3), plus a learned null key/value that every query may always attend to: a context
+    whose mask is all False (the empty caption) attends to it alone and stays finite (unet.py)."""
 
-    def __init__(self, dim: int, heads: int, dropout: float):
+    def __init__(self, dim: int, heads: int, dropout: float, context_dim: int):
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(context_dim, 2 * dim)
+        self.null_kv = nn.Parameter(torch.randn(2, dim) * 0.02)
+        self.proj = nn.Linear(dim, dim)
+        self.resid_drop = nn.Dropout(dropout)
+
+    def _heads(self, z: Tensor) -> Tensor:
+        b, n, d = z.shape
+        return z.view(b, n, self.heads, d // self.heads).transpose(1, 2)  # (B, H, L, hd)
+
+    def forward(self, x: Tensor, context: Tensor, keep: Tensor) -> Tensor:
+        """x (B, L, D); context (B, L_text, context_dim); keep (B, L_text) bool, True = a real text token."""
+        b, n, d = x.shape
+        k, v = self.kv(context).chunk(2, dim=2)  # (B, L_text, D) each
+        null_k, null_v = self.null_kv.to(k.dtype)[:, None, None, :].expand(2, b, 1, d)  # (B, 1, D) each
+        k, v = torch.cat([null_k, k], dim=1), torch.cat([null_v, v], dim=1)  # (B, 1 + L_text, D)
+        mask = F.pad(keep, (1, 0), value=True)[:, None, None, :]  # (B, 1, 1, 1 + L_text); the null column always
+        y = F.scaled_dot_product_attention(self._heads(self.q(x)), self._heads(k), self._heads(v), attn_mask=mask,
+                                           dropout_p=self.dropout if self.training else 0.0)  # (B, H, L, hd)
+        return self.resid_drop(self.proj(y.transpose(1, 2).reshape(b, n, d)))
+
+
+class Block(nn.Module):
+    """x + attn(ln(x)), [x + xattn(ln(x), text) when text-conditional,] then x + mlp(ln(x)):
+    gpt.Block's pre-norm layout, bidirectional; Muse's block order for the cross-attention."""
+
+    def __init__(self, dim: int, heads: int, dropout: float, context_dim: int | None = None):
         super().__init__()
         self.ln_1 = nn.LayerNorm(dim)
         self.attn = SelfAttention(dim, heads, dropout)
+        cross = context_dim is not None
+        self.ln_x = nn.LayerNorm(dim) if cross else None
+        self.xattn = CrossAttention(dim, heads, dropout, context_dim) if cross else None
         self.ln_2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor | None = None, keep: Tensor | None = None) -> Tensor:
         x = x + self.attn(self.ln_1(x))
+        if self.xattn is not None:
+            x = x + self.xattn(self.ln_x(x), context, keep)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -150,7 +194,7 @@ class Block(nn.Module):
 
 def sampling_settings_type(seq_len: int, guided: bool) -> type[BaseModel]:
     """This model's sampling settings: 1..N decoding steps (8 by default, the paper's ImageNet
-    figure), token and choice temperatures, and a guidance scale when class-conditional."""
+    figure), token and choice temperatures, and a guidance scale when conditional."""
     fields: dict[str, Any] = dict(
         steps=(int, Field(min(8, seq_len), ge=1, le=seq_len,
                description=f"decoding steps T; each fixes at least one token, so at most {seq_len} (the sequence "
@@ -181,6 +225,8 @@ class MaskGIT(nn.Module):
         dropout: float = 0.0,
         num_classes: int = 0,
         cond_dropout: float = 0.1,
+        text_encoder: TextEncoder | None = None,
+        text_len: int = 64,
     ):
         super().__init__()
         if vocab_size < 1 or seq_len < 1:
@@ -191,33 +237,41 @@ class MaskGIT(nn.Module):
             raise ValueError(f"maskgit: dropout and cond_dropout must be in [0, 1), got {dropout=}, {cond_dropout=}")
         if num_classes < 0:
             raise ValueError(f"maskgit: num_classes must be >= 0 (0 = unconditional), got {num_classes}")
+        if num_classes and text_encoder is not None:
+            raise ValueError("maskgit: conditions on a class or on a text, not both")
         self.vocab_size, self.seq_len = vocab_size, seq_len
         self.mask_id = vocab_size  # [MASK]: the token embedding's last row
         self.num_classes, self.cond_dropout = num_classes, cond_dropout
-        self.conditioning = "class" if num_classes else "none"
-        self.capabilities = frozenset({"sample"} | ({"condition"} if num_classes else set()))
-        self.sampling_settings = sampling_settings_type(seq_len, guided=num_classes > 0)
+        self.conditioning = "class" if num_classes else "text" if text_encoder is not None else "none"
+        self.capabilities = frozenset({"sample"} | ({"condition"} if self.conditioning != "none" else set()))
+        self.sampling_settings = sampling_settings_type(seq_len, guided=self.conditioning != "none")
 
         self.wte = nn.Embedding(vocab_size + 1, dim)  # K tokens and [MASK]; rows :K are also the output layer
         self.wpe = nn.Embedding(seq_len, dim)
         # The class slot: one row per class and the null class (row num_classes) for guidance.
         self.class_emb = nn.Embedding(num_classes + 1, dim) if num_classes else None
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(depth))
+        context_dim = None if text_encoder is None else text_encoder.token_emb.embedding_dim
+        self.blocks = nn.ModuleList(Block(dim, heads, dropout, context_dim) for _ in range(depth))
         self.ln_f = nn.LayerNorm(dim)  # pre-norm leaves the residual stream unnormalised; finish it here
         self.bias = nn.Parameter(torch.zeros(vocab_size))  # the output layer's bias (the released code's MlmLayer)
         self.apply(gpt_init)
+        # After gpt_init: the text encoder keeps its own initialisation.
+        self.text_encoder, self.text_len = text_encoder, text_len
         for name, p in self.named_parameters():
-            if name.endswith("attn.proj.weight") or name.endswith("mlp.proj.weight"):
+            if name.startswith("blocks.") and name.endswith(("attn.proj.weight", "mlp.proj.weight")):
                 # Radford et al. 2019, sec. 2.3: residual projections scaled by 1/sqrt(number of residual layers).
                 nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * depth))
         self.recipe = Backprop()
 
     # -- the network ------------------------------------------------------------------------------
 
-    def logits(self, ids: Tensor, y: Tensor | None = None) -> Tensor:
-        """Logits of every position's token, (B, N, K), from ids (B, N) in [0, K] (K = [MASK]) and,
-        when class-conditional, class indices y (B,) in [0, num_classes] (num_classes = null)."""
+    def logits(self, ids: Tensor, y: Tensor | None = None, context: Tensor | None = None,
+               context_mask: Tensor | None = None) -> Tensor:
+        """Logits of every position's token, (B, N, K), from ids (B, N) in [0, K] (K = [MASK]) and
+        the condition (`condition` makes it): class-conditional, class indices y (B,) in
+        [0, num_classes] (num_classes = null); text-conditional, the text encoder's context
+        (B, L, D) and context_mask (B, L)."""
         b, n = ids.shape
         h = self.wte(ids) + self.wpe(torch.arange(n, device=ids.device))  # (B, N, D)
         if self.class_emb is not None:
@@ -225,26 +279,44 @@ class MaskGIT(nn.Module):
                 raise ValueError("maskgit is class-conditional, so it needs class indices y")
             # The class slot has no position: its embedding alone tells it apart.
             h = torch.cat([self.class_emb(y.to(ids.device))[:, None], h], dim=1)  # (B, 1 + N, D)
+        if self.text_encoder is not None and context is None:
+            raise ValueError("maskgit is text-conditional, so it needs a text context (see `condition`)")
         h = self.drop(h)
         for block in self.blocks:
-            h = block(h)
+            h = block(h, context, context_mask)
         h = self.ln_f(h[:, -n:])  # (B, N, D), the token slots
         return F.linear(h, self.wte.weight[: self.vocab_size], self.bias)  # (B, N, K), tied
 
-    def _labels(self, batch: dict[str, Tensor], n: int, device, generator) -> Tensor | None:
-        """The class index per row, None for an unconditional model (which ignores labels the data
-        may carry). In training mode a row's class becomes the null class with probability
-        cond_dropout (Ho & Salimans 2022, Alg. 1), drawn after the mask."""
-        if self.class_emb is None:
-            return None
-        y = batch.get("y")
-        if y is None:
-            raise ValueError("maskgit is class-conditional, so it needs integer labels 'y'")
-        y = y.to(device)
+    def condition(self, n: int, device, *, y: Tensor | None = None, text: Tensor | None = None) -> dict[str, Tensor]:
+        """The network's condition kwargs for n rows (for `logits`); y None or text None is the
+        null condition, the unconditional branch of guidance (the null class, the empty caption).
+        text: byte tokens (n, L), L <= text_len, 0 = padding (text_encoder.encode_text)."""
+        cond: dict[str, Tensor] = {}
+        if self.class_emb is not None:
+            cond["y"] = torch.full((n,), self.num_classes, dtype=torch.long, device=device) if y is None else y.to(device)
+        if self.text_encoder is not None:
+            tokens = torch.zeros(n, self.text_len, dtype=torch.long, device=device) if text is None else text.to(device)
+            cond["context"], cond["context_mask"] = self.text_encoder(tokens)  # (n, L, D), (n, L)
+        return cond
+
+    def _training_condition(self, batch: dict[str, Tensor], n: int, device, generator) -> dict[str, Tensor]:
+        """The batch's condition (none for an unconditional model, which ignores labels or captions
+        the data may carry). In training mode a row's class becomes the null class, or its caption
+        the empty one, with probability cond_dropout (Ho & Salimans 2022, Alg. 1), drawn after the mask."""
+        if self.conditioning == "none":
+            return {}
+        key, what = ("y", "integer labels 'y'") if self.class_emb is not None else ("text", "caption tokens 'text'")
+        value = batch.get(key)
+        if value is None:
+            raise ValueError(f"maskgit is {self.conditioning}-conditional, so it needs {what}")
+        value = value.to(device)
         if self.training and self.cond_dropout > 0:
-            u = torch.special.ndtr(randn((n,), generator=generator, device=device))  # (B,)
-            y = torch.where(u < self.cond_dropout, torch.full_like(y, self.num_classes), y)
-        return y
+            drop = torch.special.ndtr(randn((n,), generator=generator, device=device)) < self.cond_dropout  # (B,)
+            if key == "y":
+                value = torch.where(drop, torch.full_like(value, self.num_classes), value)
+            else:
+                value = value.masked_fill(drop[:, None], 0)  # the empty caption: all padding
+        return self.condition(n, device, **{key: value})
 
     def masked_loss(self, batch: dict[str, Tensor], generator) -> Tensor:
         """Sec. 3.2: mask a cosine-scheduled share of each row at random, score the masked tokens."""
@@ -254,8 +326,8 @@ class MaskGIT(nn.Module):
             raise ValueError(f"maskgit: rows of {n} tokens, the model was built for {self.seq_len}")
         r = torch.special.ndtr(randn((b,), generator=generator, device=x.device))  # (B,) ~ U(0, 1)
         mask = random_mask(r, randn((b, n), generator=generator, device=x.device))  # (B, N)
-        y = self._labels(batch, b, x.device, generator)
-        return masked_token_loss(self.logits(x.masked_fill(mask, self.mask_id), y), x, mask)
+        cond = self._training_condition(batch, b, x.device, generator)
+        return masked_token_loss(self.logits(x.masked_fill(mask, self.mask_id), **cond), x, mask)
 
     # -- training -----------------------------------------------------------------------------------
 
@@ -284,17 +356,48 @@ class MaskGIT(nn.Module):
     def sampling_cost(self, settings: BaseModel) -> int:
         return settings.steps  # one network pass per step (a guided step batches both branches as one)
 
-    def _condition(self, n: int, y: Tensor | None, device) -> Tensor | None:
-        if self.class_emb is None:
-            if y is not None:
-                raise ValueError("maskgit was built unconditional (conditioning: none); call sample without y")
-            return None
-        if y is None:
-            return torch.arange(n, device=device) % self.num_classes
-        y = torch.as_tensor(y)
-        if y.shape != (n,) or int(y.min()) < 0 or int(y.max()) >= self.num_classes:
-            raise ValueError(f"maskgit.sample: y must be ({n},) labels in [0, {self.num_classes}), got {y.tolist()}")
-        return y.to(device)
+    def _sample_condition(self, n: int, device, y: Tensor | None, prompt: str | list[str] | None,
+                          text: Tensor | None) -> dict[str, Tensor]:
+        """The condition of a sample call, checked: classes (cycling 0, 1, ... without y), a
+        caption per row (from prompt, or byte tokens text; without either, the empty caption:
+        unconditional samples), or nothing."""
+        if y is not None and self.class_emb is None:
+            raise ValueError(f"maskgit is not class-conditional (conditioning: {self.conditioning}); call sample "
+                             "without y")
+        if (prompt is not None or text is not None) and self.text_encoder is None:
+            raise UserError(f"maskgit is not text-conditional (conditioning: {self.conditioning}); call sample "
+                            "without prompt")
+        if self.class_emb is not None:
+            if y is None:
+                y = torch.arange(n) % self.num_classes
+            y = torch.as_tensor(y)
+            if y.shape != (n,) or int(y.min()) < 0 or int(y.max()) >= self.num_classes:
+                raise ValueError(f"maskgit.sample: y must be ({n},) labels in [0, {self.num_classes}), got "
+                                 f"{y.tolist()}")
+            return self.condition(n, device, y=y)
+        if self.text_encoder is not None:
+            if prompt is not None:
+                text = encode_text(self._prompts(n, prompt), self.text_len)
+            elif text is not None and (text.ndim != 2 or len(text) != n or text.shape[1] > self.text_len):
+                raise ValueError(f"maskgit.sample: text must be byte tokens (n={n}, L <= {self.text_len}), got "
+                                 f"{tuple(text.shape)}")
+            return self.condition(n, device, text=text)
+        return {}
+
+    def _prompts(self, n: int, prompt: str | list[str]) -> list[str]:
+        """One caption per row. A lone prompt must say something: "" would be the null text, an
+        unconditional sample that looks conditioned; call sample without prompt for that. In a
+        list, an empty entry is that row's null text (the unconditional branch), as in training."""
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise UserError("maskgit.sample: prompt is empty; give a caption (e.g. prompt='a handwritten 3'), "
+                                "or leave prompt out for unconditional samples")
+            return [prompt] * n
+        prompts = list(prompt)
+        if len(prompts) != n or not all(isinstance(p, str) for p in prompts):
+            raise UserError(f"maskgit.sample: prompt must be one string or a list of n={n} strings; got "
+                            f"{len(prompts)} entries")
+        return prompts
 
     def decode_steps(
         self,
@@ -302,6 +405,8 @@ class MaskGIT(nn.Module):
         *,
         generator: torch.Generator | StackedGenerators | None = None,
         y: Tensor | None = None,
+        prompt: str | list[str] | None = None,
+        text: Tensor | None = None,
         steps: int | None = None,
         temperature: float | None = None,
         choice_temperature: float | None = None,
@@ -309,35 +414,44 @@ class MaskGIT(nn.Module):
     ) -> Iterator[Tensor]:
         """Yields the n rows after each decoding step, (n, N) int64 with mask_id (= vocab_size) at
         the positions still masked; the last is the sample. Settings left None take the model's
-        defaults. Class-conditional: y (n,) picks classes; without y they cycle 0, 1, ... Runs in
-        eval mode (no dropout) while the iterator is open. Checks the request now, not at the
-        first step."""
+        defaults. Class-conditional: y (n,) picks classes; without y they cycle 0, 1, ...
+        Text-conditional: a prompt (one for all rows, or a list of n), or byte tokens `text` (n, L);
+        without either, unconditional (the empty caption). Runs in eval mode (no dropout) while
+        the iterator is open. Checks the request now, not at the first step."""
         if n < 1:
             raise ValueError(f"maskgit.sample: n must be >= 1, got {n}")
         given = {"steps": steps, "temperature": temperature, "choice_temperature": choice_temperature,
                  "guidance_scale": guidance_scale}
         s = self.sampling_settings.model_validate({k: v for k, v in given.items() if v is not None})
         device = self.wte.weight.device
-        return self._decode(n, self._condition(n, y, device), s, generator, device)
+        with torch.no_grad():
+            was_training = self.training
+            self.eval()  # the text encoder's pass too
+            try:
+                cond = self._sample_condition(n, device, y, prompt, text)
+            finally:
+                self.train(was_training)
+        return self._decode(n, cond, s, generator, device)
 
     @torch.no_grad()
-    def _decode(self, n: int, y: Tensor | None, s: BaseModel, generator, device) -> Iterator[Tensor]:
+    def _decode(self, n: int, cond: dict[str, Tensor], s: BaseModel, generator, device) -> Iterator[Tensor]:
         N, K, T = self.seq_len, self.vocab_size, s.steps
         scale = getattr(s, "guidance_scale", 0.0)
-        guided = y is not None and scale > 0  # s = 0 is the conditional model: no unconditional pass
-        if guided:  # both branches in one pass: rows [0, n) their classes, rows [n, 2n) the null class
-            y = torch.cat([y, torch.full_like(y, self.num_classes)])
+        guided = bool(cond) and scale > 0  # s = 0 is the conditional model: no unconditional pass
         left = masked_counts(N, T)
         was_training = self.training
         self.eval()
         try:
+            if guided:  # both branches in one pass: rows [0, n) their condition, rows [n, 2n) the null one
+                null = self.condition(n, device)
+                cond = {k: torch.cat([v, null[k]]) for k, v in cond.items()}
             ids = torch.full((n, N), self.mask_id, dtype=torch.long, device=device)  # all [MASK]
             for t in range(T):
                 # Step t draws (n, N) normals for the tokens, then (n, N) for the confidence noise,
                 # whatever the settings: the order of random draws that a seed names.
                 u = torch.special.ndtr(randn((n, N), generator=generator, device=device).double())  # (n, N)
                 noise = gumbel(randn((n, N), generator=generator, device=device))  # (n, N)
-                logits = self.logits(torch.cat([ids, ids]) if guided else ids, y)  # (n or 2n, N, K)
+                logits = self.logits(torch.cat([ids, ids]) if guided else ids, **cond)  # (n or 2n, N, K)
                 if guided:
                     logits = guided_logits(logits[:n], logits[n:], scale)
                 logits = logits.double() / s.temperature  # (n, N, K)
@@ -359,48 +473,58 @@ class MaskGIT(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator | StackedGenerators | None = None,
-               y: Tensor | None = None, steps: int | None = None, temperature: float | None = None,
-               choice_temperature: float | None = None, guidance_scale: float | None = None) -> Tensor:
+               y: Tensor | None = None, prompt: str | list[str] | None = None, text: Tensor | None = None,
+               steps: int | None = None, temperature: float | None = None, choice_temperature: float | None = None,
+               guidance_scale: float | None = None) -> Tensor:
         """n sequences like the data's, (n, N) int64 ids in [0, vocab_size), by iterative decoding
         (see `decode_steps` for the arguments)."""
         ids = None
-        for ids in self.decode_steps(n, generator=generator, y=y, steps=steps, temperature=temperature,
-                                     choice_temperature=choice_temperature, guidance_scale=guidance_scale):
+        for ids in self.decode_steps(n, generator=generator, y=y, prompt=prompt, text=text, steps=steps,
+                                     temperature=temperature, choice_temperature=choice_temperature,
+                                     guidance_scale=guidance_scale):
             pass
         return ids
 
     @torch.no_grad()
     def eval_samples(self, n: int, *, generator_seed: int, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """n sequences like the data's, (n, N) token ids, with the default settings (classes cycling)."""
-        return {"": self.sample(n, generator=torch.Generator().manual_seed(generator_seed))}
+        """n sequences like the data's, (n, N) token ids, with the default settings: classes cycling,
+        or the held-out batch's captions cycling (unconditional without them)."""
+        text = None
+        if self.text_encoder is not None and "text" in batch:
+            text = batch["text"][torch.arange(n) % len(batch["text"])]
+        return {"": self.sample(n, generator=torch.Generator().manual_seed(generator_seed), text=text)}
 
 
 # ---------------------------------------------------------------------------------------------
 # Size presets and the builder
 # ---------------------------------------------------------------------------------------------
 
-# gpt.py's sizes: dim 64 / 128 / 256, depth 4 / 6 / 12.
+# gpt.py's sizes: dim 64 / 128 / 256, depth 4 / 6 / 12. The text encoder has the transformer's
+# width and heads and diffusion.py's text depths.
 def maskgit_tiny(**kw): return MaskGIT(dim=64, depth=4, heads=4, **kw)
 def maskgit_small(**kw): return MaskGIT(dim=128, depth=6, heads=4, **kw)
 def maskgit_base(**kw): return MaskGIT(dim=256, depth=12, heads=8, **kw)
 
 
 SIZES = {"tiny": maskgit_tiny, "small": maskgit_small, "base": maskgit_base}
+TEXT_SIZES = {"tiny": (64, 1, 4), "small": (128, 2, 4), "base": (256, 4, 8)}  # (dim, depth, heads)
 
 
 def build_maskgit(
     *,
     data: DatasetInfo,
     size: Literal["tiny", "small", "base"] = "small",
-    conditioning: Literal["none", "class"] = "none",
+    conditioning: Literal["none", "class", "text"] = "none",
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0,
     cond_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1,
+    text_len: Annotated[int, Field(ge=1, le=1024)] = 64,
     tokenizer: ModelRef | None = None,
 ) -> MaskGIT | TokenPrior:
     """A masked bidirectional transformer on `tokens` data, its vocabulary and length from the
-    dataset. conditioning: class conditions every sequence on the row's label, with the label
-    dropped (to the null class) for a cond_dropout share of rows so guidance has an unconditional
-    branch.
+    dataset. conditioning: class conditions every sequence on the row's label; text on the row's
+    caption (byte tokens, text_len of them; the pipeline checks the data have a caption column),
+    Muse's cross-attention. The condition is dropped (to the null class, or the empty caption) for
+    a cond_dropout share of rows, so guidance has an unconditional branch.
 
     With `tokenizer` (a trained VQ-VAE), MaskGIT's own setting: it trains on the tokenizer's image
     data, over the h*w code grid of each image flattened row-major, and samples images
@@ -408,7 +532,7 @@ def build_maskgit(
     if tokenizer is not None:
         tok = tokenizer_module(tokenizer, data, "maskgit")
         net = build_maskgit(data=token_data(tok, data), size=size, conditioning=conditioning, dropout=dropout,
-                            cond_dropout=cond_dropout)
+                            cond_dropout=cond_dropout, text_len=text_len)
         return TokenPrior(net, tok)
     if data.modality != "tokens":
         raise UserError(f"maskgit trains on tokens data (a sequence of token ids per row, with a vocabulary); "
@@ -420,5 +544,10 @@ def build_maskgit(
         raise UserError("maskgit: conditioning: class needs class labels, but the dataset has none "
                         f"(num_classes={data.num_classes}); use a labelled dataset or conditioning: none")
     (seq_len,) = data.shape
+    text_encoder = None
+    if conditioning == "text":
+        dim, depth, heads = TEXT_SIZES[size]
+        text_encoder = TextEncoder(dim=dim, depth=depth, heads=heads, max_len=text_len)
     return SIZES[size](vocab_size=len(data.vocab), seq_len=seq_len, dropout=dropout,
-                       num_classes=data.num_classes if conditioning == "class" else 0, cond_dropout=cond_dropout)
+                       num_classes=data.num_classes if conditioning == "class" else 0, cond_dropout=cond_dropout,
+                       text_encoder=text_encoder, text_len=text_len)

@@ -69,6 +69,7 @@ CASES = {
     "vqvae": [{**DIGITS, "codebook_size": 16, "code_dim": 8}, {**COLOUR, "restart_dead_codes": False},
               {**DIGITS, "codebook_size": 8, "ema_decay": 0.5, "dead_code_threshold": 0.9}],  # restarts every step
     "maskgit": [TEXT, {**TEXT, "num_classes": 3, "conditioning": "class", "dropout": 0.1, "cond_dropout": 0.5},
+                {**TEXT, "conditioning": "text", "text_len": 12},  # Muse: cross-attention to the caption
                 # MaskGIT over a VQ-VAE's 4x4 codes: a model of images
                 {"image_shape": (1, 16, 16), "num_classes": 10, "conditioning": "class", "tokenizer": ModelRef(
                     "models:/vq@champion", "vqvae", {"size": "tiny", "codebook_size": 16, "code_dim": 8},

@@ -1,7 +1,8 @@
 """MaskGIT: the cosine schedule and the masking against the paper's formulas, the loss against a
 hand computation over the masked positions only, iterative decoding against its schedule (masked
 counts per step, known tokens fixed), seeds and batch independence, classifier-free guidance, the
-typed settings, the VQ-VAE prior, and a short training run that memorises its data."""
+typed settings, the VQ-VAE prior, a short training run that memorises its data, and Muse-style text
+conditioning (cross-attention, the empty caption as null text, prompts)."""
 import math
 
 import pydantic
@@ -17,6 +18,7 @@ from genray.components.models.maskgit import (build_maskgit, cosine_schedule, gu
                                                masked_counts, random_mask)
 from genray.components.models.protocol import CAPABILITIES, GenerativeModel
 from genray.components.models.refs import ModelRef
+from genray.components.models.text_encoder import encode_text
 from genray.components.training import OptimDefaults
 
 VOCAB = tuple("abcdefghijklmnop")  # 16 tokens
@@ -30,8 +32,8 @@ def tokens_data(seq_len: int = 16, num_classes: int = 0) -> DatasetInfo:
 def tiny_maskgit(seed: int = 0, seq_len: int = 16, num_classes: int = 0, **kw):
     torch.manual_seed(seed)
     data = tokens_data(seq_len, num_classes)
-    conditioning = "class" if num_classes else "none"
-    return build_maskgit(data=data, size="tiny", conditioning=conditioning, **kw).eval()
+    kw.setdefault("conditioning", "class" if num_classes else "none")
+    return build_maskgit(data=data, size="tiny", **kw).eval()
 
 
 def seed(s: int = 0) -> torch.Generator:
@@ -218,7 +220,7 @@ def test_sample_restores_the_mode_and_checks_labels():
         model.sample(2, y=torch.tensor([0, 3]))
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
         model.sample(2, y=torch.tensor([0]))
-    with pytest.raises(ValueError, match="unconditional"):
+    with pytest.raises(ValueError, match="not class-conditional"):
         tiny_maskgit().sample(2, y=torch.tensor([0, 1]))
 
 
@@ -312,3 +314,106 @@ def test_it_memorises_a_fixed_batch():
     training_rows = {tuple(r) for r in rows.tolist()}
     hits = sum(tuple(s) in training_rows for s in samples.tolist())
     assert hits >= 6, samples
+
+
+# ----------------------------------------------------------------------------- guidance, by hand
+
+
+def one_step_argmax(model, cond: dict, null: dict, scale: float) -> torch.Tensor:
+    """T = 1 with a tiny temperature draws the argmax of the guided all-[MASK] logits: written out
+    here from `logits` and `condition` alone, two separate passes."""
+    ids = torch.full((len(next(iter(cond.values()))), 16), 16)
+    c, u = model.logits(ids, **cond), model.logits(ids, **null)
+    return ((1 + scale) * c - scale * u).argmax(dim=-1)
+
+
+@pytest.mark.parametrize("conditioning", ["class", "text"])
+def test_guided_decoding_is_the_guided_logits(conditioning):
+    """Scale 0 is the conditional model alone; scale s is (1 + s) cond - s uncond, the unconditional
+    branch being the null class or the empty caption."""
+    if conditioning == "class":
+        model, request = tiny_maskgit(num_classes=3), {"y": torch.tensor([0, 2, 1])}
+        cond = model.condition(3, "cpu", y=request["y"])
+    else:
+        model, request = tiny_maskgit(conditioning="text", text_len=24), {"prompt": ["a red heart", "a blue square", "x"]}
+        cond = model.condition(3, "cpu", text=encode_text(request["prompt"], 24))
+    null = model.condition(3, "cpu")
+    for scale in (0.0, 2.0):
+        sample = model.sample(3, generator=seed(1), steps=1, temperature=1e-6, guidance_scale=scale, **request)
+        assert torch.equal(sample, one_step_argmax(model, cond, null, scale)), scale
+    assert not torch.equal(one_step_argmax(model, cond, null, 0.0), one_step_argmax(model, cond, null, 2.0))
+
+
+# ----------------------------------------------------------------------------- text conditioning (Muse)
+
+
+def test_text_conditioning_cross_attends_to_the_caption():
+    model = tiny_maskgit(conditioning="text", text_len=24)
+    assert isinstance(model, GenerativeModel)
+    assert (model.conditioning, model.num_classes, model.capabilities) == ("text", 0, {"sample", "condition"})
+    assert "guidance_scale" in model.sampling_settings.model_fields
+    assert all(block.xattn is not None for block in model.blocks) and model.text_encoder.max_len == 24
+    assert tiny_maskgit().blocks[0].xattn is None
+    ids = torch.randint(17, (2, 16), generator=seed())
+    heart = model.condition(2, "cpu", text=encode_text(["a red heart"] * 2, 24))
+    square = model.condition(2, "cpu", text=encode_text(["a blue square"] * 2, 24))
+    null = model.condition(2, "cpu")
+    assert not null["context_mask"].any()  # the empty caption: nothing but the null key/value to attend to
+    logits = [model.logits(ids, **c) for c in (heart, square, null)]
+    assert all(torch.isfinite(x).all() for x in logits)
+    assert (logits[0] - logits[1]).abs().amax() > 1e-4 and (logits[0] - logits[2]).abs().amax() > 1e-4
+
+
+def test_prompts_change_samples_and_an_empty_prompt_is_refused():
+    model = tiny_maskgit(conditioning="text", text_len=24)
+    sharp = {"temperature": 0.01}  # an untrained model's logits are nearly flat: let small changes show
+    heart = model.sample(4, generator=seed(3), prompt="a red heart", **sharp)
+    assert torch.equal(heart, model.sample(4, generator=seed(3), prompt=["a red heart"] * 4, **sharp))
+    assert not torch.equal(heart, model.sample(4, generator=seed(3), prompt="a blue square", **sharp))
+    # Without a prompt: the empty caption, unconditional samples; an empty entry of a list is that row's.
+    free = model.sample(2, generator=seed(3), **sharp)
+    assert torch.equal(free, model.sample(2, generator=seed(3), prompt=["", ""], **sharp))
+    for empty in ("", "   "):
+        with pytest.raises(UserError, match="prompt"):
+            model.sample(2, prompt=empty)
+    with pytest.raises(UserError, match="prompt"):
+        model.sample(3, prompt=["a", "b"])
+    with pytest.raises(UserError, match="prompt"):
+        tiny_maskgit().sample(2, prompt="a red heart")
+    with pytest.raises(ValueError, match="not class-conditional"):
+        model.sample(2, y=torch.tensor([0, 1]))
+
+
+def test_caption_dropout_trains_the_empty_caption():
+    model = tiny_maskgit(conditioning="text", text_len=8, cond_dropout=0.5).train()
+    seen = []
+    model.text_encoder.register_forward_hook(lambda m, args, out: seen.append(args[0].clone()))
+    text = encode_text(["abc"] * 64, 8)
+    torch.manual_seed(0)
+    model({"x": torch.randint(16, (64, 16)), "text": text})
+    empty = (seen[-1] == 0).all(dim=1)
+    assert 0.3 < float(empty.float().mean()) < 0.7 and torch.equal(seen[-1][~empty], text[~empty])
+    model.evaluate({"x": torch.randint(16, (64, 16)), "text": text})
+    assert torch.equal(seen[-1], text)
+    with pytest.raises(ValueError, match="text"):
+        model({"x": torch.randint(16, (4, 16))})
+
+
+def test_it_learns_to_follow_its_captions():
+    """Two captions, each always with the same row: after training, each prompt decodes its row."""
+    torch.manual_seed(0)
+    model = build_maskgit(data=tokens_data(12), size="tiny", conditioning="text", text_len=16).train()
+    rows = torch.randint(16, (2, 12), generator=seed(7))
+    captions = ["a red heart", "a blue square"]
+    batch = {"x": rows.repeat(8, 1), "text": encode_text(captions * 8, 16)}  # (16, 12), (16, 16)
+    opt = model.recipe.configure_optimizers(model, OptimDefaults(lr=3e-3, weight_decay=0.0))["main"]
+    [phase] = model.recipe.phases_at(0)
+    for step in range(100):  # two seeds: every sample right from step 50 on
+        opt.zero_grad(set_to_none=True)
+        loss, _ = model.recipe.loss(model, batch, phase, step)
+        loss.backward()
+        opt.step()
+    for caption, row in zip(captions, rows):
+        samples = model.sample(4, generator=seed(2), prompt=caption, steps=4, temperature=0.1)
+        # A model that ignored the caption would decode the same rows for both prompts (same seed).
+        assert (samples == row).all(dim=1).sum() >= 3, (caption, samples, row)
