@@ -528,9 +528,11 @@ def _log(request: EvalRequest, target: Target, state: dict[str, Any], params: di
 
 def evaluate_sequences(request: EvalRequest, target: Target, model, state: dict[str, Any], data, *, home: Path,
                        uri: str, say) -> EvalOutcome:
-    """Token sequences (GPT): the exact held-out bits per token beside a unigram and a bigram
-    fitted on the other split (components/metrics/ngram.py), and generation speed in samples/s
-    and tokens/s. Characters are tokens for the built-in text, so bits/token is bits/char there."""
+    """Token sequences (GPT, MaskGIT): the exact held-out bits per token beside a unigram and a
+    bigram fitted on the other split (components/metrics/ngram.py), and generation speed in
+    samples/s and tokens/s. Characters are tokens for the built-in text, so bits/token is
+    bits/char there. A model without a likelihood (MaskGIT) reports its own held-out loss
+    (`evaluate`'s "loss", e.g. nats per masked token) instead of bits per token."""
     info = data.info
     ref_path, reference, fit, settings, sampling, conditions = sequence_setup(request, model, state, data)
     unit = "char" if info.vocab and all(len(t) == 1 for t in info.vocab) else "token"
@@ -538,13 +540,17 @@ def evaluate_sequences(request: EvalRequest, target: Target, model, state: dict[
         **run_params(request, state, len(reference["x"]), settings),
         "eval.reference_tokens": str(reference["x"].size),
         "eval.token_unit": unit,
-        "eval.bits_per_token_kind": likelihood.likelihood_of(model)[1],
         "eval.ngram_alpha": str(ngram.ALPHA),
     }
-    say(f"bits/{unit} on {len(reference['x'])} {request.reference} sequences ({reference['x'].size} {unit}s) ...")
-    metrics = {"bits_per_token": sequence_bits(model, reference, batch_size=request.batch_size)}
     base = ngram.ngram_baselines(fit, reference["x"], len(info.vocab))
-    metrics.update(unigram_bits_per_token=base.unigram_bits, bigram_bits_per_token=base.bigram_bits)
+    metrics = {"unigram_bits_per_token": base.unigram_bits, "bigram_bits_per_token": base.bigram_bits}
+    if "log_prob" in model.capabilities:
+        params["eval.bits_per_token_kind"] = likelihood.likelihood_of(model)[1]
+        say(f"bits/{unit} on {len(reference['x'])} {request.reference} sequences ({reference['x'].size} {unit}s) ...")
+        metrics["bits_per_token"] = sequence_bits(model, reference, batch_size=request.batch_size)
+    else:
+        say(f"held-out loss on {len(reference['x'])} {request.reference} sequences (no likelihood) ...")
+        metrics["heldout_loss"] = heldout_loss(model, reference, batch_size=request.batch_size, seed=request.seed)
 
     say(f"generating {request.num_samples} samples on {request.workers or 'no'} Ray worker(s) ...")
     fake, speed = generate(target.checkpoint, request.num_samples, sampling=sampling, conditions=conditions,
@@ -567,6 +573,18 @@ def sequence_setup(request: EvalRequest, model, state: dict[str, Any], data):
     settings = sampling_settings(model, request.sampling, state.get("sampling_defaults"))
     conditions = {"y": np.arange(request.num_samples) % model.num_classes} if model.conditioning == "class" else {}
     return ref_path, reference, fit, settings, settings.model_dump(exclude_unset=True), conditions
+
+
+def heldout_loss(model, split: dict[str, np.ndarray], *, batch_size: int, seed: int) -> float:
+    """The model's own held-out "loss" (`evaluate`) averaged over the split's rows, its random
+    parts (MaskGIT's masks) drawn from `seed`."""
+    gen = torch.Generator().manual_seed(seed)
+    total, rows = 0.0, 0
+    for i in range(0, len(split["x"]), batch_size):
+        batch = {k: torch.as_tensor(v[i : i + batch_size]) for k, v in split.items()}
+        total += float(model.evaluate(batch, generator=gen)["loss"]) * len(batch["x"])
+        rows += len(batch["x"])
+    return total / rows
 
 
 def sequence_bits(model, split: dict[str, np.ndarray], *, batch_size: int) -> float:

@@ -213,6 +213,33 @@ def test_an_audio_model_is_scored_in_nats_per_sample_beside_its_baselines_and_by
     assert "8-bit mu-law; uniform 5.545" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("family", ["gpt", "maskgit"])
+def test_a_token_model_is_scored_beside_n_gram_baselines(family, ray_session, tmp_path):
+    """Token models on the built-in text, a few steps in local mode: GPT's exact bits per char
+    beside the unigram and bigram of the other split; MaskGIT, which has no likelihood, its own
+    held-out masked-token loss instead; both the speed of generation."""
+    home = tmp_path / "home"
+    spec = config.validate({
+        "data": {"dataset": "text", "size": "tiny"},
+        "model": {"family": family, "size": "tiny"},
+        "trainer": {"max_steps": 10, "batch_size": 8, "lr": 3e-3, "checkpoint_every": 10, "eval_every": 10,
+                    "eval_batches": 1, "num_samples": 4},
+        "scaling": {"workers": 0},
+        "tracking": {"experiment": "test"},
+    }, "<test>")
+    out = train.run(spec, name=f"e-{family}", home=home)
+    ev = evaluate.evaluate(evaluate.EvalRequest(target=f"runs:/{out.run_id}", num_samples=4, batch_size=4,
+                                                workers=0, likelihood_rows=16), home=home)
+    m, p = ev.metrics, ev.params
+    assert 0 < m["bigram_bits_per_token"] < m["unigram_bits_per_token"] < np.log2(96)
+    assert p["eval.token_unit"] == "char" and m["tokens_per_s"] > 0
+    if family == "gpt":
+        assert p["eval.bits_per_token_kind"] == "exact" and 0 < m["bits_per_token"] < 8
+    else:
+        assert "bits_per_token" not in m and "eval.bits_per_token_kind" not in p
+        assert 0 < m["heldout_loss"] < np.log(96) * 1.5  # nats per masked char, near uniform after 10 steps
+
+
 def test_an_rbm_is_scored_per_binarised_pixel_with_its_ais_log_partition_and_error(ray_session, tmp_path, capsys):
     """An RBM's likelihood is an estimate: genray eval reports bits per binarised pixel, the AIS
     log Z behind it and that estimate's standard error over the runs, with the schedule."""
