@@ -11,7 +11,9 @@ predict params: the model's sampling settings (the fields of its `sampling_setti
 translation models (capability translate) take {"x": input images' values in [-1, 1], flat or
     (B, C, H, W), "seed": int, "direction": one of the model's directions (two-way models)} and
     return the (B, C, H, W) translations
-predict output: float32 array in the data's layout, in [-1, 1]: (n, C, H, W) images, (n, T) audio
+predict output: float32 array in the data's layout, in [-1, 1]: (n, C, H, W) images, (n, T) audio;
+    a token model without text generation (MaskGIT on tokens data) gives n strings when the
+    vocabulary is characters, else (n, T) int64 token ids
 
 Text models (capability "generate_text", GPT) take "prompt" as the text to continue (one for
 every sample) and "stop" (strings that end a sample where they first appear) and return the n
@@ -62,7 +64,18 @@ class GenrayModel(PythonModel):
         # settings in the input) override them.
         settings = resolve(self.model, {**request, **(params or {})}, self.state.get("sampling_defaults"))
         kwargs.update(settings.model_dump())
-        return self.model.sample(n, generator=generator, **kwargs).float().cpu().numpy()
+        out = self.model.sample(n, generator=generator, **kwargs).cpu()
+        if self.state["model"]["data"]["modality"] == "tokens":
+            return self._tokens(out.numpy())
+        return out.float().numpy()
+
+    def _tokens(self, ids: np.ndarray) -> list[str] | np.ndarray:
+        """A token model without text generation (MaskGIT on tokens data): its rows as text when
+        every token is a character, else the ids themselves, (n, T) int64."""
+        vocab = self.state["model"]["data"]["vocab"]
+        if all(len(t) == 1 for t in vocab):
+            return ["".join(vocab[i] for i in row) for row in ids.tolist()]
+        return ids.astype(np.int64)
 
 
     def _translate(self, generator: torch.Generator, request: dict, params: dict | None) -> np.ndarray:
