@@ -10,6 +10,9 @@ them to each model's ModelServer and turns what comes back into HTTP.
     POST /v1/models/{name}/encode       images -> latents          (capability "encode")
     POST /v1/models/{name}/decode       latents -> images          (capability "decode")
     POST /v1/models/{name}/interpolate  two images -> a path       (encode and decode)
+    POST /v1/models/{name}/tokenize     images -> h x w code ids   (capability "tokenize"), with
+                                        grid [h, w] and codebook_size K (ids in [0, K))
+    POST /v1/models/{name}/decode_tokens  h x w code ids -> images (capability "tokenize")
     POST /v1/models/{name}/translate    images -> their translations   (capability "translate")
     POST /v1/models/{name}/style_mix    two seeds, a crossover -> mixed images   (StyleGAN2)
     POST /v1/models/{name}/log_prob     images -> nats, bits/dim   (capability "log_prob")
@@ -45,6 +48,7 @@ from ray import serve
 from genray.pipelines.serve.auth import BearerAuth, KeyCheck
 from genray.pipelines.serve.schemas import (
     DecodeRequest,
+    DecodeTokensRequest,
     EncodeResponse,
     ErrorResponse,
     GenerateRequest,
@@ -57,6 +61,7 @@ from genray.pipelines.serve.schemas import (
     SampleRequest,
     SampleResponse,
     StyleMixRequest,
+    TokenizeResponse,
     TranslateRequest,
 )
 from genray.pipelines.serve.spec import Limits
@@ -213,6 +218,14 @@ def build_fastapi(gateway: Gateway) -> FastAPI:
     @app.post("/v1/models/{name}/decode", responses={200: {"model": ImagesOut}, **ERRORS})
     async def decode(name: str, body: DecodeRequest):
         return await gateway.versioned(name, "decode", body.model_dump())
+
+    @app.post("/v1/models/{name}/tokenize", responses={200: {"model": TokenizeResponse}, **ERRORS})
+    async def tokenize(name: str, body: ImagesRequest):
+        return await gateway.versioned(name, "tokenize", body.model_dump())
+
+    @app.post("/v1/models/{name}/decode_tokens", responses={200: {"model": ImagesOut}, **ERRORS})
+    async def decode_tokens(name: str, body: DecodeTokensRequest):
+        return await gateway.versioned(name, "decode_tokens", body.model_dump())
 
     @app.post("/v1/models/{name}/interpolate", responses={200: {"model": InterpolateResponse}, **ERRORS})
     async def interpolate(name: str, body: InterpolateRequest):

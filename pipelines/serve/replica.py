@@ -19,8 +19,8 @@ An alias change alone swaps nothing: only --reload writes the tag.
 Sampling requests are batched (`@serve.batch`): requests with equal settings run as one
 `model.sample` call, each drawing its noise from its own seeded generator
 (components.models.layers.StackedGenerators), so a seed names the same image alone or batched.
-The other routes (encode, decode, interpolate, log_prob, translate, style_mix) run one request at a time, in a
-thread.
+The other routes (encode, decode, interpolate, tokenize, decode_tokens, log_prob, translate, style_mix) run one
+request at a time, in a thread.
 
 A user's mistake (UserError) comes back as an error body that the gateway answers with a 4xx;
 any other exception propagates, and the gateway answers 500 and logs its traceback.
@@ -52,6 +52,7 @@ from genray.pipelines.serve.schemas import (
     RequestError,
     SampleResponse,
     Served,
+    TokenizeResponse,
     decode_images,
     decode_png,
     error_body,
@@ -59,6 +60,7 @@ from genray.pipelines.serve.schemas import (
     parse_generate,
     parse_sample,
     parse_style_mix,
+    parse_tokens,
     parse_translate,
     sample_parameters,
     settings_key,
@@ -92,6 +94,8 @@ def describe(loaded: Loaded, limits: Limits) -> dict[str, Any]:
             routes.append("decode")
         if {"encode", "decode"} <= set(caps):
             routes.append("interpolate")
+        if "tokenize" in caps:  # images <-> grids of code ids (VQ-VAE)
+            routes.extend(["tokenize", "decode_tokens"])
         if "log_prob" in caps:
             routes.append("log_prob")
         if "style_mix" in caps:
@@ -125,6 +129,9 @@ def describe(loaded: Loaded, limits: Limits) -> dict[str, Any]:
         info["image_shape"] = list(model.image_shape)
     if "encode" in caps:
         info["latent_shape"] = list(model.latent_shape)
+    if "tokenize" in caps:
+        info["grid"] = list(model.grid)
+        info["codebook_size"] = int(model.codebook_size)
     if "log_prob" in caps:
         info["log_prob_kind"] = model.log_prob_kind
     if "style_mix" in caps:
@@ -372,7 +379,7 @@ class ModelServer:
         finally:
             pieces.close()
 
-    # -- encode, decode, interpolate, log_prob
+    # -- encode, decode, interpolate, tokenize, decode_tokens, log_prob
 
     async def encode(self, req: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -402,6 +409,29 @@ class ModelServer:
             return error_body(e)
         z = torch.tensor(req["latents"], dtype=torch.float32).view(-1, *shape)
         x = await asyncio.to_thread(lambda: loaded.model.decode(z.to(self.device)).float().cpu())
+        return {**Served(model=self.name, version=loaded.version).model_dump(),
+                **images_payload(to_uint8_image(x), x, req["format"])}
+
+    async def tokenize(self, req: dict[str, Any]) -> dict[str, Any]:
+        try:
+            loaded = self._needs("tokenize")
+            x = self._images(req, loaded)
+        except UserError as e:
+            return error_body(e)
+        ids = await asyncio.to_thread(lambda: loaded.model.tokens(x.to(self.device)).cpu())  # (B, h, w)
+        return TokenizeResponse(model=self.name, version=loaded.version, grid=list(loaded.model.grid),
+                                codebook_size=int(loaded.model.codebook_size), tokens=ids.tolist()).model_dump()
+
+    async def decode_tokens(self, req: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        try:
+            loaded = self._needs("tokenize", route="decode_tokens")
+            ids = parse_tokens(req["tokens"], tuple(loaded.model.grid), int(loaded.model.codebook_size), self.limits)
+        except UserError as e:
+            return error_body(e)
+        ids = torch.as_tensor(ids)  # (B, h, w) int64
+        x = await asyncio.to_thread(lambda: loaded.model.decode_tokens(ids.to(self.device)).float().cpu())
         return {**Served(model=self.name, version=loaded.version).model_dump(),
                 **images_payload(to_uint8_image(x), x, req["format"])}
 

@@ -7,6 +7,8 @@ sampling request, read from the settings the model declares.
     POST /v1/models/{name}/style_mix  {"seed": 0, "seed_b": 1, "crossover": 2, ...a sample request}  (StyleGAN2)
     POST /v1/models/{name}/generate   {"prompt": "def ", "n": 1, "seed": 0, "stop": ["\\n\\n"], "stream": true,
                                        "<setting>": ...}      text models
+    POST /v1/models/{name}/decode_tokens  {"tokens": [[[3, 7], [0, 15]], ...], "format": "png"}
+                                          one h x w grid of code ids per image  (VQ-VAE: capability tokenize)
 
 n, seed, format and the condition (class_label or prompt, as `model.conditioning` says) are
 every model's; the other fields are the model's sampling settings (`model.sampling_settings`, a
@@ -108,6 +110,20 @@ class DecodeRequest(BaseModel):
     format: Literal["png", "array"] = "png"
 
 
+class DecodeTokensRequest(BaseModel):
+    """Models with the tokenize capability (VQ-VAE): grids of code ids -> images. The grids are
+    checked by `parse_tokens` against the model's grid and codebook size, so a wrong one is a 422
+    naming `tokens` and saying what fits, not a type error deep inside the nesting."""
+
+    model_config = ConfigDict(extra="forbid")
+    tokens: list[Any] = Field(
+        min_length=1, description="one h x w grid (h lists of w integers in [0, codebook_size)) per image, as "
+                                  "/tokenize returns them; GET /v1/models/{name} gives grid and codebook_size",
+        json_schema_extra={"items": {"type": "array", "items": {"type": "array",
+                                                                "items": {"type": "integer", "minimum": 0}}}})
+    format: Literal["png", "array"] = "png"
+
+
 class InterpolateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     a: str = Field(description="base64 PNG: the path starts here")
@@ -155,6 +171,12 @@ class InterpolateResponse(ImagesOut):
 class EncodeResponse(Served):
     latent_shape: list[int]
     latents: list[list[float]]
+
+
+class TokenizeResponse(Served):
+    grid: list[int] = Field(description="[h, w]: the shape of each image's grid of code ids")
+    codebook_size: int = Field(description="K: code ids lie in [0, K)")
+    tokens: list[list[list[int]]] = Field(description="one h x w grid of code ids per image")
 
 
 class LogProbResponse(Served):
@@ -520,6 +542,48 @@ def decode_images(req: dict[str, Any], shape: tuple[int, int, int], limits: Limi
     if x.min() < -1 or x.max() > 1:
         raise RequestError("arrays", "pixel values must lie in [-1, 1]")
     return normalize_images(quantize(x))
+
+
+def parse_tokens(tokens: list[Any], grid: tuple[int, int], codebook_size: int, limits: Limits) -> np.ndarray:
+    """The `tokens` of a /decode_tokens body -> (B, h, w) int64 code ids: at most
+    limits.max_images grids, each h lists of w integers in [0, codebook_size). JSON's true/false
+    and 1.0 are not ids (Python would take them for 1). Raises RequestError naming `tokens`, the
+    first bad grid or id, and what fits."""
+    h, w = grid
+    if len(tokens) > limits.max_images:
+        raise RequestError("tokens", f"{len(tokens)} token grids; at most {limits.max_images} (limits.max_images)")
+    shape = f"this model's grids are {h} x {w}: {h} lists of {w} code ids"
+    for i, rows in enumerate(tokens):
+        if not isinstance(rows, list) or len(rows) != h or any(not isinstance(r, list) or len(r) != w for r in rows):
+            raise RequestError("tokens", f"tokens[{i}] is not a {h} x {w} grid ({_shape_of(rows)}); {shape}")
+        for r, row in enumerate(rows):
+            for c, v in enumerate(row):
+                if isinstance(v, bool) or not isinstance(v, int):
+                    raise RequestError("tokens", f"tokens[{i}][{r}][{c}] is {_json(v)}; code ids are integers in "
+                                                 f"[0, {codebook_size}) (codebook_size)")
+                if not 0 <= v < codebook_size:
+                    raise RequestError("tokens", f"tokens[{i}][{r}][{c}] is {v}; code ids lie in [0, {codebook_size}) "
+                                                 f"(codebook_size {codebook_size})")
+    return np.asarray(tokens, dtype=np.int64).reshape(len(tokens), h, w)
+
+
+def _shape_of(rows: Any) -> str:
+    """What a would-be grid is, in words, for an error message."""
+    if not isinstance(rows, list):
+        return f"got {_json(rows)}"
+    if not rows:
+        return "got an empty list"
+    lengths = [len(r) if isinstance(r, list) else None for r in rows]
+    if any(n is None for n in lengths):
+        return f"got a list of {len(rows)} with non-lists in it"
+    rows_of = f"got {len(rows)} row{'s' if len(rows) != 1 else ''} of "
+    return rows_of + (f"{lengths[0]}" if len(set(lengths)) == 1 else f"lengths {lengths}")
+
+
+def _json(v: Any) -> str:
+    """A value as the client wrote it (true, null, "3"), cut short."""
+    text = json.dumps(v)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def images_payload(u8: np.ndarray, floats, fmt: str) -> dict[str, Any]:

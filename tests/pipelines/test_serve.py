@@ -56,6 +56,7 @@ MODELS = {  # name -> (family, data and model arguments)
     "wave-t": ("wavenet", {"data": AUDIO, "conditioning": "class"}),
     "glow-t": ("glow", {}),
     "rbm-t": ("rbm", {"ais_temperatures": 200, "ais_runs": 20}),
+    "vq-t": ("vqvae", {"codebook_size": 16, "code_dim": 8}),  # 8x8 images -> 2x2 grids of ids in [0, 16)
 }
 IMAGE_MODELS = sorted(n for n, (family, _) in MODELS.items() if family not in ("gpt", "wavenet", "pix2pix", "cyclegan", "rbm"))
 
@@ -224,6 +225,72 @@ def test_encode_decode_interpolate_and_log_prob(served):
     by_array = c.post("/v1/models/vae-t/log_prob", json={"arrays": arrays, "seed": 0}).json()["bits_per_dim"]
     by_png = c.post("/v1/models/vae-t/log_prob", json={"images": images[:1], "seed": 0}).json()["bits_per_dim"]
     assert by_array == pytest.approx(by_png)
+
+
+def test_a_tokenizer_round_trips_its_code_ids_as_encode_and_decode_do(served):
+    c = served["client"]
+    info = c.get("/v1/models/vq-t").json()
+    assert info["routes"] == ["sample", "encode", "decode", "interpolate", "tokenize", "decode_tokens", "log_prob"]
+    assert info["grid"] == [2, 2] and info["codebook_size"] == 16
+    images = c.post("/v1/models/vq-t/sample", json={"n": 3, "seed": 4}).json()["images"]
+    tok = c.post("/v1/models/vq-t/tokenize", json={"images": images})
+    assert tok.status_code == 200 and tok.headers[serve.VERSION_HEADER] == "1", tok.text
+    body = tok.json()
+    assert body["grid"] == [2, 2] and body["codebook_size"] == 16
+    ids = np.asarray(body["tokens"])
+    assert ids.shape == (3, 2, 2) and ids.dtype.kind == "i" and ids.min() >= 0 and ids.max() < 16
+    # Code ids carry what the quantised latents carry: decode_tokens(tokenize(x)) == decode(encode(x)).
+    latents = c.post("/v1/models/vq-t/encode", json={"images": images}).json()["latents"]
+    for fmt in ("png", "array"):
+        via_ids = c.post("/v1/models/vq-t/decode_tokens", json={"tokens": body["tokens"], "format": fmt})
+        assert via_ids.status_code == 200 and via_ids.headers[serve.VERSION_HEADER] == "1", via_ids.text
+        via_latents = c.post("/v1/models/vq-t/decode", json={"latents": latents, "format": fmt}).json()
+        if fmt == "png":
+            assert via_ids.json()["images"] == via_latents["images"]
+            assert len(via_latents["images"]) == 3 and png_array(via_latents["images"][0]).shape == (8, 8)
+        else:
+            np.testing.assert_allclose(via_ids.json()["arrays"], via_latents["arrays"], atol=1e-5)
+    # The same images as arrays get the same ids; a bad image is refused as /encode refuses it.
+    arrays = np.stack([(png_array(im).astype(np.float32) / 127.5 - 1)[None] for im in images]).tolist()
+    assert c.post("/v1/models/vq-t/tokenize", json={"arrays": arrays}).json()["tokens"] == body["tokens"]
+    assert detail_field(c.post("/v1/models/vq-t/tokenize", json={"images": ["%%%"]})) == "images[0]"
+    assert detail_field(c.post("/v1/models/vq-t/tokenize", json={"images": images * 2})) == "images"  # > max_images
+
+
+@pytest.mark.parametrize("tokens, says", [
+    ([[[0, 16], [0, 0]]], ["tokens[0][0][1] is 16", "[0, 16)"]),
+    ([[[0, 0], [-1, 0]]], ["tokens[0][1][0] is -1", "[0, 16)"]),
+    ([[[0, 0, 0], [0, 0]]], ["tokens[0]", "2 x 2"]),
+    ([[[0, 0]]], ["tokens[0]", "2 x 2"]),
+    ([[0, 0, 0, 0]], ["tokens[0]", "2 x 2"]),
+    ([[[0, 0], [0, 0]], [[0, 0], [0, 0], [0, 0]]], ["tokens[1]", "2 x 2"]),
+    ([[[0.5, 0], [0, 0]]], ["0.5", "integers in [0, 16)"]),
+    ([[[1.0, 0], [0, 0]]], ["1.0", "integers in [0, 16)"]),
+    ([[["3", 0], [0, 0]]], ['"3"', "integers in [0, 16)"]),
+    ([[[True, 0], [0, 0]]], ["true", "integers in [0, 16)"]),
+    ([[[None, 0], [0, 0]]], ["null", "integers in [0, 16)"]),
+    ([], ["at least 1"]),
+    ([[[0, 0], [0, 0]]] * (LIMITS["max_images"] + 1), [f"at most {LIMITS['max_images']} (limits.max_images)"]),
+    ("3", ["list"]),
+])
+def test_bad_token_grids_get_422_naming_tokens(served, tokens, says):
+    r = served["client"].post("/v1/models/vq-t/decode_tokens", json={"tokens": tokens})
+    assert r.status_code == 422 and detail_field(r) == "tokens", r.text
+    msg = r.json()["detail"][0]["msg"]
+    assert all(s in msg for s in says), msg
+
+
+def test_a_model_that_does_not_tokenize_answers_404_on_the_token_routes(served):
+    c = served["client"]
+    for name in ("vae-t", "gpt-t"):
+        for route, body in (("tokenize", {"arrays": [[[[0.0] * 8] * 8]]}), ("decode_tokens", {"tokens": [[[0]]]})):
+            r = c.post(f"/v1/models/{name}/{route}", json=body)
+            assert r.status_code == 404, (name, route, r.text)
+            detail = r.json()["detail"][0]
+            assert f"no {route} route" in detail["msg"] and "tokenize" not in detail["capabilities"]
+            assert route not in detail["routes"]
+    assert "lacks the 'tokenize' capability" in c.post("/v1/models/vae-t/decode_tokens", json={
+        "tokens": [[[0]]]}).json()["detail"][0]["msg"]
 
 
 def test_a_flow_encodes_decodes_exactly_and_answers_its_exact_likelihood(served):
@@ -491,6 +558,8 @@ def keyed_routes(c) -> list[tuple[str, str, dict | None]]:
         ("POST", "/v1/models/vae-t/decode", {"latents": [[0.0] * 16]}),
         ("POST", "/v1/models/vae-t/interpolate", {"a": images[0], "b": images[1], "steps": 2}),
         ("POST", "/v1/models/vae-t/log_prob", {"images": images[:1], "seed": 0}),
+        ("POST", "/v1/models/vq-t/tokenize", {"images": images[:1]}),
+        ("POST", "/v1/models/vq-t/decode_tokens", {"tokens": [[[0, 1], [2, 3]]]}),
         ("POST", "/v1/models/gpt-t/generate", {"prompt": "ab", "n": 1}),
         ("POST", "/v1/models/gpt-t/generate", {"prompt": "ab", "n": 1, "stream": True}),
         ("POST", "/v1/models/p2p-t/translate", {"arrays": [[[[0.0] * 8] * 8]]}),
@@ -511,7 +580,8 @@ def test_every_route_but_healthz_and_the_page_needs_the_key(served):
     routes = keyed_routes(c)
     from genray.pipelines.serve.auth import OPEN_PATHS
 
-    serving = {"/generate": "gpt-t", "/translate": "p2p-t", "/style_mix": "style-t"}
+    serving = {"/generate": "gpt-t", "/translate": "p2p-t", "/style_mix": "style-t", "/tokenize": "vq-t",
+               "/decode_tokens": "vq-t"}
     documented = {path.replace("{name}", next((m for end, m in serving.items() if path.endswith(end)), "vae-t"))
                   for path in c.get("/openapi.json").json()["paths"]}
     assert documented - OPEN_PATHS <= {path for _, path, _ in routes}, "a new route: add it to keyed_routes"
@@ -826,6 +896,8 @@ def test_fuzzed_bodies_never_get_a_5xx(served):
         "images": st.one_of(st.lists(png, max_size=6), anything),
         "arrays": st.one_of(st.just([[[[0.0] * 8] * 8]]), anything),
         "latents": st.one_of(st.lists(st.lists(st.floats(-3, 3), min_size=16, max_size=16), max_size=5), anything),
+        "tokens": st.one_of(st.lists(st.lists(st.lists(st.integers(-1, 17), min_size=2, max_size=2), min_size=1,
+                                              max_size=3), max_size=5), anything),
         "a": png, "b": png, "steps": st.one_of(st.integers(-1, 8), anything),
         "method": st.sampled_from(["linear", "slerp", "cubic"]),
         "stop": st.one_of(st.lists(st.text(max_size=6), max_size=5), anything), "stream": st.booleans(),
@@ -833,7 +905,8 @@ def test_fuzzed_bodies_never_get_a_5xx(served):
         "top_p": st.one_of(st.floats(-0.5, 1.5), anything),
     }
     body = st.one_of(st.fixed_dictionaries({}, optional=fields), anything)
-    route = st.sampled_from(["sample", "sample", "sample", "encode", "decode", "interpolate", "log_prob", "generate"])
+    route = st.sampled_from(["sample", "sample", "sample", "encode", "decode", "interpolate", "log_prob", "generate",
+                             "tokenize", "decode_tokens"])
     model = st.sampled_from([*MODELS, "missing"])
 
     @settings(max_examples=520, deadline=None, derandomize=True, database=None,
