@@ -56,6 +56,9 @@ class DataSpec(_Section):
 
 class TrainerSpec(_Section):
     max_steps: int = Field(1000, ge=1)
+    # A time budget: training stops at the first step after this many minutes of training (the
+    # loop's evals excluded, a resumed run's earlier minutes included), checkpointed there.
+    max_minutes: float | None = Field(None, gt=0, description="stop after this many minutes of training")
     batch_size: int = Field(64, ge=1, description="global batch, split across workers")
     lr: float = Field(1e-3, gt=0)
     betas: tuple[float, float] = (0.9, 0.999)

@@ -33,6 +33,7 @@ from genray.pipelines.env import init_ray, log_path, project_home, storage_path
 from genray.pipelines.progress import TrainingProgress
 from genray.pipelines.quality import quality_inputs
 from genray.pipelines.refs import resolve_refs
+from genray.pipelines.training.loop import latest_checkpoint_dir
 from genray.pipelines.training.trainer import ModelInputs, build_trainer, run_in_process
 
 # ----------------------------------------------------------------------------- setup (driver)
@@ -124,6 +125,12 @@ def run(spec: ExperimentSpec, *, name: str, home: Path | None = None, uri: str |
         tracking.finish_run(uri, run_id, "FAILED")
         raise
 
+    if result.checkpoint is None and spec.scaling.workers == 0:
+        # Local mode keeps its own checkpoints: a rerun of a finished run (its steps or its
+        # trainer.max_minutes spent) trains and reports nothing, and its newest one is the result.
+        final = latest_checkpoint_dir(Path(storage_path(home)) / name)
+        if final is not None:
+            return _finish(spec, name, run_id, uri, final, final, dict(result.return_value or {}))
     if result.checkpoint is None:
         raise RuntimeError(f"run {name} finished without a checkpoint under {storage_path(home)}/{name}")
     where = Path(result.checkpoint.path) if result.checkpoint.filesystem.type_name == "local" else \

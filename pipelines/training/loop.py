@@ -8,7 +8,8 @@ sample grids to MLflow (rank 0), checkpoints out. It knows a model only through 
     loop      a fresh run's first batch initialises data-dependent parameters; a resumed one
               skips the batches its interrupted pass already trained on; then per batch:
               reseed, engine.train_step, log every log_every, eval every eval_every (rank 0),
-              checkpoint every checkpoint_every (every rank reports)
+              checkpoint every checkpoint_every (every rank reports); all three at the last
+              step: max_steps, or the first step past trainer.max_minutes of training
     teardown  the last metrics, returned to the driver
 """
 from __future__ import annotations
@@ -62,6 +63,7 @@ def run_loop(cfg: dict[str, Any], session: LoopSession) -> dict[str, Any]:
                                           lr_schedule=t.lr_schedule, lr_decay_start=t.lr_decay_start,
                                           ema_decay=t.ema_decay, bf16=use_bf16))
     epoch = 0  # passes over the training data completed
+    trained_before = 0.0  # seconds of training before this process (a resumed run's, for trainer.max_minutes)
     into_epoch = 0  # batches of pass `epoch` trained on (the same count on every rank)
     # After a restart or a rerun: the latest reported checkpoint (Ray Train), or where the session
     # keeps no checkpoints of its own (local mode, a trial's process), the latest this loop wrote.
@@ -74,6 +76,7 @@ def run_loop(cfg: dict[str, Any], session: LoopSession) -> dict[str, Any]:
         engine.load_state_dict(ck.optimizer, step=ck.state["step"], ema=ck.ema)
         epoch = ck.state["epoch"]
         into_epoch = ck.state.get("batches_into_epoch", 0)  # older checkpoints: the pass starts over
+        trained_before = float(ck.state.get("train_seconds", 0.0))
         if rank == 0 and cfg.get("echo"):
             say(f"[{cfg['name']}] resumed from step {engine.step} (epoch {epoch}, batch {into_epoch} of it)")
 
@@ -91,6 +94,23 @@ def run_loop(cfg: dict[str, Any], session: LoopSession) -> dict[str, Any]:
     summed_steps = 0
     window_start, window_steps = time.perf_counter(), 0
     data_wait = 0.0  # seconds this window spent waiting for the next batch
+    budget_s = t.max_minutes * 60 if t.max_minutes is not None else None
+    clock_start, eval_seconds = time.perf_counter(), 0.0
+
+    def train_seconds() -> float:
+        """Seconds of training so far, this run's earlier processes included and evals excluded:
+        what trainer.max_minutes counts."""
+        return trained_before + time.perf_counter() - clock_start - eval_seconds
+
+    def out_of_time() -> bool:
+        """Whether trainer.max_minutes is spent, as rank 0's clock says: every rank must stop
+        at the same step, or the next report hangs the group."""
+        if budget_s is None:
+            return False
+        over = torch.tensor([float(train_seconds() >= budget_s)], device=device)
+        if world > 1 and torch.distributed.is_initialized():
+            torch.distributed.broadcast(over, src=0)
+        return bool(over.item())
 
     def evaluate() -> dict[str, float]:
         """Rank 0: held-out scores on a fixed set of test batches, the model's sample grids, and
@@ -124,7 +144,7 @@ def run_loop(cfg: dict[str, Any], session: LoopSession) -> dict[str, Any]:
         return scores
 
     def save_and_report() -> None:
-        metrics = {"step": engine.step, "epoch": epoch, **last_eval}
+        metrics = {"step": engine.step, "epoch": epoch, "train_seconds": train_seconds(), **last_eval}
         if rank != 0:
             session.report(metrics, None)  # every rank reports, or the group hangs
             return
@@ -138,6 +158,7 @@ def run_loop(cfg: dict[str, Any], session: LoopSession) -> dict[str, Any]:
                     "step": engine.step,
                     "epoch": epoch,
                     "batches_into_epoch": into_epoch,
+                    "train_seconds": train_seconds(),
                     "rng": checkpoint.get_rng_state(),
                     "run_name": cfg["name"],
                     "mlflow_run_id": cfg["run_id"],
@@ -155,7 +176,8 @@ def run_loop(cfg: dict[str, Any], session: LoopSession) -> dict[str, Any]:
 
     # ------------------------------------------------------------------------- loop
     model.train()
-    while engine.step < t.max_steps:
+    done = out_of_time()  # a resumed run whose time budget is spent trains nothing more
+    while engine.step < t.max_steps and not done:
         batches = train_shard.iter_torch_batches(
             batch_size=per_worker,
             drop_last=True,
@@ -189,8 +211,11 @@ def run_loop(cfg: dict[str, Any], session: LoopSession) -> dict[str, Any]:
                 for k, v in logs.items():
                     sums[f"train/{k}"] = sums.get(f"train/{k}", 0.0) + v
             step = engine.step
+            # The last step: max_steps, or the first step past trainer.max_minutes. Either way it
+            # is logged, evaluated and checkpointed, so a time budget keeps its last step.
+            done = step >= t.max_steps or out_of_time()
 
-            if rank == 0 and (step % t.log_every == 0 or step == t.max_steps):
+            if rank == 0 and (step % t.log_every == 0 or done):
                 elapsed = time.perf_counter() - window_start
                 rate = window_steps * t.batch_size / max(elapsed, 1e-9)
                 means = {k: v / summed_steps for k, v in sums.items()}
@@ -213,20 +238,22 @@ def run_loop(cfg: dict[str, Any], session: LoopSession) -> dict[str, Any]:
                 sums.clear()
                 summed_steps = 0
                 window_start, window_steps, data_wait = time.perf_counter(), 0, 0.0
-            if rank == 0 and (step % t.eval_every == 0 or step == t.max_steps):
+            if rank == 0 and (step % t.eval_every == 0 or done):
+                eval_start = time.perf_counter()
                 last_eval = evaluate()
-                # Eval time is not training time.
+                # Eval time is not training time (nor time budget).
+                eval_seconds += time.perf_counter() - eval_start
                 window_start, window_steps, data_wait = time.perf_counter(), 0, 0.0
-            if step % t.checkpoint_every == 0 or step == t.max_steps:
+            if step % t.checkpoint_every == 0 or done:
                 save_and_report()
-            if step >= t.max_steps:
+            if done:
                 break
             fetch_start = time.perf_counter()
         else:
             epoch, into_epoch = epoch + 1, 0
 
     # ------------------------------------------------------------------------- teardown
-    return {"step": engine.step, "epoch": epoch, **last_eval}
+    return {"step": engine.step, "epoch": epoch, "train_seconds": train_seconds(), **last_eval}
 
 
 def startup_seconds(marks: dict[str, float]) -> dict[str, float]:
