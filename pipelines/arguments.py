@@ -21,12 +21,16 @@ from genray.pipelines.console import EXIT_USAGE
 # The verbs that are whole jobs, and the module whose main(argv) runs each: `genray <verb>` hands
 # them over, `genray submit` runs `python -m <module>` on the cluster.
 JOBS = {"train": "genray.pipelines.train", "tune": "genray.pipelines.tune", "eval": "genray.pipelines.evaluate"}
+# Every verb that is handed to its module's main(argv): the jobs, and compare (a job too, but it
+# takes no config, so `genray submit` does not run it).
+MODULES = {**JOBS, "compare": "genray.pipelines.compare"}
 
 # The verbs, with the one line `genray --help` shows for each.
 HELP = {
     "train": "train a model with Ray Train, tracked in MLflow",
     "tune": "sweep hyperparameters with Ray Tune; register the best model as champion",
     "eval": "score a trained model (quality, likelihood, speed) into MLflow",
+    "compare": "train every family at one budget (a Ray Tune experiment), score each, write the comparison table",
     "serve": "serve registered models over HTTP with Ray Serve (gallery at /, API at /v1)",
     "submit": "run train, tune or eval as a Ray Job on a cluster (Ray Jobs API)",
     "jobs": "the Ray Jobs on a cluster: list, logs, stop",
@@ -88,6 +92,31 @@ def add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-log", action="store_true", help="print only; write nothing to MLflow")
     p.add_argument("--verbose", action="store_true",
                    help="show Ray's, Tune's and the workers' own output here too (default: in a log file under the project home)")
+
+
+def add_compare(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--families", nargs="+", metavar="NAME",
+                   help="families to compare, e.g. --families vae,dcgan (default: every family with a shipped config for --data)")
+    p.add_argument("--data", default="fashion_mnist", help="the built-in dataset every family trains on (default fashion_mnist)")
+    p.add_argument("--budget-minutes", type=float, metavar="M", help="minutes of training per trial (trainer.max_minutes)")
+    p.add_argument("--steps", type=int, metavar="N", help="training steps per trial (trainer.max_steps)")
+    p.add_argument("--seeds", type=int, default=3, help="trials per family, seeds 0..S-1 (default 3)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="per trial: 1 trains in the trial's own process (default); more start a Ray Train run per trial")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs each trial holds (default 1)")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the cluster fits)")
+    p.add_argument("--num-samples", type=int, default=1000, help="samples genray eval scores per trial (default 1000)")
+    p.add_argument("--feature-net", default="auto",
+                   help="auto (the dataset's domain classifier, trained once and cached), none, or a classifier directory")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value in every family's config, e.g. --set trainer.quality_samples=0 (repeatable)")
+    p.add_argument("--out", type=Path, help="also copy COMPARISON.md, comparison.csv and the plots here, e.g. docs/")
+    p.add_argument("--dry-run", action="store_true", help="print the families, their configs and the trials; run nothing")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's, Tune's and the workers' own output here too (default: in a log file under the project home)")
+    names = p.add_mutually_exclusive_group()
+    names.add_argument("--name", help="name of a new comparison (default: compare-<data>-<date>-<time>)")
+    names.add_argument("--resume", metavar="NAME", help="continue the interrupted comparison NAME; finished trials are kept")
 
 
 def add_serve(p: argparse.ArgumentParser) -> None:
@@ -210,7 +239,7 @@ def add_sample(p: argparse.ArgumentParser) -> None:
 
 
 ADD: dict[str, Callable[[argparse.ArgumentParser], None]] = {
-    "train": add_train, "tune": add_tune, "eval": add_eval, "serve": add_serve, "submit": add_submit,
+    "train": add_train, "tune": add_tune, "eval": add_eval, "compare": add_compare, "serve": add_serve, "submit": add_submit,
     "jobs": add_jobs, "data": add_data, "families": add_families, "configs": add_configs, "sample": add_sample,
 }
 
@@ -231,6 +260,10 @@ def tune_parser() -> argparse.ArgumentParser:
 
 def eval_parser() -> argparse.ArgumentParser:
     return _job_parser("eval")
+
+
+def compare_parser() -> argparse.ArgumentParser:
+    return _job_parser("compare")
 
 
 def train_spec(args: argparse.Namespace):

@@ -3,6 +3,7 @@
     genray train CONFIG [--set key=value ...] [--workers N] [--gpu] [--name RUN]
     genray tune CONFIG [--set key=value ...] [--name SWEEP | --resume SWEEP]
     genray eval TARGET [--num-samples N] [--set sampling.key=value ...] [--workers W]
+    genray compare [--families F ...] [--data fashion_mnist] (--budget-minutes M | --steps N) [--seeds 3] [--out docs/]
     genray serve [--model NAME ...] [--alias champion] [--host 127.0.0.1] [--port 8000] [--config FILE]
     genray serve --reload
     genray submit [--address URL] {train|tune|eval} CONFIG [--set key=value ...] [--follow]
@@ -15,9 +16,9 @@
     genray families
 
     python -m genray VERB ...                         the same
-    python -m genray.pipelines.train|tune|evaluate    one job alone (what `genray submit` runs on a cluster)
+    python -m genray.pipelines.train|tune|evaluate|compare    one job alone (the first three: what `genray submit` runs)
 
-train, tune and eval are handed to the job's own `main` (train.main, tune.main, evaluate.main),
+train, tune, eval and compare are handed to the job's own `main` (train.main, tune.main, evaluate.main, compare.main),
 which parses the same arguments (pipelines/arguments.py): both forms run the same code. The other
 verbs are here. Only genray/__main__.py imports this module; it imports the jobs only when their verb is run.
 
@@ -52,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         parser().print_help()
         return 0
     args = parser().parse_args(argv)  # usage errors and --help for every verb, here
-    if args.command in arguments.JOBS:  # the job parses the same arguments itself
-        return importlib.import_module(arguments.JOBS[args.command]).main(argv[1:])
+    if args.command in arguments.MODULES:  # the job parses the same arguments itself
+        return importlib.import_module(arguments.MODULES[args.command]).main(argv[1:])
     handlers = {"serve": cmd_serve, "submit": cmd_submit, "jobs": cmd_jobs, "data": cmd_data,
                 "families": cmd_families, "configs": cmd_configs, "sample": cmd_sample}
     return console.run(handlers[args.command], args)
