@@ -99,6 +99,7 @@ class Plan:
     feature_net: str
     overrides: list[str] = field(default_factory=list)
     max_concurrent: int | None = None
+    requested: list[str] = field(default_factory=list)  # --families as given ([]: the default list)
 
     @property
     def families(self) -> list[str]:
@@ -115,15 +116,16 @@ class Plan:
         return f"{self.minutes:g} minute{'s' if self.minutes != 1 else ''} of training"
 
     def state(self) -> dict[str, Any]:
-        """What a resumed comparison must match (plan.yaml)."""
-        return {"data": self.data, "families": {e.family: e.config for e in self.entries}, "steps": self.steps,
+        """What a resumed comparison must match (plan.yaml): the options it was started with."""
+        return {"data": self.data, "families": ",".join(self.requested) or "default", "steps": self.steps,
                 "minutes": self.minutes, "seeds": self.seeds, "workers": self.workers,
                 "cpus_per_trial": self.cpus_per_trial, "num_samples": self.num_samples,
                 "feature_net": self.feature_net, "overrides": list(self.overrides)}
 
     def command(self, name: str | None = None) -> str:
         """The genray compare command line of this plan (for the report and the resume hint)."""
-        parts = ["genray", "compare", "--families", ",".join(self.families), "--data", self.data,
+        parts = ["genray", "compare", *(["--families", ",".join(self.requested)] if self.requested else []),
+                 "--data", self.data,
                  *(["--steps", str(self.steps)] if self.steps is not None else ["--budget-minutes", f"{self.minutes:g}"]),
                  "--seeds", str(self.seeds), "--workers", str(self.workers),
                  "--cpus-per-trial", f"{self.cpus_per_trial:g}", "--num-samples", str(self.num_samples)]
@@ -207,7 +209,7 @@ def make_plan(*, data: str = "fashion_mnist", families: list[str] | None = None,
         validate(copy.deepcopy(raw), name)  # its message names the config, so the family
         entries.append(Entry(f, name, raw, bool(named)))
     return Plan(data, entries, skipped, steps, minutes, seeds, workers, cpus_per_trial, num_samples, feature_net,
-                overrides, max_concurrent)
+                overrides, max_concurrent, list(dict.fromkeys(named)))
 
 
 def _kind(family: str) -> str:
@@ -422,9 +424,8 @@ def run(plan: Plan, *, name: str, resume: bool = False, home: Path | None = None
     data = resolve_data(spec, home)
     quality.domain_classifier(plan.feature_net, train_path=data.train, dataset=plan.data, home=home, say=say)
     experiment_id = tracking.ensure_experiment(uri, EXPERIMENT, home)
-    params = {f"compare.{k}": (",".join(v) if k == "families" else v) for k, v in plan.state().items() if k != "overrides"}
-    params["compare.families"] = ",".join(plan.families)
-    params["compare.overrides"] = " ".join(plan.overrides)
+    params = {f"compare.{k}": v for k, v in plan.state().items() if k != "overrides"}
+    params.update({"compare.families": ",".join(plan.families), "compare.overrides": " ".join(plan.overrides)})
     run_id, continued = tracking.start_run(uri, experiment_id, name, params, {"genray.kind": "comparison"})
     say(f"[{name}] {len(plan.entries)} families x {plan.seeds} seed{'s' if plan.seeds != 1 else ''} = "
         f"{plan.num_trials} trials on {plan.data} at {plan.budget} each; MLflow run {run_id} "

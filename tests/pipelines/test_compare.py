@@ -214,5 +214,6 @@ def test_the_default_families_are_those_with_a_config_for_the_data_and_the_rest_
     for e in plan.entries:  # the budget and the comparison's settings, the same for every family
         assert e.raw["trainer"]["max_steps"] == 4 and e.raw["tracking"]["experiment"] == "genray-compare"
         assert e.raw["scaling"] == {**e.raw["scaling"], "workers": 1, "cpus_per_worker": 1.0}
+    assert plan.state()["families"] == "default" and "--families" not in plan.command("x")  # a resume asks the same
     timed = make_plan(data="fashion_mnist", families=["vae"], minutes=2.5)
     assert timed.entries[0].raw["trainer"]["max_minutes"] == 2.5 and timed.budget == "2.5 minutes of training"
