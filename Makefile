@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install datasets browser demo test test-fast bench results clean
+.PHONY: install datasets browser demo test test-fast bench results compare clean
 
 install: $(STAMP) datasets
 
@@ -64,6 +64,12 @@ bench: $(STAMP)
 # Train every shipped config and evaluate it: docs/RESULTS.md (about an hour on 2 CPU cores).
 results: $(STAMP)
 	$(BIN)/python benchmarks/results.py
+
+# Every family with a Fashion-MNIST config, 10 minutes of training x 3 seeds, scored by genray eval:
+# docs/COMPARISON.md, docs/comparison.csv and the plots (upwards of 7 hours on 2 CPU cores, one
+# trial at a time). The token priors join when their tokenizer is trained: genray train vqvae/vqvae_fashion.
+compare: $(STAMP) datasets
+	$(BIN)/python -m genray compare --data fashion_mnist --budget-minutes 10 --seeds 3 --out docs/
 
 clean:
 	rm -rf genray-runs .pytest_cache
