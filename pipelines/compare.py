@@ -49,8 +49,9 @@ from ray.tune import Callback
 from genray.pipelines import arguments, catalog, console, tracking
 from genray.pipelines.comparison import (LATENCY_REPEATS, LIKELIHOOD_ROWS, SHARPNESS_IMAGES, SPEED_BATCH, TRIAL_COLUMNS,
                                          TrialRow, cell, columns, finite, judge_claims, summarize, write_report)
-from genray.pipelines.config import ConfigError, apply_overrides, flatten, read_yaml, set_key, validate
+from genray.pipelines.config import ConfigError, apply_overrides, read_yaml, set_key, validate
 from genray.pipelines.env import init_ray, log_path, project_home
+from genray.pipelines.tune import check_resumable
 
 EXPERIMENT = "genray-compare"  # every comparison's run and its trainings, so the trainings nest under it
 STATE_PLAN = "plan.yaml"  # the plan a comparison started with; --resume checks it
@@ -491,21 +492,9 @@ def run(plan: Plan, *, name: str, resume: bool = False, home: Path | None = None
 
 
 def check_name(plan: Plan, name: str, directory: Path, resume: bool) -> None:
-    from ray import tune
-
-    started = directory / STATE_PLAN
-    if resume:
-        if not (started.exists() and tune.Tuner.can_restore(str(directory))):
-            known = sorted(p.name for p in directory.parent.glob("*") if (p / STATE_PLAN).exists())
-            raise ConfigError(f"--resume {name}: no comparison of that name under {directory.parent}"
-                              + (f"; comparisons: {', '.join(known)}" if known else ""))
-        before, now = flatten(yaml.safe_load(started.read_text())), flatten(plan.state())
-        if before != now:
-            changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-            raise ConfigError(f"--resume {name}: the comparison started with other options ({started}) at "
-                              f"{', '.join(changed)}; resume with the same options")
-    elif started.exists():
-        raise ConfigError(f"--name {name}: a comparison of that name exists ({directory}); --resume {name} continues it")
+    check_resumable(name, directory, resume, state_file=STATE_PLAN, now=plan.state(), what="comparison",
+                    plural="comparisons", mismatch="the comparison started with other options ({started}) at "
+                    "{changed}; resume with the same options")
 
 
 def trial_resources(plan: Plan) -> dict[str, float]:

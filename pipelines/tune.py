@@ -524,21 +524,31 @@ def shares_dataset(sweep: Sweep) -> bool:
 
 
 def _check_name(sweep: Sweep, name: str, directory: Path, resume: bool) -> None:
+    check_resumable(name, directory, resume, state_file=STATE_CONFIG, now=sweep.resolved, what="sweep",
+                    plural="sweeps", mismatch=f"{sweep.source} differs from the config the sweep started with "
+                    "({started}) at {changed}; resume with the same config and --set values")
+
+
+def check_resumable(name: str, directory: Path, resume: bool, *, state_file: str, now: dict[str, Any], what: str,
+                    plural: str, mismatch: str) -> None:
+    """A Tune experiment named `name` in `directory` (a sweep, a comparison) may start or resume:
+    a new one must not exist yet; a resumed one must exist, be restorable by Tune, and have
+    started with the same settings (`state_file` there against `now`). `mismatch` says what
+    differs, with {started} (the state file) and {changed} (the differing keys) filled in."""
     from ray import tune
 
-    started = directory / STATE_CONFIG
+    started = directory / state_file
     if resume:
         if not (started.exists() and tune.Tuner.can_restore(str(directory))):
-            known = sorted(p.name for p in directory.parent.glob("*") if (p / STATE_CONFIG).exists())
-            raise ConfigError(f"--resume {name}: no sweep of that name under {directory.parent}"
-                              + (f"; sweeps: {', '.join(known)}" if known else ""))
-        before, now = flatten(yaml.safe_load(started.read_text())), flatten(sweep.resolved)
+            known = sorted(p.name for p in directory.parent.glob("*") if (p / state_file).exists())
+            raise ConfigError(f"--resume {name}: no {what} of that name under {directory.parent}"
+                              + (f"; {plural}: {', '.join(known)}" if known else ""))
+        before, now = flatten(yaml.safe_load(started.read_text())), flatten(now)
         if before != now:
             changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-            raise ConfigError(f"--resume {name}: {sweep.source} differs from the config the sweep started with "
-                              f"({started}) at {', '.join(changed)}; resume with the same config and --set values")
+            raise ConfigError(f"--resume {name}: " + mismatch.format(started=started, changed=", ".join(changed)))
     elif started.exists():
-        raise ConfigError(f"--name {name}: a sweep of that name exists ({directory}); --resume {name} continues it")
+        raise ConfigError(f"--name {name}: a {what} of that name exists ({directory}); --resume {name} continues it")
 
 
 def _check_sampling_values(sweep: Sweep, checkpoint_dir: Path, home: Path):

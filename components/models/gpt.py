@@ -34,7 +34,7 @@ from genray.components.errors import UserError
 from genray.components.models.layers import StackedGenerators, exact_log_prob, randn
 from genray.components.models.protocol import SETTINGS_CONFIG
 from genray.components.models.refs import ModelRef
-from genray.components.models.token_prior import TokenPrior, token_data, tokenizer_module
+from genray.components.models.token_prior import TokenPrior, check_token_data, token_data, tokenizer_module
 from genray.components.training import Backprop
 
 START = -1  # the start slot's id in an input row: it embeds as the start vector, not as a token
@@ -491,21 +491,11 @@ def build_gpt(
     images (components/models/token_prior.py)."""
     if tokenizer is not None:
         tok = tokenizer_module(tokenizer, data, "gpt")
-        if conditioning == "class" and data.num_classes < 1:
-            raise UserError("gpt: conditioning: class needs class labels, but the dataset has none "
-                            f"(num_classes={data.num_classes}); use a labelled dataset or conditioning: none")
         net = build_gpt(data=token_data(tok, data), size=size, conditioning=conditioning, dropout=dropout,
                         block_size=block_size)
         return TokenPrior(net, tok)
-    if data.modality != "tokens":
-        raise UserError(f"gpt trains on tokens data (a sequence of token ids per row, with a vocabulary); "
-                        f"got {data.modality} data of shape {list(data.shape)}. Images need an image family, "
-                        "or a trained VQ-VAE as model.tokenizer (the autoregressive prior over its codes)")
-    if not data.vocab:
-        raise UserError("gpt: the tokens dataset has no vocabulary (metadata genray.vocab); it sets the output size")
-    if conditioning == "class" and data.num_classes < 1:
-        raise UserError("gpt: conditioning: class needs class labels, but the dataset has none "
-                        f"(num_classes={data.num_classes}); use a labelled dataset or conditioning: none")
+    check_token_data(data, "gpt", conditioning, "Images need an image family, or a trained VQ-VAE as "
+                     "model.tokenizer (the autoregressive prior over its codes)")
     (seq_len,) = data.shape
     if block_size is not None and block_size < seq_len:
         raise UserError(f"gpt: block_size ({block_size}) must be at least the data's sequence length ({seq_len})")

@@ -50,7 +50,7 @@ from genray.components.models.layers import StackedGenerators, randn
 from genray.components.models.protocol import SETTINGS_CONFIG
 from genray.components.models.refs import ModelRef
 from genray.components.models.text_encoder import TextEncoder, encode_text
-from genray.components.models.token_prior import TokenPrior, token_data, tokenizer_module
+from genray.components.models.token_prior import TokenPrior, check_token_data, token_data, tokenizer_module
 from genray.components.training import Backprop
 
 LN2 = math.log(2.0)
@@ -534,15 +534,8 @@ def build_maskgit(
         net = build_maskgit(data=token_data(tok, data), size=size, conditioning=conditioning, dropout=dropout,
                             cond_dropout=cond_dropout, text_len=text_len)
         return TokenPrior(net, tok)
-    if data.modality != "tokens":
-        raise UserError(f"maskgit trains on tokens data (a sequence of token ids per row, with a vocabulary); "
-                        f"got {data.modality} data of shape {list(data.shape)}. For images, name a trained VQ-VAE "
-                        "as model.tokenizer (MaskGIT over its codes)")
-    if not data.vocab:
-        raise UserError("maskgit: the tokens dataset has no vocabulary (metadata genray.vocab); it sets the output size")
-    if conditioning == "class" and data.num_classes < 1:
-        raise UserError("maskgit: conditioning: class needs class labels, but the dataset has none "
-                        f"(num_classes={data.num_classes}); use a labelled dataset or conditioning: none")
+    check_token_data(data, "maskgit", conditioning, "For images, name a trained VQ-VAE as model.tokenizer "
+                     "(MaskGIT over its codes)")
     (seq_len,) = data.shape
     text_encoder = None
     if conditioning == "text":

@@ -59,6 +59,19 @@ def tokenizer_module(ref: ModelRef, data: DatasetInfo, family: str) -> nn.Module
     return tok
 
 
+def check_token_data(data: DatasetInfo, family: str, conditioning: str, images_hint: str) -> None:
+    """What a token network (GPT, MaskGIT) needs of the data without a tokenizer: tokens with a
+    vocabulary, and labels when class-conditional. `images_hint` says what to do with images."""
+    if data.modality != "tokens":
+        raise UserError(f"{family} trains on tokens data (a sequence of token ids per row, with a vocabulary); "
+                        f"got {data.modality} data of shape {list(data.shape)}. {images_hint}")
+    if not data.vocab:
+        raise UserError(f"{family}: the tokens dataset has no vocabulary (metadata genray.vocab); it sets the output size")
+    if conditioning == "class" and data.num_classes < 1:
+        raise UserError(f"{family}: conditioning: class needs class labels, but the dataset has none "
+                        f"(num_classes={data.num_classes}); use a labelled dataset or conditioning: none")
+
+
 def token_data(tokenizer: nn.Module, data: DatasetInfo) -> DatasetInfo:
     """The tokens dataset the token network is built for: rows of h*w code ids "0".."K-1", the
     image data's labels kept."""
