@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from genray.components.data import DATASETS, MAIN_COLUMN, DatasetInfo, decode_batch, read_info
+from genray.components.data import DATASETS, MAIN_COLUMN, REVISIONS, DatasetInfo, decode_batch, read_info
+from genray.components.models import caption_length
 from genray.pipelines.config import ConfigError, ExperimentSpec
 from genray.pipelines.env import absolute
 
@@ -54,21 +55,21 @@ def resolve_data(spec: ExperimentSpec, home: Path) -> DataSource:
     test_info = read_info(test)
     if (test_info.modality, test_info.shape) != (info.modality, info.shape):
         raise ConfigError(f"{test}: shape {test_info.shape} differs from training data {info.shape}")
-    text_len = 0
-    if spec.model_args().get("conditioning") == "text":
+    text_len = caption_length(spec.model.family, spec.model_args())
+    if text_len:
+        why = ("model.conditioning=text" if spec.model_args().get("conditioning") == "text"
+               else f"model.family={spec.model.family} (it trains on images with their captions)")
         for path, i in ((train, info), (test, test_info)):
             if "caption" not in i.columns:
-                raise ConfigError(
-                    f"{path}: model.conditioning=text needs a 'caption' column; this data has {', '.join(i.columns)}"
-                )
-        text_len = int(spec.model_args().get("text_len", 64))
+                raise ConfigError(f"{path}: {why} needs a 'caption' column; this data has {', '.join(i.columns)}")
     return DataSource(train, test, info, text_len)
 
 
 def prepared(dataset: str, size: str, seed: int, home: Path) -> tuple[str, str]:
     """A built-in dataset's train and test files under <home>/data (where `genray data prepare`
     writes them), prepared on first use."""
-    root = home / "data" / f"{dataset}-{size}-seed{seed}"
+    revision = REVISIONS.get(dataset, 1)
+    root = home / "data" / (f"{dataset}-{size}-seed{seed}" + (f"-r{revision}" if revision > 1 else ""))
     if not (root / "test.parquet").exists():  # test is written last
         DATASETS[dataset](root, seed=seed, size=size)
     return str(root / "train.parquet"), str(root / "test.parquet")
@@ -101,8 +102,7 @@ class TrainData:
     def key(spec: ExperimentSpec) -> dict[str, Any]:
         """What the dataset depends on: two specs with the same key can share one."""
         return {"data": spec.data.model_dump(mode="json"), "batch_size": spec.trainer.batch_size,
-                "seed": spec.trainer.seed, "text_len": spec.model_args().get("text_len"),
-                "conditioning": spec.model_args().get("conditioning")}
+                "seed": spec.trainer.seed, "text_len": caption_length(spec.model.family, spec.model_args())}
 
 
 def build_dataset(spec: ExperimentSpec, data: DataSource) -> TrainData:

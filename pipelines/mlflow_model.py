@@ -51,6 +51,8 @@ class GenrayModel(PythonModel):
             return self._generate(n, generator, request, params)
         if "translate" in self.model.capabilities:
             return self._translate(generator, request, params)
+        if "embed" in self.model.capabilities:
+            return self._embed(request)
         condition = CONDITION_KEYS.get(self.model.conditioning)
         kwargs = {}
         for key in CONDITION_KEYS.values():
@@ -77,6 +79,28 @@ class GenrayModel(PythonModel):
             return ["".join(vocab[i] for i in row) for row in ids.tolist()]
         return ids.astype(np.int64)
 
+
+    def _embed(self, request: dict) -> np.ndarray:
+        """{"texts": captions} or {"x": images' values in [-1, 1], flat or (B, C, H, W)} -> unit-norm
+        embeddings (B, D) float32, in the space where a caption and its image are close."""
+        given = [k for k in ("texts", "x") if k in request]
+        if len(given) != 1:
+            raise UserError("texts or x: a CLIP model embeds either captions (texts: a list of strings) or images "
+                            "(x: their values in [-1, 1]); give exactly one")
+        with torch.no_grad():
+            if given == ["texts"]:
+                texts = request["texts"]
+                texts = [texts] if isinstance(texts, str) else list(texts)
+                if not texts:
+                    raise UserError("texts: give at least one caption")
+                return self.model.embed_text(texts).cpu().numpy()
+            c, h, w = self.model.image_shape
+            x = np.asarray(request["x"], dtype=np.float32)
+            if x.size == 0 or x.size % (c * h * w):
+                raise UserError(f"x: {x.size} values are not whole {c}x{h}x{w} images")
+            if not np.isfinite(x).all() or x.min() < -1 or x.max() > 1:
+                raise UserError("x: values must be finite and in [-1, 1]")
+            return self.model.embed_images(torch.as_tensor(x.reshape(-1, c, h, w))).cpu().numpy()
 
     def _translate(self, generator: torch.Generator, request: dict, params: dict | None) -> np.ndarray:
         """{"x": the input images' values, flat or (B, C, H, W), in [-1, 1]} -> (B, C, H, W) translations."""

@@ -194,6 +194,9 @@ def model_signature(checkpoint_dir: Path):
         inputs = [ColSpec(Array(DataType.double), "x"), ColSpec(DataType.long, "seed", required=False)]
         if model.directions:
             inputs.append(ColSpec(DataType.string, "direction", required=False))
+    if "embed" in model.capabilities:  # captions or images in, embeddings out
+        inputs = [ColSpec(Array(DataType.string), "texts", required=False),
+                  ColSpec(Array(DataType.double), "x", required=False)]
     defaults = settings_for(model, {}, state.get("sampling_defaults")).model_dump()
     kinds = {"integer": DataType.long, "number": DataType.double, "boolean": DataType.boolean}
     props = model.sampling_settings.model_json_schema().get("properties", {})
@@ -202,6 +205,8 @@ def model_signature(checkpoint_dir: Path):
     signature = ModelSignature(inputs=Schema(inputs), params=ParamSchema(params) if params else None)
     if "translate" in model.capabilities:  # one blank image
         return signature, {"x": [-1.0] * math.prod(model.image_shape), "seed": 0}
+    if "embed" in model.capabilities:
+        return signature, {"texts": ["a photo"]}
     return signature, ({"n": 2, "seed": 0, "prompt": ""} if "generate_text" in model.capabilities
                        else {"n": 4, "seed": 0})
 

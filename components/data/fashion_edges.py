@@ -8,7 +8,7 @@ input for any item a user brings:
 
     image         the edge map, 0 or 255      -> batch key x         (the model's input)
     image_paired  the item, as fashion_mnist  -> batch key x_paired  (the target)
-    label         the item's class (int64), caption "a photo of a <class>"
+    label         the item's class (int64), caption as fashion_mnist's row
 
 The rows are fashion_mnist's rows for the same seed and size (the official split, padded to
 32x32 with the background value 0, ordered by the seed), so row i here is row i there. The
@@ -75,12 +75,13 @@ def prepare(out_dir: Path, *, seed: int = 0, size: str = "full", source: Path | 
     (image_paired) of fashion_mnist's rows for this seed and size."""
     out_dir = Path(out_dir)
     paths = {}
+    rng = fashion_mnist.caption_rng(seed)
     for split, (items, labels) in fashion_mnist.padded_splits(seed=seed, size=size, source=source).items():
         # test last (dicts keep their order): its file marks a complete dataset
         paths[split] = write_table(
             out_dir / f"{split}.parquet", "paired_image",
             {"image": edges(items), "image_paired": items, "label": labels,
-             "caption": fashion_mnist.captions(labels)},
+             "caption": fashion_mnist.captions(labels, rng)},
             shape=SHAPE,
         )
     return paths

@@ -3,7 +3,7 @@ kind `two_domain_image`, made from the Fashion-MNIST photos (fashion_mnist.py).
 
     image   the item, as fashion_mnist (32x32 grey)  -> batch key x
     domain  0 = A, a sneaker (class 7); 1 = B, an ankle boot (class 9)  -> batch key domain
-    label   the Fashion-MNIST class (int64, 7 or 9), caption "a photo of a <class>"
+    label   the Fashion-MNIST class (int64, 7 or 9), caption "a photo of a <class noun>" (fashion_mnist.captions)
 
 CycleGAN's datasets are unpaired: no image of one domain has a counterpart in the other. Here
 the two domains are also drawn from two disjoint halves of the data, so that no photo, and no

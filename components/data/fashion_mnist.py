@@ -80,16 +80,46 @@ def padded_splits(*, seed: int = 0, size: str = "full",
     return out
 
 
-def captions(labels: np.ndarray) -> list[str]:
-    return [f"a photo of a {CLASSES[k]}" for k in labels]
+# How a caption names each class: the class names made into nouns a sentence can take.
+NOUNS = ("T-shirt", "pair of trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+         "ankle boot")
+# Captions are made from the class through templates (as CLIP's zero-shot prompts are, Radford
+# et al. 2021, §3.1.4). Each training and test row gets one of TEMPLATES, drawn with the
+# dataset's seed; HELD_OUT_TEMPLATES appear in no row, so a text encoder can be tested on
+# phrasings it never saw. "{a}" is the noun's article.
+TEMPLATES = ("{a} photo of {a_noun}", "{a_noun}", "a picture of {a_noun}", "{a_noun}, centred",
+             "a grey photo of {a_noun}", "a small image of {a_noun}")
+HELD_OUT_TEMPLATES = ("an image showing {a_noun}", "a black and white {noun}", "a low resolution photo of the {noun}")
+
+
+def phrase(template: str, label: int) -> str:
+    """One caption: `template` filled with class `label`'s noun ("a sneaker", "an ankle boot")."""
+    noun = NOUNS[label]
+    article = "an" if noun[0].lower() in "aeiou" else "a"
+    return template.format(a="a", noun=noun, a_noun=f"{article} {noun}")
+
+
+def captions(labels: np.ndarray, rng: np.random.Generator | None = None) -> list[str]:
+    """A caption per label: "a photo of a <class>" without `rng`, else a template drawn per row."""
+    if rng is None:
+        return [phrase(TEMPLATES[0], int(k)) for k in labels]
+    picks = rng.integers(len(TEMPLATES), size=len(labels))
+    return [phrase(TEMPLATES[t], int(k)) for t, k in zip(picks, labels)]
+
+
+def caption_rng(seed: int) -> np.random.Generator:
+    """The templates' draws for a seed, apart from the rows' order: drawn for train, then test,
+    by every dataset made of these rows (fashion_edges.py), so row i has the same caption in each."""
+    return np.random.default_rng([seed, 1])
 
 
 def prepare(out_dir: Path, *, seed: int = 0, size: str = "full", source: Path | None = None) -> dict[str, Path]:
     """Write out_dir/train.parquet and out_dir/test.parquet (the official split, rows ordered by seed)."""
     out_dir = Path(out_dir)
     paths = {}
+    rng = caption_rng(seed)
     for split, (pixels, labels) in padded_splits(seed=seed, size=size, source=source).items():
         # test last (dicts keep their order): its file marks a complete dataset
         paths[split] = write_table(out_dir / f"{split}.parquet", "image",
-                                   {"image": pixels, "label": labels, "caption": captions(labels)}, shape=SHAPE)
+                                   {"image": pixels, "label": labels, "caption": captions(labels, rng)}, shape=SHAPE)
     return paths

@@ -7,6 +7,7 @@ pipeline supplies. Arguments annotated ModelRef name other trained models (froze
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import replace
 from typing import Any
 
@@ -20,6 +21,7 @@ from genray.components.models import rbm
 from genray.components.models import glow, realnvp
 from genray.components.models import vqvae
 from genray.components.models import maskgit
+from genray.components.models import clip
 from genray.components.models.refs import ModelRef, ref_arguments
 
 FAMILIES = {
@@ -38,7 +40,11 @@ FAMILIES = {
     "glow": glow.build_glow,
     "vqvae": vqvae.build_vqvae,
     "maskgit": maskgit.build_maskgit,
+    "clip": clip.build_clip,
 }
+
+# Families that read every row's caption whatever their conditioning: CLIP trains on pairs.
+READS_CAPTIONS = frozenset({"clip"})
 
 # The data kind each family trains on, when it is not images: what `genray families` and the
 # tests build an example of each family on (example_data).
@@ -48,7 +54,8 @@ FAMILY_KINDS = {"gpt": "tokens", "maskgit": "tokens", "wavenet": "audio", "pix2p
 
 def example_data(family: str) -> DatasetInfo:
     """A small description of the data `family` trains on: 8x8 grey images (or pairs of them, or
-    two domains of them), 16-token rows over printable ASCII and newline, or 256-sample clips at 8 kHz."""
+    two domains of them), 16-token rows over printable ASCII and newline, or 256-sample clips at 8 kHz;
+    images with captions for a family that reads them."""
     if FAMILY_KINDS.get(family) == "paired_image":
         return DatasetInfo("paired_image", (8, 8, 1), 0, 0, None, ("image", "image_paired"))
     if FAMILY_KINDS.get(family) == "two_domain_image":
@@ -58,7 +65,22 @@ def example_data(family: str) -> DatasetInfo:
     if FAMILY_KINDS.get(family) == "tokens":
         vocab = tuple(chr(c) for c in range(32, 127)) + ("\n",)
         return DatasetInfo("tokens", (16,), 0, 0, vocab, ("tokens",))
-    return DatasetInfo.for_images((1, 8, 8))
+    images = DatasetInfo.for_images((1, 8, 8))
+    return replace(images, columns=images.columns + ("caption",)) if family in READS_CAPTIONS else images
+
+
+def caption_length(family: str, args: dict[str, Any]) -> int:
+    """Bytes of each row's caption a model of `family` with builder `args` reads (what the data
+    pipeline decodes the caption column to), or 0 when it reads none: its text_len, given or the
+    builder's default, for a family in READS_CAPTIONS or a text-conditioned model."""
+    if family not in READS_CAPTIONS and args.get("conditioning") != "text":
+        return 0
+    if args.get("text_len") is not None:
+        return int(args["text_len"])
+    default = inspect.signature(FAMILIES[family]).parameters.get("text_len")
+    if default is None or default.default is inspect.Parameter.empty:
+        raise ValueError(f"{family} reads captions, so its builder needs a defaulted text_len argument")
+    return int(default.default)
 
 
 def build(family: str, args: dict[str, Any], data: DatasetInfo) -> nn.Module:

@@ -16,7 +16,7 @@ from torch import Tensor
 # Capabilities a family may declare; serving and evaluation route on these.
 CAPABILITIES = frozenset(
     {"sample", "encode", "decode", "log_prob", "log_prob_steps", "condition", "translate", "style_mix", "generate_text",
-     "audio", "tokenize"}
+     "audio", "tokenize", "embed"}
 )
 
 # The settings model's config: unknown keys are errors (a typo must not be ignored), values are

@@ -44,7 +44,22 @@ def test_prepare_pads_to_32_and_keeps_every_pixel(source, tmp_path):
     inner = pixels[:, 2:-2, 2:-2]
     matches = [int(np.flatnonzero((original == img).all(axis=(1, 2)))[0]) for img in inner]
     assert sorted(matches) == list(range(40)) and all(labels[i] == m % 10 for i, m in enumerate(matches))
-    assert table.column("caption").to_pylist()[0].startswith("a photo of a ")
+    # Each caption is one of the templates filled with the row's own class; the held-out
+    # templates appear in no row, of either split.
+    captions = table.column("caption").to_pylist() + read_table(paths["test"]).column("caption").to_pylist()
+    labels = np.concatenate([labels, np.asarray(read_table(paths["test"]).column("label").to_pylist())])
+    for caption, k in zip(captions, labels):
+        assert caption in {fashion_mnist.phrase(t, k) for t in fashion_mnist.TEMPLATES}, (caption, k)
+    held_out = {fashion_mnist.phrase(t, k) for t in fashion_mnist.HELD_OUT_TEMPLATES for k in range(10)}
+    assert not held_out & set(captions)
+    assert len(set(captions)) > 20  # the templates are drawn per row, not one per class
+
+
+def test_captions_read_as_english():
+    assert fashion_mnist.phrase(fashion_mnist.TEMPLATES[0], 9) == "a photo of an ankle boot"
+    assert fashion_mnist.phrase(fashion_mnist.TEMPLATES[1], 1) == "a pair of trousers"
+    assert fashion_mnist.phrase(fashion_mnist.HELD_OUT_TEMPLATES[1], 0) == "a black and white T-shirt"
+    assert fashion_mnist.captions(np.array([7, 4])) == ["a photo of a sneaker", "a photo of a coat"]
 
 
 def test_missing_files_name_the_package_and_the_option(tmp_path):

@@ -12,6 +12,7 @@ example batch where other families sample (`draw`).
 """
 import inspect
 import typing
+from dataclasses import replace
 
 import pydantic
 import pytest
@@ -34,6 +35,7 @@ TONES = {"audio": (96, 8000)}  # 96-sample clips at 8 kHz
 PAIRS = {"image_shape": (1, 8, 8), "paired": True}  # 8x8 grey inputs and their targets
 TWO_DOMAINS = {"image_shape": (1, 8, 8), "two_domain": True}  # 8x8 grey images of domains A and B
 MOONS = {"points": 2}  # 2-D points (the moons toy)
+CAPTIONED = {**DIGITS, "captions": True, "text_len": 12}  # 8x8 grey images with captions (CLIP's pairs)
 
 CASES = {
     "vae": [DIGITS, COLOUR, {**DIGITS, "decoder_sigma": 0.1}],
@@ -74,13 +76,14 @@ CASES = {
                 {"image_shape": (1, 16, 16), "num_classes": 10, "conditioning": "class", "tokenizer": ModelRef(
                     "models:/vq@champion", "vqvae", {"size": "tiny", "codebook_size": 16, "code_dim": 8},
                     DatasetInfo.for_images((1, 16, 16)).to_json())}],
+    "clip": [CAPTIONED, {"image_shape": (3, 32, 32), "captions": True, "text_len": 20, "learn_temperature": False}],
 }
 # Families that model images of any size (no stride-2 stack): only a wrong channel count is refused.
 ANY_SIZE = {"pixelcnn", "rbm"}
-# Translation families with no noise: a translation is the same for every seed.
-DETERMINISTIC = {"cyclegan"}
+# Translation families with no noise (a translation is the same for every seed), and embedders.
+DETERMINISTIC = {"cyclegan", "clip"}
 # They describe the data, which the builder gets as a DatasetInfo.
-DATA_KEYS = ("image_shape", "num_classes", "paired", "two_domain", "tokens", "audio", "points")
+DATA_KEYS = ("image_shape", "num_classes", "paired", "two_domain", "tokens", "audio", "points", "captions")
 
 
 PARAMS = [
@@ -109,11 +112,15 @@ def data_of(kwargs: dict) -> DatasetInfo:
     if kwargs.get("two_domain"):
         c, h, w = kwargs["image_shape"]
         return DatasetInfo("two_domain_image", (h, w, c), 64, 0, None, ("image", "domain"))
-    return DatasetInfo.for_images(kwargs["image_shape"], kwargs.get("num_classes", 0))
+    info = DatasetInfo.for_images(kwargs["image_shape"], kwargs.get("num_classes", 0))
+    return replace(info, columns=info.columns + ("caption",)) if kwargs.get("captions") else info
 
 
-def sample_shape(kwargs: dict) -> tuple[int, ...]:
-    """One example's shape as `sample` returns it: (C, H, W) images, (T,) token ids or samples."""
+def sample_shape(kwargs: dict, model=None) -> tuple[int, ...]:
+    """One example's shape as `sample` returns it: (C, H, W) images, (T,) token ids or samples;
+    an embedder's (D,) embedding."""
+    if model is not None and "embed" in model.capabilities:
+        return (model.embed_dim,)
     if "points" in kwargs:
         return (kwargs["points"],)
     for key in ("tokens", "audio"):
@@ -161,7 +168,7 @@ def make_batch(kwargs: dict, n: int = 8, seed: int = 0) -> dict[str, torch.Tenso
         batch["domain"] = torch.arange(n) % 2
     if kwargs.get("num_classes", 0) > 0:
         batch["y"] = torch.randint(kwargs["num_classes"], (n,), generator=g)
-    if kwargs.get("conditioning") == "text":  # byte tokens, zero-padded like encode_captions
+    if kwargs.get("conditioning") == "text" or kwargs.get("captions"):  # byte tokens, zero-padded like encode_captions
         batch["text"] = torch.randint(1, 257, (n, kwargs["text_len"]), generator=g)
         batch["text"][:, kwargs["text_len"] // 2 :] = 0
     return batch
@@ -169,9 +176,12 @@ def make_batch(kwargs: dict, n: int = 8, seed: int = 0) -> dict[str, torch.Tenso
 
 def draw(model, kwargs: dict, n: int, generator: torch.Generator) -> torch.Tensor:
     """What a model makes from a seed: n samples, or for a translation model, which needs an input,
-    the translations of an example batch's n inputs (routed on capabilities, as the pipelines do)."""
+    the translations of an example batch's n inputs (routed on capabilities, as the pipelines do);
+    an embedder's output is the embeddings of an example batch's n images."""
     if "translate" in model.capabilities:
         return model.translate(make_batch(kwargs, n=n)["x"], generator=generator)
+    if "embed" in model.capabilities:
+        return model.embed_images(make_batch(kwargs, n=n)["x"])
     return model.sample(n, generator=generator)
 
 
@@ -224,7 +234,8 @@ IMAGE_FAMILIES = sorted(n for n in FAMILIES if n in CASES and NATIVE[n].kind.is_
     if not (name in ANY_SIZE and shape[0] == 1)])  # grey images of any size are fine for those
 def test_unsupported_image_shape_is_explained(name, image_shape):
     data = data_of({"image_shape": image_shape, "paired": NATIVE[name].modality == "paired_image",
-                    "two_domain": NATIVE[name].modality == "two_domain_image"})
+                    "two_domain": NATIVE[name].modality == "two_domain_image",
+                    "captions": "caption" in NATIVE[name].columns})
     with pytest.raises(ValueError, match="image"):
         FAMILIES[name](data=data, size="tiny")
 
@@ -246,7 +257,7 @@ def test_protocol(name, kwargs):
     model = build(name, kwargs)
     assert isinstance(model, GenerativeModel)
     assert model.capabilities <= CAPABILITIES
-    assert {"sample", "translate"} & model.capabilities, "a model draws samples, or translates its inputs"
+    assert {"sample", "translate", "embed"} & model.capabilities, "a model draws samples, translates or embeds"
     assert model.conditioning in ("none", "class", "text")
     assert (model.conditioning != "none") == ("condition" in model.capabilities)
     assert (model.conditioning == "class") == (model.num_classes > 0)
@@ -260,7 +271,8 @@ def test_protocol(name, kwargs):
         model.sampling_settings(no_such_setting=1)
     assert model.sampling_cost(settings) >= 1
     grids = model.eval_samples(4, generator_seed=0, batch=make_batch(kwargs))
-    assert grids and all(g.shape == (4, *sample_shape(kwargs)) for g in grids.values())
+    assert all(g.shape == (4, *sample_shape(kwargs)) for g in grids.values())
+    assert grids or not {"sample", "translate"} & model.capabilities, "a generator logs what it makes"
 
 @pytest.mark.parametrize("name, kwargs", PARAMS)
 def test_every_phase_gives_every_parameter_a_gradient(name, kwargs):
@@ -300,7 +312,7 @@ def test_sample_shape_range_and_seed(name, kwargs):
     a = draw(model, kwargs, n, torch.Generator().manual_seed(1))
     b = draw(model, kwargs, n, torch.Generator().manual_seed(1))
     c = draw(model, kwargs, n, torch.Generator().manual_seed(2))
-    assert a.shape == (n, *sample_shape(kwargs))
+    assert a.shape == (n, *sample_shape(kwargs, model))
     if "tokens" in kwargs:  # token ids into the vocabulary
         assert a.dtype == torch.int64 and a.min() >= 0 and a.max() < kwargs["tokens"][1]
     else:
