@@ -19,6 +19,11 @@ or a checkpoint directory): a ModelRef, which the pipeline resolves like every m
 Its frozen weights are a submodule here, so a latent-diffusion checkpoint rebuilds on its own.
 The latent scale (1 / std of the latents, Rombach et al. 2022, appendix G) is a buffer set by
 data-dependent initialisation on the first training batch.
+
+Stable-Diffusion style: with `model.text_encoder` naming a trained CLIP (another ModelRef), the
+denoiser cross-attends to the frozen CLIP text tower's per-token outputs instead of a caption
+encoder trained with it (Rombach et al. 2022, §4.3.2, and Stable Diffusion's frozen CLIP
+ViT-L/14 text encoder). The whole CLIP rides along frozen in the checkpoint.
 """
 import math
 from typing import Annotated, Any, Literal
@@ -57,6 +62,21 @@ def sampling_settings_type(num_timesteps: int, conditional: bool, defaults: dict
     return create_model("DiffusionSampling", __config__=SETTINGS_CONFIG, **fields)
 
 
+class FrozenCLIPText(nn.Module):
+    """A trained CLIP's text tower as the caption encoder: tokens (B, L) -> its per-token outputs
+    (B, L', dim) and mask, L' = min(L, the CLIP's text_len) (bytes past what the CLIP reads are
+    cut, as encode_text cuts a caption at text_len). Frozen: no gradient, never trained."""
+
+    def __init__(self, clip: nn.Module):
+        super().__init__()
+        self.clip = clip.requires_grad_(False).eval()
+        self.dim = clip.text_tower.encoder.token_emb.embedding_dim
+
+    def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            return self.clip.text_tower.encode(tokens[:, : self.clip.text_len])
+
+
 class Diffusion(nn.Module):
 
     def __init__(
@@ -65,7 +85,7 @@ class Diffusion(nn.Module):
         net: UNet,
         image_shape: tuple[int, int, int],
         num_classes: int = 0,
-        text_encoder: TextEncoder | None = None,
+        text_encoder: nn.Module | None = None,  # TextEncoder, or FrozenCLIPText
         text_len: int = 64,
         autoencoder: nn.Module | None = None,
         latent_scale: float = 1.0,
@@ -395,13 +415,16 @@ def build_diffusion(
     vlb_timesteps: Annotated[int, Field(ge=0)] = 20,
     eval_guidance_scales: tuple[Annotated[float, Field(ge=0)], ...] = (0.0, 1.0, 3.0),
     autoencoder: ModelRef | None = None,
+    text_encoder: ModelRef | None = None,
 ) -> Diffusion:
     """DDPM-style diffusion (Ho et al. 2020) sampled with DDPM or DDIM; with `autoencoder` set,
     latent diffusion (Rombach et al. 2022).
 
     conditioning: "auto" is "class" when the data have labels, else "none"; "text" cross-attends
     to the data's captions (byte tokens, text_len of them). `autoencoder` references a genray VAE
-    with a latent map (resolved by the pipeline, like every ModelRef).
+    with a latent map (resolved by the pipeline, like every ModelRef); `text_encoder` a trained
+    genray CLIP, whose frozen text tower then encodes the captions (Stable Diffusion's choice)
+    in place of a caption encoder trained with the denoiser.
     """
     c, h, w = check_image_shape(data.image_shape, "diffusion")
     num_classes = data.num_classes
@@ -414,9 +437,14 @@ def build_diffusion(
     ae = _build_autoencoder(autoencoder, (c, h, w)) if autoencoder is not None else None
     net_shape = tuple(ae.latent_shape) if ae is not None else (c, h, w)
 
-    text_encoder = None
     context_dim = None
-    if conditioning == "text":
+    if text_encoder is not None:
+        if conditioning != "text":
+            raise UserError(f"diffusion: model.text_encoder ({text_encoder.ref}) encodes captions; it needs "
+                            f"model.conditioning: text (got {conditioning!r})")
+        text_encoder = _frozen_clip_text(text_encoder)
+        context_dim = text_encoder.dim
+    elif conditioning == "text":
         dim, depth, heads = TEXT_SIZES[size]
         text_encoder = TextEncoder(dim=dim, depth=depth, heads=heads, max_len=text_len)
         context_dim = dim
@@ -444,6 +472,14 @@ def build_diffusion(
         guidance_scale=guidance_scale, variance=variance, vlb_timesteps=vlb_timesteps,
         eval_guidance_scales=eval_guidance_scales,
     )
+
+
+def _frozen_clip_text(ref: ModelRef) -> FrozenCLIPText:
+    if ref.module is None:
+        raise UserError(f"diffusion: model.text_encoder {ref.ref} was not loaded; build models with components.models.build")
+    if ref.family != "clip":
+        raise UserError(f"diffusion: model.text_encoder {ref.ref} is a {ref.family}; it must be a genray clip")
+    return FrozenCLIPText(ref.module)
 
 
 def _build_autoencoder(ref: ModelRef, image_shape: tuple[int, int, int]) -> nn.Module:

@@ -116,7 +116,7 @@ def test_embeddings_are_unit_norm_and_the_temperature_is_clipped():
     assert math.isclose(float(model.logit_scale().detach()), 1 / 0.07, rel_tol=1e-5)  # §2.5's initial temperature
     with torch.no_grad():
         model.log_logit_scale.fill_(10.0)
-    assert float(model.logit_scale()) == MAX_LOGIT_SCALE
+    assert float(model.logit_scale().detach()) == MAX_LOGIT_SCALE
 
 
 def test_the_temperature_can_be_fixed():
@@ -149,3 +149,37 @@ def test_the_pipeline_decodes_captions_for_clip_and_text_conditioned_models():
     assert caption_length("diffusion", {"conditioning": "text"}) == 64
     assert caption_length("diffusion", {"conditioning": "class"}) == 0
     assert caption_length("vae", {}) == 0
+
+
+def test_a_diffusion_model_conditions_on_a_frozen_clip_text_tower():
+    """Stable-Diffusion style: model.text_encoder names a trained CLIP; the denoiser's context is
+    that CLIP's text tower's per-token outputs, its weights get no gradient and do not move in
+    training, and captions longer than the CLIP reads are cut to its text_len."""
+    from genray.components.models.refs import ModelRef
+
+    clip = build("clip", {"size": "tiny", "text_len": 8}, TINY)
+    ref = ModelRef("models:/clip/1", "clip", {"size": "tiny", "text_len": 8}, TINY.to_json())
+    data = DatasetInfo("image", (8, 8, 1), 100, 0, None, ("image", "caption"))
+    args = {"size": "tiny", "conditioning": "text", "text_len": 16, "num_timesteps": 20, "num_inference_steps": 2,
+            "text_encoder": ref}
+    from dataclasses import replace
+
+    from genray.components.models import FAMILIES
+
+    model = FAMILIES["diffusion"](**{**args, "text_encoder": replace(ref, module=clip)}, data=data)
+    tokens = encode_text(["a dark square, on the left", "x"], 16)
+    context, mask = model.text_encoder(tokens)
+    want, want_mask = clip.text_tower.encode(tokens[:, :8])
+    assert torch.equal(context, want) and torch.equal(mask, want_mask) and context.shape[1] == 8
+    frozen = {k: v.clone() for k, v in model.text_encoder.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    batch = {"x": torch.rand(4, 1, 8, 8) * 2 - 1, "text": encode_text(["a", "b", "c", "d"], 16)}
+    loss, _ = model(batch, "main")
+    loss.backward()
+    opt.step()
+    assert all(p.grad is None for p in model.text_encoder.parameters())
+    assert all(torch.equal(v, model.text_encoder.state_dict()[k]) for k, v in frozen.items())
+    with pytest.raises(UserError, match="needs model.conditioning: text"):
+        FAMILIES["diffusion"](**{**args, "conditioning": "none", "text_encoder": replace(ref, module=clip)}, data=data)
+    with pytest.raises(UserError, match="must be a genray clip"):
+        FAMILIES["diffusion"](**{**args, "text_encoder": replace(ref, family="vae", module=clip)}, data=data)

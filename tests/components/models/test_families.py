@@ -52,6 +52,10 @@ CASES = {
         {**COLOUR, **FAST_DIFFUSION, "autoencoder": ModelRef(
             "models:/ae@champion", "beta_vae", {"size": "tiny", "latent_channels": 4, "latent_downsample": 2},
             DatasetInfo.for_images((3, 32, 32)).to_json())},
+        # Stable-Diffusion style: the frozen text tower of a trained CLIP encodes the captions
+        {**COLOUR, **FAST_DIFFUSION, "conditioning": "text", "text_len": 12, "text_encoder": ModelRef(
+            "models:/clip@champion", "clip", {"size": "tiny", "text_len": 8},
+            DatasetInfo("image", (8, 8, 1), 64, 10, None, ("image", "label", "caption")).to_json())},
     ],
     "gpt": [TEXT, {**TEXT, "num_classes": 3, "conditioning": "class", "dropout": 0.1},
             {"tokens": (8, 512), "block_size": 24},  # a VQ-VAE-sized code vocabulary
