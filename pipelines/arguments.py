@@ -88,6 +88,9 @@ def add_eval(p: argparse.ArgumentParser) -> None:
                    help="pytorch-fid Inception-v3 weights for FID (default: $GENRAY_INCEPTION_WEIGHTS; never downloaded)")
     p.add_argument("--likelihood-rows", type=int, default=None,
                    help="reference rows scored for the likelihood (default: 500 images; every held-out sequence)")
+    p.add_argument("--clip", metavar="REF",
+                   help="a trained genray CLIP (models:/..., runs:/... or a directory): a text-conditioned model's "
+                        "samples get a CLIP score against their prompts")
     p.add_argument("--seed", type=int, default=0, help="sampling seed: the same seed draws the same samples")
     p.add_argument("--no-log", action="store_true", help="print only; write nothing to MLflow")
     p.add_argument("--verbose", action="store_true",

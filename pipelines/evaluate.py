@@ -18,7 +18,13 @@ declares and what the data holds:
     + Inception file   the same on Inception-v3 pool features (FID) when the user provides the
                        weights (--inception or GENRAY_INCEPTION_WEIGHTS); nothing is downloaded
     "condition"        class consistency: the share of samples the classifier puts in the class
-                       they were asked for
+                       they were asked for (a text model: the class of the caption's row)
+    text + --clip REF  CLIP score (Hessel et al. 2021): 100 x mean max(cos, 0) of each sample's
+                       and its prompt's embeddings under a trained genray CLIP, beside the same
+                       score of the real images the prompts came from
+    "embed" (CLIP)     zero-shot accuracy on the reference split from each class's training
+                       captions (and Fashion-MNIST's held-out templates), the contrastive loss
+                       and in-batch retrieval top-1 both ways, images embedded per second
     "translate"        translations of the reference split's inputs against their targets: L1,
                        PSNR, FD/KID/precision/recall on the target domain, class consistency;
                        two-way (CycleGAN, unpaired domains): per direction the share of
@@ -92,6 +98,7 @@ class EvalRequest:
     inception: str | None = None  # Inception-v3 weights file (pytorch-fid's); env GENRAY_INCEPTION_WEIGHTS
     sampling: dict[str, Any] = field(default_factory=dict)  # fields of the model's sampling_settings
     likelihood_rows: int | None = None  # None: LIKELIHOOD_IMAGES images, or every held-out sequence
+    clip: str | None = None  # a trained CLIP: text-conditioned samples get a CLIP score
     seed: int = 0
     log: bool = True
     parent_run_id: str | None = None  # nest the evaluation run here (a sweep) instead of under the training run
@@ -340,6 +347,11 @@ def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> Ev
 
     reference = read_split(ref_path, None, factors=True)
     conditions = conditions_for(model, request.num_samples, reference)
+    if request.clip is not None and "prompt" not in conditions:
+        raise UserError(f"--clip: the CLIP score rates samples against their prompts; this model's conditioning is "
+                        f"{model.conditioning!r}" + ("" if model.conditioning != "text" else
+                                                     f" but {ref_path} has no captions to prompt it with"))
+    clip = load_clip(request.clip, data.info.image_shape, uri=uri, home=home) if request.clip is not None else None
 
     nets = [n for n in (domain_classifier(request.feature_net, train_path=data.train, dataset=dataset, home=home, say=say),
                         inception_net(request.inception)) if n is not None]
@@ -366,6 +378,12 @@ def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> Ev
                 metrics["class_consistency"] = float((net.predict(fake) == conditions["y"]).mean())
             elif "rows" in conditions and reference.y is not None:  # captions name the class
                 metrics["class_consistency"] = float((net.predict(fake) == reference.y[conditions["rows"]]).mean())
+
+    if clip is not None:
+        say(f"CLIP score against the prompts with {request.clip} ...")
+        clip, params["eval.clip"] = clip
+        metrics["clip_score"] = clip_score(clip, fake, conditions["prompt"])
+        metrics["clip_score_real"] = clip_score(clip, reference.x[conditions["rows"]], conditions["prompt"])
 
     if "log_prob" in model.capabilities:
         rows = request.likelihood_rows or LIKELIHOOD_IMAGES
@@ -437,6 +455,36 @@ def evaluate_translation(request: EvalRequest, target: Target, model, state: dic
     k = min(16, len(x))  # inputs, translations and targets, a row of each per example block
     shown = render(torch.cat([x[:k], fake[:k], truth[:k]]), info)
     return _log(request, target, state, params, metrics, shown, uri=uri, home=home)
+
+
+def load_clip(ref: str, image_shape: tuple[int, int, int], *, uri: str, home: Path):
+    """A trained CLIP named like an eval target, checked to embed images of this shape; and how
+    the evaluation run records it (the resolved registry version or run when known)."""
+    target = resolve_target(ref, uri, home)
+    clip, state = checkpoint.build_model(target.checkpoint)
+    if "embed" not in clip.capabilities:
+        raise UserError(f"--clip {ref}: a {state['model']['family']} model; the CLIP score needs a genray clip")
+    if tuple(clip.image_shape) != tuple(image_shape):
+        raise UserError(f"--clip {ref}: it embeds images of shape {list(clip.image_shape)}; these samples are "
+                        f"{list(image_shape)}")
+    label = (f"models:/{target.model_name}/{target.model_version}" if target.model_name
+             else f"runs:/{target.training_run_id}" if target.training_run_id else ref)
+    return clip.eval(), label
+
+
+def clip_score(clip, images: torch.Tensor, prompts: list[str], batch_size: int = 250) -> float:
+    """Hessel et al. 2021 (CLIPScore, with w = 100 as torchmetrics reports it): 100 x the mean
+    over images of max(cos(image embedding, its prompt's embedding), 0). Prompts longer than the
+    CLIP reads are cut to its text_len, as captions are in training."""
+    from genray.components.data import encode_captions
+
+    tokens = torch.as_tensor(encode_captions(prompts, clip.text_len))
+    cos = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            a, b = clip.embed_images(images[i : i + batch_size]), clip.embed_text(tokens[i : i + batch_size])
+            cos.append((a * b).sum(-1).clamp(min=0))
+    return float(100 * torch.cat(cos).mean())
 
 
 # Prompts per class for zero-shot classification, at most this many distinct captions of each.
@@ -861,8 +909,8 @@ def command(args) -> int:
     request = EvalRequest(
         target=args.target, num_samples=args.num_samples, batch_size=args.batch_size, workers=args.workers,
         reference=args.reference, feature_net=args.feature_net, inception=args.inception,
-        sampling=parse_overrides(args.overrides), likelihood_rows=args.likelihood_rows, seed=args.seed,
-        log=not args.no_log,
+        sampling=parse_overrides(args.overrides), likelihood_rows=args.likelihood_rows, clip=args.clip,
+        seed=args.seed, log=not args.no_log,
     )
     print_report(evaluate(request))
     return 0

@@ -344,19 +344,10 @@ def test_a_two_way_translation_model_is_scored_per_direction_with_its_cycle(ray_
     assert m["cycle_psnr_b_to_a"] == pytest.approx(float((10 * torch.log10(1 / mse)).mean()), rel=1e-5)
 
 
-def test_a_clip_model_is_scored_zero_shot_from_the_training_captions_and_held_out_templates(ray_session, tmp_path):
-    """CLIP on captioned Fashion-MNIST (tiny), a few local-mode steps: genray eval classifies the
-    test split zero-shot from each class's training captions (the six templates) and from the
-    three held-out templates, as model.classify does here from the same checkpoint, and scores
-    the contrastive loss and in-batch retrieval on held-out pairs."""
-    import torch
-
-    from genray.components import checkpoint
-    from genray.components.data import fashion_mnist
-    from genray.pipelines.data import resolve_data
-    from genray.pipelines.quality import read_split
-
-    home = tmp_path / "home"
+@pytest.fixture(scope="module")
+def clip_run(ray_session, tmp_path_factory):
+    """A tiny CLIP trained for 60 local-mode steps on captioned Fashion-MNIST (tiny)."""
+    home = tmp_path_factory.mktemp("clip") / "home"
     spec = config.validate({
         "data": {"dataset": "fashion_mnist", "size": "tiny"},
         "model": {"family": "clip", "size": "tiny"},
@@ -365,7 +356,21 @@ def test_a_clip_model_is_scored_zero_shot_from_the_training_captions_and_held_ou
         "scaling": {"workers": 0},
         "tracking": {"experiment": "test"},
     }, "<test>")
-    out = train.run(spec, name="e-clip", home=home)
+    return home, spec, train.run(spec, name="e-clip", home=home)
+
+
+def test_a_clip_model_is_scored_zero_shot_from_the_training_captions_and_held_out_templates(clip_run):
+    """genray eval classifies the test split zero-shot from each class's training captions (the
+    six templates) and from the three held-out templates, as model.classify does here from the
+    same checkpoint, and scores the contrastive loss and in-batch retrieval on held-out pairs."""
+    import torch
+
+    from genray.components import checkpoint
+    from genray.components.data import fashion_mnist
+    from genray.pipelines.data import resolve_data
+    from genray.pipelines.quality import read_split
+
+    home, spec, out = clip_run
     ev = evaluate.evaluate(evaluate.EvalRequest(target=f"runs:/{out.run_id}", batch_size=32, workers=0,
                                                 feature_net="none"), home=home)
     m = ev.metrics
@@ -386,3 +391,50 @@ def test_a_clip_model_is_scored_zero_shot_from_the_training_captions_and_held_ou
     assert 0 <= m["zero_shot_accuracy_held_out"] <= 1 and ev.params["eval.zero_shot.prompts_per_class"] == "6"
     assert m["contrastive_loss"] < np.log(32)  # below chance for a batch of 32
     assert 0 <= m["i2t_top1"] <= 1 and 0 <= m["t2i_top1"] <= 1
+
+
+def test_a_text_model_on_a_frozen_clip_gets_a_clip_score(clip_run, capsys, monkeypatch):
+    """Stable-Diffusion style through the pipeline: a text-conditioned diffusion model names the
+    trained CLIP by runs:/ (resolved, its weights carried in the new checkpoint), trains a few
+    steps, and `genray eval --clip` scores its samples against their prompts with that CLIP, as
+    evaluate.clip_score computes here, beside the real images' score."""
+    import torch
+
+    from genray.components import checkpoint
+    from genray.components.data import encode_captions
+    from genray.pipelines.quality import read_split
+
+    home, _, clip_out = clip_run
+    spec = config.validate({
+        "data": {"dataset": "fashion_mnist", "size": "tiny"},
+        "model": {"family": "diffusion", "size": "tiny", "conditioning": "text", "text_len": 48,
+                  "text_encoder": f"runs:/{clip_out.run_id}", "num_timesteps": 50, "num_inference_steps": 2,
+                  "vlb_timesteps": 2, "eval_guidance_scales": [0.0, 2.0]},
+        "trainer": {"max_steps": 4, "batch_size": 16, "checkpoint_every": 4, "eval_every": 4, "eval_batches": 1,
+                    "num_samples": 4, "quality_samples": 0},
+        "scaling": {"workers": 0},
+        "tracking": {"experiment": "test"},
+    }, "<test>")
+    out = train.run(spec, name="e-sd", home=home)
+    model, _ = checkpoint.build_model(out.checkpoint)
+    clip, _ = checkpoint.build_model(clip_out.checkpoint)
+    # The frozen text tower in the diffusion checkpoint is the trained CLIP's, unchanged.
+    for k, v in clip.text_tower.state_dict().items():
+        assert torch.equal(model.text_encoder.clip.text_tower.state_dict()[k], v), k
+
+    ev = evaluate.evaluate(evaluate.EvalRequest(target=f"runs:/{out.run_id}", num_samples=8, batch_size=8, workers=0,
+                                                feature_net="none", clip=f"runs:/{clip_out.run_id}"), home=home)
+    assert ev.params["eval.clip"] == f"runs:/{clip_out.run_id}"
+    assert 0 <= ev.metrics["clip_score"] <= 100 and 0 < ev.metrics["clip_score_real"] <= 100
+    test = read_split(str(home / "data" / "fashion_mnist-tiny-seed0-r2" / "test.parquet"), None)
+    prompts = test.captions[:8]
+    tokens = torch.as_tensor(encode_captions(prompts, clip.text_len))
+    real = 100 * (clip.embed_images(test.x[:8]) * clip.embed_text(tokens)).sum(-1).clamp(min=0).mean()
+    assert ev.metrics["clip_score_real"] == pytest.approx(float(real), rel=1e-5)
+
+    # A --clip that is not a CLIP is named before anything is generated.
+    monkeypatch.setenv("GENRAY_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    rc = cli.main(["eval", f"runs:/{out.run_id}", "--no-log", "--feature-net", "none", "--workers", "0",
+                   "--clip", f"runs:/{out.run_id}"])
+    assert rc == 2 and "the CLIP score needs a genray clip" in capsys.readouterr().err
