@@ -294,6 +294,7 @@ class SweepEvalSpec(_Section):
     batch_size: int = Field(250, ge=1)
     feature_net: str = "auto"
     likelihood_rows: int = Field(200, ge=1)
+    clip: str | None = None  # a trained CLIP (models:/..., runs:/...): text models' samples get a CLIP score
     seed: int = 0
     # Training sweeps: None scores every trial that finishes, in the trial; k scores only the k
     # finished trials best by `rank_by` (a training metric, the one ASHA's rungs and the search

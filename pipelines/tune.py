@@ -339,7 +339,8 @@ def _eval_request(ctx: dict[str, Any], target: str, **kwargs):
 
     e = ctx["eval"]
     return EvalRequest(target=target, num_samples=e["num_samples"], batch_size=e["batch_size"], workers=0,
-                       feature_net=e["feature_net"], likelihood_rows=e["likelihood_rows"], seed=e["seed"], **kwargs)
+                       feature_net=e["feature_net"], likelihood_rows=e["likelihood_rows"], clip=e.get("clip"),
+                       seed=e["seed"], **kwargs)
 
 
 class _RuleStopper:
@@ -590,6 +591,10 @@ def check_scoring(sweep: Sweep, model, info) -> None:
                 raise ConfigError(f"{sweep.source}: {where} {name!r} is {what}, which a {type(model).__name__} "
                                   f"cannot give (it lacks {', '.join(sorted(missing))}; it can "
                                   f"{', '.join(sorted(model.capabilities))})")
+        if bare.startswith("clip_score") and (model.conditioning != "text" or not (t.evaluate and t.evaluate.clip)):
+            raise ConfigError(f"{sweep.source}: {name!r} is the CLIP score of a text-conditioned model's samples: it "
+                              "needs a model with conditioning text (this one: "
+                              f"{model.conditioning}) and tune.evaluate.clip naming a trained genray CLIP")
         if bare.startswith(("mig", "beta_vae_score")) and not any(c.startswith("factor_") for c in info.columns):
             raise ConfigError(f"{sweep.source}: {name!r} needs data with ground-truth factors (factor_* columns, "
                               f"as the built-in shapes dataset has); {info.modality} data with columns "

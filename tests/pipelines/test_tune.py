@@ -363,6 +363,14 @@ def test_a_metric_the_family_cannot_have_exits_2_before_any_trial(tmp_path, genr
     assert cli.main(["tune", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "'eval_full/mig' needs data with ground-truth factors" in err and "Traceback" not in err, err
+    # The CLIP score needs a text-conditioned model and a CLIP to score with.
+    cfg = write_config(tmp_path / "clip.yaml", {"metric": "eval/loss", "mode": "min", "evaluate": {},
+                                                "report": ["eval_full/clip_score"],
+                                                "space": {"trainer.lr": {"choice": [1e-4]}}}, base)
+    assert cli.main(["tune", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert ("'eval_full/clip_score' is the CLIP score of a text-conditioned model's samples: it needs a model with "
+            "conditioning text (this one: none) and tune.evaluate.clip naming a trained genray CLIP") in err, err
     assert not list((genray_home / "sweeps").glob("*/*.json"))  # no trial state: nothing started
 
 
