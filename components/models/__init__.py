@@ -21,6 +21,7 @@ from genray.components.models import rbm
 from genray.components.models import glow, realnvp
 from genray.components.models import vqvae
 from genray.components.models import maskgit
+from genray.components.models import consistency
 from genray.components.models import clip
 from genray.components.models.refs import ModelRef, ref_arguments
 
@@ -40,6 +41,7 @@ FAMILIES = {
     "glow": glow.build_glow,
     "vqvae": vqvae.build_vqvae,
     "maskgit": maskgit.build_maskgit,
+    "consistency": consistency.build_consistency,
     "clip": clip.build_clip,
 }
 

@@ -80,6 +80,13 @@ CASES = {
                 {"image_shape": (1, 16, 16), "num_classes": 10, "conditioning": "class", "tokenizer": ModelRef(
                     "models:/vq@champion", "vqvae", {"size": "tiny", "codebook_size": 16, "code_dim": 8},
                     DatasetInfo.for_images((1, 16, 16)).to_json())}],
+    "consistency": [
+        DIGITS,  # consistency training (no teacher), class-conditional
+        {**COLOUR, "distance": "l2", "num_levels": 5, "steps": 4},
+        # consistency distillation from a class-conditional v-prediction DDPM teacher
+        {**DIGITS, "num_levels": 6, "teacher": ModelRef(
+            "models:/teacher@champion", "diffusion", {"size": "tiny", "num_timesteps": 50, "prediction": "v"},
+            DatasetInfo.for_images((1, 8, 8), 10).to_json())}],
     "clip": [CAPTIONED, {"image_shape": (3, 32, 32), "captions": True, "text_len": 20, "learn_temperature": False}],
 }
 # Families that model images of any size (no stride-2 stack): only a wrong channel count is refused.
