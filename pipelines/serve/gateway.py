@@ -16,6 +16,9 @@ them to each model's ModelServer and turns what comes back into HTTP.
     POST /v1/models/{name}/translate    images -> their translations   (capability "translate")
     POST /v1/models/{name}/style_mix    two seeds, a crossover -> mixed images   (StyleGAN2)
     POST /v1/models/{name}/log_prob     images -> nats, bits/dim   (capability "log_prob")
+    POST /v1/models/{name}/embed        captions or images -> unit-norm embeddings   (capability "embed": CLIP)
+    POST /v1/models/{name}/classify     images, labels, templates -> each image's scores over the labels and
+                                        its top label, zero-shot   (capability "embed")
     POST /v1/models/{name}/generate     text models: prompt -> text, JSON or streamed as
                                         server-sent events           (capability "generate_text")
     GET  /docs, /openapi.json
@@ -47,8 +50,12 @@ from ray import serve
 
 from genray.pipelines.serve.auth import BearerAuth, KeyCheck
 from genray.pipelines.serve.schemas import (
+    ClassifyRequest,
+    ClassifyResponse,
     DecodeRequest,
     DecodeTokensRequest,
+    EmbedRequest,
+    EmbedResponse,
     EncodeResponse,
     ErrorResponse,
     GenerateRequest,
@@ -242,6 +249,14 @@ def build_fastapi(gateway: Gateway) -> FastAPI:
     @app.post("/v1/models/{name}/style_mix", responses={200: {"model": ImagesOut}, **ERRORS})
     async def style_mix(name: str, body: StyleMixRequest):
         return await gateway.versioned(name, "style_mix", body.model_dump())
+
+    @app.post("/v1/models/{name}/embed", responses={200: {"model": EmbedResponse}, **ERRORS})
+    async def embed(name: str, body: EmbedRequest):
+        return await gateway.versioned(name, "embed", body.model_dump())
+
+    @app.post("/v1/models/{name}/classify", responses={200: {"model": ClassifyResponse}, **ERRORS})
+    async def classify(name: str, body: ClassifyRequest):
+        return await gateway.versioned(name, "classify", body.model_dump())
 
     @app.get("/", include_in_schema=False)
     async def gallery():

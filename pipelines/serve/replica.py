@@ -19,8 +19,8 @@ An alias change alone swaps nothing: only --reload writes the tag.
 Sampling requests are batched (`@serve.batch`): requests with equal settings run as one
 `model.sample` call, each drawing its noise from its own seeded generator
 (components.models.layers.StackedGenerators), so a seed names the same image alone or batched.
-The other routes (encode, decode, interpolate, tokenize, decode_tokens, log_prob, translate, style_mix) run one
-request at a time, in a thread.
+The other routes (encode, decode, interpolate, tokenize, decode_tokens, log_prob, translate, style_mix, embed,
+classify) run one request at a time, in a thread.
 
 A user's mistake (UserError) comes back as an error body that the gateway answers with a 4xx;
 any other exception propagates, and the gateway answers 500 and logs its traceback.
@@ -46,6 +46,8 @@ from genray.components.models.protocol import settings_for
 from genray.components.samplers import text
 from genray.pipelines.serve.registry import Loaded, load_version, serving_version
 from genray.pipelines.serve.schemas import (
+    ClassifyResponse,
+    EmbedResponse,
     EncodeResponse,
     InterpolateResponse,
     LogProbResponse,
@@ -57,6 +59,8 @@ from genray.pipelines.serve.schemas import (
     decode_png,
     error_body,
     images_payload,
+    parse_classify,
+    parse_embed,
     parse_generate,
     parse_sample,
     parse_style_mix,
@@ -100,9 +104,13 @@ def describe(loaded: Loaded, limits: Limits) -> dict[str, Any]:
             routes.append("log_prob")
         if "style_mix" in caps:
             routes.append("style_mix")
+        if "embed" in caps:  # captions and images -> unit-norm embeddings; zero-shot labels (CLIP)
+            routes.extend(["embed", "classify"])
     params = sample_parameters(model, defaults, limits)
     if "sample" not in caps:  # a translation makes one output per input image: no n
         params.pop("n", None)
+    if "embed" in caps and "sample" not in caps:  # nothing drawn, so no seed either (CLIP)
+        params.pop("seed", None)
     if "generate_text" in caps:
         routes.append("generate")
         params = {
@@ -138,6 +146,9 @@ def describe(loaded: Loaded, limits: Limits) -> dict[str, Any]:
         info["style_layers"] = model.num_ws
     if "translate" in caps:
         info["directions"] = list(model.directions)
+    if "embed" in caps:
+        info["embed_dim"] = int(model.embed_dim)
+        info["text_len"] = int(model.text_len)  # bytes of UTF-8 a caption may hold
     return info
 
 
@@ -302,9 +313,10 @@ class ModelServer:
         loaded, info = self.loaded, self.info
         try:
             if "sample" not in info["routes"]:
-                raise RequestError(None, f"{self.name} ({loaded.family}) has no sample route: it generates text; "
-                                         "use POST /v1/models/{name}/generate", status=404, loc=["path", "name"],
-                                   routes=info["routes"])
+                why = ("it generates text; use POST /v1/models/{name}/generate" if "generate" in info["routes"]
+                       else f"it draws no samples; its routes: {', '.join(info['routes'])}")
+                raise RequestError(None, f"{self.name} ({loaded.family}) has no sample route: {why}", status=404,
+                                   loc=["path", "name"], routes=info["routes"])
             job = parse_sample(req, loaded, self.limits)
         except UserError as e:
             return error_body(e)
@@ -520,6 +532,48 @@ class ModelServer:
                                neg_log_prob_nats=[round(v, 6) for v in nats],
                                bits_per_dim=[round(v, 6) for v in bpd.tolist()],
                                note=LOG_PROB_NOTES[space] + KIND_NOTES[kind]).model_dump()
+
+    async def embed(self, req: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        try:
+            loaded = self._needs("embed")
+            job = parse_embed(req, loaded, self.limits)
+        except UserError as e:
+            return error_body(e)
+
+        def run():
+            with torch.no_grad():
+                if "texts" in job:
+                    return loaded.model.embed_text(job["texts"]).float().cpu()
+                return loaded.model.embed_images(torch.as_tensor(job["x"]).to(self.device)).float().cpu()
+
+        z = await asyncio.to_thread(run)  # (B, D), unit rows
+        return EmbedResponse(model=self.name, version=loaded.version, input="texts" if "texts" in job else "images",
+                             dim=int(z.shape[1]), embeddings=z.tolist()).model_dump()
+
+    async def classify(self, req: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        try:
+            loaded = self._needs("embed", route="classify")
+            job = parse_classify(req, loaded, self.limits)
+        except UserError as e:
+            return error_body(e)
+
+        def run():
+            with torch.no_grad():
+                cosines = loaded.model.classify(torch.as_tensor(job["x"]).to(self.device), job["prompts"])  # (B, K)
+                return cosines.double().cpu(), float(loaded.model.logit_scale())
+
+        cosines, scale = await asyncio.to_thread(run)
+        scores = torch.softmax(scale * cosines, dim=1)  # (B, K): Radford et al. 2021's zero-shot probabilities
+        top = scores.argmax(1).tolist()
+        labels = job["labels"]
+        predictions = [{"label": labels[k], "score": row[k], "scores": dict(zip(labels, row))}
+                       for k, row in zip(top, scores.tolist())]
+        return ClassifyResponse(model=self.name, version=loaded.version, labels=labels, templates=job["templates"],
+                                logit_scale=scale, predictions=predictions).model_dump()
 
     # -- helpers
 

@@ -9,6 +9,10 @@ sampling request, read from the settings the model declares.
                                        "<setting>": ...}      text models
     POST /v1/models/{name}/decode_tokens  {"tokens": [[[3, 7], [0, 15]], ...], "format": "png"}
                                           one h x w grid of code ids per image  (VQ-VAE: capability tokenize)
+    POST /v1/models/{name}/embed      {"texts": ["a sneaker", ...]} or {"images": [...]} or {"arrays": ...}
+                                      unit-norm embeddings  (CLIP: capability embed)
+    POST /v1/models/{name}/classify   {"images"/"arrays": ..., "labels": ["sneaker", "bag"],
+                                       "templates": ["a photo of a {}"]}   zero-shot, by the same model
 
 n, seed, format and the condition (class_label or prompt, as `model.conditioning` says) are
 every model's; the other fields are the model's sampling settings (`model.sampling_settings`, a
@@ -124,6 +128,37 @@ class DecodeTokensRequest(BaseModel):
     format: Literal["png", "array"] = "png"
 
 
+class EmbedRequest(BaseModel):
+    """Models with the embed capability (CLIP): captions or images -> unit-norm embeddings, in the
+    space where an image and its caption lie close. Exactly one of texts, images or arrays. The
+    captions are checked by `parse_embed` against the model's text_len (GET /v1/models/{name}), so
+    a bad one is a 422 naming `texts` and saying which, not a type error inside the list."""
+
+    model_config = ConfigDict(extra="forbid")
+    texts: list[Any] | None = Field(None, min_length=1, description="captions (strings), each at most the model's "
+                                                                      "text_len bytes of UTF-8")
+    images: list[str] | None = Field(None, min_length=1, description="base64 PNGs of the model's size")
+    arrays: list[list[list[list[FiniteFloat]]]] | None = Field(None, min_length=1, description="(B, C, H, W) in [-1, 1]")
+
+
+# CLIP's zero-shot prompt when a classify request names no templates (Radford et al. 2021, §3.1.4).
+DEFAULT_TEMPLATES = ("a photo of a {}",)
+
+
+class ClassifyRequest(BaseModel):
+    """Models with the embed capability (CLIP): zero-shot classification of images among the
+    labels. Each label's embedding is the normalised mean of its prompts' (each template with the
+    label in place of "{}"); each image's scores are the softmax of the model's logit scale times
+    its cosines to them. Checked by `parse_classify`: a 422 names `labels` or `templates`."""
+
+    model_config = ConfigDict(extra="forbid")
+    images: list[str] | None = Field(None, min_length=1, description="base64 PNGs of the model's size")
+    arrays: list[list[list[list[FiniteFloat]]]] | None = Field(None, min_length=1, description="(B, C, H, W) in [-1, 1]")
+    labels: list[Any] = Field(min_length=1, description="the classes to choose among: distinct, non-empty strings")
+    templates: list[Any] | None = Field(None, min_length=1, description='prompts with "{}" where the label goes; '
+                                                                        f'null: {list(DEFAULT_TEMPLATES)}')
+
+
 class InterpolateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     a: str = Field(description="base64 PNG: the path starts here")
@@ -177,6 +212,26 @@ class TokenizeResponse(Served):
     grid: list[int] = Field(description="[h, w]: the shape of each image's grid of code ids")
     codebook_size: int = Field(description="K: code ids lie in [0, K)")
     tokens: list[list[list[int]]] = Field(description="one h x w grid of code ids per image")
+
+
+class EmbedResponse(Served):
+    input: Literal["texts", "images"] = Field(description="what was embedded (arrays are images)")
+    dim: int = Field(description="D: the length of each embedding")
+    embeddings: list[list[float]] = Field(description="one unit-norm embedding per caption or image, in order")
+
+
+class Prediction(BaseModel):
+    label: str = Field(description="the label with the highest score")
+    score: float
+    scores: dict[str, float] = Field(description="every label's score (they sum to 1), in the request's order")
+
+
+class ClassifyResponse(Served):
+    labels: list[str]
+    templates: list[str] = Field(description="the prompts' templates used (the default when none were given)")
+    logit_scale: float = Field(description="the model's learned temperature's inverse: scores are "
+                                           "softmax(logit_scale * cosine) over the labels")
+    predictions: list[Prediction] = Field(description="one per image, in order")
 
 
 class LogProbResponse(Served):
@@ -565,6 +620,91 @@ def parse_tokens(tokens: list[Any], grid: tuple[int, int], codebook_size: int, l
                     raise RequestError("tokens", f"tokens[{i}][{r}][{c}] is {v}; code ids lie in [0, {codebook_size}) "
                                                  f"(codebook_size {codebook_size})")
     return np.asarray(tokens, dtype=np.int64).reshape(len(tokens), h, w)
+
+
+def parse_embed(req: dict[str, Any], loaded, limits: Limits) -> dict[str, Any]:
+    """An /embed body -> {"texts": captions} or {"x": (B, C, H, W) float32 in [-1, 1]}: exactly
+    one of texts, images or arrays; the captions checked by `check_captions`, the images as every
+    image route takes them (decode_images). Raises RequestError naming the field."""
+    model = loaded.model
+    given = [k for k in ("texts", "images", "arrays") if req.get(k) is not None]
+    if len(given) != 1:
+        got = f"; got {' and '.join(given)}" if given else ""
+        raise RequestError(given[1] if given else "texts", "give texts (captions), images (base64 PNGs) or arrays "
+                                                           f"((B, C, H, W) in [-1, 1]), exactly one of them{got}")
+    if given == ["texts"]:
+        return {"texts": check_captions(req["texts"], "texts", int(model.text_len), limits)}
+    return {"x": decode_images(req, tuple(model.image_shape), limits)}
+
+
+def check_captions(texts: list[Any], field: str, text_len: int, limits: Limits) -> list[str]:
+    """At most limits.max_images captions, each a string of at most text_len bytes of UTF-8: the
+    model reads that many, and a caption cut short would embed another text."""
+    if len(texts) > limits.max_images:
+        raise RequestError(field, f"{len(texts)} captions; at most {limits.max_images} per request (limits.max_images)")
+    texts = _strings(texts, field, "captions")
+    for i, t in enumerate(texts):
+        size = len(t.encode("utf-8"))
+        if size > text_len:
+            raise RequestError(field, f"{field}[{i}] is {size} bytes of UTF-8; this model reads at most {text_len} "
+                                      "bytes per caption (text_len), and a caption cut short would be another text")
+    return texts
+
+
+def parse_classify(req: dict[str, Any], loaded, limits: Limits) -> dict[str, Any]:
+    """A /classify body -> {x, labels, templates, prompts}, prompts[k] every template with label k
+    in place of "{}". labels: distinct, non-empty strings; templates: strings holding "{}"; at
+    most limits.max_images of each; every prompt at most the model's text_len bytes of UTF-8 (the
+    template is named when it alone is too long, else the label). The images as every image
+    route takes them. Raises RequestError naming the field."""
+    model = loaded.model
+    text_len = int(model.text_len)
+    labels = _strings(req["labels"], "labels", "labels")
+    if len(labels) > limits.max_images:
+        raise RequestError("labels", f"{len(labels)} labels; at most {limits.max_images} per request "
+                                     "(limits.max_images)")
+    first: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        if not label.strip():
+            raise RequestError("labels", f"labels[{i}] is {_json(label)}; a label names its class in words")
+        if label in first:
+            raise RequestError("labels", f"labels[{i}] is {_json(label)}, as labels[{first[label]}] is; name each "
+                                         "class once")
+        first[label] = i
+    given = req.get("templates")
+    templates = list(DEFAULT_TEMPLATES) if given is None else _strings(given, "templates", "templates")
+    if len(templates) > limits.max_images:
+        raise RequestError("templates", f"{len(templates)} templates; at most {limits.max_images} per request "
+                                        "(limits.max_images)")
+    for j, t in enumerate(templates):
+        if "{}" not in t:
+            raise RequestError("templates", f'templates[{j}] is {_json(t)}; a template holds "{{}}" where the label '
+                                            'goes, as in "a photo of a {}"')
+        if len(t.replace("{}", "").encode("utf-8")) > text_len:
+            raise RequestError("templates", f"templates[{j}] is over {text_len} bytes of UTF-8 without its label; "
+                                            f"this model reads at most {text_len} bytes per caption (text_len)")
+    prompts = [[t.replace("{}", label) for t in templates] for label in labels]
+    for i, row in enumerate(prompts):
+        for j, p in enumerate(row):
+            size = len(p.encode("utf-8"))
+            if size > text_len:
+                raise RequestError("labels", f"labels[{i}] in templates[{j}] makes {_json(p)}, {size} bytes of "
+                                             f"UTF-8; this model reads at most {text_len} bytes per caption (text_len)")
+    x = decode_images(req, tuple(model.image_shape), limits)
+    return {"x": x, "labels": labels, "templates": templates, "prompts": prompts}
+
+
+def _strings(values: list[Any], field: str, what: str) -> list[str]:
+    """values, each a string of valid Unicode (JSON may carry a lone surrogate, which no UTF-8
+    encoder takes); else a RequestError naming the field and the first item that is not."""
+    for i, v in enumerate(values):
+        if not isinstance(v, str):
+            raise RequestError(field, f"{field}[{i}] is {_json(v)}; {what} are strings")
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RequestError(field, f"{field}[{i}] is not valid Unicode (a lone surrogate)") from None
+    return list(values)
 
 
 def _shape_of(rows: Any) -> str:

@@ -34,7 +34,9 @@ class Limits(BaseModel):
     # Gibbs-sampled models (RBM): block Gibbs sweeps one sample call may make (each sweep is two
     # matrix products, thousands of times cheaper than a U-Net step, so counted apart as well).
     max_gibbs_sweeps: int = Field(20_000, ge=1, le=10_000_000)
-    max_images: int = Field(16, ge=1, le=1024)  # images or latents in one encode/decode/log_prob
+    # Images, latents or token grids in one encode/decode/log_prob/tokenize; captions in one
+    # embed; labels, and templates, in one classify.
+    max_images: int = Field(16, ge=1, le=1024)
     max_interpolation_steps: int = Field(16, ge=2, le=256)
     max_prompt_chars: int = Field(256, ge=1, le=10_000)
     max_body_bytes: int = Field(2_000_000, ge=1_000)

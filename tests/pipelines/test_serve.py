@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from genray.components import checkpoint
-from genray.components.data import DatasetInfo
+from genray.components.data import DatasetInfo, fashion_mnist, normalize_images
 from genray.components.errors import UserError
 from genray.components.models import build
 from genray.pipelines import cli, serve, tracking
@@ -57,8 +57,13 @@ MODELS = {  # name -> (family, data and model arguments)
     "glow-t": ("glow", {}),
     "rbm-t": ("rbm", {"ais_temperatures": 200, "ais_runs": 20}),
     "vq-t": ("vqvae", {"codebook_size": 16, "code_dim": 8}),  # 8x8 images -> 2x2 grids of ids in [0, 16)
+    "clip-t": ("clip", {}),  # trained a few steps on captioned images (register_trained_clip), not perturbed
 }
-IMAGE_MODELS = sorted(n for n, (family, _) in MODELS.items() if family not in ("gpt", "wavenet", "pix2pix", "cyclegan", "rbm"))
+IMAGE_MODELS = sorted(n for n, (family, _) in MODELS.items()
+                      if family not in ("gpt", "wavenet", "pix2pix", "cyclegan", "rbm", "clip"))
+# Debian's dataset-fashion-mnist when it is installed, else scikit-learn's digits ("a handwritten 3").
+CLIP_DATA = "fashion_mnist" if all((fashion_mnist.DEBIAN_DIR / f).is_file() for pair in fashion_mnist.FILES.values()
+                                   for f in pair) else "digits"
 
 
 def register_tiny(uri: str, home: Path, name: str, family: str, *, seed: int = 0, alias: str | None = "champion",
@@ -82,6 +87,24 @@ def register_tiny(uri: str, home: Path, name: str, family: str, *, seed: int = 0
     if alias:
         tracking.set_alias(uri, name, version, alias, {})
     return version
+
+
+def register_trained_clip(uri: str, home: Path, name: str):
+    """A tiny CLIP trained for a few local-mode steps on CLIP_DATA's tiny split with its captions,
+    as `genray train` trains one, registered as NAME (version 1) with the champion alias."""
+    from genray.pipelines import config, train
+
+    spec = config.validate({
+        "data": {"dataset": CLIP_DATA, "size": "tiny"},
+        "model": {"family": "clip", "size": "tiny"},
+        "trainer": {"max_steps": 10, "batch_size": 32, "lr": 3e-3, "checkpoint_every": 10, "eval_every": 10,
+                    "eval_batches": 1, "quality_samples": 0},
+        "scaling": {"workers": 0},
+        "tracking": {"experiment": "serve-test", "model_name": name},
+    }, "<test>")
+    out = train.run(spec, name=name, home=home, uri=uri, show_progress=False)
+    tracking.set_alias(uri, name, out.model_version, "champion", {})
+    return out
 
 
 # The shared app's API key: random per test session, so finding it anywhere is a real leak.
@@ -110,14 +133,19 @@ def served(ray_session, tmp_path_factory):
     home = tmp_path_factory.mktemp("serve") / "home"
     home.mkdir()
     uri = f"sqlite:///{home / 'mlflow.db'}"
+    clip = None
     for name, (family, args) in MODELS.items():
-        register_tiny(uri, home, name, family, **args)
+        if family == "clip":
+            clip = register_trained_clip(uri, home, name)
+        else:
+            register_tiny(uri, home, name, family, **args)
     spec = serve.ServeSpec(port=free_port(), limits=LIMITS, api_key_file=str(key_file(home.parent)),
                            deployment={"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "num_cpus": 0.3})
     deployed = serve.deploy(spec, uri=uri, home=home)
     serve.wait_until_ready(deployed.url)  # /healthz: open without the key
     with httpx.Client(base_url=deployed.url, timeout=60, headers=AUTH) as client:
-        yield {"url": deployed.url, "client": client, "home": home, "uri": uri, "spec": spec}
+        yield {"url": deployed.url, "client": client, "home": home, "uri": uri, "spec": spec,
+               "clip_checkpoint": clip.checkpoint}
     ray_serve.shutdown()
 
 
@@ -291,6 +319,151 @@ def test_a_model_that_does_not_tokenize_answers_404_on_the_token_routes(served):
             assert route not in detail["routes"]
     assert "lacks the 'tokenize' capability" in c.post("/v1/models/vae-t/decode_tokens", json={
         "tokens": [[[0]]]}).json()["detail"][0]["msg"]
+
+
+def clip_inputs(served, n: int, seed: int = 0):
+    """The trained CLIP rebuilt from its checkpoint (components.checkpoint.build_model), its
+    description, and n random images of its shape on the 8-bit grid: (B, C, H, W) floats in
+    [-1, 1] and the same as base64 PNGs."""
+    from genray.components.data.images import png_bytes
+
+    info = served["client"].get("/v1/models/clip-t").json()
+    model, _ = checkpoint.build_model(served["clip_checkpoint"])
+    u8 = np.random.default_rng(seed).integers(0, 256, (n, *info["image_shape"]), dtype=np.uint8)
+    pngs = [base64.b64encode(png_bytes(np.moveaxis(im, 0, -1))).decode() for im in u8]
+    return model, info, normalize_images(u8), pngs
+
+
+def test_a_clip_embeds_captions_and_images_as_unit_vectors_the_checkpoint_computes(served):
+    c = served["client"]
+    model, info, x, pngs = clip_inputs(served, 3)
+    assert info["family"] == "clip" and info["capabilities"] == ["embed"]
+    assert info["routes"] == ["embed", "classify"] and info["parameters"] == {}  # nothing drawn: no n, no seed
+    dim = info["embed_dim"]
+    assert dim == model.embed_dim and info["text_len"] == model.text_len == 48
+    texts = ["a photo of a sneaker", "a bag", "a handwritten 3"]
+    r = c.post("/v1/models/clip-t/embed", json={"texts": texts})
+    assert r.status_code == 200 and r.headers[serve.VERSION_HEADER] == "1", r.text
+    body = r.json()
+    z = np.asarray(body["embeddings"])
+    assert body["input"] == "texts" and body["dim"] == dim and z.shape == (3, dim)
+    np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1, atol=1e-5)
+    with torch.no_grad():
+        np.testing.assert_allclose(z, model.embed_text(texts).numpy(), atol=1e-5)
+        local = model.embed_images(torch.as_tensor(x)).numpy()
+    # The same caption, the same embedding: asked again, and alone rather than beside others.
+    assert c.post("/v1/models/clip-t/embed", json={"texts": texts}).json()["embeddings"] == body["embeddings"]
+    np.testing.assert_allclose(c.post("/v1/models/clip-t/embed", json={"texts": texts[1:2]}).json()["embeddings"][0],
+                               z[1], atol=1e-6)
+    assert not np.allclose(z[0], z[1])
+    # Images, as arrays or as PNGs: what the checkpoint computes of the same values.
+    for given in ({"arrays": x.tolist()}, {"images": pngs}):
+        r = c.post("/v1/models/clip-t/embed", json=given)
+        assert r.status_code == 200, r.text
+        images = r.json()
+        assert images["input"] == "images" and images["dim"] == dim
+        np.testing.assert_allclose(images["embeddings"], local, atol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(images["embeddings"], axis=1), 1, atol=1e-5)
+
+
+def test_a_clip_classifies_images_zero_shot_among_the_labels(served):
+    c = served["client"]
+    model, info, x, pngs = clip_inputs(served, 3, seed=1)
+    labels = ["sneaker", "bag", "pair of trousers"]
+    for templates in (None, ["a photo of a {}", "{}, centred", "a {} next to a {}"]):
+        body = {"images": pngs, "labels": labels, **({"templates": templates} if templates else {})}
+        r = c.post("/v1/models/clip-t/classify", json=body)
+        assert r.status_code == 200 and r.headers[serve.VERSION_HEADER] == "1", r.text
+        out = r.json()
+        used = templates or ["a photo of a {}"]
+        assert out["labels"] == labels and out["templates"] == used and len(out["predictions"]) == 3
+        scores = np.asarray([[p["scores"][label] for label in labels] for p in out["predictions"]])
+        for p, row in zip(out["predictions"], scores):
+            assert list(p["scores"]) == labels  # in the request's order
+            assert p["label"] == labels[int(row.argmax())] and p["score"] == row.max()
+        np.testing.assert_allclose(scores.sum(1), 1, atol=1e-9)
+        # softmax(logit_scale x cosine), each label's embedding the normalised mean of its prompts'.
+        prompts = [[t.replace("{}", label) for t in used] for label in labels]
+        with torch.no_grad():
+            scale = float(model.logit_scale())
+            expected = torch.softmax(scale * model.classify(torch.as_tensor(x), prompts).double(), 1).numpy()
+        assert out["logit_scale"] == pytest.approx(scale)
+        np.testing.assert_allclose(scores, expected, atol=1e-5)
+    # Arrays of the same pixels: the same answer.
+    by_arrays = c.post("/v1/models/clip-t/classify", json={"arrays": x.tolist(), "labels": labels}).json()
+    by_pngs = c.post("/v1/models/clip-t/classify", json={"images": pngs, "labels": labels}).json()
+    assert [p["label"] for p in by_arrays["predictions"]] == [p["label"] for p in by_pngs["predictions"]]
+
+
+def test_bad_embed_and_classify_bodies_get_422_naming_the_field(served):
+    c = served["client"]
+    _, info, x, pngs = clip_inputs(served, 1)
+    shape, text_len, most = info["image_shape"], info["text_len"], LIMITS["max_images"]
+    arrays = x.tolist()
+    wrong_shape = np.zeros((1, shape[0], shape[1] // 2, shape[2] // 2)).tolist()
+    too_bright = (np.ones((1, *shape)) * 1.5).tolist()
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (shape[2] * 2, shape[1] * 2)).save(buf, format="PNG")
+    big_png = base64.b64encode(buf.getvalue()).decode()
+    cases = [  # route, body, field, words the message holds
+        ("embed", {"texts": []}, "texts", ["at least 1"]),
+        ("embed", {"texts": ["a bag", "é" * (text_len // 2 + 1)]}, "texts",
+         [f"texts[1] is {2 * (text_len // 2 + 1)} bytes", f"at most {text_len} bytes"]),
+        ("embed", {"texts": ["a bag", 3]}, "texts", ["texts[1] is 3", "strings"]),
+        ("embed", {"texts": ["a bag", None]}, "texts", ["texts[1] is null"]),
+        ("embed", {"texts": ["a bag"] * (most + 1)}, "texts", [f"at most {most}", "limits.max_images"]),
+        ("embed", {"texts": "a bag"}, "texts", ["list"]),
+        ("embed", {}, "texts", ["exactly one"]),
+        ("embed", {"texts": ["a bag"], "arrays": arrays}, "arrays", ["exactly one", "texts and arrays"]),
+        ("embed", {"arrays": wrong_shape}, "arrays", [f"(B, {', '.join(map(str, shape))})"]),
+        ("embed", {"arrays": too_bright}, "arrays", ["[-1, 1]"]),
+        ("embed", {"images": [big_png]}, "images[0]", [f"takes {shape[2]}x{shape[1]}"]),
+        ("embed", {"images": pngs * (most + 1)}, "images", ["limits.max_images"]),
+        ("embed", {"texts": ["a bag"], "seed": 1}, "seed", []),
+        ("classify", {"arrays": arrays, "labels": []}, "labels", ["at least 1"]),
+        ("classify", {"arrays": arrays}, "labels", []),
+        ("classify", {"arrays": arrays, "labels": ["bag", "coat", "bag"]}, "labels", ["labels[2]", "labels[0]", "once"]),
+        ("classify", {"arrays": arrays, "labels": [f"l{i}" for i in range(most + 1)]}, "labels",
+         [f"at most {most}", "limits.max_images"]),
+        ("classify", {"arrays": arrays, "labels": ["bag", 7]}, "labels", ["labels[1] is 7"]),
+        ("classify", {"arrays": arrays, "labels": ["bag", " "]}, "labels", ["labels[1]"]),
+        ("classify", {"arrays": arrays, "labels": ["x" * text_len]}, "labels", ["labels[0] in templates[0]"]),
+        ("classify", {"arrays": arrays, "labels": ["bag"], "templates": ["a photo of a {}", "a photo"]}, "templates",
+         ["templates[1]", '"{}"']),
+        ("classify", {"arrays": arrays, "labels": ["bag"], "templates": []}, "templates", ["at least 1"]),
+        ("classify", {"arrays": arrays, "labels": ["bag"], "templates": ["y" * (text_len + 1) + "{}"]}, "templates",
+         ["templates[0]"]),
+        ("classify", {"arrays": arrays, "labels": ["bag"], "templates": ["{}"] * (most + 1)}, "templates",
+         ["limits.max_images"]),
+        ("classify", {"labels": ["bag"]}, "images", ["one of them"]),
+        ("classify", {"arrays": wrong_shape, "labels": ["bag"]}, "arrays", [f"(B, {', '.join(map(str, shape))})"]),
+        ("classify", {"arrays": too_bright, "labels": ["bag"]}, "arrays", ["[-1, 1]"]),
+    ]
+    for route, body, field, words in cases:
+        r = c.post(f"/v1/models/clip-t/{route}", json=body)
+        assert r.status_code == 422 and detail_field(r) == field, (route, list(body), r.text[:300])
+        msg = r.json()["detail"][0]["msg"]
+        assert all(w in msg for w in words), (route, list(body), msg)
+
+
+def test_a_model_that_does_not_embed_answers_404_on_embed_and_classify_and_clip_on_sample(served):
+    c = served["client"]
+    for name in ("vae-t", "gpt-t"):
+        for route, body in (("embed", {"texts": ["a bag"]}),
+                            ("classify", {"arrays": [[[[0.0] * 8] * 8]], "labels": ["bag"]})):
+            r = c.post(f"/v1/models/{name}/{route}", json=body)
+            assert r.status_code == 404, (name, route, r.text)
+            detail = r.json()["detail"][0]
+            assert detail["loc"] == ["path", "name"] and f"no {route} route" in detail["msg"], detail
+            assert "lacks the 'embed' capability" in detail["msg"] and "embed" not in detail["capabilities"]
+            assert route not in detail["routes"]
+    r = c.post("/v1/models/clip-t/sample", json={"n": 1})
+    assert r.status_code == 404 and r.json()["detail"][0]["routes"] == ["embed", "classify"], r.text
+    assert "draws no samples" in r.json()["detail"][0]["msg"]
+    r = c.post("/v1/models/clip-t/encode", json={"arrays": [[[[0.0] * 8] * 8]]})
+    assert r.status_code == 404 and "lacks the 'encode' capability" in r.json()["detail"][0]["msg"]
 
 
 def test_a_flow_encodes_decodes_exactly_and_answers_its_exact_likelihood(served):
@@ -564,6 +737,9 @@ def keyed_routes(c) -> list[tuple[str, str, dict | None]]:
         ("POST", "/v1/models/gpt-t/generate", {"prompt": "ab", "n": 1, "stream": True}),
         ("POST", "/v1/models/p2p-t/translate", {"arrays": [[[[0.0] * 8] * 8]]}),
         ("POST", "/v1/models/style-t/style_mix", {"seed_b": 1, "crossover": 1}),
+        ("POST", "/v1/models/clip-t/embed", {"texts": ["a bag"]}),
+        ("POST", "/v1/models/clip-t/classify", {"arrays": np.zeros((1, *c.get("/v1/models/clip-t").json()[
+            "image_shape"])).tolist(), "labels": ["bag", "coat"]}),
         ("GET", "/openapi.json", None),
         ("GET", "/docs", None),
         ("GET", "/docs/oauth2-redirect", None),
@@ -581,7 +757,7 @@ def test_every_route_but_healthz_and_the_page_needs_the_key(served):
     from genray.pipelines.serve.auth import OPEN_PATHS
 
     serving = {"/generate": "gpt-t", "/translate": "p2p-t", "/style_mix": "style-t", "/tokenize": "vq-t",
-               "/decode_tokens": "vq-t"}
+               "/decode_tokens": "vq-t", "/embed": "clip-t", "/classify": "clip-t"}
     documented = {path.replace("{name}", next((m for end, m in serving.items() if path.endswith(end)), "vae-t"))
                   for path in c.get("/openapi.json").json()["paths"]}
     assert documented - OPEN_PATHS <= {path for _, path, _ in routes}, "a new route: add it to keyed_routes"
@@ -903,10 +1079,14 @@ def test_fuzzed_bodies_never_get_a_5xx(served):
         "stop": st.one_of(st.lists(st.text(max_size=6), max_size=5), anything), "stream": st.booleans(),
         "max_new_tokens": st.one_of(st.integers(-1, 40), anything), "top_k": st.one_of(st.integers(-1, 14), anything),
         "top_p": st.one_of(st.floats(-0.5, 1.5), anything),
+        "texts": st.one_of(st.lists(st.text(max_size=60), max_size=6), anything),
+        "labels": st.one_of(st.lists(st.text(max_size=12), max_size=6), anything),
+        "templates": st.one_of(st.lists(st.sampled_from(["a photo of a {}", "{}", "no label", "{} " * 20]),
+                                        max_size=3), anything),
     }
     body = st.one_of(st.fixed_dictionaries({}, optional=fields), anything)
     route = st.sampled_from(["sample", "sample", "sample", "encode", "decode", "interpolate", "log_prob", "generate",
-                             "tokenize", "decode_tokens"])
+                             "tokenize", "decode_tokens", "embed", "classify"])
     model = st.sampled_from([*MODELS, "missing"])
 
     @settings(max_examples=520, deadline=None, derandomize=True, database=None,
