@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import sys
 from pathlib import Path
 
@@ -246,12 +245,11 @@ def cmd_data(args) -> int:
 def cmd_families(args) -> int:
     """Each family's capabilities and sampling settings, read from a tiny model of it on an
     example of its data kind (8x8 grey images, or short text), and the shipped configs that use it."""
-    from genray.components.models import FAMILIES, build, example_data
+    from genray.components.models import FAMILIES, build, example_args, example_data
 
     rows = [("family", "capabilities", "sampling settings", "configs")]
-    for name, builder in FAMILIES.items():
-        model = build(name, {"size": "tiny"} if "size" in inspect.signature(builder).parameters else {},
-                      example_data(name))
+    for name in FAMILIES:
+        model = build(name, example_args(name), example_data(name))
         configs = sorted(
             str(p.relative_to(CONFIGS.parent.parent))
             for p in CONFIGS.rglob("*.yaml")

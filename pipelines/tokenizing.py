@@ -94,13 +94,9 @@ def resolve_tokenizer(ref: str, uri: str, home: Path) -> Tokenizer:
 def tokenizing_families() -> list[str]:
     """The families whose models declare `tokenize`, read from a tiny model of each (as `genray
     families` does: a tenth of a second for all of them), so no family is named here."""
-    import inspect
+    from genray.components.models import FAMILIES, build, example_args, example_data
 
-    from genray.components.models import FAMILIES, build, example_data
-
-    return [name for name, builder in FAMILIES.items()
-            if CAPABILITY in build(name, {"size": "tiny"} if "size" in inspect.signature(builder).parameters else {},
-                                   example_data(name)).capabilities]
+    return [name for name in FAMILIES if CAPABILITY in build(name, example_args(name), example_data(name)).capabilities]
 
 
 @dataclass(frozen=True)

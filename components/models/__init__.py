@@ -23,6 +23,7 @@ from genray.components.models import vqvae
 from genray.components.models import maskgit
 from genray.components.models import consistency
 from genray.components.models import clip
+from genray.components.models import unclip
 from genray.components.models.refs import ModelRef, ref_arguments
 
 FAMILIES = {
@@ -43,10 +44,12 @@ FAMILIES = {
     "maskgit": maskgit.build_maskgit,
     "consistency": consistency.build_consistency,
     "clip": clip.build_clip,
+    "unclip": unclip.build_unclip,
 }
 
-# Families that read every row's caption whatever their conditioning: CLIP trains on pairs.
-READS_CAPTIONS = frozenset({"clip"})
+# Families that read every row's caption whatever their conditioning: CLIP trains on pairs, and
+# unCLIP's prior on (caption, image embedding) pairs.
+READS_CAPTIONS = frozenset({"clip", "unclip"})
 
 # The data kind each family trains on, when it is not images: what `genray families` and the
 # tests build an example of each family on (example_data).
@@ -69,6 +72,18 @@ def example_data(family: str) -> DatasetInfo:
         return DatasetInfo("tokens", (16,), 0, 0, vocab, ("tokens",))
     images = DatasetInfo.for_images((1, 8, 8))
     return replace(images, columns=images.columns + ("caption",)) if family in READS_CAPTIONS else images
+
+
+# Families that cannot be built without other trained models (ModelRef arguments they need):
+# untrained stand-ins for those parts, for an example of the family (example_args).
+EXAMPLE_REFS = {"unclip": unclip.example_refs}
+
+
+def example_args(family: str) -> dict[str, Any]:
+    """Builder arguments of a tiny example of `family` on example_data(family): what `genray
+    families` and the tests build. The size, and for a family in EXAMPLE_REFS, its parts untrained."""
+    refs = EXAMPLE_REFS.get(family)
+    return {"size": "tiny", **(refs(example_data(family)) if refs is not None else {})}
 
 
 def caption_length(family: str, args: dict[str, Any]) -> int:

@@ -24,6 +24,16 @@ Stable-Diffusion style: with `model.text_encoder` naming a trained CLIP (another
 denoiser cross-attends to the frozen CLIP text tower's per-token outputs instead of a caption
 encoder trained with it (Rombach et al. 2022, §4.3.2, and Stable Diffusion's frozen CLIP
 ViT-L/14 text encoder). The whole CLIP rides along frozen in the checkpoint.
+
+unCLIP's decoder (Ramesh et al. 2022, §2.1): with `conditioning: image_embedding` and
+`model.image_encoder` naming a trained CLIP, the denoiser is conditioned on the frozen CLIP's
+embedding of each training image, projected into four extra context tokens that the UNet
+cross-attends to and added to its time embedding, and dropped to the null condition with
+p_uncond (the paper drops it 10% of the time). Such a decoder declares conditioning "none" (the
+protocol's conditions are labels and prompts) and takes the embedding as an extra keyword:
+`sample(n, image_embedding=(n, D))`; without one it samples from the null condition. It declares
+"variations": `variations(x)` decodes images from x's own CLIP embeddings. components/models/
+unclip.py puts a diffusion prior from text to these embeddings in front of it (DALL-E 2).
 """
 import math
 from typing import Annotated, Any, Literal
@@ -77,6 +87,47 @@ class FrozenCLIPText(nn.Module):
             return self.clip.text_tower.encode(tokens[:, : self.clip.text_len])
 
 
+class FrozenCLIPImage(nn.Module):
+    """A trained CLIP's image tower as unCLIP's condition: images (B, C, H, W) in [-1, 1] -> its
+    unit-norm embeddings (B, embed_dim), float32. Frozen: no gradient, never trained."""
+
+    def __init__(self, clip: nn.Module):
+        super().__init__()
+        self.clip = clip.requires_grad_(False).eval()
+        self.embed_dim = int(clip.embed_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.clip.embed_images(x.float())
+
+
+class ImageEmbeddingCondition(nn.Module):
+    """Ramesh et al. 2022, §2.1: a CLIP image embedding (B, D) -> `num_tokens` extra context
+    tokens (B, k, context_dim) for the UNet's cross-attention and a vector (B, emb_dim) added to
+    its time embedding, both learned linear projections. The null condition of classifier-free
+    guidance is an all-False context mask and a zero time-embedding term."""
+
+    def __init__(self, embed_dim: int, context_dim: int, emb_dim: int, num_tokens: int = 4):
+        super().__init__()
+        self.embed_dim, self.context_dim, self.num_tokens = embed_dim, context_dim, num_tokens
+        self.to_tokens = nn.Linear(embed_dim, num_tokens * context_dim)
+        self.to_emb = nn.Linear(embed_dim, emb_dim)
+
+    def forward(self, e: Tensor | None, n: int, device, keep: Tensor | None = None) -> dict[str, Tensor]:
+        """The UNet's condition kwargs for n examples from embeddings e (n, D), or the null
+        condition for e None; keep (n,) bool drops the rows where it is False to the null."""
+        if e is None:
+            return {"context": torch.zeros(n, self.num_tokens, self.context_dim, device=device),
+                    "context_mask": torch.zeros(n, self.num_tokens, dtype=torch.bool, device=device),
+                    "cond_emb": torch.zeros(n, self.to_emb.out_features, device=device)}
+        e = e.to(device, self.to_tokens.weight.dtype)
+        keep = torch.ones(n, dtype=torch.bool, device=device) if keep is None else keep.to(device)
+        tokens = self.to_tokens(e).view(n, self.num_tokens, self.context_dim)  # (n, k, context_dim)
+        return {"context": tokens * keep[:, None, None],
+                "context_mask": keep[:, None].expand(n, self.num_tokens).contiguous(),  # (n, k)
+                "cond_emb": self.to_emb(e) * keep[:, None]}  # (n, emb_dim)
+
+
 class Diffusion(nn.Module):
 
     def __init__(
@@ -87,6 +138,8 @@ class Diffusion(nn.Module):
         num_classes: int = 0,
         text_encoder: nn.Module | None = None,  # TextEncoder, or FrozenCLIPText
         text_len: int = 64,
+        image_encoder: FrozenCLIPImage | None = None,
+        image_condition: ImageEmbeddingCondition | None = None,
         autoencoder: nn.Module | None = None,
         latent_scale: float = 1.0,
         schedule: str = "cosine",
@@ -110,6 +163,10 @@ class Diffusion(nn.Module):
         self.num_classes = num_classes
         self.text_encoder = text_encoder
         self.text_len = text_len
+        if (image_encoder is None) != (image_condition is None):
+            raise ValueError("diffusion: image_encoder and image_condition come together (unCLIP's decoder)")
+        self.image_encoder = image_encoder
+        self.image_condition = image_condition
         self.autoencoder = autoencoder
         if autoencoder is not None:
             # Frozen: the denoiser learns the autoencoder's latent space, never moves it.
@@ -134,7 +191,7 @@ class Diffusion(nn.Module):
         self.eval_guidance_scales = tuple(eval_guidance_scales)
         # Sampling settings and their defaults; every one can be overridden per call to `sample`.
         self.sampling_settings = sampling_settings_type(
-            self.schedule.num_timesteps, self.conditional,
+            self.schedule.num_timesteps, self.conditional or self.image_conditioned,
             {"sampler": sampler, "num_inference_steps": min(num_inference_steps, self.schedule.num_timesteps),
              "eta": eta, "spacing": spacing, "guidance_scale": guidance_scale})
         self.conditioning = "class" if num_classes > 0 else "text" if text_encoder is not None else "none"
@@ -143,6 +200,8 @@ class Diffusion(nn.Module):
         caps = {"sample"}
         if self.conditional:
             caps.add("condition")
+        if self.image_conditioned:
+            caps.add("variations")
         if autoencoder is None:
             # The bound is on 8-bit pixels; in a latent space it would not be a likelihood of images.
             caps.add("log_prob")
@@ -154,7 +213,20 @@ class Diffusion(nn.Module):
 
     @property
     def conditional(self) -> bool:
+        """Conditioned on what the protocol names (a label or a prompt): the "condition" capability."""
         return self.num_classes > 0 or self.text_encoder is not None
+
+    @property
+    def image_conditioned(self) -> bool:
+        """unCLIP's decoder: conditioned on a CLIP image embedding (sample's image_embedding=)."""
+        return self.image_encoder is not None
+
+    @property
+    def embed_dim(self) -> int:
+        """The size D of the CLIP image embeddings an image-conditioned decoder reads."""
+        if self.image_encoder is None:
+            raise AttributeError("diffusion: only a decoder built with model.image_encoder reads image embeddings")
+        return self.image_encoder.embed_dim
 
     def sampling_cost(self, settings: BaseModel) -> int:
         """Denoiser evaluations per sample call (a guided step batches both branches as one)."""
@@ -164,14 +236,20 @@ class Diffusion(nn.Module):
         super().train(mode)
         if self.autoencoder is not None:
             self.autoencoder.eval()  # frozen, whatever the rest is doing
+        if self.image_encoder is not None:
+            self.image_encoder.eval()
         return self
 
     # -- conditions and latents ----------------------------------------------------------------------
 
-    def condition(self, n: int, device, *, y: Tensor | None = None, text: Tensor | None = None) -> dict[str, Tensor]:
+    def condition(self, n: int, device, *, y: Tensor | None = None, text: Tensor | None = None,
+                  image_embedding: Tensor | None = None, keep: Tensor | None = None) -> dict[str, Tensor]:
         """The network's condition kwargs for n examples; None means the null condition (the
-        unconditional branch of classifier-free guidance: label index num_classes, empty text)."""
+        unconditional branch of classifier-free guidance: label index num_classes, empty text, no
+        image embedding). keep (n,) bool drops an image embedding's rows to the null where False."""
         cond: dict[str, Tensor] = {}
+        if self.image_condition is not None:
+            cond.update(self.image_condition(image_embedding, n, device, keep))
         if self.num_classes > 0:
             cond["y"] = torch.full((n,), self.num_classes, device=device, dtype=torch.long) if y is None else y.to(device)
         if self.text_encoder is not None:
@@ -226,7 +304,13 @@ class Diffusion(nn.Module):
             raise ValueError(f"diffusion has one phase, 'main'; got phase={phase!r}")
         x0 = self.to_latent(batch["x"])
         y, text = self.drop_condition(batch)
-        cond = self.condition(x0.shape[0], x0.device, y=y, text=text)
+        e = keep = None
+        if self.image_encoder is not None:
+            # Ramesh et al. 2022, §2.1: condition on the frozen CLIP's embedding of the image itself,
+            # dropped to the null condition with p_uncond (the paper's 10%).
+            e = self.image_encoder(batch["x"])  # (B, D), unit norm
+            keep = torch.rand(e.shape[0], device=e.device) >= self.p_uncond  # (B,)
+        cond = self.condition(x0.shape[0], x0.device, y=y, text=text, image_embedding=e, keep=keep)
         # Ho et al. 2020, Algorithm 1 (t uniform, Gaussian noise) with the chosen target and weights.
         loss = objective.training_loss(self.denoiser(cond), x0, self.schedule, prediction=self.prediction,
                                        min_snr_gamma=self.min_snr_gamma)  # (B,)
@@ -242,7 +326,8 @@ class Diffusion(nn.Module):
         x0 = self.to_latent(batch["x"], generator)
         n = x0.shape[0]
         cond = self.condition(n, x0.device, y=batch.get("y") if self.num_classes else None,
-                              text=batch.get("text") if self.text_encoder is not None else None)
+                              text=batch.get("text") if self.text_encoder is not None else None,
+                              image_embedding=self.image_encoder(batch["x"]) if self.image_encoder is not None else None)
         t = objective.sample_timesteps(n, self.schedule.num_timesteps, device=x0.device, generator=generator)
         noise = randn(x0.shape, generator=generator, device=x0.device)
         seen: dict[str, Tensor] = {}
@@ -275,7 +360,8 @@ class Diffusion(nn.Module):
         [-1, 1], nats per example (B,); a discrete likelihood, so bits/dim compare with PixelCNN's.
         The sum over timesteps is estimated from num_timesteps evenly spaced terms (all T when
         num_timesteps >= T). With y/text it bounds log p(x | condition); without, the
-        unconditional model (the null condition)."""
+        unconditional model (the null condition). An image-embedding decoder's bound is always the
+        unconditional one: conditioned on x's own CLIP embedding it would not be a likelihood of x."""
         k = self.vlb_timesteps if num_timesteps is None else num_timesteps
         if k < 1:
             raise ValueError(f"diffusion.log_prob: num_timesteps must be >= 1, got {k}")
@@ -296,6 +382,7 @@ class Diffusion(nn.Module):
         y: Tensor | None = None,
         prompt: str | list[str] | None = None,
         text: Tensor | None = None,
+        image_embedding: Tensor | None = None,
         guidance_scale: float | None = None,
         sampler: str | None = None,
         num_inference_steps: int | None = None,
@@ -309,6 +396,9 @@ class Diffusion(nn.Module):
         Class-conditional: y (n,) picks classes (index num_classes = unconditional); without y the
         labels cycle 0, 1, ..., so a grid shows every class. Text-conditional: a prompt (one for
         all, or one per sample) or byte tokens `text` (n, L); without either, unconditional.
+        unCLIP's decoder (built with image_encoder): `image_embedding` (n, D), CLIP image
+        embeddings (renormalised to unit length, as CLIP gives them), decoded with guidance
+        `guidance_scale`; without it, samples of the null condition.
         """
         s = self.sampling_settings.model_validate(
             {k: v for k, v in {"sampler": sampler, "num_inference_steps": num_inference_steps, "eta": eta,
@@ -320,6 +410,8 @@ class Diffusion(nn.Module):
             raise ValueError("diffusion is not class-conditional; use prompt= for a text-conditional model")
         if (prompt is not None or text is not None) and self.text_encoder is None:
             raise ValueError("diffusion is not text-conditional; use y= for a class-conditional model")
+        if image_embedding is not None:
+            image_embedding = self._check_embedding(image_embedding, n, device)
         if self.num_classes > 0:
             if y is None:
                 y = torch.arange(n, device=device) % self.num_classes
@@ -331,8 +423,10 @@ class Diffusion(nn.Module):
                 raise ValueError(f"diffusion.sample: {len(prompts)} prompts for n={n} samples")
             text = encode_text(prompts, self.text_len)
 
-        cond = self.condition(n, device, y=y, text=text)
-        if cond:
+        cond = self.condition(n, device, y=y, text=text, image_embedding=image_embedding)
+        if self.image_conditioned and image_embedding is None:
+            denoise = self.denoiser(cond)  # the null condition: guidance would change nothing
+        elif cond:
             null = self.condition(n, device)
             denoise = guidance.guided_denoiser(self.net, cond, null, s.guidance_scale)
         else:
@@ -349,12 +443,56 @@ class Diffusion(nn.Module):
                                  generator=generator, device=device, clip_x0=clip)
         return self.from_latent(z).float().clamp(-1.0, 1.0)
 
+    def _check_embedding(self, e: Tensor, n: int, device) -> Tensor:
+        if not self.image_conditioned:
+            raise UserError("image_embedding: this diffusion model was not built with model.image_encoder "
+                            "(unCLIP's decoder); it takes no image embedding")
+        e = torch.as_tensor(e)
+        if e.shape != (n, self.embed_dim):
+            raise UserError(f"image_embedding: one CLIP image embedding per sample, shape ({n}, {self.embed_dim}); "
+                            f"got {tuple(e.shape)}")
+        e = e.to(device, torch.float32)
+        if not torch.isfinite(e).all() or bool((e.norm(dim=1) == 0).any()):
+            raise UserError("image_embedding: every embedding must be finite and non-zero")
+        return torch.nn.functional.normalize(e, dim=1)  # (n, D)
+
+    def _check_images(self, x: Tensor, what: str) -> Tensor:
+        c, h, w = self.image_shape
+        if not isinstance(x, Tensor) or x.ndim != 4 or tuple(x.shape[1:]) != (c, h, w) or len(x) == 0:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise UserError(f"{what}: images of shape (B, {c}, {h}, {w}) in [-1, 1]; got {got}")
+        if not torch.isfinite(x).all() or float(x.min()) < -1 or float(x.max()) > 1:
+            raise UserError(f"{what}: image values must be finite and in [-1, 1]")
+        return x
+
+    @torch.no_grad()
+    def variations(self, x: Tensor, n_per_image: int = 1, *, generator: torch.Generator | None = None,
+                   **settings: Any) -> Tensor:
+        """unCLIP's variations (Ramesh et al. 2022, §3.1): n_per_image images decoded from each
+        image's own CLIP embedding, (B * n_per_image, C, H, W) in [-1, 1], each image's in a row
+        (image i's variations are rows i * n_per_image ...). settings: those of `sample`."""
+        if not self.image_conditioned:
+            raise UserError("variations: this diffusion model was not built with model.image_encoder")
+        if isinstance(n_per_image, bool) or not isinstance(n_per_image, int) or n_per_image < 1:
+            raise UserError(f"n_per_image: a whole number >= 1, got {n_per_image!r}")
+        x = self._check_images(x, "x")
+        device = next(self.net.parameters()).device
+        e = self.image_encoder(x.to(device)).repeat_interleave(n_per_image, dim=0)  # (B * n_per_image, D)
+        return self.sample(len(e), generator=generator, image_embedding=e, **settings)
+
     @torch.no_grad()
     def eval_samples(self, n: int, *, generator_seed: int, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """The grids the training loop logs at each eval: one per guidance scale in
         eval_guidance_scales for a conditional model (conditions taken from the held-out batch for
         text, cycling labels for classes), one grid otherwise. Same seed per grid, so the grids
-        differ only by the guidance scale."""
+        differ only by the guidance scale. An image-embedding decoder's grids are variations of
+        the held-out batch: images decoded from its images' own CLIP embeddings."""
+        if self.image_conditioned:
+            x = batch["x"][torch.arange(n) % batch["x"].shape[0]]
+            e = self.image_encoder(x.to(next(self.net.parameters()).device))  # (n, D)
+            return {f"guidance_{scale:g}": self.sample(n, generator=torch.Generator().manual_seed(generator_seed),
+                                                        image_embedding=e, guidance_scale=scale)
+                    for scale in self.eval_guidance_scales}
         if not self.conditional:
             return {"": self.sample(n, generator=torch.Generator().manual_seed(generator_seed))}
         text = None
@@ -398,7 +536,7 @@ def build_diffusion(
     size: Literal["tiny", "small", "base"] = "small",
     channels: Annotated[int, Field(ge=8)] | None = None,
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0,
-    conditioning: Literal["auto", "none", "class", "text"] = "auto",
+    conditioning: Literal["auto", "none", "class", "text", "image_embedding"] = "auto",
     text_len: Annotated[int, Field(ge=1, le=1024)] = 64,
     schedule: Literal["linear", "cosine", "sigmoid"] = "cosine",
     num_timesteps: Annotated[int, Field(ge=2, le=100_000)] = 1000,
@@ -416,6 +554,7 @@ def build_diffusion(
     eval_guidance_scales: tuple[Annotated[float, Field(ge=0)], ...] = (0.0, 1.0, 3.0),
     autoencoder: ModelRef | None = None,
     text_encoder: ModelRef | None = None,
+    image_encoder: ModelRef | None = None,
 ) -> Diffusion:
     """DDPM-style diffusion (Ho et al. 2020) sampled with DDPM or DDIM; with `autoencoder` set,
     latent diffusion (Rombach et al. 2022).
@@ -424,7 +563,9 @@ def build_diffusion(
     to the data's captions (byte tokens, text_len of them). `autoencoder` references a genray VAE
     with a latent map (resolved by the pipeline, like every ModelRef); `text_encoder` a trained
     genray CLIP, whose frozen text tower then encodes the captions (Stable Diffusion's choice)
-    in place of a caption encoder trained with the denoiser.
+    in place of a caption encoder trained with the denoiser. conditioning "image_embedding" with
+    `image_encoder` (a trained genray CLIP) is unCLIP's decoder: conditioned on the frozen CLIP's
+    embedding of each image (module docstring).
     """
     c, h, w = check_image_shape(data.image_shape, "diffusion")
     num_classes = data.num_classes
@@ -437,7 +578,17 @@ def build_diffusion(
     ae = _build_autoencoder(autoencoder, (c, h, w)) if autoencoder is not None else None
     net_shape = tuple(ae.latent_shape) if ae is not None else (c, h, w)
 
+    if image_encoder is not None and conditioning != "image_embedding":
+        raise UserError(f"diffusion: model.image_encoder ({image_encoder.ref}) embeds the images to condition on; "
+                        f"it needs model.conditioning: image_embedding (got {conditioning!r})")
+    if conditioning == "image_embedding" and image_encoder is None:
+        raise UserError("diffusion: conditioning 'image_embedding' (unCLIP's decoder) needs model.image_encoder: "
+                        "a trained genray clip (models:/NAME@ALIAS, runs:/ID or a checkpoint directory)")
+    image_encoder = _frozen_clip_image(image_encoder, (c, h, w)) if image_encoder is not None else None
+
     context_dim = None
+    if image_encoder is not None:
+        context_dim = TEXT_SIZES[size][0]  # the width a text context of this size would have
     if text_encoder is not None:
         if conditioning != "text":
             raise UserError(f"diffusion: model.text_encoder ({text_encoder.ref}) encodes captions; it needs "
@@ -463,9 +614,13 @@ def build_diffusion(
         num_classes=num_classes if conditioning == "class" else 0,
         context_dim=context_dim,
     )
+    image_condition = None
+    if image_encoder is not None:
+        image_condition = ImageEmbeddingCondition(image_encoder.embed_dim, context_dim, net.emb_dim)
     return Diffusion(
         net=net, image_shape=(c, h, w), num_classes=num_classes if conditioning == "class" else 0,
-        text_encoder=text_encoder, text_len=text_len, autoencoder=ae,
+        text_encoder=text_encoder, text_len=text_len, image_encoder=image_encoder,
+        image_condition=image_condition, autoencoder=ae,
         schedule=schedule, num_timesteps=num_timesteps, zero_terminal_snr=zero_terminal_snr,
         prediction=prediction, min_snr_gamma=min_snr_gamma, p_uncond=p_uncond, sampler=sampler,
         num_inference_steps=min(num_inference_steps, num_timesteps), eta=eta, spacing=spacing,
@@ -480,6 +635,17 @@ def _frozen_clip_text(ref: ModelRef) -> FrozenCLIPText:
     if ref.family != "clip":
         raise UserError(f"diffusion: model.text_encoder {ref.ref} is a {ref.family}; it must be a genray clip")
     return FrozenCLIPText(ref.module)
+
+
+def _frozen_clip_image(ref: ModelRef, image_shape: tuple[int, int, int]) -> FrozenCLIPImage:
+    if ref.module is None:
+        raise UserError(f"diffusion: model.image_encoder {ref.ref} was not loaded; build models with components.models.build")
+    if ref.family != "clip":
+        raise UserError(f"diffusion: model.image_encoder {ref.ref} is a {ref.family}; it must be a genray clip")
+    clip_shape = tuple(ref.module.image_shape)
+    if clip_shape != image_shape:
+        raise UserError(f"diffusion: model.image_encoder {ref.ref} embeds images {clip_shape}, this data is {image_shape}")
+    return FrozenCLIPImage(ref.module)
 
 
 def _build_autoencoder(ref: ModelRef, image_shape: tuple[int, int, int]) -> nn.Module:

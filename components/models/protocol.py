@@ -16,7 +16,7 @@ from torch import Tensor
 # Capabilities a family may declare; serving and evaluation route on these.
 CAPABILITIES = frozenset(
     {"sample", "encode", "decode", "log_prob", "log_prob_steps", "condition", "translate", "style_mix", "generate_text",
-     "audio", "tokenize", "embed"}
+     "audio", "tokenize", "embed", "variations"}
 )
 
 # The settings model's config: unknown keys are errors (a typo must not be ignored), values are
@@ -82,7 +82,11 @@ class GenerativeModel(Protocol):
     #   `directions`: () for a one-way model, else the names translate's `direction=` takes),
     #   log_prob_steps(x, y=) -> (B, T) nats of each step of a sequence, summing to log_prob,
     #   tokenize: tokens(x) -> (B, h, w) long code ids of images, decode_tokens(ids) -> images,
-    #   `grid` (h, w) and `codebook_size` K (ids lie in [0, K)); `genray data tokenize` runs it
+    #   `grid` (h, w) and `codebook_size` K (ids lie in [0, K)); `genray data tokenize` runs it,
+    #   variations: variations(x, n_per_image=1, *, generator=, **settings) -> images (B * n_per_image,
+    #   C, H, W) decoded from each input image's CLIP image embedding, image i's in rows
+    #   i * n_per_image ... (unCLIP, Ramesh et al. 2022, §3.1: a diffusion decoder built with an
+    #   image_encoder, whose `sample` also takes image_embedding=(n, D), and the unclip family)
     # A model whose log_prob_kind is "estimate" also has log_partition() -> (log Z, its standard
     # error), float64 scalars (the RBM's AIS): genray eval reports both beside bits/dim.
     # A model with log_prob also declares log_prob_space ("discrete": log P of the 8-bit bins;

@@ -233,6 +233,7 @@ class UNet(nn.Module):
 
         # -- conditioning: time (and label) -> one embedding vector per example --
         emb_dim = 4 * channels  # as in the DDPM and ADM code: time_embed_dim = 4 * model_channels
+        self.emb_dim = emb_dim
         self.time_mlp = nn.Sequential(nn.Linear(channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         # Row num_classes is the null label, trained by label dropout for classifier-free guidance
         # (Ho & Salimans 2022).
@@ -290,10 +291,12 @@ class UNet(nn.Module):
             )
 
     def forward(self, x: Tensor, t: Tensor, *, y: Tensor | None = None, context: Tensor | None = None,
-                context_mask: Tensor | None = None) -> Tensor:
+                context_mask: Tensor | None = None, cond_emb: Tensor | None = None) -> Tensor:
         """x (B, in_channels, H, W); t (B,) or () float or long; y (B,) long in [0, num_classes]
         (num_classes = null; None = all null); context (B, L, context_dim) with context_mask (B, L)
-        bool, True = real token (None = all real) -> (B, out_channels, H, W)."""
+        bool, True = real token (None = all real); cond_emb (B, emb_dim), a condition's own
+        embedding added to the time embedding (unCLIP's projected CLIP image embedding; zeros or
+        None = none) -> (B, out_channels, H, W)."""
         b = x.shape[0]
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"unet: x must be (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
@@ -319,6 +322,10 @@ class UNet(nn.Module):
             emb = emb + self.label_emb(y)  # (B, emb_dim)
         elif y is not None:
             raise ValueError("unet: this UNet has num_classes=0 (no class labels); call it without y")
+        if cond_emb is not None:
+            if cond_emb.shape != (b, self.emb_dim):
+                raise ValueError(f"unet: cond_emb must be (B={b}, emb_dim={self.emb_dim}), got {tuple(cond_emb.shape)}")
+            emb = emb + cond_emb.to(emb.dtype)  # (B, emb_dim)
         emb = F.silu(emb)  # every ResBlock's emb projection starts with SiLU (ADM); do it once here
         keep = self._check_context(b, context, context_mask)
         if self.context_dim is not None and context is None:

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from genray.components.data import DatasetInfo
-from genray.components.models import FAMILIES
+from genray.components.models import FAMILIES, example_args
 from genray.components.models import build as build_model
 from genray.components.models.protocol import CAPABILITIES, GenerativeModel
 from genray.components.models.refs import ModelRef
@@ -36,6 +36,13 @@ PAIRS = {"image_shape": (1, 8, 8), "paired": True}  # 8x8 grey inputs and their 
 TWO_DOMAINS = {"image_shape": (1, 8, 8), "two_domain": True}  # 8x8 grey images of domains A and B
 MOONS = {"points": 2}  # 2-D points (the moons toy)
 CAPTIONED = {**DIGITS, "captions": True, "text_len": 12}  # 8x8 grey images with captions (CLIP's pairs)
+# A trained CLIP of captioned 8x8 digits, and an unCLIP decoder on them whose image_encoder is that
+# CLIP: a reference inside a reference's arguments, in the JSON form a checkpoint stores.
+CLIP_REF = ModelRef("models:/clip@champion", "clip", {"size": "tiny", "text_len": 20},
+                    DatasetInfo("image", (8, 8, 1), 64, 10, None, ("image", "label", "caption")).to_json())
+DECODER_REF = ModelRef("models:/decoder@champion", "diffusion",
+                       {"size": "tiny", "conditioning": "image_embedding", "image_encoder": CLIP_REF.to_json(),
+                        **FAST_DIFFUSION}, DatasetInfo.for_images((1, 8, 8), 10).to_json())
 
 CASES = {
     "vae": [DIGITS, COLOUR, {**DIGITS, "decoder_sigma": 0.1}],
@@ -56,6 +63,13 @@ CASES = {
         {**COLOUR, **FAST_DIFFUSION, "conditioning": "text", "text_len": 12, "text_encoder": ModelRef(
             "models:/clip@champion", "clip", {"size": "tiny", "text_len": 8},
             DatasetInfo("image", (8, 8, 1), 64, 10, None, ("image", "label", "caption")).to_json())},
+        # unCLIP's decoder: conditioned on a trained CLIP's image embeddings, in pixel space
+        {**DIGITS, **FAST_DIFFUSION, "conditioning": "image_embedding", "image_encoder": CLIP_REF,
+         "guidance_scale": 2.0},
+        # ... and in a latent space
+        {**DIGITS, **FAST_DIFFUSION, "conditioning": "image_embedding", "image_encoder": CLIP_REF, "autoencoder": ModelRef(
+            "models:/ae@champion", "beta_vae", {"size": "tiny", "latent_channels": 4, "latent_downsample": 1},
+            DatasetInfo.for_images((1, 8, 8)).to_json())},
     ],
     "gpt": [TEXT, {**TEXT, "num_classes": 3, "conditioning": "class", "dropout": 0.1},
             {"tokens": (8, 512), "block_size": 24},  # a VQ-VAE-sized code vocabulary
@@ -88,6 +102,11 @@ CASES = {
             "models:/teacher@champion", "diffusion", {"size": "tiny", "num_timesteps": 50, "prediction": "v"},
             DatasetInfo.for_images((1, 8, 8), 10).to_json())}],
     "clip": [CAPTIONED, {"image_shape": (3, 32, 32), "captions": True, "text_len": 20, "learn_temperature": False}],
+    # unCLIP's prior between a CLIP and a decoder (whose own image encoder is a nested reference)
+    "unclip": [{**CAPTIONED, "text_len": 20, "clip": CLIP_REF, "decoder": DECODER_REF, "num_timesteps": 40,
+                "prior_steps": 3},
+               {**CAPTIONED, "text_len": 32, "clip": CLIP_REF, "decoder": DECODER_REF, "p_uncond": 0.5,
+                "prior_guidance_scale": 2.0, "decoder_steps": 2, "guidance_scale": 3.0}],
 }
 # Families that model images of any size (no stride-2 stack): only a wrong channel count is refused.
 ANY_SIZE = {"pixelcnn", "rbm"}
@@ -232,8 +251,9 @@ def test_builder_signature_is_a_config(name):
         Config(no_such_option=1)
     with pytest.raises(pydantic.ValidationError):
         Config(size="enormous")
-    # The pipeline's path: validated config + data arguments -> a model.
-    model = builder(data=NATIVE[name], **{**defaults.model_dump(), "size": "tiny"})
+    # The pipeline's path: validated config + data arguments -> a model (with untrained stand-ins
+    # for the trained models a family cannot do without).
+    model = build_model(name, {**defaults.model_dump(), **example_args(name)}, NATIVE[name])
     assert isinstance(model, GenerativeModel)
 
 
@@ -393,6 +413,10 @@ def test_declared_capabilities_work(name, kwargs):
         for way in [{}] + [{"direction": d} for d in model.directions]:  # every direction a model names
             x_hat = model.translate(x, generator=torch.Generator().manual_seed(0), **way)
             assert x_hat.shape == batch.get("x_paired", x).shape and x_hat.min() >= -1 and x_hat.max() <= 1
+    if "variations" in model.capabilities:  # unCLIP: images decoded from each input's CLIP embedding
+        v = model.variations(x, 2, generator=torch.Generator().manual_seed(0))
+        assert v.shape == (8, *x.shape[1:]) and v.min() >= -1 and v.max() <= 1
+        assert torch.equal(v, model.variations(x, 2, generator=torch.Generator().manual_seed(0)))
     if "style_mix" in model.capabilities:
         gen = lambda seed: torch.Generator().manual_seed(seed)  # noqa: E731
         mixed = model.style_mix(4, generator_a=gen(0), generator_b=gen(1), crossover=1)

@@ -249,8 +249,8 @@ def test_e_every_model_reference_is_typed():
     from genray.components.models.refs import ref_arguments
 
     refs = {f: ref_arguments(b) for f, b in FAMILIES.items() if ref_arguments(b)}
-    assert refs == {"diffusion": ["autoencoder", "text_encoder"], "gpt": ["tokenizer"], "maskgit": ["tokenizer"],
-                    "consistency": ["teacher"]}
+    assert refs == {"diffusion": ["autoencoder", "text_encoder", "image_encoder"], "gpt": ["tokenizer"],
+                    "maskgit": ["tokenizer"], "consistency": ["teacher"], "unclip": ["clip", "decoder"]}
 
 
 # ----------------------------------------------------------------------------- f. an EMA target in the loss
