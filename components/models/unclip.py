@@ -346,7 +346,7 @@ def build_unclip(
     clip_model = _part(clip, "clip", "clip", "a trained genray clip, whose text tower encodes the captions")
     dec = _part(decoder, "decoder", "diffusion",
                 "a trained genray diffusion model with conditioning: image_embedding (unCLIP's decoder)")
-    if not getattr(dec, "image_conditioned", False):
+    if "variations" not in dec.capabilities:  # what an image-embedding decoder declares
         raise UserError(f"unclip: model.decoder {decoder.ref} is a diffusion model without an image encoder; train "
                         "one with model.conditioning: image_embedding and model.image_encoder: <a trained clip>")
     if tuple(dec.image_shape) != (c, h, w):
