@@ -30,7 +30,7 @@ FAMILY_DATA = {"gpt": "text", "maskgit": "text", "wavenet": "tones", "pix2pix": 
 SHOWN_AS = {"text": ".txt", "tones": ".wav"}  # how each kind's samples are logged; images: .png
 # Families that cannot train without other trained models (components.models.EXAMPLE_REFS), each
 # with the test that trains those first and then the family.
-NEEDS_TRAINED_PARTS = {"unclip": "unclip needs a trained CLIP and decoder: tests/pipelines/test_unclip.py trains all three"}
+NEEDS_TRAINED_PARTS = {"unclip": "unclip needs a trained CLIP and decoder: tests/pipelines/test_unclip_pipeline.py trains all three"}
 
 
 def tiny_spec(family: str, workers: int = 2, **trainer):
