@@ -28,7 +28,7 @@ from genray.components.data import DatasetInfo
 from genray.components.errors import UserError
 from genray.components.models.layers import check_image_shape, num_halvings
 from genray.components.models.protocol import NoSettings
-from genray.components.models.text_encoder import TextEncoder, encode_text
+from genray.components.models.text_encoder import TextEncoder, encode_whole
 from genray.components.training import Backprop
 
 # Radford et al. 2021, §2.5: the temperature starts at 0.07 and the logit scale it gives is
@@ -167,13 +167,7 @@ class CLIP(nn.Module):
     def tokens(self, texts: list[str]) -> Tensor:
         """Captions -> byte tokens (B, text_len), refusing what would not fit: a caption is cut at
         text_len bytes in training data, but a prompt cut silently would score another text."""
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise UserError(f"texts[{i}]: a caption must be a string, got {type(t).__name__}")
-            if len(t.encode("utf-8")) > self.text_len:
-                raise UserError(f"texts[{i}]: {len(t.encode('utf-8'))} bytes; this model reads at most "
-                                f"{self.text_len} bytes of UTF-8 per caption")
-        return encode_text(list(texts), self.text_len)
+        return encode_whole(texts, self.text_len, field="texts", noun="caption")
 
     @torch.no_grad()
     def classify(self, x: Tensor, prompts: list[list[str]]) -> Tensor:

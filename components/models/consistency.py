@@ -71,7 +71,7 @@ from genray.components.errors import UserError
 from genray.components.models.diffusion import SIZES, levels_for
 from genray.components.models.layers import StackedGenerators, check_image_shape, randn
 from genray.components.models.protocol import SETTINGS_CONFIG
-from genray.components.models.refs import ModelRef
+from genray.components.models.refs import ModelRef, frozen_module
 from genray.components.models.unet import UNet
 from genray.components.samplers.objective import sample_timesteps
 from genray.components.samplers.prediction import to_x0_eps, x0_to_eps
@@ -444,11 +444,7 @@ def build_consistency(
 def _teacher_module(ref: ModelRef, image_shape: tuple[int, int, int], sigma_max: float) -> nn.Module:
     """The frozen teacher `ref` names, checked: a pixel-space diffusion model of these images, not
     text-conditional, whose noise levels reach sigma_max."""
-    teacher = ref.module
-    if teacher is None:
-        raise UserError(f"consistency: model.teacher {ref.ref} was not loaded; build models with components.models.build")
-    if ref.family != "diffusion":
-        raise UserError(f"consistency: model.teacher {ref.ref} is a {ref.family}; it must be a genray diffusion model")
+    teacher = frozen_module(ref, "consistency", "teacher", ("diffusion",), "a genray diffusion model")
     if teacher.autoencoder is not None:
         raise UserError(f"consistency: model.teacher {ref.ref} is latent diffusion; distillation here runs in pixel "
                         "space, so the teacher must be a pixel-space diffusion model (no autoencoder)")

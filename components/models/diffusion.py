@@ -46,7 +46,7 @@ from genray.components.data import DatasetInfo
 from genray.components.errors import UserError
 from genray.components.models.layers import check_image_shape, randn
 from genray.components.models.protocol import SETTINGS_CONFIG
-from genray.components.models.refs import ModelRef
+from genray.components.models.refs import ModelRef, frozen_module
 from genray.components.models.text_encoder import TextEncoder, encode_text
 from genray.components.models.unet import UNet
 from genray.components.samplers import ddim, ddpm, guidance, objective, prediction as param, schedules
@@ -630,30 +630,18 @@ def build_diffusion(
 
 
 def _frozen_clip_text(ref: ModelRef) -> FrozenCLIPText:
-    if ref.module is None:
-        raise UserError(f"diffusion: model.text_encoder {ref.ref} was not loaded; build models with components.models.build")
-    if ref.family != "clip":
-        raise UserError(f"diffusion: model.text_encoder {ref.ref} is a {ref.family}; it must be a genray clip")
-    return FrozenCLIPText(ref.module)
+    return FrozenCLIPText(frozen_module(ref, "diffusion", "text_encoder", ("clip",), "a genray clip"))
 
 
 def _frozen_clip_image(ref: ModelRef, image_shape: tuple[int, int, int]) -> FrozenCLIPImage:
-    if ref.module is None:
-        raise UserError(f"diffusion: model.image_encoder {ref.ref} was not loaded; build models with components.models.build")
-    if ref.family != "clip":
-        raise UserError(f"diffusion: model.image_encoder {ref.ref} is a {ref.family}; it must be a genray clip")
-    clip_shape = tuple(ref.module.image_shape)
+    clip_shape = tuple(frozen_module(ref, "diffusion", "image_encoder", ("clip",), "a genray clip").image_shape)
     if clip_shape != image_shape:
         raise UserError(f"diffusion: model.image_encoder {ref.ref} embeds images {clip_shape}, this data is {image_shape}")
     return FrozenCLIPImage(ref.module)
 
 
 def _build_autoencoder(ref: ModelRef, image_shape: tuple[int, int, int]) -> nn.Module:
-    ae = ref.module
-    if ae is None:
-        raise UserError(f"diffusion: model.autoencoder {ref.ref} was not loaded; build models with components.models.build")
-    if ref.family not in ("vae", "beta_vae"):
-        raise UserError(f"diffusion: model.autoencoder {ref.ref} is a {ref.family}; it must be a genray vae or beta_vae")
+    ae = frozen_module(ref, "diffusion", "autoencoder", ("vae", "beta_vae"), "a genray vae or beta_vae")
     ae_shape = tuple(ae.image_shape)
     if ae_shape != image_shape:
         raise UserError(f"diffusion: model.autoencoder {ref.ref} was trained on images {ae_shape}, this data is {image_shape}")

@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 from torch import nn
 
+from genray.components.errors import UserError
+
 
 SCHEMES = ("models:/", "runs:/")
 
@@ -63,6 +65,18 @@ class ModelRef:
         if isinstance(value, str) and value.strip():
             return cls(value.strip())
         raise ValueError("a model reference: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID or a checkpoint directory")
+
+
+def frozen_module(ref: ModelRef, owner: str, arg: str, families: tuple[str, ...] | None = None,
+                  what: str = "") -> nn.Module:
+    """The frozen module a builder's reference brought (`components.models.build` makes it), and,
+    with `families`, checked to be of one of them, `what` saying what the argument must be:
+    `owner: model.arg REF is a FAMILY; it must be WHAT`. One check for every model reference."""
+    if ref.module is None:
+        raise UserError(f"{owner}: model.{arg} {ref.ref} was not loaded; build models with components.models.build")
+    if families is not None and ref.family not in families:
+        raise UserError(f"{owner}: model.{arg} {ref.ref} is a {ref.family}; it must be {what}")
+    return ref.module
 
 
 def ref_arguments(builder: Callable[..., Any]) -> list[str]:

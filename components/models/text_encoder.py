@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from genray.components.data import encode_captions
+from genray.components.errors import UserError
 
 PAD = 0
 
@@ -26,6 +27,19 @@ def encode_text(texts: list[str], max_len: int) -> Tensor:
     if isinstance(texts, str):
         raise ValueError("encode_text: texts must be a list of strings, got one string; wrap it: [text]")
     return torch.from_numpy(encode_captions(list(texts), max_len))  # (B, max_len)
+
+
+def encode_whole(texts: list[str], max_len: int, *, field: str, noun: str) -> Tensor:
+    """encode_text for what a user typed, refusing instead of cutting: a prompt cut at max_len bytes
+    would be another text (training captions are cut; a request's are not). A UserError names
+    `field[i]` for a non-string or an over-long text, the `noun` saying what it is."""
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise UserError(f"{field}[{i}]: a {noun} must be a string, got {type(t).__name__}")
+        size = len(t.encode("utf-8"))
+        if size > max_len:
+            raise UserError(f"{field}[{i}]: {size} bytes; this model reads at most {max_len} bytes of UTF-8 per {noun}")
+    return encode_text(list(texts), max_len)
 
 
 class TextEncoder(nn.Module):

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from genray.components.data import DatasetInfo
 from genray.components.errors import UserError
 from genray.components.models.protocol import SETTINGS_CONFIG
-from genray.components.models.refs import ModelRef
+from genray.components.models.refs import ModelRef, frozen_module
 from genray.components.training import Backprop
 
 # Token-network settings a prior fixes: it always makes a whole grid, from no prompt.
@@ -44,9 +44,7 @@ FIXED_SETTINGS = ("max_new_tokens",)
 
 def tokenizer_module(ref: ModelRef, data: DatasetInfo, family: str) -> nn.Module:
     """The frozen tokenizer `ref` names, checked against the image data the prior trains on."""
-    tok = ref.module
-    if tok is None:
-        raise UserError(f"{family}: model.tokenizer {ref.ref} was not loaded; build models with components.models.build")
+    tok = frozen_module(ref, family, "tokenizer")  # any family that declares tokenize, checked next
     if "tokenize" not in getattr(tok, "capabilities", ()):
         raise UserError(f"{family}: model.tokenizer {ref.ref} is a {ref.family}, which does not tokenize images; "
                         "name a trained vqvae")

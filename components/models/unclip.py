@@ -37,8 +37,8 @@ from genray.components.data import DatasetInfo
 from genray.components.errors import UserError
 from genray.components.models.layers import check_image_shape, randn
 from genray.components.models.protocol import SETTINGS_CONFIG
-from genray.components.models.refs import ModelRef
-from genray.components.models.text_encoder import encode_text
+from genray.components.models.refs import ModelRef, frozen_module
+from genray.components.models.text_encoder import encode_whole
 from genray.components.models.unet import timestep_embedding
 from genray.components.samplers import ddim, guidance, objective, schedules
 from genray.components.training import Backprop
@@ -238,13 +238,7 @@ class UnCLIP(nn.Module):
         prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
         if len(prompts) != n:
             raise UserError(f"prompt: give one prompt, or one per sample ({n}); got {len(prompts)}")
-        for i, p in enumerate(prompts):
-            if not isinstance(p, str):
-                raise UserError(f"prompt[{i}]: a prompt must be a string, got {type(p).__name__}")
-            if len(p.encode("utf-8")) > self.text_len:
-                raise UserError(f"prompt[{i}]: {len(p.encode('utf-8'))} bytes; this model reads at most "
-                                f"{self.text_len} bytes of UTF-8 per prompt")
-        return encode_text(prompts, self.text_len)
+        return encode_whole(prompts, self.text_len, field="prompt", noun="prompt")
 
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator | None = None, prompt: str | list[str] | None = None,
@@ -372,11 +366,7 @@ def _part(ref: ModelRef | None, name: str, family: str, what: str) -> nn.Module:
     if ref is None:
         raise UserError(f"unclip: model.{name} is required: {what} (models:/NAME@ALIAS, runs:/ID or a checkpoint "
                         "directory)")
-    if ref.module is None:
-        raise UserError(f"unclip: model.{name} {ref.ref} was not loaded; build models with components.models.build")
-    if ref.family != family:
-        raise UserError(f"unclip: model.{name} {ref.ref} is a {ref.family}; it must be {what}")
-    return ref.module
+    return frozen_module(ref, "unclip", name, (family,), what)
 
 
 def example_refs(data: DatasetInfo) -> dict[str, ModelRef]:
