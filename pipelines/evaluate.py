@@ -527,15 +527,20 @@ def evaluate_embedding(request: EvalRequest, target: Target, model, state: dict[
 
     dataset = spec.data.dataset if spec.data.path is None else Path(spec.data.path).stem
     ref_path = data.test if request.reference == "test" else data.train
+    import pyarrow.parquet as pq
+
     reference = read_split(ref_path, None)
-    train = read_split(data.train, None)
-    if reference.y is None or train.y is None or not train.captions:
+    # The training split's labels and captions only: its images are not needed for the prompts.
+    columns = [c for c in ("label", "caption") if c in data.info.columns]
+    train = pq.read_table(data.train, columns=columns).to_pydict()
+    if reference.y is None or not reference.captions or len(columns) < 2:
         raise ConfigError(f"{request.target}: zero-shot classification needs labels and captions in {data.train} "
                           f"and {ref_path}")
+    train_y = np.asarray(train["label"], dtype=np.int64)
     settings = sampling_settings(model, request.sampling, state.get("sampling_defaults"))
     params = run_params(request, state, len(reference.x), settings)
-    num_classes = int(max(reference.y.max(), train.y.max()) + 1)
-    prompts = class_prompts(train.captions, train.y, num_classes)
+    num_classes = int(max(reference.y.max(), train_y.max()) + 1)
+    prompts = class_prompts([str(c) for c in train["caption"]], train_y, num_classes)
     params["eval.zero_shot.prompts_per_class"] = str(max(len(p) for p in prompts))
 
     say(f"zero-shot classification of {len(reference.x)} {request.reference} images ...")
