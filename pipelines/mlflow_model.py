@@ -11,6 +11,9 @@ predict params: the model's sampling settings (the fields of its `sampling_setti
 translation models (capability translate) take {"x": input images' values in [-1, 1], flat or
     (B, C, H, W), "seed": int, "direction": one of the model's directions (two-way models)} and
     return the (B, C, H, W) translations
+image-variation models (capability variations: unCLIP and its decoder) given {"x": images as
+    above, "n": variations per image, "seed": int} return (B * n, C, H, W) images decoded from
+    each image's own CLIP embedding, image i's in rows i * n ...; without x they sample as usual
 predict output: float32 array in the data's layout, in [-1, 1]: (n, C, H, W) images, (n, T) audio;
     a token model without text generation (MaskGIT on tokens data) gives n strings when the
     vocabulary is characters, else (n, T) int64 token ids
@@ -53,6 +56,10 @@ class GenrayModel(PythonModel):
             return self._translate(generator, request, params)
         if "embed" in self.model.capabilities:
             return self._embed(request)
+        if "variations" in self.model.capabilities and "x" in request:
+            x = self._images(request.pop("x"))
+            settings = resolve(self.model, {**request, **(params or {})}, self.state.get("sampling_defaults"))
+            return self.model.variations(x, n, generator=generator, **settings.model_dump()).float().cpu().numpy()
         condition = CONDITION_KEYS.get(self.model.conditioning)
         kwargs = {}
         for key in CONDITION_KEYS.values():
@@ -94,25 +101,24 @@ class GenrayModel(PythonModel):
                 if not texts:
                     raise UserError("texts: give at least one caption")
                 return self.model.embed_text(texts).cpu().numpy()
-            c, h, w = self.model.image_shape
-            x = np.asarray(request["x"], dtype=np.float32)
-            if x.size == 0 or x.size % (c * h * w):
-                raise UserError(f"x: {x.size} values are not whole {c}x{h}x{w} images")
-            if not np.isfinite(x).all() or x.min() < -1 or x.max() > 1:
-                raise UserError("x: values must be finite and in [-1, 1]")
-            return self.model.embed_images(torch.as_tensor(x.reshape(-1, c, h, w))).cpu().numpy()
+            return self.model.embed_images(self._images(request["x"])).cpu().numpy()
+
+    def _images(self, value) -> torch.Tensor:
+        """An input's images: their values in [-1, 1], flat or (B, C, H, W) -> (B, C, H, W) float32."""
+        c, h, w = self.model.image_shape
+        x = np.asarray(value, dtype=np.float32)
+        if x.size == 0 or x.size % (c * h * w):
+            raise UserError(f"x: {x.size} values are not whole {c}x{h}x{w} images")
+        if not np.isfinite(x).all() or x.min() < -1 or x.max() > 1:
+            raise UserError("x: values must be finite and in [-1, 1]")
+        return torch.as_tensor(x.reshape(-1, c, h, w))
 
     def _translate(self, generator: torch.Generator, request: dict, params: dict | None) -> np.ndarray:
         """{"x": the input images' values, flat or (B, C, H, W), in [-1, 1]} -> (B, C, H, W) translations."""
         if "x" not in request:
             raise UserError(f"x: a {self.state['model']['family']} model translates images; give x, the input "
                             "images' values in [-1, 1], flat or (B, C, H, W)")
-        c, h, w = self.model.image_shape
-        x = np.asarray(request.pop("x"), dtype=np.float32)
-        if x.size == 0 or x.size % (c * h * w):
-            raise UserError(f"x: {x.size} values are not whole {c}x{h}x{w} images")
-        if not np.isfinite(x).all() or x.min() < -1 or x.max() > 1:
-            raise UserError("x: values must be finite and in [-1, 1]")
+        x_t = self._images(request.pop("x"))
         way = {}
         direction = request.pop("direction", None)
         if direction is not None:
@@ -121,7 +127,6 @@ class GenrayModel(PythonModel):
                 raise UserError(f"direction {direction!r}: this model takes {allowed}")
             way["direction"] = direction
         settings = resolve(self.model, {**request, **(params or {})}, self.state.get("sampling_defaults"))
-        x_t = torch.as_tensor(x.reshape(-1, c, h, w))
         return self.model.translate(x_t, generator=generator, **settings.model_dump(), **way).float().cpu().numpy()
 
     def _generate(self, n: int, generator: torch.Generator, request: dict, params: dict | None) -> list[str]:

@@ -174,7 +174,7 @@ def log_and_register(uri: str, run_id: str, checkpoint_dir: Path, model_name: st
 
 def model_signature(checkpoint_dir: Path):
     """(signature, input example) of a checkpoint's model: inputs n, seed and its condition
-    (y: class labels, prompt: text); params: its sampling settings, each with its type and the
+    (y: class labels, prompt: text), x for images to vary (capability variations); params: its sampling settings, each with its type and the
     default it samples with (the checkpoint's sampling_defaults over the model's own)."""
     from mlflow.models import ModelSignature
     from mlflow.types import DataType
@@ -190,6 +190,8 @@ def model_signature(checkpoint_dir: Path):
     if "generate_text" in model.capabilities:  # the text to continue, and where to stop
         inputs += [ColSpec(DataType.string, "prompt", required=False),
                    ColSpec(Array(DataType.string), "stop", required=False)]
+    if "variations" in model.capabilities:  # images to make variations of (n per image), values flattened
+        inputs.append(ColSpec(Array(DataType.double), "x", required=False))
     if "translate" in model.capabilities:  # the images to translate, their values flattened
         inputs = [ColSpec(Array(DataType.double), "x"), ColSpec(DataType.long, "seed", required=False)]
         if model.directions:

@@ -46,9 +46,16 @@ Choices, and why:
   0.95 as the paper's mu for CD) inside the loss, and the sampling EMA, which is the training
   engine's EMA of the online weights (trainer.ema_decay; components/training/engine.py), the
   weights that evaluation, checkpoints' build_model and serving sample from.
-- no initialisation from the teacher (the paper starts CD from the teacher's EDM weights): a
-  genray teacher predicts eps, x0 or v on integer DDPM timesteps, another input scale, time input
-  and output than F's, so the student starts fresh.
+- init "teacher" starts the student from the teacher's weights, as the paper does (its CD
+  starts from the EDM teacher). A genray teacher's network takes another input scale, time input
+  and output than EDM's F (VP x_t, DDPM timesteps, eps/x0/v), so such a student keeps the
+  teacher's parameterisation inside f (as latent consistency models do, Luo et al. 2023):
+      f(x, s) = c_skip(s) x + (1 - c_skip(s)) x0_theta(x, s),
+  x0_theta the copied network's x0 estimate at x_t = x / sqrt(1 + s^2) and the teacher's
+  fractional timestep of s (the same conversion as the teacher's step below). c_skip is
+  appendix C's, so f(x, eps) = x still holds exactly; 1 - c_skip plays c_out's role for an output
+  already on the data's scale. At step 0, f is the teacher's one-step denoiser, and distillation
+  only has to make it consistent. init "scratch" is a fresh UNet of F (any size), as before.
 - a CD step runs three networks (teacher, online, target), a CT step two; copies of the model
   (the target, the sampling EMA) carry the frozen teacher too.
 
@@ -58,6 +65,7 @@ Sampling draws x_T (n, C, H, W) and then one (n, C, H, W) normal per step after 
 order, through `layers.randn`: a seed's first draw is the same for every step count, and a
 StackedGenerators makes a row's sample independent of its batch.
 """
+import copy
 import math
 from typing import Annotated, Any, Callable, Literal
 
@@ -82,6 +90,7 @@ SIGMA_DATA = 0.5  # the std of images in [-1, 1], roughly (EDM's value)
 RHO = 7.0  # Karras et al. 2022, eq. 5
 DISTANCES = ("pseudo_huber", "l2")
 MODES = ("auto", "distill", "train")
+INITS = ("scratch", "teacher")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,6 +172,15 @@ def teacher_timesteps(sigmas: Tensor, alphas_cumprod: Tensor) -> Tensor:
     return torch.from_numpy(np.interp(sigmas.to(torch.float64).log().numpy(), log_sigma_t, t))
 
 
+def interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
+    """np.interp in torch: piecewise linear through (xp, fp), xp ascending (K,), constant beyond
+    the ends; x any shape, on xp's device."""
+    idx = torch.searchsorted(xp, x.contiguous()).clamp(1, len(xp) - 1)
+    x0, x1 = xp[idx - 1], xp[idx]
+    w = ((x - x0) / (x1 - x0)).clamp(0.0, 1.0)
+    return fp[idx - 1] + w * (fp[idx] - fp[idx - 1])
+
+
 def teacher_ddim_step(denoise: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigma: Tensor, sigma_next: Tensor,
                       t: Tensor, *, prediction: str, clip_x0: bool = True) -> Tensor:
     """A VP teacher's deterministic DDIM step in VE coordinates: x at noise sigma -> x at sigma_next.
@@ -208,8 +226,13 @@ class Consistency(nn.Module):
         distance: str = "pseudo_huber",
         target_decay: float = 0.95,
         steps: int = 2,
+        init: str = "scratch",
     ):
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"consistency: init must be one of {INITS}, got {init!r}")
+        if init == "teacher" and teacher is None:
+            raise ValueError("consistency: init 'teacher' needs the teacher")
         if distance not in DISTANCES:
             raise ValueError(f"consistency: distance must be one of {DISTANCES}, got {distance!r}")
         if not 0.0 <= target_decay < 1.0:
@@ -227,6 +250,14 @@ class Consistency(nn.Module):
             # Frozen: distillation reads the teacher, never moves it.
             teacher.requires_grad_(False).eval()
             self.teacher_t = teacher_timesteps(self.sigmas, teacher.schedule.alphas_cumprod)  # float64 (N,)
+        self.init = init
+        if init == "teacher":
+            # The teacher's table of (log sigma, t), for the copied network's time input at any sigma.
+            ab = teacher.schedule.alphas_cumprod.to(torch.float64)
+            finite = ab > 0
+            self.register_buffer("table_log_sigma", (0.5 * ((1 - ab[finite]) / ab[finite]).log()).float(),
+                                 persistent=False)
+            self.register_buffer("table_t", torch.arange(len(ab), dtype=torch.float32)[finite], persistent=False)
         self.conditioning = "class" if num_classes > 0 else "none"
         self.capabilities = frozenset({"sample"} | ({"condition"} if num_classes > 0 else set()))
         self.sampling_settings = sampling_settings_type(num_levels, min(steps, num_levels - 1))
@@ -251,17 +282,31 @@ class Consistency(nn.Module):
         """f_theta(x, sigma): x (B, C, H, W) at noise levels sigma (B, 1, 1, 1) -> (B, C, H, W), the
         trajectory's estimated origin (appendix C's parameterisation; f(x, sigma_min) = x)."""
         c_skip, c_out, c_in, c_noise = scalings(sigma)
+        if self.init == "teacher":
+            # The teacher's parameterisation (module docstring): its x0 estimate on the data's scale.
+            alpha_bar = 1 / (1 + sigma**2)  # (B, 1, 1, 1)
+            x_t = x * alpha_bar.sqrt()
+            t = interp(sigma.flatten().log(), self.table_log_sigma, self.table_t)  # (B,) fractional timesteps
+            out = self.net(x_t, t, **self.net_condition(y, x.shape[0], x.device))
+            x0, _ = to_x0_eps(self.teacher.prediction, out.float(), x_t, alpha_bar)
+            return c_skip * x + (1 - c_skip) * x0
         cond = {"y": y} if self.num_classes > 0 else {}
         out = self.net(c_in * x, c_noise.flatten(), **cond)  # (B, C, H, W): F
         return c_skip * x + c_out * out.float()
 
+    def net_condition(self, y: Tensor | None, n: int, device) -> dict[str, Tensor]:
+        """A teacher-shaped network's condition: the labels y, or its null label (the unconditional
+        branch) for an unconditional student of a class-conditional teacher."""
+        if self.teacher.num_classes == 0:
+            return {}
+        if y is None:
+            y = torch.full((n,), self.teacher.num_classes, dtype=torch.long, device=device)
+        return {"y": y}
+
     def teacher_denoiser(self, y: Tensor | None, n: int, device) -> Callable[[Tensor, Tensor], Tensor]:
         """The teacher's network on (x_t, t): on the labels y when both are class-conditional, on the
         null label (its unconditional branch) when only the teacher is."""
-        cond = {}
-        if self.teacher.num_classes > 0:
-            cond["y"] = y if y is not None else torch.full((n,), self.teacher.num_classes, dtype=torch.long,
-                                                             device=device)
+        cond = self.net_condition(y, n, device)
         return lambda x_t, t: self.teacher.net(x_t, t, **cond)
 
     def training_pair(self, x: Tensor, level: Tensor, z: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -392,6 +437,7 @@ def build_consistency(
     target_decay: Annotated[float, Field(ge=0, lt=1)] = 0.95,
     steps: Annotated[int, Field(ge=1)] = 2,
     teacher: ModelRef | None = None,
+    init: Literal["scratch", "teacher"] = "scratch",
 ) -> Consistency:
     """A consistency model (Song et al. 2023) on images: distilled from `teacher` (a trained genray
     diffusion model in pixel space; consistency distillation) or trained alone (consistency
@@ -400,7 +446,9 @@ def build_consistency(
     conditioning: "auto" is "class" when the data have labels (and the teacher, if any, is
     class-conditional), else "none". num_levels is N, the Karras noise levels in [0.002,
     sigma_max]; steps the default sampling steps (at most N - 1); target_decay the target's EMA
-    rate mu. The UNet's size presets are diffusion's.
+    rate mu. The UNet's size presets are diffusion's. init "teacher" (distillation only) starts
+    from a copy of the teacher's network in the teacher's parameterisation; size, channels and
+    dropout are then the teacher's, and other values than the defaults are refused.
     """
     c, h, w = check_image_shape(data.image_shape, "consistency")
     if mode not in MODES:
@@ -428,6 +476,18 @@ def build_consistency(
                             f"{data.num_classes} classes; model.teacher {teacher.ref} has {tm.num_classes} "
                             "(0: unconditional). Use conditioning='none' or a class-conditional teacher")
     num_classes = data.num_classes if conditioning == "class" else 0
+
+    if init == "teacher":
+        if tm is None:
+            raise UserError("consistency: init 'teacher' starts the student from the teacher's weights, so it needs "
+                            "model.teacher (consistency distillation); consistency training uses init 'scratch'")
+        if size != "small" or channels is not None or dropout != 0.0:
+            raise UserError("consistency: with init 'teacher' the network is a copy of the teacher's, so model.size, "
+                            "model.channels and model.dropout are the teacher's; leave them at their defaults")
+        net = copy.deepcopy(tm.net).requires_grad_(True).train()
+        return Consistency(net=net, image_shape=(c, h, w), num_classes=num_classes, teacher=tm,
+                           num_levels=num_levels, sigma_max=sigma_max, distance=distance, target_decay=target_decay,
+                           steps=min(steps, num_levels - 1), init="teacher")
 
     unet_args = SIZES[size]()
     if channels is not None:

@@ -14,6 +14,7 @@ them to each model's ModelServer and turns what comes back into HTTP.
                                         grid [h, w] and codebook_size K (ids in [0, K))
     POST /v1/models/{name}/decode_tokens  h x w code ids -> images (capability "tokenize")
     POST /v1/models/{name}/translate    images -> their translations   (capability "translate")
+    POST /v1/models/{name}/variations   images -> new images from their CLIP embeddings   (capability "variations": unCLIP)
     POST /v1/models/{name}/style_mix    two seeds, a crossover -> mixed images   (StyleGAN2)
     POST /v1/models/{name}/log_prob     images -> nats, bits/dim   (capability "log_prob")
     POST /v1/models/{name}/embed        captions or images -> unit-norm embeddings   (capability "embed": CLIP)
@@ -70,6 +71,7 @@ from genray.pipelines.serve.schemas import (
     StyleMixRequest,
     TokenizeResponse,
     TranslateRequest,
+    VariationsRequest,
 )
 from genray.pipelines.serve.spec import Limits
 
@@ -245,6 +247,10 @@ def build_fastapi(gateway: Gateway) -> FastAPI:
     @app.post("/v1/models/{name}/translate", responses={200: {"model": ImagesOut}, **ERRORS})
     async def translate(name: str, body: TranslateRequest):
         return await gateway.versioned(name, "translate", body.model_dump())
+
+    @app.post("/v1/models/{name}/variations", responses={200: {"model": ImagesOut}, **ERRORS})
+    async def variations(name: str, body: VariationsRequest):
+        return await gateway.versioned(name, "variations", body.model_dump())
 
     @app.post("/v1/models/{name}/style_mix", responses={200: {"model": ImagesOut}, **ERRORS})
     async def style_mix(name: str, body: StyleMixRequest):

@@ -19,8 +19,8 @@ An alias change alone swaps nothing: only --reload writes the tag.
 Sampling requests are batched (`@serve.batch`): requests with equal settings run as one
 `model.sample` call, each drawing its noise from its own seeded generator
 (components.models.layers.StackedGenerators), so a seed names the same image alone or batched.
-The other routes (encode, decode, interpolate, tokenize, decode_tokens, log_prob, translate, style_mix, embed,
-classify) run one request at a time, in a thread.
+The other routes (encode, decode, interpolate, tokenize, decode_tokens, log_prob, translate, variations,
+style_mix, embed, classify) run one request at a time, in a thread.
 
 A user's mistake (UserError) comes back as an error body that the gateway answers with a 4xx;
 any other exception propagates, and the gateway answers 500 and logs its traceback.
@@ -66,6 +66,7 @@ from genray.pipelines.serve.schemas import (
     parse_style_mix,
     parse_tokens,
     parse_translate,
+    parse_variations,
     sample_parameters,
     settings_key,
 )
@@ -106,6 +107,8 @@ def describe(loaded: Loaded, limits: Limits) -> dict[str, Any]:
             routes.append("style_mix")
         if "embed" in caps:  # captions and images -> unit-norm embeddings; zero-shot labels (CLIP)
             routes.extend(["embed", "classify"])
+        if "variations" in caps:  # images -> new images from their CLIP embeddings (unCLIP)
+            routes.append("variations")
     params = sample_parameters(model, defaults, limits)
     if "sample" not in caps:  # a translation makes one output per input image: no n
         params.pop("n", None)
@@ -487,6 +490,25 @@ class ModelServer:
         x = await asyncio.to_thread(run)
         return {**Served(model=self.name, version=loaded.version).model_dump(), "seed": job["seed"],
                 "settings": job["settings"], **images_payload(to_uint8_image(x), x, job["format"])}
+
+    async def variations(self, req: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        try:
+            loaded = self._needs("variations")
+            job = parse_variations(req, loaded, self.limits)
+        except UserError as e:
+            return error_body(e)
+
+        def run():
+            gen = torch.Generator().manual_seed(job["seed"])
+            return loaded.model.variations(torch.as_tensor(job["x"]).to(self.device), job["n_per_image"],
+                                           generator=gen, **job["settings"]).float().cpu()
+
+        x = await asyncio.to_thread(run)
+        return {**Served(model=self.name, version=loaded.version).model_dump(), "seed": job["seed"],
+                "n_per_image": job["n_per_image"], "settings": job["settings"],
+                **images_payload(to_uint8_image(x), x, job["format"])}
 
     async def style_mix(self, req: dict[str, Any]) -> dict[str, Any]:
         import torch

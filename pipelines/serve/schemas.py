@@ -4,6 +4,8 @@ sampling request, read from the settings the model declares.
     POST /v1/models/{name}/sample     {"n": 4, "seed": 0, "class_label": 3, "<setting>": ..., "format": "png"}
                                       audio models answer audio/wav (format "wav", their default)
     POST /v1/models/{name}/translate  {"images": [base64 PNG, ...] or "arrays": ..., "seed": 0, "<setting>": ...}  (Pix2Pix)
+    POST /v1/models/{name}/variations {"images": [...] or "arrays": ..., "n_per_image": 2, "seed": 0, "<setting>": ...}
+                                      images decoded from each image's own CLIP embedding  (unCLIP: capability variations)
     POST /v1/models/{name}/style_mix  {"seed": 0, "seed_b": 1, "crossover": 2, ...a sample request}  (StyleGAN2)
     POST /v1/models/{name}/generate   {"prompt": "def ", "n": 1, "seed": 0, "stop": ["\\n\\n"], "stream": true,
                                        "<setting>": ...}      text models
@@ -105,6 +107,19 @@ class TranslateRequest(BaseModel):
     seed: int = Field(0, ge=0, le=2**63 - 1, description="seed of the translation's noise (Pix2Pix: dropout masks)")
     direction: str | None = Field(None, description="models that translate both ways: which way (GET "
                                                     "/v1/models/{name} lists them); null: the model's one way")
+    format: Literal["png", "array"] = "png"
+
+
+class VariationsRequest(BaseModel):
+    """Models with the variations capability (unCLIP, its decoder): images in, n_per_image new
+    images per input decoded from its CLIP image embedding (Ramesh et al. 2022, sec. 3.1). Every
+    field beyond these is one of the model's sampling settings (guidance_scale, steps, ...)."""
+
+    model_config = ConfigDict(extra="allow")
+    images: list[str] | None = Field(None, min_length=1, description="base64 PNGs of the model's size")
+    arrays: list[list[list[list[FiniteFloat]]]] | None = Field(None, min_length=1, description="(B, C, H, W) in [-1, 1]")
+    n_per_image: int = Field(1, ge=1, description="variations of each image (images x n_per_image at most limits.max_n)")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="same seed, same variations")
     format: Literal["png", "array"] = "png"
 
 
@@ -399,7 +414,16 @@ def parse_sample(req: dict[str, Any], loaded, limits: Limits) -> dict[str, Any]:
             raise RequestError(k, f"{loaded.name} ({loaded.family}) does not take {k}; it takes "
                                   f"{', '.join(takes) or 'only n, seed and format'}")
     conditions = _conditions(req, model, limits)
-    settings_given = {k: v for k, v in given.items() if k != condition}
+    settings = checked_settings(loaded, {k: v for k, v in given.items() if k != condition}, limits)
+    return {"n": n, "seed": req["seed"], "settings": settings.model_dump(), "conditions": conditions,
+            "format": response_format(req.get("format"), model)}
+
+
+def checked_settings(loaded, settings_given: dict[str, Any], limits: Limits):
+    """The model's sampling settings from the fields a request gave, over the checkpoint's
+    defaults, validated by the model's schema and held to what one call may cost. Raises
+    RequestError naming the field."""
+    model = loaded.model
     for k, v in settings_given.items():
         if isinstance(v, float) and not math.isfinite(v):
             raise RequestError(k, f"{k} must be a finite number")
@@ -417,8 +441,29 @@ def parse_sample(req: dict[str, Any], loaded, limits: Limits) -> dict[str, Any]:
                                       f"{limits.max_audio_s:g} s per clip (limits.max_audio_s)")
         raise RequestError(field, f"{what}: one sample call would make {cost} network evaluations; at most "
                                   f"{limit} (limits.{limit_name}): ask for fewer steps")
-    return {"n": n, "seed": req["seed"], "settings": settings.model_dump(), "conditions": conditions,
-            "format": response_format(req.get("format"), model)}
+    return settings
+
+
+def parse_variations(req: dict[str, Any], loaded, limits: Limits) -> dict[str, Any]:
+    """A /variations body -> {x (B, C, H, W) float32, n_per_image, seed, settings, format}: the
+    images by the model's size, B x n_per_image held to limits.max_n, every other field one of
+    the model's sampling settings (refused by name otherwise)."""
+    model = loaded.model
+    names = list(model.sampling_settings.model_fields)
+    given = {k: v for k, v in req.items() if k not in VariationsRequest.model_fields and v is not None}
+    for k in given:
+        if k not in names:
+            raise RequestError(k, f"{loaded.name} ({loaded.family}) does not take {k}; a variations request takes "
+                                  f"images or arrays, n_per_image, seed, format and the settings "
+                                  f"{', '.join(names) or '(none)'}")
+    settings = checked_settings(loaded, given, limits)
+    x = decode_images(req, tuple(model.image_shape), limits)
+    total = len(x) * req["n_per_image"]
+    if total > limits.max_n:
+        raise RequestError("n_per_image", f"{len(x)} images x n_per_image {req['n_per_image']} = {total} images; at "
+                                          f"most {limits.max_n} per request (limits.max_n)")
+    return {"x": x, "n_per_image": req["n_per_image"], "seed": req["seed"], "settings": settings.model_dump(),
+            "format": req["format"]}
 
 
 def parse_style_mix(req: dict[str, Any], loaded, limits: Limits) -> dict[str, Any]:

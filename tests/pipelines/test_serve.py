@@ -58,6 +58,11 @@ MODELS = {  # name -> (family, data and model arguments)
     "rbm-t": ("rbm", {"ais_temperatures": 200, "ais_runs": 20}),
     "vq-t": ("vqvae", {"codebook_size": 16, "code_dim": 8}),  # 8x8 images -> 2x2 grids of ids in [0, 16)
     "clip-t": ("clip", {}),  # trained a few steps on captioned images (register_trained_clip), not perturbed
+    # unCLIP's decoder: diffusion on a (random, tiny) CLIP's image embedding of 8x8 images
+    "unclip-dec-t": ("diffusion", {"conditioning": "image_embedding", "num_timesteps": 50, "num_inference_steps": 3,
+                                   "image_encoder": {"ref": "models:/clip@champion", "family": "clip",
+                                                     "args": {"size": "tiny", "text_len": 20},
+                                                     "data": DatasetInfo.for_images((1, 8, 8)).to_json()}}),
 }
 IMAGE_MODELS = sorted(n for n, (family, _) in MODELS.items()
                       if family not in ("gpt", "wavenet", "pix2pix", "cyclegan", "rbm", "clip"))
@@ -589,6 +594,39 @@ def test_translate_takes_pngs_or_arrays_and_checks_them(served):
     assert r.status_code == 404 and "translate" in r.json()["detail"][0]["msg"]
 
 
+def test_variations_decode_each_image_from_its_clip_embedding_and_are_checked(served):
+    """unCLIP's decoder: n_per_image images per input, image i's in rows i * n_per_image ...; a
+    seed fixes them, the settings are the model's and echoed; too many images, an unknown field,
+    too many steps: 422 naming the field; a model without the capability: 404."""
+    c = served["client"]
+    info = c.get("/v1/models/unclip-dec-t").json()
+    assert info["routes"] == ["sample", "log_prob", "variations"] and "variations" in info["capabilities"]
+    x = np.linspace(-1, 1, 2 * 64, dtype=np.float32).reshape(2, 1, 8, 8)
+    x[1] = -x[1]
+    body = {"arrays": x.tolist(), "n_per_image": 2, "seed": 5, "guidance_scale": 2.0, "format": "array"}
+    first = c.post("/v1/models/unclip-dec-t/variations", json=body)
+    assert first.status_code == 200 and first.headers[serve.VERSION_HEADER] == "1", first.text
+    out = first.json()
+    assert np.asarray(out["arrays"]).shape == (4, 1, 8, 8) and out["n_per_image"] == 2
+    assert out["settings"]["guidance_scale"] == 2.0 and out["settings"]["num_inference_steps"] == 3
+    assert c.post("/v1/models/unclip-dec-t/variations", json=body).json()["arrays"] == out["arrays"]
+    other = c.post("/v1/models/unclip-dec-t/variations", json={**body, "seed": 6}).json()["arrays"]
+    assert other != out["arrays"]
+    pngs = c.post("/v1/models/unclip-dec-t/variations", json={**body, "format": "png"}).json()["images"]
+    assert len(pngs) == 4 and png_array(pngs[0]).shape == (8, 8)
+    for bad, field in (({**body, "n_per_image": 5}, "n_per_image"),  # 2 x 5 = 10 > max_n 8
+                       ({**body, "n_per_image": 0}, "n_per_image"),
+                       ({**body, "temperature": 0.5}, "temperature"),
+                       ({**body, "num_inference_steps": 500}, "num_inference_steps"),
+                       ({**body, "guidance_scale": "high"}, "guidance_scale"),
+                       ({"n_per_image": 1}, "images"),
+                       ({**body, "arrays": [[[[2.0] * 8] * 8]]}, "arrays")):
+        r = c.post("/v1/models/unclip-dec-t/variations", json=bad)
+        assert r.status_code == 422 and detail_field(r) == field, (bad, r.text)
+    r = c.post("/v1/models/vae-t/variations", json=body)
+    assert r.status_code == 404 and "variations" in r.json()["detail"][0]["msg"]
+
+
 def sse(response) -> list[tuple[str, dict]]:
     """(event, data) of each server-sent event in a response body."""
     out = []
@@ -737,6 +775,7 @@ def keyed_routes(c) -> list[tuple[str, str, dict | None]]:
         ("POST", "/v1/models/gpt-t/generate", {"prompt": "ab", "n": 1, "stream": True}),
         ("POST", "/v1/models/p2p-t/translate", {"arrays": [[[[0.0] * 8] * 8]]}),
         ("POST", "/v1/models/style-t/style_mix", {"seed_b": 1, "crossover": 1}),
+        ("POST", "/v1/models/unclip-dec-t/variations", {"arrays": [[[[0.0] * 8] * 8]]}),
         ("POST", "/v1/models/clip-t/embed", {"texts": ["a bag"]}),
         ("POST", "/v1/models/clip-t/classify", {"arrays": np.zeros((1, *c.get("/v1/models/clip-t").json()[
             "image_shape"])).tolist(), "labels": ["bag", "coat"]}),
@@ -757,6 +796,7 @@ def test_every_route_but_healthz_and_the_page_needs_the_key(served):
     from genray.pipelines.serve.auth import OPEN_PATHS
 
     serving = {"/generate": "gpt-t", "/translate": "p2p-t", "/style_mix": "style-t", "/tokenize": "vq-t",
+               "/variations": "unclip-dec-t",
                "/decode_tokens": "vq-t", "/embed": "clip-t", "/classify": "clip-t"}
     documented = {path.replace("{name}", next((m for end, m in serving.items() if path.endswith(end)), "vae-t"))
                   for path in c.get("/openapi.json").json()["paths"]}

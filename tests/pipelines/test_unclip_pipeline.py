@@ -76,3 +76,8 @@ def test_unclip_trains_on_a_trained_clip_and_decoder_and_registers_one_model(ray
     assert torch.equal(model.decoder.variations(digits, 2, generator=torch.Generator().manual_seed(0),
                                                 num_inference_steps=model.sampling_settings().decoder_steps,
                                                 guidance_scale=model.sampling_settings().guidance_scale), v)
+    # ... and through the pyfunc: x (flat values) and n per image.
+    by_pyfunc = pyfunc.predict({"n": 2, "seed": 0, "x": digits.flatten().tolist()})
+    np.testing.assert_allclose(by_pyfunc, v.numpy(), atol=1e-5)
+    with pytest.raises(Exception, match="x: 5 values are not whole 1x8x8 images"):
+        pyfunc.predict({"n": 1, "x": [0.0] * 5})

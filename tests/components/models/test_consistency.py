@@ -14,9 +14,10 @@ from sklearn.datasets import load_digits
 from genray.components.data import DatasetInfo
 from genray.components.errors import UserError
 from genray.components.models import build
-from genray.components.models.consistency import (SIGMA_MIN, build_consistency, karras_sigmas, pseudo_huber,
-                                                  sampling_levels, scalings, squared_l2, teacher_ddim_step,
-                                                  teacher_timesteps)
+from genray.components.models.consistency import (SIGMA_MIN, build_consistency, interp, karras_sigmas,
+                                                  pseudo_huber, sampling_levels, scalings, squared_l2,
+                                                  teacher_ddim_step, teacher_timesteps)
+from genray.components.samplers.prediction import to_x0_eps
 from genray.components.models.layers import StackedGenerators
 from genray.components.models.refs import ModelRef
 from genray.components.samplers import ddim
@@ -288,6 +289,65 @@ def test_class_conditional_samples_follow_y():
         model.sample(2, y=torch.tensor([0, 10]))
 
 
+# ----------------------------------------------------------------------------- a student started from the teacher
+
+
+def test_interp_is_numpys():
+    xp = torch.tensor([-3.0, -1.0, 0.5, 2.0])
+    fp = torch.tensor([0.0, 4.0, 5.0, 9.0])
+    x = torch.tensor([-5.0, -3.0, -2.0, 0.0, 0.5, 1.9, 7.0])
+    assert torch.allclose(interp(x, xp, fp), torch.from_numpy(np.interp(x.numpy(), xp.numpy(), fp.numpy())).float())
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_teacher_init_starts_as_the_teachers_denoiser(prediction):
+    """init "teacher": f(x, s) = c_skip x + (1 - c_skip) x0_hat, x0_hat the teacher's own estimate at
+    x_t = x / sqrt(1 + s^2) and its fractional timestep of s, computed here by hand; the boundary
+    condition still holds bit for bit; the student's weights are a copy, the teacher's stay frozen."""
+    ref, _ = teacher_ref(prediction)
+    model = build("consistency", {"num_levels": 10, "teacher": ref, "init": "teacher"}, DIGITS)
+    teacher = model.teacher
+    x, y = images(), torch.arange(6) % 10
+    level = torch.tensor([1, 3, 5, 7, 8, 9])
+    sigma = model.sigma_at(level, 4)  # (6, 1, 1, 1)
+    ab = 1 / (1 + sigma.double() ** 2)
+    x_t = (x.double() * ab.sqrt()).float()
+    t = teacher_timesteps(model.sigmas[level], teacher.schedule.alphas_cumprod).float()
+    x0, _ = to_x0_eps(prediction, teacher.net(x_t, t, y=y).double(), x_t.double(), ab)
+    c_skip = scalings(sigma.double())[0]
+    expected = c_skip * x.double() + (1 - c_skip) * x0
+    error = (model.consistency_fn(x, sigma, y).double() - expected).abs().flatten(1).max(1).values  # (6,)
+    scale = expected.abs().flatten(1).max(1).values  # up to ~300: x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab)
+    assert (error <= 1e-5 * scale).all(), (error, scale)  # float32 against float64
+    assert torch.equal(model.consistency_fn(x, torch.full((6, 1, 1, 1), SIGMA_MIN), y), x)
+    # One training step moves the student's copy only.
+    before = [p.clone() for p in teacher.parameters()]
+    loss, _ = model({"x": x, "y": y}, "main", target=build("consistency", {"num_levels": 10, "teacher": ref,
+                                                                             "init": "teacher"}, DIGITS))
+    loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.net.parameters())
+    assert model.net is not teacher.net and all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))
+
+
+def test_teacher_init_rebuilds_from_its_checkpoint():
+    """A checkpoint holds the resolved reference without weights: rebuilding from the arguments and
+    loading the state dict gives the trained student back (its network is not the teacher's)."""
+    ref, _ = teacher_ref()
+    args = {"num_levels": 10, "init": "teacher", "conditioning": "none"}
+    model = build("consistency", {**args, "teacher": ref}, DIGITS)
+    with torch.no_grad():
+        for p in model.net.parameters():
+            p.add_(0.01)  # "trained": no longer the teacher's weights
+    state = model.state_dict()
+    bare = ModelRef(ref.ref, ref.family, ref.args, ref.data)  # what a checkpoint stores
+    again = build("consistency", {**args, "teacher": bare}, DIGITS)
+    again.load_state_dict(state)
+    x, sigma = images(), torch.full((6, 1, 1, 1), 2.0)
+    assert torch.equal(again.consistency_fn(x, sigma), model.consistency_fn(x, sigma))
+    assert not torch.equal(again.net.conv_out.weight, again.teacher.net.conv_out.weight)
+
+
 # ----------------------------------------------------------------------------- settings and mistakes
 
 
@@ -335,6 +395,10 @@ def test_bad_settings_are_explained():
     big = DatasetInfo.for_images((1, 16, 16), 10)
     with pytest.raises(UserError, match=r"trained on images \(1, 8, 8\)"):
         build("consistency", {"size": "tiny", "teacher": teacher_ref()[0]}, big)
+    with pytest.raises(UserError, match="init 'teacher' starts the student from the teacher's weights"):
+        build_consistency(data=DIGITS, init="teacher")
+    with pytest.raises(UserError, match="model.size, model.channels and model.dropout are the teacher's"):
+        build("consistency", {"size": "tiny", "init": "teacher", "teacher": teacher_ref()[0]}, DIGITS)
     with pytest.raises(ValueError, match="one phase"):
         student()({"x": images(2), "y": torch.zeros(2, dtype=torch.long)}, "disc", target=student())
 

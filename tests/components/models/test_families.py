@@ -100,6 +100,10 @@ CASES = {
         # consistency distillation from a class-conditional v-prediction DDPM teacher
         {**DIGITS, "num_levels": 6, "teacher": ModelRef(
             "models:/teacher@champion", "diffusion", {"size": "tiny", "num_timesteps": 50, "prediction": "v"},
+            DatasetInfo.for_images((1, 8, 8), 10).to_json())},
+        # ... and an unconditional student started from an eps teacher's weights (init "teacher")
+        {**DIGITS, "size": "small", "num_levels": 6, "init": "teacher", "conditioning": "none", "teacher": ModelRef(
+            "models:/teacher@champion", "diffusion", {"size": "tiny", "num_timesteps": 50},
             DatasetInfo.for_images((1, 8, 8), 10).to_json())}],
     "clip": [CAPTIONED, {"image_shape": (3, 32, 32), "captions": True, "text_len": 20, "learn_temperature": False}],
     # unCLIP's prior between a CLIP and a decoder (whose own image encoder is a nested reference)
