@@ -62,7 +62,8 @@ MODELS = {  # name -> (family, data and model arguments)
     "unclip-dec-t": ("diffusion", {"conditioning": "image_embedding", "num_timesteps": 50, "num_inference_steps": 3,
                                    "image_encoder": {"ref": "models:/clip@champion", "family": "clip",
                                                      "args": {"size": "tiny", "text_len": 20},
-                                                     "data": DatasetInfo.for_images((1, 8, 8)).to_json()}}),
+                                                     "data": DatasetInfo("image", (8, 8, 1), 64, 10, None, (
+                                                         "image", "label", "caption")).to_json()}}),
 }
 IMAGE_MODELS = sorted(n for n, (family, _) in MODELS.items()
                       if family not in ("gpt", "wavenet", "pix2pix", "cyclegan", "rbm", "clip"))
@@ -145,7 +146,8 @@ def served(ray_session, tmp_path_factory):
         else:
             register_tiny(uri, home, name, family, **args)
     spec = serve.ServeSpec(port=free_port(), limits=LIMITS, api_key_file=str(key_file(home.parent)),
-                           deployment={"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "num_cpus": 0.3})
+                           # fifteen models at 0.2 CPU each, with the gateway, fit the session's 4 CPUs
+                           deployment={"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "num_cpus": 0.2})
     deployed = serve.deploy(spec, uri=uri, home=home)
     serve.wait_until_ready(deployed.url)  # /healthz: open without the key
     with httpx.Client(base_url=deployed.url, timeout=60, headers=AUTH) as client:
