@@ -22,6 +22,11 @@ declares and what the data holds:
     text + --clip REF  CLIP score (Hessel et al. 2021): 100 x mean max(cos, 0) of each sample's
                        and its prompt's embeddings under a trained genray CLIP, beside the same
                        score of the real images the prompts came from
+    "variations"       (unCLIP and its decoder) one variation of each of the first
+                       VARIATION_IMAGES reference images: the cosine of its CLIP image embedding
+                       (--clip's, else the model's own image encoder) to its own source image's
+                       and to an unrelated image's (the next row's), and the share the
+                       classifier puts in its source image's class
     "embed" (CLIP)     zero-shot accuracy on the reference split from each class's training
                        captions (and Fashion-MNIST's held-out templates), the contrastive loss
                        and in-batch retrieval top-1 both ways, images embedded per second
@@ -385,6 +390,14 @@ def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> Ev
         metrics["clip_score"] = clip_score(clip, fake, conditions["prompt"])
         metrics["clip_score_real"] = clip_score(clip, reference.x[conditions["rows"]], conditions["prompt"])
 
+    if "variations" in model.capabilities:
+        rows = min(VARIATION_IMAGES, len(reference.x))
+        say(f"variations of {rows} {request.reference} images ...")
+        classifier = next((n for n in nets if n.kind == "classifier"), None)
+        embed = clip.embed_images if clip is not None else variation_encoder(model)
+        metrics.update(variation_identity(model, reference.x[:rows], None if reference.y is None else reference.y[:rows],
+                                          embed, classifier, seed=request.seed, batch_size=request.batch_size,
+                                          **sampling))
     if "log_prob" in model.capabilities:
         rows = request.likelihood_rows or LIKELIHOOD_IMAGES
         say(f"bits/dim on {min(rows, len(reference.x))} {request.reference} images ...")
@@ -574,6 +587,38 @@ def evaluate_embedding(request: EvalRequest, target: Target, model, state: dict[
         metrics["classifier_accuracy_real"] = float((net.predict(reference.x) == reference.y).mean())
     shown = np.argsort(pred[:64], kind="stable")
     return _log(request, target, state, params, metrics, render(reference.x[:64][shown], data.info), uri=uri, home=home)
+
+
+# Reference images that `genray eval` makes one variation of each (capability variations).
+VARIATION_IMAGES = 500
+
+
+def variation_encoder(model):
+    """The frozen CLIP image encoder a variations model conditions on: its own (unCLIP's decoder)
+    or its decoder's (unCLIP), as a function images -> unit-norm embeddings."""
+    encoder = getattr(model, "image_encoder", None) or model.decoder.image_encoder
+    return lambda x: torch.nn.functional.normalize(encoder(x).float(), dim=-1)
+
+
+def variation_identity(model, x: torch.Tensor, y: np.ndarray | None, embed, classifier, *, seed: int,
+                       batch_size: int, **settings) -> dict[str, float]:
+    """One variation of each image of x (B, C, H, W), from its own CLIP embedding, scored as saved
+    (8 bits): variation_similarity, the mean cosine of each variation's embedding to its source's;
+    variation_similarity_unrelated, the same to the next row's source (image i + 1, cyclic: an
+    unrelated image, the chance level); variation_class_agreement, the share the classifier puts
+    in the source's class (labelled data)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        out = torch.cat([model.variations(x[i : i + batch_size], 1, generator=gen, **settings).cpu()
+                         for i in range(0, len(x), batch_size)])
+        v = normalize_images(torch.as_tensor(quantize(out)))
+        ev = torch.cat([embed(v[i : i + batch_size]) for i in range(0, len(v), batch_size)])  # (B, D)
+        ex = torch.cat([embed(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    out = {"variation_similarity": float((ev * ex).sum(-1).mean()),
+           "variation_similarity_unrelated": float((ev * ex.roll(-1, dims=0)).sum(-1).mean())}
+    if classifier is not None and y is not None:
+        out["variation_class_agreement"] = float((classifier.predict(v) == y).mean())
+    return out
 
 
 def translate_all(model, x: torch.Tensor, *, batch_size: int, seed: int, **kwargs) -> torch.Tensor:

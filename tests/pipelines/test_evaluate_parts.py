@@ -240,3 +240,38 @@ def test_codebook_use_counts_the_codes_any_position_chose_and_their_perplexity()
     use = evaluate.codebook_use(Tokenizer(), x, batch_size=4)
     assert use["codebook_usage"] == 0.5  # codes 0 and 1 of 4
     assert use["codebook_perplexity"] == pytest.approx(2.0)  # two codes, equally often
+
+
+def test_variation_identity_compares_each_variation_with_its_source_and_an_unrelated_one():
+    """A model whose variation of an image is the image itself: similarity 1 (up to the 8-bit
+    rounding the saved images get), the unrelated figure the hand-computed cosine of image i
+    with image i + 1 (cyclic), and full class agreement for a classifier that agrees with y;
+    one that flips the labels agrees with none."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(7, 1, 4, 4, generator=g) * 2 - 1
+
+    class Echo:
+        def variations(self, images, n, *, generator=None, **settings):
+            assert n == 1 and settings == {"guidance_scale": 2.0}
+            return images
+
+    class Sign:
+        def __init__(self, flip: bool):
+            self.flip = flip
+
+        def predict(self, images):
+            return ((images.mean((1, 2, 3)) > 0).numpy() != self.flip).astype(int)
+
+    def embed(images):
+        return torch.nn.functional.normalize(images.flatten(1), dim=-1)
+
+    y = (x.mean((1, 2, 3)) > 0).numpy().astype(int)
+    out = evaluate.variation_identity(Echo(), x, y, embed, Sign(False), seed=0, batch_size=3, guidance_scale=2.0)
+    unrelated = float((embed(x) * embed(x).roll(-1, dims=0)).sum(-1).mean())
+    assert out["variation_similarity"] == pytest.approx(1.0, abs=1e-3)
+    assert out["variation_similarity_unrelated"] == pytest.approx(unrelated, abs=1e-2)
+    assert out["variation_class_agreement"] == 1.0
+    flipped = evaluate.variation_identity(Echo(), x, y, embed, Sign(True), seed=0, batch_size=3, guidance_scale=2.0)
+    assert flipped["variation_class_agreement"] == 0.0
+    assert "variation_class_agreement" not in evaluate.variation_identity(Echo(), x, None, embed, Sign(False), seed=0,
+                                                                          batch_size=3, guidance_scale=2.0)
