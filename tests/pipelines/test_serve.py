@@ -1418,6 +1418,25 @@ def test_the_gallery_asks_for_the_key_once_and_shows_samples_in_headless_chromiu
         direct = served["client"].post("/v1/models/p2p-t/translate", json={"images": [shown_in], "seed": 0}).json()
         assert np.array_equal(png_array(direct["images"][0]), png_array(shown_out))
 
+        # unCLIP's decoder: the pad's strokes varied, n of them; what the API gives for that input.
+        Select(driver.find_element(By.ID, "model")).select_by_value("unclip-dec-t")
+        wait.until(lambda d: d.find_elements(By.ID, "vary"))
+        n = driver.find_element(By.ID, "p-n")
+        n.clear()
+        n.send_keys("3")
+        pad = driver.find_element(By.ID, "pad")
+        ActionChains(driver).move_to_element_with_offset(pad, -40, -50).click_and_hold() \
+            .move_by_offset(30, 40).release().perform()
+        driver.find_element(By.ID, "vary").click()
+        wait.until(lambda d: "3 variations from unclip-dec-t" in d.find_element(By.ID, "status").text)
+        wait.until(lambda d: d.execute_script(
+            "return [...document.querySelectorAll('#samples img')].every(i => i.complete && i.naturalWidth === 8)"))
+        shown = [img.get_attribute("src").split(",", 1)[1] for img in driver.find_elements(By.CSS_SELECTOR, "#samples img")]
+        assert len(shown) == 4  # the source, then its variations
+        direct = served["client"].post("/v1/models/unclip-dec-t/variations",
+                                       json={"images": [shown[0]], "n_per_image": 3, "seed": 0}).json()
+        assert [png_array(b).tolist() for b in direct["images"]] == [png_array(b).tolist() for b in shown[1:]]
+
         # StyleGAN2: truncation psi as a slider beside its box, and style mixing.
         Select(driver.find_element(By.ID, "model")).select_by_value("style-t")
         wait.until(lambda d: d.find_elements(By.ID, "r-truncation_psi"))
