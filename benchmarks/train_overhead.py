@@ -30,7 +30,10 @@ def bare_loop(spec, data, steps: int) -> dict:
 
     torch.set_num_threads(1)
     t = spec.trainer
-    arrays = read_decoded(data.train, data.columns, data.info.modality, data.info.shape)
+    from genray.components.models import caption_length
+
+    arrays = read_decoded(data.train, data.columns, data.info.modality, data.info.shape,
+                          text_len=caption_length(spec.model.family, spec.model_args()))  # CLIP reads captions
     tensors = {k: torch.as_tensor(v) for k, v in arrays.items()}
     n = len(tensors["x"])
     torch.manual_seed(t.seed)
