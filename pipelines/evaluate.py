@@ -596,7 +596,9 @@ VARIATION_IMAGES = 500
 def variation_encoder(model):
     """The frozen CLIP image encoder a variations model conditions on: its own (unCLIP's decoder)
     or its decoder's (unCLIP), as a function images -> unit-norm embeddings."""
-    encoder = getattr(model, "image_encoder", None) or model.decoder.image_encoder
+    encoder = getattr(model, "image_encoder", None)
+    if encoder is None:
+        encoder = model.decoder.image_encoder
     return lambda x: torch.nn.functional.normalize(encoder(x).float(), dim=-1)
 
 

@@ -161,15 +161,19 @@ def sampling_levels(num_levels: int, steps: int) -> list[int]:
     return [int(math.floor((num_levels - 1) * (1 - k / steps) + 0.5)) for k in range(steps)]
 
 
-def teacher_timesteps(sigmas: Tensor, alphas_cumprod: Tensor) -> Tensor:
-    """The fractional teacher timestep of each noise level: t linear in log sigma between the
-    teacher's table sigma_t = sqrt((1 - ab_t) / ab_t), t = 0..T-1, clamped to [0, T-1] outside
-    it; a zero-terminal-SNR last step (ab = 0, sigma infinite) is left out. float64 (len(sigmas),)."""
+def teacher_table(alphas_cumprod: Tensor) -> tuple[Tensor, Tensor]:
+    """The teacher's (log sigma_t, t), float64, ascending in t: sigma_t = sqrt((1 - ab_t) / ab_t)
+    for t = 0..T-1, a zero-terminal-SNR last step (ab = 0, sigma infinite) left out."""
     ab = alphas_cumprod.to(torch.float64)
     finite = ab > 0
-    log_sigma_t = (0.5 * ((1 - ab[finite]) / ab[finite]).log()).numpy()  # ascending in t
-    t = torch.arange(len(ab), dtype=torch.float64)[finite].numpy()
-    return torch.from_numpy(np.interp(sigmas.to(torch.float64).log().numpy(), log_sigma_t, t))
+    return 0.5 * ((1 - ab[finite]) / ab[finite]).log(), torch.arange(len(ab), dtype=torch.float64)[finite]
+
+
+def teacher_timesteps(sigmas: Tensor, alphas_cumprod: Tensor) -> Tensor:
+    """The fractional teacher timestep of each noise level: t linear in log sigma between the
+    entries of teacher_table, clamped to [0, T-1] outside it. float64 (len(sigmas),)."""
+    log_sigma_t, t = teacher_table(alphas_cumprod)
+    return torch.from_numpy(np.interp(sigmas.to(torch.float64).log().numpy(), log_sigma_t.numpy(), t.numpy()))
 
 
 def interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
@@ -253,11 +257,9 @@ class Consistency(nn.Module):
         self.init = init
         if init == "teacher":
             # The teacher's table of (log sigma, t), for the copied network's time input at any sigma.
-            ab = teacher.schedule.alphas_cumprod.to(torch.float64)
-            finite = ab > 0
-            self.register_buffer("table_log_sigma", (0.5 * ((1 - ab[finite]) / ab[finite]).log()).float(),
-                                 persistent=False)
-            self.register_buffer("table_t", torch.arange(len(ab), dtype=torch.float32)[finite], persistent=False)
+            log_sigma_t, t = teacher_table(teacher.schedule.alphas_cumprod)
+            self.register_buffer("table_log_sigma", log_sigma_t.float(), persistent=False)
+            self.register_buffer("table_t", t.float(), persistent=False)
         self.conditioning = "class" if num_classes > 0 else "none"
         self.capabilities = frozenset({"sample"} | ({"condition"} if num_classes > 0 else set()))
         self.sampling_settings = sampling_settings_type(num_levels, min(steps, num_levels - 1))
