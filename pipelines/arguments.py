@@ -23,7 +23,7 @@ from genray.pipelines.console import EXIT_USAGE
 JOBS = {"train": "genray.pipelines.train", "tune": "genray.pipelines.tune", "eval": "genray.pipelines.evaluate"}
 # Every verb that is handed to its module's main(argv): the jobs, and compare (a job too, but it
 # takes no config, so `genray submit` does not run it).
-MODULES = {**JOBS, "compare": "genray.pipelines.compare"}
+MODULES = {**JOBS, "compare": "genray.pipelines.compare", "directions": "genray.pipelines.directions"}
 
 # The verbs, with the one line `genray --help` shows for each.
 HELP = {
@@ -35,6 +35,7 @@ HELP = {
     "submit": "run train, tune or eval as a Ray Job on a cluster (Ray Jobs API)",
     "jobs": "the Ray Jobs on a cluster: list, logs, stop",
     "data": "datasets: prepare the built-in ones, import images, tokenize images with a VQ-VAE",
+    "directions": "attribute directions in an encoding model's latent space: fitted, scored, stored for /edit",
     "families": "list model families, their capabilities and configs",
     "configs": "the shipped configs: list, show, copy",
     "sample": "draw samples from a trained model into a file (no server needed)",
@@ -210,6 +211,27 @@ def add_data(p: argparse.ArgumentParser) -> None:
                            "files (default: Debian's dataset-fashion-mnist)")
 
 
+def add_directions(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", metavar="MODEL",
+                   help="a model that encodes and decodes: models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN_ID "
+                        "or a checkpoint directory (a registered version gets the directions as its tag)")
+    p.add_argument("--data", metavar="NAME|DIR",
+                   help="a built-in dataset or a dataset folder with train.parquet and test.parquet "
+                        "(default: the data the model trained on)")
+    p.add_argument("--size", choices=["tiny", "full"], default="full", help="a built-in --data: full or tiny (default full)")
+    p.add_argument("--seed", type=int, default=0, help="a built-in --data's split seed; the random control's seed (default 0)")
+    p.add_argument("--rows", type=int, default=20_000, help="training images encoded to fit the directions (default 20000)")
+    p.add_argument("--test-rows", type=int, default=1_000,
+                   help="held-out images edited to score the directions; 0 skips scoring (default 1000)")
+    p.add_argument("--amount", type=float, default=1.0, help="how far the scoring edits move, in [-3, 3] (default 1)")
+    p.add_argument("--feature-net", default="auto",
+                   help="what reads the edited images: auto (the dataset's domain classifier, one head per attribute), "
+                        "none (no scoring) or a saved classifier directory")
+    p.add_argument("--out", type=Path, help="output folder (default: <GENRAY_HOME>/directions/<model>)")
+    p.add_argument("--no-log", action="store_true", help="log nothing to MLflow and tag no model version")
+    p.add_argument("--verbose", action="store_true", help="show library output here too (default: in a log file)")
+
+
 def add_families(p: argparse.ArgumentParser) -> None:
     pass
 
@@ -243,7 +265,7 @@ def add_sample(p: argparse.ArgumentParser) -> None:
 
 ADD: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "train": add_train, "tune": add_tune, "eval": add_eval, "compare": add_compare, "serve": add_serve, "submit": add_submit,
-    "jobs": add_jobs, "data": add_data, "families": add_families, "configs": add_configs, "sample": add_sample,
+    "jobs": add_jobs, "data": add_data, "directions": add_directions, "families": add_families, "configs": add_configs, "sample": add_sample,
 }
 
 
@@ -267,6 +289,10 @@ def eval_parser() -> argparse.ArgumentParser:
 
 def compare_parser() -> argparse.ArgumentParser:
     return _job_parser("compare")
+
+
+def directions_parser() -> argparse.ArgumentParser:
+    return _job_parser("directions")
 
 
 def train_spec(args: argparse.Namespace):

@@ -11,6 +11,7 @@
     genray data prepare NAME [--out PATH] [--seed S] [--size tiny|full] [--from DIR]
     genray data import DIR|HF_PARQUET --out PATH [--size 32] [--grayscale] [--workers N]
     genray data tokenize REF [--data NAME|DIR] [--out PATH] [--actors N] [--batch-size B] [--split train|test|both]
+    genray directions MODEL [--data NAME|DIR] [--rows 20000] [--test-rows 1000] [--amount 1] [--out DIR]
     genray sample MODEL [-n 64] [-o grid.png] [--set KEY=VALUE ...]
     genray configs list | show NAME | copy NAME DEST
     genray families
@@ -18,7 +19,8 @@
     python -m genray VERB ...                         the same
     python -m genray.pipelines.train|tune|evaluate|compare    one job alone (the first three: what `genray submit` runs)
 
-train, tune, eval and compare are handed to the job's own `main` (train.main, tune.main, evaluate.main, compare.main),
+train, tune, eval, compare and directions are handed to the job's own `main` (train.main, tune.main, evaluate.main,
+compare.main, directions.main),
 which parses the same arguments (pipelines/arguments.py): both forms run the same code. The other
 verbs are here. Only genray/__main__.py imports this module; it imports the jobs only when their verb is run.
 

@@ -106,16 +106,16 @@ class Source:
     name: str  # for the default output folder
 
 
-def resolve_source(data: str | None, *, size: str, seed: int, tokenizer: Tokenizer, home: Path,
+def resolve_source(data: str | None, *, size: str, seed: int, checkpoint: Path, home: Path,
                    splits: tuple[str, ...]) -> Source:
     """--data: a built-in dataset's name (prepared on first use, as `genray data prepare` writes
     it), a dataset folder (train.parquet, test.parquet: what prepare and import write), or None:
-    the data the tokenizer trained on."""
+    the data the model of `checkpoint` trained on (`genray directions` reads its data this way too)."""
     if data is None:
-        state = json.loads((tokenizer.checkpoint / "state.json").read_text())
+        state = json.loads((checkpoint / "state.json").read_text())
         d = state["config"]["data"]
         if d.get("path") is None:
-            return resolve_source(d["dataset"], size=d["size"], seed=d["seed"], tokenizer=tokenizer, home=home,
+            return resolve_source(d["dataset"], size=d["size"], seed=d["seed"], checkpoint=checkpoint, home=home,
                                   splits=splits)
         files = {"train": absolute(d["path"]), "test": absolute(d["test_path"])}
         return Source({s: files[s] for s in splits}, {"path": files["train"], "test_path": files["test"]},
@@ -225,7 +225,7 @@ def tokenize(ref: str, *, data: str | None = None, out: Path | None = None, size
     uri = tracking.tracking_uri(home)
     tokenizer = resolve_tokenizer(ref, uri, home)
     shown = data if data is not None else "(the tokenizer's training data)"
-    source = resolve_source(data, size=size, seed=seed, tokenizer=tokenizer, home=home, splits=splits)
+    source = resolve_source(data, size=size, seed=seed, checkpoint=tokenizer.checkpoint, home=home, splits=splits)
     expected, labelled = check_images(source, tokenizer, shown)
     out = Path(out).expanduser() if out is not None else home / "data" / f"{source.name}-tokens-{tokenizer.label}"
     out = out.resolve()

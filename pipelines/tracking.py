@@ -335,6 +335,50 @@ def model_version_of(ref: str, uri: str) -> tuple[str, str]:
     return _model_version(_client(uri), ref, uri)
 
 
+def model_version_tags(uri: str, name: str, version: str) -> dict[str, str]:
+    """The tags of registered model NAME at VERSION."""
+    return dict(_client(uri).get_model_version(name, str(version)).tags or {})
+
+
+def set_model_version_tags(uri: str, name: str, version: str, tags: dict[str, str]) -> None:
+    client = _client(uri)
+    for k, v in tags.items():
+        client.set_model_version_tag(name, str(version), k, v)
+
+
+DIRECTIONS_TAG = "genray.directions"  # on a model version: runs:/ID/directions (pipelines/directions.py)
+
+
+def version_directions(uri: str, home: str | Path, name: str, version: str):
+    """The attribute directions `genray directions` stored for registered model NAME at VERSION
+    (its tag genray.directions names them), downloaded once to <home>/cache/directions; None when
+    the version has none. A UserError when the tag names something that is not directions."""
+    from mlflow.exceptions import MlflowException
+
+    from genray.components.models.directions import META_FILE, Directions
+
+    ref = model_version_tags(uri, name, version).get(DIRECTIONS_TAG)
+    if not ref:
+        return None
+    run_id = ref.removeprefix("runs:/").split("/")[0]
+    local = Path(home) / "cache" / "directions" / run_id
+    if not (local / META_FILE).exists():
+        import mlflow.artifacts
+
+        (Path(home) / "cache").mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=Path(home) / "cache") as d:
+            try:
+                got = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=d, tracking_uri=uri))
+            except MlflowException as e:
+                raise UserError(f"models:/{name}/{version}: its tag {DIRECTIONS_TAG} names {ref}, which cannot be "
+                                f"read ({e.message.splitlines()[0]}); run `genray directions models:/{name}/{version}` "
+                                "again") from None
+            local.parent.mkdir(parents=True, exist_ok=True)
+            if not local.exists():
+                got.rename(local)
+    return Directions.load(local)
+
+
 EVAL_EXPERIMENT = "genray-eval"  # evaluations of models whose training run this store lacks
 
 

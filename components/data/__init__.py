@@ -26,6 +26,18 @@ _PARQUET = ("DatasetWriter", "build_table", "check_table", "read_info", "read_me
 REVISIONS = {"fashion_mnist": 2, "fashion_edges": 2}
 
 
+def value_names(dataset: str | None) -> dict[str, tuple[str, ...]]:
+    """What the integer values of a built-in dataset's label and factor columns stand for, by
+    column (`VALUE_NAMES` of its module: Fashion-MNIST's classes, shapes' shapes and colours);
+    empty for other data, whose values are shown as numbers."""
+    if dataset not in ("digits", "fashion_mnist", "fashion_edges", "fashion_halves", "shapes", "moons", "text", "tones",
+                       "spoken_digits"):
+        return {}
+    import importlib
+
+    return dict(getattr(importlib.import_module(f".{dataset}", __name__), "VALUE_NAMES", {}))
+
+
 def __getattr__(name: str):
     if name in _PARQUET:
         from . import parquet
@@ -72,5 +84,6 @@ __all__ = [
     "read_table",
     "save_png",
     "to_uint8_image",
+    "value_names",
     "write_table",
 ]

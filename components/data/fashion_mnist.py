@@ -26,6 +26,7 @@ PACKAGE = "dataset-fashion-mnist"
 FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
          "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 CLASSES = ("T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
+VALUE_NAMES = {"label": CLASSES}  # components.data.value_names
 PAD = 2  # 28 + 2 * 2 = 32
 SHAPE = (32, 32, 1)
 SIZES = {"tiny": (512, 128), "full": (None, None)}

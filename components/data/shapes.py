@@ -31,6 +31,8 @@ COLORS = {
     "cyan": (0, 1, 1),
 }
 COLOR_NAMES = tuple(COLORS)
+# What the integer columns' values name (components.data.value_names); label is the shape.
+VALUE_NAMES = {"label": SHAPES, "factor_shape": SHAPES, "factor_color": COLOR_NAMES}
 ROWS_WORDS = ("top", "middle", "bottom")  # factor_y = 0 is the top row of the image
 COLS_WORDS = ("left", "center", "right")
 

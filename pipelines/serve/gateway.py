@@ -10,6 +10,8 @@ them to each model's ModelServer and turns what comes back into HTTP.
     POST /v1/models/{name}/encode       images -> latents          (capability "encode")
     POST /v1/models/{name}/decode       latents -> images          (capability "decode")
     POST /v1/models/{name}/interpolate  two images -> a path       (encode and decode)
+    POST /v1/models/{name}/edit         images, a direction, an amount -> edited images   (encode and decode,
+                                        with directions from `genray directions`)
     POST /v1/models/{name}/tokenize     images -> h x w code ids   (capability "tokenize"), with
                                         grid [h, w] and codebook_size K (ids in [0, K))
     POST /v1/models/{name}/decode_tokens  h x w code ids -> images (capability "tokenize")
@@ -55,6 +57,7 @@ from genray.pipelines.serve.schemas import (
     ClassifyResponse,
     DecodeRequest,
     DecodeTokensRequest,
+    EditRequest,
     EmbedRequest,
     EmbedResponse,
     EncodeResponse,
@@ -239,6 +242,10 @@ def build_fastapi(gateway: Gateway) -> FastAPI:
     @app.post("/v1/models/{name}/interpolate", responses={200: {"model": InterpolateResponse}, **ERRORS})
     async def interpolate(name: str, body: InterpolateRequest):
         return await gateway.versioned(name, "interpolate", body.model_dump())
+
+    @app.post("/v1/models/{name}/edit", responses={200: {"model": ImagesOut}, **ERRORS})
+    async def edit(name: str, body: EditRequest):
+        return await gateway.versioned(name, "edit", body.model_dump())
 
     @app.post("/v1/models/{name}/log_prob", responses={200: {"model": LogProbResponse}, **ERRORS})
     async def log_prob(name: str, body: ImagesRequest):

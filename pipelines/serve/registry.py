@@ -38,6 +38,9 @@ class Loaded:
     state: dict[str, Any]
     family: str
     run_id: str | None
+    # Attribute directions `genray directions` stored for this version (its tag
+    # genray.directions): what POST /edit moves images along. None: the version has none.
+    directions: Any = None
 
     @property
     def sampling_defaults(self) -> dict[str, Any]:
@@ -91,7 +94,14 @@ def load_version(uri: str, home: str | Path, name: str, version: str, *, device:
         raise UserError(f"{ref}: the weights are not a safetensors file ({e}); genray loads no pickled weights") from None
     except (KeyError, TypeError, json.JSONDecodeError) as e:
         raise UserError(f"{ref}: state.json does not describe a genray model ({e})") from None
-    return Loaded(name, str(version), model, state, state["model"]["family"], state.get("mlflow_run_id"))
+    directions = None
+    if {"encode", "decode"} <= set(model.capabilities):
+        directions = tracking.version_directions(uri, home, name, str(version))
+        if directions is not None and tuple(directions.latent_shape) != tuple(model.latent_shape):
+            raise UserError(f"{ref}: its directions (tag {tracking.DIRECTIONS_TAG}) are for latents "
+                            f"{list(directions.latent_shape)}, but the model's are {list(model.latent_shape)}; "
+                            f"run `genray directions {ref}` again")
+    return Loaded(name, str(version), model, state, state["model"]["family"], state.get("mlflow_run_id"), directions)
 
 
 def check_versions(uri: str, home: Path, versions: dict[str, str]) -> None:

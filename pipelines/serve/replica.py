@@ -19,8 +19,8 @@ An alias change alone swaps nothing: only --reload writes the tag.
 Sampling requests are batched (`@serve.batch`): requests with equal settings run as one
 `model.sample` call, each drawing its noise from its own seeded generator
 (components.models.layers.StackedGenerators), so a seed names the same image alone or batched.
-The other routes (encode, decode, interpolate, tokenize, decode_tokens, log_prob, translate, variations,
-style_mix, embed, classify) run one request at a time, in a thread.
+The other routes (encode, decode, interpolate, edit, tokenize, decode_tokens, log_prob, translate,
+variations, style_mix, embed, classify) run one request at a time, in a thread.
 
 A user's mistake (UserError) comes back as an error body that the gateway answers with a 4xx;
 any other exception propagates, and the gateway answers 500 and logs its traceback.
@@ -41,6 +41,8 @@ from genray.components.data.kinds import get_kind
 from genray.components.data.show import wav_bytes
 from genray.components.errors import UserError
 from genray.components.metrics import likelihood
+from genray.components.models.directions import MAX_AMOUNT as MAX_EDIT_AMOUNT
+from genray.components.models.directions import edit as edit_images
 from genray.components.models.layers import StackedGenerators
 from genray.components.models.protocol import settings_for
 from genray.components.samplers import text
@@ -60,6 +62,7 @@ from genray.pipelines.serve.schemas import (
     error_body,
     images_payload,
     parse_classify,
+    parse_edit,
     parse_embed,
     parse_generate,
     parse_sample,
@@ -99,6 +102,8 @@ def describe(loaded: Loaded, limits: Limits) -> dict[str, Any]:
             routes.append("decode")
         if {"encode", "decode"} <= set(caps):
             routes.append("interpolate")
+            if loaded.directions is not None:  # attribute directions fitted for this version
+                routes.append("edit")
         if "tokenize" in caps:  # images <-> grids of code ids (VQ-VAE)
             routes.extend(["tokenize", "decode_tokens"])
         if "log_prob" in caps:
@@ -140,6 +145,9 @@ def describe(loaded: Loaded, limits: Limits) -> dict[str, Any]:
         info["image_shape"] = list(model.image_shape)
     if "encode" in caps:
         info["latent_shape"] = list(model.latent_shape)
+    if "edit" in routes:
+        info["edit"] = {"directions": list(loaded.directions.names), "max_amount": MAX_EDIT_AMOUNT,
+                        "source": loaded.directions.source}
     if "tokenize" in caps:
         info["grid"] = list(model.grid)
         info["codebook_size"] = int(model.codebook_size)
@@ -472,6 +480,23 @@ class ModelServer:
         return InterpolateResponse(model=self.name, version=loaded.version, method=req["method"],
                                    **images_payload(to_uint8_image(out), out, req["format"])).model_dump(exclude_none=True)
 
+    async def edit(self, req: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        try:
+            loaded = self._needs("encode", "decode", route="edit")
+            job = parse_edit(req, loaded, self.limits)
+        except UserError as e:
+            return error_body(e)
+
+        def run():
+            return edit_images(loaded.model, torch.as_tensor(job["x"]).to(self.device), loaded.directions,
+                               job["direction"], job["amount"]).cpu()
+
+        x = await asyncio.to_thread(run)
+        return {**Served(model=self.name, version=loaded.version).model_dump(), "direction": job["direction"],
+                "amount": job["amount"], **images_payload(to_uint8_image(x), x, job["format"])}
+
     async def translate(self, req: dict[str, Any]) -> dict[str, Any]:
         import torch
 
@@ -607,6 +632,8 @@ class ModelServer:
         missing = [c for c in caps if c not in loaded.model.capabilities]
         if missing or route not in info["routes"]:
             why = (f"it lacks the {missing[0]!r} capability" if missing
+                   else f"version {loaded.version} has no attribute directions (`genray directions "
+                        f"models:/{self.name}/{loaded.version}` fits them)" if route == "edit" and info["data"]["kind"] == "image"
                    else f"the route takes images and it models {info['data']['kind']} data")
             raise RequestError(None, f"{self.name} ({loaded.family}) has no {route} route: {why}", status=404,
                                loc=["path", "name"], capabilities=info["capabilities"], routes=info["routes"])

@@ -7,6 +7,8 @@ sampling request, read from the settings the model declares.
     POST /v1/models/{name}/variations {"images": [...] or "arrays": ..., "n_per_image": 2, "seed": 0, "<setting>": ...}
                                       images decoded from each image's own CLIP embedding  (unCLIP: capability variations)
     POST /v1/models/{name}/style_mix  {"seed": 0, "seed_b": 1, "crossover": 2, ...a sample request}  (StyleGAN2)
+    POST /v1/models/{name}/edit       {"images": [...] or "arrays": ..., "direction": "class=sneaker", "amount": 1.5}
+                                      each image moved along an attribute direction  (`genray directions`)
     POST /v1/models/{name}/generate   {"prompt": "def ", "n": 1, "seed": 0, "stop": ["\\n\\n"], "stream": true,
                                        "<setting>": ...}      text models
     POST /v1/models/{name}/decode_tokens  {"tokens": [[[3, 7], [0, 15]], ...], "format": "png"}
@@ -40,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 
 from genray.components.data.images import normalize_images, png_bytes, quantize
 from genray.components.errors import UserError
+from genray.components.models.directions import MAX_AMOUNT as MAX_EDIT_AMOUNT
 from genray.components.models.protocol import sampling_cost_unit, settings_for
 from genray.pipelines.serve.spec import Limits
 
@@ -120,6 +123,22 @@ class VariationsRequest(BaseModel):
     arrays: list[list[list[list[FiniteFloat]]]] | None = Field(None, min_length=1, description="(B, C, H, W) in [-1, 1]")
     n_per_image: int = Field(1, ge=1, description="variations of each image (images x n_per_image at most limits.max_n)")
     seed: int = Field(0, ge=0, le=2**63 - 1, description="same seed, same variations")
+    format: Literal["png", "array"] = "png"
+
+
+class EditRequest(BaseModel):
+    """Models served with attribute directions (`genray directions`; GET /v1/models/{name} lists
+    them under edit): each image moved `amount` along one direction in the model's latent space,
+    decode(encode(x) + amount * d)."""
+
+    model_config = ConfigDict(extra="forbid")
+    images: list[str] | None = Field(None, min_length=1, description="base64 PNGs of the model's size")
+    arrays: list[list[list[list[FiniteFloat]]]] | None = Field(None, min_length=1, description="(B, C, H, W) in [-1, 1]")
+    direction: str = Field(description="a direction the model has: attribute=value (class=sneaker) or a continuous "
+                                       "attribute (scale)")
+    amount: FiniteFloat = Field(1.0, ge=-MAX_EDIT_AMOUNT, le=MAX_EDIT_AMOUNT,
+                                description="how far: 1 moves an image as far as the data moves between typical "
+                                            "images without and with the attribute; negative moves away")
     format: Literal["png", "array"] = "png"
 
 
@@ -464,6 +483,17 @@ def parse_variations(req: dict[str, Any], loaded, limits: Limits) -> dict[str, A
                                           f"most {limits.max_n} per request (limits.max_n)")
     return {"x": x, "n_per_image": req["n_per_image"], "seed": req["seed"], "settings": settings.model_dump(),
             "format": req["format"]}
+
+
+def parse_edit(req: dict[str, Any], loaded, limits: Limits) -> dict[str, Any]:
+    """An /edit body -> {x (B, C, H, W) float32, direction, amount, format}: the direction one of
+    the version's (a 422 naming `direction` lists them), the images by the model's size."""
+    names = list(loaded.directions.names)
+    if req["direction"] not in names:
+        raise RequestError("direction", f"{loaded.name} has no direction {req['direction']!r}; its directions: "
+                                        f"{', '.join(names)}")
+    x = decode_images(req, tuple(loaded.model.image_shape), limits)
+    return {"x": x, "direction": req["direction"], "amount": float(req["amount"]), "format": req["format"]}
 
 
 def parse_style_mix(req: dict[str, Any], loaded, limits: Limits) -> dict[str, Any]:

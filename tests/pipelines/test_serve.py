@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from genray.components import checkpoint
-from genray.components.data import DatasetInfo, fashion_mnist, normalize_images
+from genray.components.data import DatasetInfo, fashion_mnist, normalize_images, quantize
 from genray.components.errors import UserError
 from genray.components.models import build
 from genray.pipelines import cli, serve, tracking
@@ -95,6 +95,25 @@ def register_tiny(uri: str, home: Path, name: str, family: str, *, seed: int = 0
     return version
 
 
+# The attribute directions glow-t is served with: 64 = its latent size (8x8 grey images).
+EDIT_DIRECTIONS = ("class=0", "class=1", "scale")
+
+
+def attach_directions(uri: str, home: Path, name: str, version: str) -> None:
+    """Random directions stored as `genray directions` stores them: a run of genray-directions
+    holding them as its artifact, and the model version's tag naming it."""
+    from genray.components.models import directions as dirs
+    from genray.pipelines.directions import log_directions
+
+    torch.manual_seed(1)
+    found = dirs.Directions(EDIT_DIRECTIONS, 0.5 * torch.randn(3, 64), (64,), (
+        dirs.Attribute("class", "label", "categorical", ("0", "1")), dirs.Attribute("scale", "factor_scale", "continuous")),
+        {"model": f"models:/{name}/{version}"})
+    with tempfile.TemporaryDirectory() as d:
+        run_id = log_directions(uri, home, found.save(Path(d) / "directions"), [], {}, params={}, tags={})
+    tracking.set_model_version_tags(uri, name, version, {tracking.DIRECTIONS_TAG: f"runs:/{run_id}/directions"})
+
+
 def register_trained_clip(uri: str, home: Path, name: str):
     """A tiny CLIP trained for a few local-mode steps on CLIP_DATA's tiny split with its captions,
     as `genray train` trains one, registered as NAME (version 1) with the champion alias."""
@@ -145,6 +164,7 @@ def served(ray_session, tmp_path_factory):
             clip = register_trained_clip(uri, home, name)
         else:
             register_tiny(uri, home, name, family, **args)
+    attach_directions(uri, home, "glow-t", "1")
     spec = serve.ServeSpec(port=free_port(), limits=LIMITS, api_key_file=str(key_file(home.parent)),
                            # fifteen models at 0.2 CPU each, with the gateway, fit the session's 4 CPUs
                            deployment={"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "num_cpus": 0.2})
@@ -497,6 +517,43 @@ def test_a_flow_encodes_decodes_exactly_and_answers_its_exact_likelihood(served)
         assert r.status_code == 422 and detail_field(r) == "temperature"
 
 
+def test_edit_moves_images_along_the_versions_directions_and_checks_the_request(served):
+    """glow-t carries directions (attach_directions): /edit answers decode(encode(x) + amount d),
+    the local checkpoint's own edit; amount 0 gives a flow's input back; a direction it lacks, an
+    amount out of range, a model without directions or without encode: 422 or 404 naming why."""
+    from genray.components.models import directions as dirs
+
+    c = served["client"]
+    info = c.get("/v1/models/glow-t").json()
+    assert info["routes"] == ["sample", "encode", "decode", "interpolate", "edit", "log_prob"]
+    assert info["edit"]["directions"] == list(EDIT_DIRECTIONS)
+    assert info["edit"]["max_amount"] == dirs.MAX_AMOUNT and info["edit"]["source"] == {"model": "models:/glow-t/1"}
+    arrays = c.post("/v1/models/glow-t/sample", json={"n": 2, "seed": 4, "temperature": 0.7, "format": "array"}).json()["arrays"]
+    r = c.post("/v1/models/glow-t/edit", json={"arrays": arrays, "direction": "scale", "amount": 1.5, "format": "array"})
+    assert r.status_code == 200 and r.headers[serve.VERSION_HEADER] == "1", r.text
+    assert (r.json()["direction"], r.json()["amount"]) == ("scale", 1.5)
+    # The same edit from the registered checkpoint and the stored directions, in this process:
+    model, _ = checkpoint.build_model(tracking.resolve_checkpoint("models:/glow-t/1", served["uri"], served["home"] / "c"))
+    found = tracking.version_directions(served["uri"], served["home"], "glow-t", "1")
+    x = normalize_images(torch.as_tensor(quantize(np.asarray(arrays, np.float32))))  # the 8-bit grid the API reads
+    np.testing.assert_allclose(r.json()["arrays"], dirs.edit(model.eval(), x, found, "scale", 1.5).numpy(), atol=1e-4)
+    same = c.post("/v1/models/glow-t/edit", json={"arrays": arrays, "direction": "scale", "amount": 0, "format": "array"})
+    np.testing.assert_allclose(same.json()["arrays"], x.numpy(), atol=1e-3)  # a bijection: no move, no change
+    pngs = c.post("/v1/models/glow-t/edit", json={"arrays": arrays, "direction": "class=1"}).json()["images"]
+    assert len(pngs) == 2 and png_array(pngs[0]).shape == (8, 8)
+    for bad, field, says in (({"direction": "class=7"}, "direction", "its directions: class=0, class=1, scale"),
+                             ({"direction": "scale", "amount": 3.5}, "amount", "3"),
+                             ({"direction": "scale", "amount": "far"}, "amount", ""),
+                             ({"amount": 1.0}, "direction", ""),
+                             ({"direction": "scale", "arrays": [[[[2.0] * 8] * 8]]}, "arrays", "[-1, 1]")):
+        r = c.post("/v1/models/glow-t/edit", json={"arrays": arrays, **bad})
+        assert r.status_code == 422 and detail_field(r) == field and says in r.text, (bad, r.text)
+    r = c.post("/v1/models/vae-t/edit", json={"arrays": arrays, "direction": "scale"})
+    assert r.status_code == 404 and "genray directions models:/vae-t/1" in r.json()["detail"][0]["msg"]
+    r = c.post("/v1/models/gan-t/edit", json={"arrays": arrays, "direction": "scale"})
+    assert r.status_code == 404 and "lacks the 'encode' capability" in r.json()["detail"][0]["msg"]
+
+
 def test_an_rbm_samples_by_gibbs_steps_and_answers_an_estimate_per_binary_pixel(served):
     c = served["client"]
     info = c.get("/v1/models/rbm-t").json()
@@ -771,6 +828,7 @@ def keyed_routes(c) -> list[tuple[str, str, dict | None]]:
         ("POST", "/v1/models/vae-t/decode", {"latents": [[0.0] * 16]}),
         ("POST", "/v1/models/vae-t/interpolate", {"a": images[0], "b": images[1], "steps": 2}),
         ("POST", "/v1/models/vae-t/log_prob", {"images": images[:1], "seed": 0}),
+        ("POST", "/v1/models/glow-t/edit", {"arrays": [[[[0.0] * 8] * 8]], "direction": "scale"}),
         ("POST", "/v1/models/vq-t/tokenize", {"images": images[:1]}),
         ("POST", "/v1/models/vq-t/decode_tokens", {"tokens": [[[0, 1], [2, 3]]]}),
         ("POST", "/v1/models/gpt-t/generate", {"prompt": "ab", "n": 1}),
@@ -797,7 +855,7 @@ def test_every_route_but_healthz_and_the_page_needs_the_key(served):
     routes = keyed_routes(c)
     from genray.pipelines.serve.auth import OPEN_PATHS
 
-    serving = {"/generate": "gpt-t", "/translate": "p2p-t", "/style_mix": "style-t", "/tokenize": "vq-t",
+    serving = {"/generate": "gpt-t", "/edit": "glow-t", "/translate": "p2p-t", "/style_mix": "style-t", "/tokenize": "vq-t",
                "/variations": "unclip-dec-t",
                "/decode_tokens": "vq-t", "/embed": "clip-t", "/classify": "clip-t"}
     documented = {path.replace("{name}", next((m for end, m in serving.items() if path.endswith(end)), "vae-t"))
