@@ -1495,6 +1495,28 @@ def test_the_gallery_asks_for_the_key_once_and_shows_samples_in_headless_chromiu
                                        json={"images": [shown[0]], "n_per_image": 3, "seed": 0}).json()
         assert [png_array(b).tolist() for b in direct["images"]] == [png_array(b).tolist() for b in shown[1:]]
 
+        # Attribute directions (glow-t): a sample put on the pad, edited along a direction at five
+        # amounts; each is what the API gives for that input, direction and amount.
+        Select(driver.find_element(By.ID, "model")).select_by_value("glow-t")
+        wait.until(lambda d: d.find_elements(By.ID, "edit"))
+        driver.find_element(By.ID, "go").click()
+        wait.until(lambda d: "from glow-t" in d.find_element(By.ID, "status").text)
+        driver.find_element(By.ID, "edit-take").click()
+        Select(driver.find_element(By.ID, "p-edit_direction")).select_by_value("scale")
+        amount = driver.find_element(By.ID, "p-edit_amount")
+        amount.clear()
+        amount.send_keys("2")
+        driver.find_element(By.ID, "edit").click()
+        wait.until(lambda d: "edited along scale by glow-t" in d.find_element(By.ID, "status").text)
+        wait.until(lambda d: d.execute_script(
+            "return [...document.querySelectorAll('#samples img')].every(i => i.complete && i.naturalWidth === 8)"))
+        shown = [img.get_attribute("src").split(",", 1)[1] for img in driver.find_elements(By.CSS_SELECTOR, "#samples img")]
+        assert len(shown) == 6 and png_array(shown[0]).max() > 0  # the input, then amounts -2, -1, 0, 1, 2
+        for b64, a in zip(shown[1:], (-2, -1, 0, 1, 2)):
+            direct = served["client"].post("/v1/models/glow-t/edit", json={"images": [shown[0]], "direction": "scale",
+                                                                           "amount": a}).json()
+            assert np.array_equal(png_array(direct["images"][0]), png_array(b64)), a
+
         # StyleGAN2: truncation psi as a slider beside its box, and style mixing.
         Select(driver.find_element(By.ID, "model")).select_by_value("style-t")
         wait.until(lambda d: d.find_elements(By.ID, "r-truncation_psi"))
