@@ -24,6 +24,7 @@ import torch
 from genray.components import checkpoint
 from genray.components.data import DatasetInfo, image_grid, save_png
 from genray.components.data.show import SEPARATOR, render
+from genray.components.models.directions import edit as edit_images
 from genray.components.samplers import text
 from genray.components.errors import UserError
 from genray.pipelines import sampling, tracking
@@ -40,6 +41,8 @@ class LoadedModel:
     defaults: dict[str, Any] | None
     ref: str
     state: dict[str, Any]
+    # A registered version's attribute directions (`genray directions`), what edit() moves along.
+    directions: Any = None
 
     @property
     def family(self) -> str:
@@ -128,6 +131,17 @@ class LoadedModel:
         return text.stream_text(self.module, prompts, self.data.vocab, generator=generator, stop=stop, y=y,
                                 **self.settings(**settings).model_dump())
 
+    # -- attribute edits (models that encode and decode, with directions from `genray directions`)
+
+    @torch.no_grad()
+    def edit(self, x: torch.Tensor, direction: str, amount: float = 1.0) -> torch.Tensor:
+        """Images x (B, C, H, W) in [-1, 1] moved `amount` (in [-3, 3]) along one of the version's
+        attribute directions (`directions.names`): decode(encode(x) + amount d), as POST /edit does."""
+        if self.directions is None:
+            raise UserError(f"{self.ref}: no attribute directions; fit them with `genray directions {self.ref}` "
+                            "(a registered version then carries them)")
+        return edit_images(self.module, x.to(self.device).float(), self.directions, direction, amount)
+
     def save_grid(self, x: torch.Tensor, path: str | Path) -> Path:
         """Image samples as one PNG grid at `path`."""
         path = Path(path)
@@ -149,9 +163,14 @@ def load(ref: str | Path, *, device: str = "cpu", home: Path | None = None) -> L
     if tracking.looks_like_run_id(ref):
         ref = f"runs:/{ref}"
     home = home or project_home()
-    ckpt = tracking.resolve_checkpoint(ref, tracking.tracking_uri(home), home / "cache")
+    uri = tracking.tracking_uri(home)
+    ckpt = tracking.resolve_checkpoint(ref, uri, home / "cache")
     module, state = checkpoint.build_model(ckpt, map_location=device)
-    return LoadedModel(module, DatasetInfo.from_json(state["model"]["data"]), state.get("sampling_defaults"), ref, state)
+    directions = None
+    if ref.startswith("models:/") and {"encode", "decode"} <= set(module.capabilities):
+        directions = tracking.version_directions(uri, home, *tracking.model_version_of(ref, uri))
+    return LoadedModel(module, DatasetInfo.from_json(state["model"]["data"]), state.get("sampling_defaults"), ref, state,
+                       directions)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import torch
 
 from genray.components import checkpoint
 from genray.components.data import DatasetInfo
+from genray.components.errors import UserError
 from genray.components.models import build
 from genray.components.models import directions as dirs
 from genray.pipelines import cli, config, tracking, train
@@ -84,6 +85,19 @@ def test_the_scores_are_logged_and_the_registered_version_names_the_stored_direc
     served = tracking.version_directions(uri, home, vae.model_name, vae.model_version)  # what a replica loads
     assert served.names == dirs.Directions.load(fitted).names
     assert torch.equal(served.vectors, dirs.Directions.load(fitted).vectors)
+
+
+def test_genray_load_of_the_version_edits_along_its_directions(vae, fitted, env_home):
+    import genray
+
+    loaded = genray.load(f"models:/{vae.model_name}/{vae.model_version}")
+    x = torch.rand(3, 1, 8, 8) * 2 - 1
+    found = dirs.Directions.load(env_home / "directions" / f"{vae.model_name}-v{vae.model_version}")
+    assert loaded.directions.names == found.names
+    assert torch.allclose(loaded.edit(x, "class=4", 1.5), dirs.edit(loaded.module, x, found, "class=4", 1.5))
+    plain = genray.load(vae.checkpoint)  # a checkpoint folder has no registry version, so no directions
+    with pytest.raises(UserError, match="genray directions"):
+        plain.edit(x, "class=4")
 
 
 def tiny_checkpoint(folder, family: str) -> str:
