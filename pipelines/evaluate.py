@@ -916,11 +916,13 @@ def _check_request(r: EvalRequest) -> None:
 def print_report(out: EvalOutcome) -> None:
     m = out.metrics
     shown = set()
+    skipped = ("_floor", "_std", "_stderr")  # shown beside the metric they qualify
+    width = max((len(k) for k in m if not k.endswith(skipped)), default=0)  # one column, however long a name
     print()
     for key in sorted(m):
-        if key in shown or key.endswith(("_floor", "_std", "_stderr")):
+        if key in shown or key.endswith(skipped):
             continue
-        line = f"{key:28s} {m[key]:.4g}"
+        line = f"{key:{width}s} {m[key]:.4g}"
         if f"{key}_floor" in m:
             line += f"   (floor {m[key + '_floor']:.4g}: two real splits, same size)"
             shown.add(f"{key}_floor")

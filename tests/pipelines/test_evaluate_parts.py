@@ -275,3 +275,16 @@ def test_variation_identity_compares_each_variation_with_its_source_and_an_unrel
     assert flipped["variation_class_agreement"] == 0.0
     assert "variation_class_agreement" not in evaluate.variation_identity(Echo(), x, None, embed, Sign(False), seed=0,
                                                                           batch_size=3, guidance_scale=2.0)
+
+
+def test_the_report_keeps_every_value_in_one_column_however_long_a_name(capsys):
+    from genray.pipelines.evaluate import EvalOutcome, print_report
+
+    metrics = {"fd_digits": 2.5, "fd_digits_floor": 2.7, "variation_similarity_unrelated": 0.103,
+               "variation_similarity": 0.949, "samples_per_s": 10.7}
+    print_report(EvalOutcome(metrics, {}, None, None, "sqlite://"))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(lines) == 4  # the floor is shown beside its metric, not on a line of its own
+    starts = {len(line) - len(line[len(line.split()[0]):].lstrip()) for line in lines}  # where each value begins
+    assert starts == {len("variation_similarity_unrelated") + 1}
+    assert "(floor 2.7: two real splits, same size)" in lines[0]
