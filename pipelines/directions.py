@@ -12,7 +12,8 @@ data it trained on, scored on held-out data, and stored beside the registered mo
     score    edit the first --test-rows held-out images by --amount along each direction and read
              the result with the dataset's domain classifier, one head per attribute, against a
              random direction of the same length (components/metrics/editing.py)
-    store    the directions (safetensors + JSON) in --out, and as the artifact `directions/` of an
+    store    the directions (safetensors + JSON), the scores (scores.json) and a picture of edits at
+             amounts -2..2 (edits.png) in --out, and as the artifact `directions/` of an
              MLflow run in the experiment genray-directions (nested under the model's training run
              when the store has it), with the scores as its metrics; a registered model version
              gets the tag genray.directions = runs:/<that run>/directions, which serving reads
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 
 from genray.components import checkpoint
-from genray.components.data import value_names
+from genray.components.data import image_grid, save_png, value_names
 from genray.components.errors import UserError
 from genray.components.metrics import editing
 from genray.components.models import directions as dirs
@@ -139,11 +140,13 @@ def find_directions(target: str, *, data: str | None = None, size: str = "full",
             heads = classifier_heads(net, {a.name for a in attributes})
             scores = editing.edit_scores(model, found, test.x, heads, amount=amount, seed=seed, batch_size=batch_size)
     summary = editing.summary(scores)
+    test = read_split(source.files["test"], EDIT_GRID_IMAGES)
 
     label = (f"{t.model_name}-v{t.model_version}" if t.model_name else
              (t.training_run_id or t.checkpoint.name)[:16])
     out = Path(out).expanduser().resolve() if out is not None else home / "directions" / label
     found.save(out)
+    save_png(edit_grid(model, found, test.x), out / "edits.png")
     (out / "scores.json").write_text(json.dumps({"amount": amount, "summary": summary,
                                                  "directions": [s.__dict__ for s in scores]}, indent=1) + "\n")
     run_id = version = None
@@ -158,6 +161,24 @@ def find_directions(target: str, *, data: str | None = None, size: str = "full",
             tracking.set_model_version_tags(uri, t.model_name, t.model_version, {TAG: f"runs:/{run_id}/{ARTIFACT}"})
             version = (t.model_name, t.model_version)
     return DirectionsReport(found, scores, summary, out, run_id, version, time.perf_counter() - started)
+
+
+EDIT_GRID_IMAGES = 4  # held-out images in the picture of edits
+EDIT_GRID_AMOUNTS = (-2.0, -1.0, 0.0, 1.0, 2.0)
+EDIT_GRID_DIRECTIONS = 12
+
+
+@torch.no_grad()
+def edit_grid(model, found: dirs.Directions, x: torch.Tensor) -> np.ndarray:
+    """The picture of what the directions do (edits.png, logged with them): for each of the first
+    EDIT_GRID_DIRECTIONS directions a row per image of x, the image then its edits at
+    EDIT_GRID_AMOUNTS."""
+    rows = []
+    for name in found.names[:EDIT_GRID_DIRECTIONS]:
+        for img in x:
+            edits = [dirs.edit(model, img[None], found, name, a) for a in EDIT_GRID_AMOUNTS]
+            rows.append(torch.cat([img[None].float(), *edits]))
+    return image_grid(torch.cat(rows), nrow=1 + len(EDIT_GRID_AMOUNTS))
 
 
 def log_directions(uri: str, home: Path, out: Path, scores: list[editing.EditScore], summary: dict[str, float], *,

@@ -75,6 +75,10 @@ def test_the_scores_are_logged_and_the_registered_version_names_the_stored_direc
     uri = tracking.tracking_uri(home)
     scores = json.loads((fitted / "scores.json").read_text())
     assert scores["amount"] == 2.0 and len(scores["directions"]) == 10
+    from PIL import Image
+
+    # edits.png: per direction, 4 held-out images (rows) then their edits at -2, -1, 0, 1, 2; 9 px a cell
+    assert Image.open(fitted / "edits.png").size == (6 * 9 + 1, 10 * 4 * 9 + 1)
     assert 0.0 <= scores["summary"]["edit_moved"] <= 1.0 and "edit_kept" not in scores["summary"]  # digits: labels only
     tag = tracking.model_version_tags(uri, vae.model_name, vae.model_version)[tracking.DIRECTIONS_TAG]
     run_id = tag.removeprefix("runs:/").split("/")[0]
@@ -82,6 +86,8 @@ def test_the_scores_are_logged_and_the_registered_version_names_the_stored_direc
     assert run.data.metrics["edit_moved"] == pytest.approx(scores["summary"]["edit_moved"])
     assert "moved/class=3".replace("=", "_") in run.data.metrics and run.data.params["amount"] == "2.0"
     assert run.data.tags["genray.training_run"] == vae.run_id
+    logged = {f.path for f in tracking._client(uri).list_artifacts(run_id, "directions")}
+    assert logged == {f"directions/{f}" for f in ("directions.json", "directions.safetensors", "scores.json", "edits.png")}
     served = tracking.version_directions(uri, home, vae.model_name, vae.model_version)  # what a replica loads
     assert served.names == dirs.Directions.load(fitted).names
     assert torch.equal(served.vectors, dirs.Directions.load(fitted).vectors)
