@@ -89,6 +89,7 @@ SIGMA_MIN = 0.002  # eps of the paper: f(x, eps) = x
 SIGMA_DATA = 0.5  # the std of images in [-1, 1], roughly (EDM's value)
 RHO = 7.0  # Karras et al. 2022, eq. 5
 DISTANCES = ("pseudo_huber", "l2")
+WEIGHTINGS = ("uniform", "ict")
 MODES = ("auto", "distill", "train")
 INITS = ("scratch", "teacher")
 
@@ -147,6 +148,20 @@ def distance(name: str, a: Tensor, b: Tensor) -> Tensor:
     if name == "l2":
         return squared_l2(a, b)
     raise ValueError(f"consistency: distance must be one of {DISTANCES}, got {name!r}")
+
+
+def pair_weights(sigmas: Tensor, weighting: str) -> Tensor:
+    """lambda(sigma_n) of each pair (sigma_n, sigma_{n+1}), (N - 1,) float32, averaging 1 over the
+    pairs (training draws n uniformly, so the loss keeps its scale): "uniform" is 1 everywhere, as in
+    Song et al. 2023's experiments; "ict" is 1 / (sigma_{n+1} - sigma_n) (Song & Dhariwal 2023, sec.
+    3.4), which weighs the closely spaced low levels most: there the two points of a pair differ
+    little, and without it the high levels' updates swamp them."""
+    if weighting == "uniform":
+        return torch.ones(len(sigmas) - 1)
+    if weighting == "ict":
+        lam = 1.0 / (sigmas[1:] - sigmas[:-1]).double()
+        return (lam / lam.mean()).float()
+    raise ValueError(f"consistency: weighting must be one of {WEIGHTINGS}, got {weighting!r}")
 
 
 def sampling_levels(num_levels: int, steps: int) -> list[int]:
@@ -231,8 +246,11 @@ class Consistency(nn.Module):
         target_decay: float = 0.95,
         steps: int = 2,
         init: str = "scratch",
+        weighting: str = "uniform",
     ):
         super().__init__()
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"consistency: weighting must be one of {WEIGHTINGS}, got {weighting!r}")
         if init not in INITS:
             raise ValueError(f"consistency: init must be one of {INITS}, got {init!r}")
         if init == "teacher" and teacher is None:
@@ -248,6 +266,8 @@ class Consistency(nn.Module):
         self.num_levels = num_levels
         self.sigmas = karras_sigmas(num_levels, SIGMA_MIN, sigma_max)  # float64 (N,), on the CPU
         self.sigma_max = float(self.sigmas[-1])
+        self.weighting = weighting
+        self.pair_weights = pair_weights(self.sigmas, weighting)  # float32 (N - 1,), on the CPU
         self.teacher = teacher
         self.mode = "train" if teacher is None else "distill"
         if teacher is not None:
@@ -354,8 +374,8 @@ class Consistency(nn.Module):
         level = sample_timesteps(x.shape[0], self.num_levels - 1, device=x.device)  # (B,) n uniform in 1..N-1
         z = torch.randn_like(x)
         online, goal, _ = self.pair_outputs(x, self.labels(batch), target, level, z)
-        # lambda(t_n) = 1, as in the paper's experiments.
-        return distance(self.distance, online, goal).mean(), {}
+        weight = self.pair_weights.to(x.device)[level]  # (B,) lambda(sigma_n): 1, or iCT's (pair_weights)
+        return (weight * distance(self.distance, online, goal)).mean(), {}
 
     # -- using the trained model ----------------------------------------------------------------
 
@@ -440,6 +460,7 @@ def build_consistency(
     steps: Annotated[int, Field(ge=1)] = 2,
     teacher: ModelRef | None = None,
     init: Literal["scratch", "teacher"] = "scratch",
+    weighting: Literal["uniform", "ict"] = "uniform",
 ) -> Consistency:
     """A consistency model (Song et al. 2023) on images: distilled from `teacher` (a trained genray
     diffusion model in pixel space; consistency distillation) or trained alone (consistency
@@ -450,7 +471,8 @@ def build_consistency(
     sigma_max]; steps the default sampling steps (at most N - 1); target_decay the target's EMA
     rate mu. The UNet's size presets are diffusion's. init "teacher" (distillation only) starts
     from a copy of the teacher's network in the teacher's parameterisation; size, channels and
-    dropout are then the teacher's, and other values than the defaults are refused.
+    dropout are then the teacher's, and other values than the defaults are refused. weighting is
+    the loss weight per noise level, lambda (pair_weights).
     """
     c, h, w = check_image_shape(data.image_shape, "consistency")
     if mode not in MODES:
@@ -489,7 +511,7 @@ def build_consistency(
         net = copy.deepcopy(tm.net).requires_grad_(True).train()
         return Consistency(net=net, image_shape=(c, h, w), num_classes=num_classes, teacher=tm,
                            num_levels=num_levels, sigma_max=sigma_max, distance=distance, target_decay=target_decay,
-                           steps=min(steps, num_levels - 1), init="teacher")
+                           steps=min(steps, num_levels - 1), init="teacher", weighting=weighting)
 
     unet_args = SIZES[size]()
     if channels is not None:
@@ -500,7 +522,7 @@ def build_consistency(
                num_classes=num_classes)
     return Consistency(net=net, image_shape=(c, h, w), num_classes=num_classes, teacher=tm, num_levels=num_levels,
                        sigma_max=sigma_max, distance=distance, target_decay=target_decay,
-                       steps=min(steps, num_levels - 1))
+                       steps=min(steps, num_levels - 1), weighting=weighting)
 
 
 def _teacher_module(ref: ModelRef, image_shape: tuple[int, int, int], sigma_max: float) -> nn.Module:

@@ -225,6 +225,32 @@ def test_loss_is_the_distance_between_online_and_target():
         model(batch, "main")
 
 
+def test_ict_weighting_is_the_inverse_level_gap_averaging_one_and_weighs_the_loss():
+    from genray.components.models.consistency import pair_weights
+
+    sigmas = karras_sigmas(18)
+    lam = pair_weights(sigmas, "ict").double()
+    gaps = (sigmas[1:] - sigmas[:-1]).double()
+    assert torch.allclose(lam * gaps, (lam * gaps)[0].expand(17), rtol=1e-6)  # proportional to 1 / gap
+    assert lam.mean().item() == pytest.approx(1.0) and lam[0] > 100 * lam[-1]  # the low levels weigh most
+    assert torch.equal(pair_weights(sigmas, "uniform"), torch.ones(17))
+    model = student(distance="l2", weighting="ict")
+    model.recipe.configure_optimizers(model, OptimDefaults())
+    target = model.recipe.target
+    nonzero_output(target.net, 55)
+    batch = {"x": images(6), "y": torch.arange(6)}
+    torch.manual_seed(4)
+    loss, _ = model(batch, "main", target=target)
+    torch.manual_seed(4)
+    level = torch.randint(0, 17, (6,))
+    z = torch.randn(6, *SHAPE)
+    x_hi, x_lo = batch["x"] + model.sigma_at(level + 1, 4) * z, batch["x"] + model.sigma_at(level, 4) * z
+    online = model.consistency_fn(x_hi, model.sigma_at(level + 1, 4), batch["y"])
+    goal = target.consistency_fn(x_lo, model.sigma_at(level, 4), batch["y"])
+    d = (online - goal).pow(2).flatten(1).sum(1)
+    assert torch.allclose(loss, (lam.float()[level] * d).mean(), rtol=1e-5)
+
+
 def test_ema_target_moves_by_the_decay_rule():
     """theta- <- mu theta- + (1 - mu) theta after each optimizer step (Algorithms 2 and 3, last line)."""
     model = distilled("v", target_decay=0.9)
