@@ -30,8 +30,8 @@ def value_names(dataset: str | None) -> dict[str, tuple[str, ...]]:
     """What the integer values of a built-in dataset's label and factor columns stand for, by
     column (`VALUE_NAMES` of its module: Fashion-MNIST's classes, shapes' shapes and colours);
     empty for other data, whose values are shown as numbers."""
-    if dataset not in ("digits", "fashion_mnist", "fashion_edges", "fashion_halves", "shapes", "moons", "text", "tones",
-                       "spoken_digits"):
+    if dataset not in ("digits", "fashion_mnist", "fashion_edges", "fashion_halves", "shapes", "scenes", "moons", "text",
+                       "tones", "spoken_digits"):
         return {}
     import importlib
 
@@ -44,7 +44,8 @@ def __getattr__(name: str):
 
         return getattr(parquet, name)
     if name == "DATASETS":
-        from . import digits, fashion_edges, fashion_halves, fashion_mnist, moons, shapes, spoken_digits, text, tones
+        from . import (digits, fashion_edges, fashion_halves, fashion_mnist, moons, scenes, shapes, spoken_digits, text,
+                       tones)
 
         globals()["DATASETS"] = datasets = {
             "digits": digits.prepare,
@@ -52,6 +53,7 @@ def __getattr__(name: str):
             "fashion_edges": fashion_edges.prepare,
             "fashion_halves": fashion_halves.prepare,
             "shapes": shapes.prepare,
+            "scenes": scenes.prepare,
             "moons": moons.prepare,
             "text": text.prepare,
             "tones": tones.prepare,

@@ -130,11 +130,14 @@ class DataKind:
 LABEL = Column("label", INT64, key="y")  # class index >= 0; num_classes = max + 1
 CAPTION = Column("caption", STRING, key="text")  # decoded only when a model reads text
 IMAGE = Column("image", BINARY, key="x")
+# 1 for a test row whose combination of attributes training never shows (scenes' held-out pairs
+# of objects), 0 otherwise; kept on disk for evaluation, never decoded into a batch.
+HELD_OUT = Column("held_out", INT64, values=(0, 1))
 IMAGE_SHAPE_EXAMPLE = "[8, 8, 1] (H, W, C)"
 
 KINDS: dict[str, DataKind] = {
     "image": DataKind("image", (IMAGE,), 3, IMAGE_SHAPE_EXAMPLE, "bytes", "grid",
-                      optional=(LABEL, CAPTION), factors=True),
+                      optional=(LABEL, CAPTION, HELD_OUT), factors=True),
     # Pix2Pix's aligned pairs (Isola et al. 2017): image_paired[i] is image[i] in the other domain.
     "paired_image": DataKind("paired_image", (IMAGE, Column("image_paired", BINARY, key="x_paired")), 3,
                              IMAGE_SHAPE_EXAMPLE, "bytes", "grid", optional=(LABEL, CAPTION)),

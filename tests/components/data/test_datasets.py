@@ -39,7 +39,7 @@ def _table(path):
 
 
 def test_registry():
-    assert set(DATASETS) == {"digits", "fashion_mnist", "fashion_edges", "fashion_halves", "shapes", "moons", "text",
+    assert set(DATASETS) == {"digits", "fashion_mnist", "fashion_edges", "fashion_halves", "shapes", "scenes", "moons", "text",
                              "tones", "spoken_digits"}
 
 

@@ -86,7 +86,7 @@ def test_old_names_derive_from_kinds():
         assert kind.show in ("grid", "player", "waveform", "text", "scatter", "none")
         assert kind.main and all(c.key for c in kind.main)
     # The schema lines every error message quotes, unchanged for the first four kinds.
-    assert KINDS["image"].schema_text() == "image binary; optional label int64, caption string, factor_*"
+    assert KINDS["image"].schema_text() == "image binary; optional label int64, caption string, held_out int64, factor_*"
     assert KINDS["tokens"].schema_text() == "tokens list<int32>; optional label int64; metadata genray.vocab"
     assert KINDS["audio"].schema_text() == (
         "waveform list<float32>, sample_rate int32; optional pitch_hz float32, label int64")
