@@ -398,6 +398,13 @@ def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> Ev
         metrics.update(variation_identity(model, reference.x[:rows], None if reference.y is None else reference.y[:rows],
                                           embed, classifier, seed=request.seed, batch_size=request.batch_size,
                                           **sampling))
+    if "style_mix" in model.capabilities:
+        classifier = next((n for n in nets if n.kind == "classifier"), None)
+        if classifier is not None:
+            say(f"style mixing of {STYLE_MIX_IMAGES} pairs of seeds at crossover {model.num_ws // 2} ...")
+            y = (torch.arange(STYLE_MIX_IMAGES) % model.num_classes) if model.conditioning == "class" else None
+            metrics.update(style_mix_identity(model, STYLE_MIX_IMAGES, classifier, seed=request.seed,
+                                              batch_size=request.batch_size, y=y, **sampling))
     if "log_prob" in model.capabilities:
         rows = request.likelihood_rows or LIKELIHOOD_IMAGES
         say(f"bits/dim on {min(rows, len(reference.x))} {request.reference} images ...")
@@ -621,6 +628,42 @@ def variation_identity(model, x: torch.Tensor, y: np.ndarray | None, embed, clas
     if classifier is not None and y is not None:
         out["variation_class_agreement"] = float((classifier.predict(v) == y).mean())
     return out
+
+
+# Pairs of seeds `genray eval` mixes (capability style_mix).
+STYLE_MIX_IMAGES = 500
+
+
+def style_mix_identity(model, n: int, classifier, *, seed: int, batch_size: int, y: torch.Tensor | None = None,
+                       crossover: int | None = None, **settings) -> dict[str, float]:
+    """Whether a reference keeps its identity when another seed's styles replace its fine layers
+    (StyleGAN2's style mixing, Karras et al. 2019 sec. 3.1): row i's reference is seed A's image,
+    its mix takes A's styles below `crossover` (default half the layers: the coarse ones) and the
+    donor B's above, and the donor is B's own image. Scored as saved (8 bits) on the classifier's
+    features, centred on the references' mean so the cosine reads differences, not the shared mean:
+    style_mix_similarity, the cosine of each mix to its reference; style_mix_similarity_donor, to
+    its donor; style_mix_similarity_unrelated, to the next row's reference (chance);
+    style_mix_class_agreement, the share the classifier puts in its reference's class."""
+    c = model.num_ws // 2 if crossover is None else crossover
+    refs, mixes, donors = [], [], []
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            m = min(batch_size, n - start)
+            a, b = seed * 1_000_003 + start, seed * 1_000_003 + start + 500_009
+            gen = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
+            kw = {**settings, **({"y": y[start : start + m]} if y is not None else {})}
+            refs.append(model.style_mix(m, generator_a=gen(a), generator_b=gen(b), crossover=model.num_ws, **kw).cpu())
+            mixes.append(model.style_mix(m, generator_a=gen(a), generator_b=gen(b), crossover=c, **kw).cpu())
+            donors.append(model.style_mix(m, generator_a=gen(b), generator_b=gen(a), crossover=model.num_ws, **kw).cpu())
+    ref, mix, donor = (normalize_images(torch.as_tensor(quantize(torch.cat(t)))) for t in (refs, mixes, donors))
+    f_ref, f_mix, f_donor = (torch.as_tensor(classifier.features(t)).double() for t in (ref, mix, donor))
+    mean = f_ref.mean(0)
+    f_ref, f_mix, f_donor = (torch.nn.functional.normalize(f - mean, dim=-1) for f in (f_ref, f_mix, f_donor))
+    return {"style_mix_similarity": float((f_mix * f_ref).sum(-1).mean()),
+            "style_mix_similarity_donor": float((f_mix * f_donor).sum(-1).mean()),
+            "style_mix_similarity_unrelated": float((f_mix * f_ref.roll(-1, dims=0)).sum(-1).mean()),
+            "style_mix_class_agreement": float((classifier.predict(mix) == classifier.predict(ref)).mean()),
+            "style_mix_crossover": float(c)}
 
 
 def translate_all(model, x: torch.Tensor, *, batch_size: int, seed: int, **kwargs) -> torch.Tensor:

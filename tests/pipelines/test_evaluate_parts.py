@@ -288,3 +288,53 @@ def test_the_report_keeps_every_value_in_one_column_however_long_a_name(capsys):
     starts = {len(line) - len(line[len(line.split()[0]):].lstrip()) for line in lines}  # where each value begins
     assert starts == {len("variation_similarity_unrelated") + 1}
     assert "(floor 2.7: two real splits, same size)" in lines[0]
+
+
+def test_style_mix_identity_scores_each_mix_against_its_reference_its_donor_and_an_unrelated_reference():
+    """A mixer whose images are the styles' seed written into every pixel (a's seed below the
+    crossover, b's above, averaged over the layers): at crossover 0 a mix is its donor, at num_ws
+    its reference; a classifier whose features are the pixels themselves. The cosines are then
+    known: 1 to what the mix copies, and the class (the sign) agrees or not accordingly."""
+    class Mixer:
+        num_ws = 4
+
+        def style_mix(self, n, *, generator_a, generator_b, crossover, y=None, **settings):
+            assert settings == {"truncation_psi": 0.7} and y is not None and len(y) == n
+            a = torch.rand(n, 1, 1, 1, generator=generator_a) * 2 - 1
+            b = torch.rand(n, 1, 1, 1, generator=generator_b) * 2 - 1
+            w = crossover / self.num_ws
+            return (w * a + (1 - w) * b).expand(n, 1, 4, 4) * torch.linspace(0.5, 1, 16).reshape(1, 1, 4, 4)
+
+    class Pixels:
+        def features(self, x):
+            return x.flatten(1).numpy()
+
+        def predict(self, x):
+            return (x.mean((1, 2, 3)) > 0).numpy().astype(int)
+
+    y = torch.arange(9) % 3
+    as_ref = evaluate.style_mix_identity(Mixer(), 9, Pixels(), seed=1, batch_size=4, y=y, crossover=4, truncation_psi=0.7)
+    assert as_ref["style_mix_similarity"] == pytest.approx(1.0, abs=1e-3) and as_ref["style_mix_class_agreement"] == 1.0
+    as_donor = evaluate.style_mix_identity(Mixer(), 9, Pixels(), seed=1, batch_size=4, y=y, crossover=0, truncation_psi=0.7)
+    assert as_donor["style_mix_similarity_donor"] == pytest.approx(1.0, abs=1e-3)
+    assert as_donor["style_mix_similarity"] < 0.9 and as_donor["style_mix_crossover"] == 0.0
+    half = evaluate.style_mix_identity(Mixer(), 9, Pixels(), seed=1, batch_size=4, y=y, truncation_psi=0.7)
+    assert half["style_mix_crossover"] == 2.0  # num_ws // 2 unless told
+    assert -1.0 <= half["style_mix_similarity_unrelated"] <= 1.0
+
+
+def test_style_mix_identity_runs_on_a_real_stylegan2_and_domain_classifier():
+    from genray.components.data import DatasetInfo
+    from genray.components.metrics.classifier import DomainClassifier
+    from genray.components.models import build
+
+    torch.manual_seed(0)
+    model = build("stylegan2", {"size": "tiny", "conditional": True}, DatasetInfo.for_images((1, 8, 8), 10)).eval()
+    net = quality.FeatureNet("digits", "test", DomainClassifier(in_channels=1, num_classes=10).eval(), "classifier")
+    out = evaluate.style_mix_identity(model, 6, net, seed=0, batch_size=4, y=torch.arange(6) % 10, truncation_psi=0.8)
+    assert out["style_mix_crossover"] == model.num_ws // 2
+    assert all(-1.0 <= out[k] <= 1.0 for k in ("style_mix_similarity", "style_mix_similarity_donor",
+                                               "style_mix_similarity_unrelated"))
+    full = evaluate.style_mix_identity(model, 6, net, seed=0, batch_size=4, y=torch.arange(6) % 10,
+                                       crossover=model.num_ws, truncation_psi=0.8)
+    assert full["style_mix_similarity"] == pytest.approx(1.0, abs=1e-6)  # every layer the reference's: the reference
