@@ -30,11 +30,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import mutual_info_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from torch import Tensor
+
+# scikit-learn is imported where it is used: importing it takes ~1 s, and this module is imported
+# by every training worker (the quality probe), most of which never score disentanglement.
 
 # Rows per encode call in beta_vae_score: whole points (2 * pairs_per_point rows each) are
 # batched together up to this many rows, so a renderer + encoder sees a few large batches.
@@ -108,6 +107,8 @@ def mutual_info_gap(
             f"factors must hold integer labels, got dtype {v.dtype}; pass discretize(factors) "
             "for continuous factors"
         )
+    from sklearn.metrics import mutual_info_score
+
     z_binned = discretize(z, num_bins)  # (N, D)
 
     num_latents, num_factors = z.shape[1], v.shape[1]
@@ -212,6 +213,10 @@ def beta_vae_score(
             f"the {num_train} training points all fix the same factor, so there is nothing to "
             "classify; raise num_train"
         )
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     classifier.fit(x_train, y_train)

@@ -20,6 +20,7 @@ import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from genray.pipelines.training.session import LoopSession, RayTrainSession
 
 def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     """Ray Train's entry point (a worker, or the caller's process in local mode)."""
-    return run_loop(cfg, RayTrainSession())
+    return run_loop(cfg, RayTrainSession(per_rank=cfg.get("per_rank_shards", False)))
 
 
 def run_loop(cfg: dict[str, Any], session: LoopSession) -> dict[str, Any]:
@@ -81,13 +82,17 @@ def run_loop(cfg: dict[str, Any], session: LoopSession) -> dict[str, Any]:
             say(f"[{cfg['name']}] resumed from step {engine.step} (epoch {epoch}, batch {into_epoch} of it)")
 
     startup["model"] = time.time()  # built, resumed, on the device; the process group is up
-    logger = tracking.RunLogger(cfg["uri"], cfg["run_id"]) if rank == 0 else None
-    if logger is not None:
-        logger.metrics({"resumed_from_step": engine.step}, step=engine.step)
+    # Rank 0's MLflow client: importing mlflow takes ~2 s, so it happens in a thread while the
+    # probe loads and the first batch arrives; the loop takes it at the first step (or at the end,
+    # for a run with nothing left to train).
+    logger = None
+    pending_logger = _start_logger(cfg["uri"], cfg["run_id"], engine.step) if rank == 0 else None
     quality = QualityProbe(cfg["quality"], t.quality_samples, t.seed) if rank == 0 and cfg.get("quality") else None
+    startup["probe"] = time.time()  # the quality probe's feature network is loaded
 
     per_worker = t.batch_size // world
     train_shard = session.dataset_shard()
+    startup["shard"] = time.time()
     held_out: list[dict[str, torch.Tensor]] = []
     last_eval: dict[str, float] = {}
     sums: dict[str, float] = {}  # train logs summed over summed_steps steps, for the next log line
@@ -204,8 +209,11 @@ def run_loop(cfg: dict[str, Any], session: LoopSession) -> dict[str, Any]:
             window_steps += 1
             if "first_step" not in startup:
                 startup["first_step"] = time.time()
-                if rank == 0 and "start" in startup:
-                    logger.metrics(startup_seconds(startup), step=engine.step)
+                if rank == 0:
+                    logger = pending_logger.result()
+                    startup["logger"] = time.time()  # the client was ready (seconds after the first step's)
+                    if "start" in startup:
+                        logger.metrics(startup_seconds(startup), step=engine.step)
             if rank == 0:
                 summed_steps += 1
                 for k, v in logs.items():
@@ -253,7 +261,22 @@ def run_loop(cfg: dict[str, Any], session: LoopSession) -> dict[str, Any]:
             epoch, into_epoch = epoch + 1, 0
 
     # ------------------------------------------------------------------------- teardown
+    if pending_logger is not None:
+        pending_logger.result()  # a run with no step left to train: its resumed_from_step is logged
     return {"step": engine.step, "epoch": epoch, "train_seconds": train_seconds(), **last_eval}
+
+
+def _start_logger(uri: str, run_id: str, step: int) -> Future:
+    """tracking.RunLogger for the run, built in a thread, which logs resumed_from_step first."""
+    def make() -> tracking.RunLogger:
+        logger = tracking.RunLogger(uri, run_id)
+        logger.metrics({"resumed_from_step": step}, step=step)
+        return logger
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genray-mlflow")
+    future = pool.submit(make)
+    pool.shutdown(wait=False)  # the thread ends with `make`
+    return future
 
 
 def startup_seconds(marks: dict[str, float]) -> dict[str, float]:
@@ -261,7 +284,9 @@ def startup_seconds(marks: dict[str, float]) -> dict[str, float]:
     data (prepared or found), model_inputs (references resolved, the model built once on the
     driver), mlflow_run, ray_init, dataset (the Ray Dataset materialised), loop (this process
     entered the loop: with Ray Train, its controller, worker group and process group are up),
-    model, first_batch, first_step."""
+    model, probe (the quality probe's feature network loaded), shard (the dataset shard handed
+    over), first_batch, first_step, then logger (rank 0's MLflow client, started in a thread at
+    `model`, taken at the first step)."""
     start = marks["start"]
     return {f"startup/{k}_s": round(v - start, 3) for k, v in marks.items() if k != "start"}
 

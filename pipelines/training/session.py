@@ -43,13 +43,16 @@ class LoopSession(Protocol):
 
 
 class RayTrainSession:
-    """A Ray Train worker: ray.train.get_context(), get_checkpoint(), report(), the dataset shard."""
+    """A Ray Train worker: ray.train.get_context(), get_checkpoint(), report(), the dataset shard.
+    per_rank: the driver cut the data into one dataset per rank, `train_<rank>` (data.TrainData.shards),
+    instead of handing Train one `train` dataset to split."""
 
-    def __init__(self):
+    def __init__(self, *, per_rank: bool = False):
         import ray.train
 
         ctx = ray.train.get_context()
         self.world_rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self.per_rank = per_rank
 
     def device(self) -> torch.device:
         import ray.train.torch
@@ -70,7 +73,7 @@ class RayTrainSession:
     def dataset_shard(self):
         import ray.train
 
-        return ray.train.get_dataset_shard("train")
+        return ray.train.get_dataset_shard(f"train_{self.world_rank}" if self.per_rank else "train")
 
 
 class TrialSession:
