@@ -395,7 +395,9 @@ class Diffusion(nn.Module):
 
         Class-conditional: y (n,) picks classes (index num_classes = unconditional); without y the
         labels cycle 0, 1, ..., so a grid shows every class. Text-conditional: a prompt (one for
-        all, or one per sample) or byte tokens `text` (n, L); without either, unconditional.
+        all, or one per sample) or byte tokens `text` (n, L); without either, unconditional. A
+        prompt "A AND B" composes its parts (composed guidance, Liu et al. 2022): each part's
+        guidance term at `guidance_scale`, summed.
         unCLIP's decoder (built with image_encoder): `image_embedding` (n, D), CLIP image
         embeddings (renormalised to unit length, as CLIP gives them), decoded with guidance
         `guidance_scale`; without it, samples of the null condition.
@@ -417,14 +419,24 @@ class Diffusion(nn.Module):
                 y = torch.arange(n, device=device) % self.num_classes
             elif y.shape != (n,) or int(y.min()) < 0 or int(y.max()) > self.num_classes:
                 raise ValueError(f"diffusion.sample: y must be ({n},) labels in [0, {self.num_classes}], got {y.tolist()}")
+        parts = None
         if prompt is not None:
             prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
             if len(prompts) != n:
                 raise ValueError(f"diffusion.sample: {len(prompts)} prompts for n={n} samples")
-            text = encode_text(prompts, self.text_len)
+            parts = [guidance.split_prompt(p) for p in prompts]
+            text = encode_text([p[0] for p in parts], self.text_len)
 
         cond = self.condition(n, device, y=y, text=text, image_embedding=image_embedding)
-        if self.image_conditioned and image_embedding is None:
+        if parts is not None and max(len(p) for p in parts) > 1:
+            # "A AND B": composed guidance (Liu et al. 2022), each part at the guidance scale;
+            # a sample with fewer parts gives the missing ones weight 0.
+            K = max(len(p) for p in parts)
+            conds = [cond] + [self.condition(n, device, text=encode_text([p[k] if k < len(p) else "" for p in parts],
+                                                                         self.text_len)) for k in range(1, K)]
+            weights = torch.tensor([[s.guidance_scale if k < len(p) else 0.0 for p in parts] for k in range(K)])
+            denoise = guidance.composed_denoiser(self.net, conds, self.condition(n, device), weights)
+        elif self.image_conditioned and image_embedding is None:
             denoise = self.denoiser(cond)  # the null condition: guidance would change nothing
         elif cond:
             null = self.condition(n, device)

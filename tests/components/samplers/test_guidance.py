@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from genray.components.samplers.ddim import ddim_sample
-from genray.components.samplers.guidance import guided_denoiser
+from genray.components.samplers.guidance import composed_denoiser, guided_denoiser, split_prompt
 from genray.components.samplers.schedules import make_schedule
 
 B, L, DIM = 3, 5, 4
@@ -94,3 +94,38 @@ def test_mismatched_conditions_raise():
         guided_denoiser(net, {"y": cond["y"][:2]}, {"y": null["y"][:2]}, 2.0)(x_t, t)
     with pytest.raises(ValueError, match="finite"):
         guided_denoiser(net, cond, null, float("nan"))
+
+
+# ----------------------------------------------------------------------------- composed guidance
+
+
+def test_composed_guidance_sums_each_concepts_term():
+    """Liu et al. 2022, eq. 10: uncond + sum_i w_i (cond_i - uncond), per sample, in one pass."""
+    x_t, t, cond, null = inputs()
+    g = torch.Generator().manual_seed(1)
+    other = {"y": torch.tensor([2, 2, 0]), "context": torch.randn(B, L, DIM, generator=g),
+             "context_mask": torch.ones(B, L)}
+    net = CountingNet()
+    a, b, u = net(x_t, t, **cond), net(x_t, t, **other), net(x_t, t, **null)
+    weights = torch.tensor([[3.0, 3.0, 1.5], [3.0, 0.0, 2.0]])  # sample 1 has no second concept
+    net.calls, net.batch_sizes = 0, []
+    out = composed_denoiser(net, [cond, other], null, weights)(x_t, t)
+    w = weights.view(2, B, 1, 1, 1)
+    torch.testing.assert_close(out, u + w[0] * (a - u) + w[1] * (b - u))
+    assert net.batch_sizes == [3 * B]
+    # One concept is classifier-free guidance at that scale.
+    one = composed_denoiser(net, [cond], null, torch.full((1, B), 2.5))(x_t, t)
+    torch.testing.assert_close(one, guided_denoiser(net, cond, null, 2.5)(x_t, t))
+
+
+def test_split_prompt_and_bad_compositions():
+    assert split_prompt("a red square on the left AND a blue heart on the right ") == [
+        "a red square on the left", "a blue heart on the right"]
+    assert split_prompt("a red square and a blue heart") == ["a red square and a blue heart"]  # only " AND "
+    with pytest.raises(ValueError, match="every part"):
+        split_prompt("a red square AND ")
+    x_t, t, cond, null = inputs()
+    with pytest.raises(ValueError, match=r"\(K=2, B\)"):
+        composed_denoiser(CountingNet(), [cond, cond], null, torch.ones(1, B))
+    with pytest.raises(ValueError, match="finite"):
+        composed_denoiser(CountingNet(), [cond], null, torch.full((1, B), float("nan")))
