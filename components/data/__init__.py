@@ -23,7 +23,7 @@ _PARQUET = ("DatasetWriter", "build_table", "check_table", "read_info", "read_me
 # A built-in dataset whose prepared files changed gets a revision: pipelines/data.py prepares it
 # afresh in a folder of its own, so a project's older copy is not read as the new one. (2:
 # Fashion-MNIST's captions drawn from templates, and the edges made of its rows.)
-REVISIONS = {"fashion_mnist": 2, "fashion_edges": 2}
+REVISIONS = {"fashion_mnist": 2, "fashion_edges": 2, "scenes": 2}
 
 
 def value_names(dataset: str | None) -> dict[str, tuple[str, ...]]:

@@ -16,6 +16,12 @@ The caption names the two objects in either order, the first as its subject, wit
 that order needs ("left of" or "right of"; "above" or "below"), so the words and not the layout
 alone say which is where. label is object a's shape.
 
+Parts, for composed prompts. PART_SHARE of the training rows are captioned with one of their two
+objects and its place only ("a red square on the left", "a blue heart at the bottom";
+`part_caption`), so a text-conditioned model also learns each object on its own. The test split
+keeps full captions; `composed_prompt` writes a scene as its two parts joined by " AND ", the
+prompt of composed guidance (Liu et al. 2022; components/samplers/guidance.py).
+
 Held-out combinations. Of the 171 unordered pairs of object kinds (153 of two different kinds and
 18 of one kind twice), HELD_OUT_SHARE are drawn once with a fixed seed (`held_out_pairs`, the
 same for every dataset seed) and never rendered in the training split. The test split holds
@@ -42,6 +48,8 @@ NEAR = (6.0, 10.0)
 ACROSS = (6.0, 26.0)
 RELATIONS = ("horizontal", "vertical")
 HELD_OUT_SHARE = 0.15
+PART_SHARE = 0.3  # of the training rows, captioned with one object and its place
+PLACES = (("on the left", "on the right"), ("at the top", "at the bottom"))  # [relation][a or b]
 HELD_OUT_SEED = 20_241
 KINDS = [(s, c) for s in range(len(shapes.SHAPES)) for c in range(len(shapes.COLOR_NAMES))]  # 18 object kinds
 VALUE_NAMES = {"label": shapes.SHAPES, "factor_shape_a": shapes.SHAPES, "factor_shape_b": shapes.SHAPES,
@@ -127,6 +135,30 @@ def caption(relation: int, shape_a: int, color_a: int, shape_b: int, color_b: in
     return f"a {b} {'right of' if relation == 0 else 'below'} a {a}"
 
 
+def part_caption(relation: int, shape: int, color: int, second: bool) -> str:
+    """One object and its place: "a red square on the left" (object a of a horizontal scene)."""
+    return f"a {object_words(shape, color)} {PLACES[relation][int(second)]}"
+
+
+def composed_prompt(relation: int, shape_a: int, color_a: int, shape_b: int, color_b: int) -> str:
+    """A scene as the two parts composed guidance sums: "a red square on the left AND a blue heart
+    on the right"."""
+    return f"{part_caption(relation, shape_a, color_a, False)} AND {part_caption(relation, shape_b, color_b, True)}"
+
+
+def _captions(part: dict[str, np.ndarray], parts: np.ndarray) -> list[str]:
+    """Each row's caption: the full one, or where `parts` is 1 (object a) or 2 (object b) one part."""
+    out = []
+    for i in range(len(part["relation"])):
+        r, sa, ca, sb, cb = (int(part[k][i]) for k in ("relation", "shape_a", "color_a", "shape_b", "color_b"))
+        if parts[i] == 0:
+            out.append(caption(r, sa, ca, sb, cb, bool(part["subject_b"][i])))
+        else:
+            second = parts[i] == 2
+            out.append(part_caption(r, sb if second else sa, cb if second else ca, second))
+    return out
+
+
 def prepare(out_dir: Path, *, seed: int = 0, size: str = "full") -> dict[str, Path]:
     """Write out_dir/train.parquet (seen pairs only) and out_dir/test.parquet (any pair, flagged)."""
     if size not in SIZES:
@@ -134,7 +166,11 @@ def prepare(out_dir: Path, *, seed: int = 0, size: str = "full") -> dict[str, Pa
     seeds = np.random.SeedSequence([seed, 7]).spawn(2)
     paths = {}
     for split, n, ss, held in zip(("train", "test"), SIZES[size], seeds, (False, None)):
-        f = sample_scenes(n, np.random.default_rng(ss), held_out=held)
+        rng = np.random.default_rng(ss)
+        f = sample_scenes(n, rng, held_out=held)
+        # 0: the full caption; 1 or 2: object a's or b's part (training rows only).
+        f["caption_part"] = np.where(rng.random(n) < (PART_SHARE if split == "train" else 0.0),
+                                     rng.integers(1, 3, n), 0)
         path = Path(out_dir) / f"{split}.parquet"
         with DatasetWriter(path, "image", [IMAGE_SIZE, IMAGE_SIZE, 3]) as writer:
             for start in range(0, n, DEFAULT_ROW_GROUP_SIZE):
@@ -143,9 +179,7 @@ def prepare(out_dir: Path, *, seed: int = 0, size: str = "full") -> dict[str, Pa
                 writer.write({
                     "image": render(part),
                     "label": part["shape_a"],
-                    "caption": [caption(*args) for args in zip(part["relation"].tolist(), part["shape_a"].tolist(),
-                                                                 part["color_a"].tolist(), part["shape_b"].tolist(),
-                                                                 part["color_b"].tolist(), part["subject_b"].tolist())],
+                    "caption": _captions(part, part["caption_part"]),
                     **{f"factor_{k}": part[k] for k in ("relation", "shape_a", "color_a", "shape_b", "color_b")},
                     **{f"factor_{k}": part[k].astype(np.float32) for k in ("x_a", "y_a", "x_b", "y_b")},
                     "held_out": part["held_out"].astype(np.int64),

@@ -73,6 +73,26 @@ def test_prepare_writes_both_splits_reproducibly_with_factors_and_the_held_out_f
     assert scenes.VALUE_NAMES["factor_relation"] == ("horizontal", "vertical")
 
 
+def test_part_captions_name_one_object_and_its_place_and_compose_into_a_scene():
+    assert scenes.part_caption(0, 0, 0, False) == "a red square on the left"
+    assert scenes.part_caption(1, 2, 2, True) == "a blue heart at the bottom"
+    assert scenes.composed_prompt(0, 0, 0, 2, 2) == "a red square on the left AND a blue heart on the right"
+
+
+def test_a_share_of_training_rows_carry_one_part_and_the_test_rows_none(tmp_path):
+    paths = scenes.prepare(tmp_path, seed=0, size="tiny")
+    train = pq.read_table(paths["train"]).to_pydict()
+    test = pq.read_table(paths["test"]).to_pydict()
+    is_part = [" of " not in c and "above" not in c and "below" not in c for c in train["caption"]]
+    assert 0.2 < np.mean(is_part) < 0.4  # about PART_SHARE
+    for c, part, r, sa, ca, sb, cb in zip(train["caption"], is_part, train["factor_relation"], train["factor_shape_a"],
+                                          train["factor_color_a"], train["factor_shape_b"], train["factor_color_b"]):
+        if part:  # the part names one of the row's two objects, in its place
+            assert c in (scenes.part_caption(r, sa, ca, False), scenes.part_caption(r, sb, cb, True)), c
+    assert not any(" AND " in c for c in train["caption"] + test["caption"])
+    assert all(" of " in c or "above" in c or "below" in c for c in test["caption"])  # full captions only
+
+
 def test_a_bad_size_is_named():
     with pytest.raises(ValueError, match="size must be one of"):
         scenes.prepare("/tmp/never", size="huge")
