@@ -68,10 +68,10 @@ import numpy as np
 import torch
 
 from genray.components import checkpoint
-from genray.components.data import normalize_images, quantize, shapes
+from genray.components.data import normalize_images, quantize, scenes, shapes
 from genray.components.data.show import Rendered, render
 from genray.components.errors import UserError
-from genray.components.metrics import disentanglement, likelihood, ngram
+from genray.components.metrics import composition, disentanglement, likelihood, ngram
 from genray.components.metrics.codebook import perplexity
 from genray.components.metrics.frechet import frechet_distance_features
 from genray.components.metrics.kid import kid
@@ -384,6 +384,20 @@ def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> Ev
             elif "rows" in conditions and reference.y is not None:  # captions name the class
                 metrics["class_consistency"] = float((net.predict(fake) == reference.y[conditions["rows"]]).mean())
 
+    classifier = next((n for n in nets if n.kind == "classifier"), None)
+    if classifier is not None and "rows" in conditions and composition.is_scene(reference.factors):
+        say("scene composition: the classifier's factor heads on the samples, on the real scenes, and on samples "
+            "of the composed prompts ...")
+
+        def again(prompts: list[str]) -> torch.Tensor:
+            images, _ = generate(target.checkpoint, request.num_samples, sampling=sampling,
+                                 conditions={"prompt": prompts, "rows": conditions["rows"]},
+                                 batch_size=request.batch_size, workers=request.workers, seed=request.seed)
+            return normalize_images(torch.as_tensor(images))
+
+        metrics.update(scene_composition(classifier, fake, reference, conditions["rows"], held_out_flags(ref_path),
+                                         again))
+
     if clip is not None:
         say(f"CLIP score against the prompts with {request.clip} ...")
         clip, params["eval.clip"] = clip
@@ -664,6 +678,55 @@ def style_mix_identity(model, n: int, classifier, *, seed: int, batch_size: int,
             "style_mix_similarity_unrelated": float((f_mix * f_ref.roll(-1, dims=0)).sum(-1).mean()),
             "style_mix_class_agreement": float((classifier.predict(mix) == classifier.predict(ref)).mean()),
             "style_mix_crossover": float(c)}
+
+
+def held_out_flags(path: str) -> np.ndarray:
+    """A split's `held_out` column as bools (all False when it has none)."""
+    import pyarrow.parquet as pq
+
+    from genray.components.data import read_info
+
+    info = read_info(path)
+    if "held_out" not in info.columns:
+        return np.zeros(info.num_rows, dtype=bool)
+    return np.asarray(pq.read_table(path, columns=["held_out"]).column("held_out").to_numpy(), dtype=bool)
+
+
+def scene_factors(classifier, x: torch.Tensor, batch_size: int = 1024) -> dict[str, np.ndarray]:
+    """The scenes domain classifier's reading of images: factor -> (N,) ints, one factor head each
+    (its heads index a categorical factor's sorted values, 0..K-1 for scenes)."""
+    model = classifier.model.eval()
+    out: dict[str, list[np.ndarray]] = {f: [] for f in composition.SCENE_FACTORS}
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            h = model.features(x[i:i + batch_size].float())
+            for f in composition.SCENE_FACTORS:
+                out[f].append(model.aux_heads[f](h).argmax(1).numpy())
+    return {f: np.concatenate(v) for f, v in out.items()}
+
+
+def scene_composition(classifier, fake: torch.Tensor, reference: Split, rows: np.ndarray, held_out: np.ndarray,
+                      generate_for) -> dict[str, float]:
+    """Issue 24, part 2: samples of scene captions read back by the classifier's factor heads
+    (composition_*), the same heads on the real scenes of those captions (composition_real_*, the
+    detector's ceiling), and samples of the same scenes written as composed prompts, "A on the
+    left AND B on the right" (composition_composed_*; generate_for(prompts) draws them with the
+    same seeds). Seen and held-out pairs apart (components/metrics/composition.py)."""
+    missing = [f for f in composition.SCENE_FACTORS if f not in classifier.model.aux_heads]
+    if missing:
+        raise UserError(f"the domain classifier {classifier.id} has no head for {', '.join(missing)}; "
+                        "retrain it on the scenes data (--feature-net auto)")
+    wanted = {f: np.asarray(reference.factors[f"factor_{f}"])[rows].astype(np.int64) for f in composition.SCENE_FACTORS}
+    held = held_out[rows]
+    prompts = [scenes.composed_prompt(*(int(wanted[f][i]) for f in composition.SCENE_FACTORS)) for i in range(len(rows))]
+    out = {}
+    for prefix, images in (("composition", fake), ("composition_real", reference.x[rows])):
+        out.update({f"{prefix}_{k}": v for k, v in composition.scene_scores(scene_factors(classifier, images), wanted,
+                                                                             held).items()})
+    composed = generate_for(prompts)
+    out.update({f"composition_composed_{k}": v for k, v in composition.scene_scores(scene_factors(classifier, composed),
+                                                                                     wanted, held).items()})
+    return out
 
 
 def translate_all(model, x: torch.Tensor, *, batch_size: int, seed: int, **kwargs) -> torch.Tensor:
