@@ -104,7 +104,7 @@ class TrainData:
 
     def __init__(self, repeats: int, *, dataset: Any = None, rows: dict[str, np.ndarray] | None = None):
         if (dataset is None) == (rows is None):
-            raise ValueError("TrainData needs a streamed dataset or in-memory rows, not both")
+            raise ValueError("TrainData takes exactly one of a streamed dataset and in-memory rows")
         self.repeats = repeats  # copies of the data in one pass (each permuted differently)
         self.rows = rows
         self._dataset = dataset
