@@ -428,10 +428,10 @@ class Diffusion(nn.Module):
             text = encode_text([p[0] for p in parts], self.text_len)
 
         cond = self.condition(n, device, y=y, text=text, image_embedding=image_embedding)
-        if parts is not None and max(len(p) for p in parts) > 1:
+        K = max(len(p) for p in parts) if parts is not None else 1  # concepts per prompt, at most
+        if K > 1:
             # "A AND B": composed guidance (Liu et al. 2022), each part at the guidance scale;
             # a sample with fewer parts gives the missing ones weight 0.
-            K = max(len(p) for p in parts)
             conds = [cond] + [self.condition(n, device, text=encode_text([p[k] if k < len(p) else "" for p in parts],
                                                                          self.text_len)) for k in range(1, K)]
             weights = torch.tensor([[s.guidance_scale if k < len(p) else 0.0 for p in parts] for k in range(K)])

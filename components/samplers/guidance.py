@@ -21,20 +21,22 @@ from torch import Tensor
 from genray.components.samplers.objective import Denoiser
 
 
-def _batched(value: Tensor | None, null: Tensor | None, key: str, batch_size: int) -> Tensor | None:
-    """cat([cond, null]) along the batch; a null of batch 1 is repeated to the batch size."""
-    if value is None or null is None:
-        if value is not None or null is not None:
+def _batched(values: list[Tensor | None], null: Tensor | None, key: str, batch_size: int) -> Tensor | None:
+    """cat([*values, null]) along the batch: each condition's branch, then the null one; a null
+    of batch 1 is repeated to the batch size. All None (a key the model takes as None) is None."""
+    if null is None or any(v is None for v in values):
+        if null is not None or any(v is not None for v in values):
             raise ValueError(f"cond[{key!r}] and null_cond[{key!r}] must both be tensors or both be None")
         return None
     if null.shape[0] == 1 and batch_size > 1:
         null = null.expand(batch_size, *null.shape[1:])
-    if value.shape[0] != batch_size or null.shape[0] != batch_size:
-        raise ValueError(
-            f"cond[{key!r}] and null_cond[{key!r}] need the batch size {batch_size} of x_t first, "
-            f"got shapes {tuple(value.shape)} and {tuple(null.shape)}"
-        )
-    return torch.cat([value, null.to(value.dtype)])  # (2B, ...)
+    for v in (*values, null):
+        if v.shape[0] != batch_size:
+            raise ValueError(
+                f"cond[{key!r}] and null_cond[{key!r}] need the batch size {batch_size} of x_t first, "
+                f"got shapes {[tuple(v.shape) for v in values]} and {tuple(null.shape)}"
+            )
+    return torch.cat([*values, null.to(values[0].dtype)])  # ((K + 1) B, ...)
 
 
 def guided_denoiser(
@@ -65,7 +67,7 @@ def guided_denoiser(
 
     def denoise(x_t: Tensor, t: Tensor) -> Tensor:
         B = x_t.shape[0]
-        kwargs = {k: _batched(cond[k], null_cond[k], k, B) for k in cond}
+        kwargs = {k: _batched([cond[k]], null_cond[k], k, B) for k in cond}
         out = net(torch.cat([x_t, x_t]), torch.cat([t, t]), **kwargs)  # (2B, ...)
         out_cond, out_uncond = out[:B], out[B:]  # (B, ...), (B, ...)
         return out_uncond + s * (out_cond - out_uncond)  # Ho & Salimans 2022, eq. 6
@@ -112,17 +114,7 @@ def composed_denoiser(
 
     def denoise(x_t: Tensor, t: Tensor) -> Tensor:
         B = x_t.shape[0]
-        kwargs = {}
-        for k, null in null_cond.items():
-            values = [c[k] for c in conds]
-            if null is None or any(v is None for v in values):
-                if null is not None or any(v is not None for v in values):
-                    raise ValueError(f"cond[{k!r}] must be a tensor in every condition and the null, or None in all")
-                kwargs[k] = None
-                continue
-            if null.shape[0] == 1 and B > 1:
-                null = null.expand(B, *null.shape[1:])
-            kwargs[k] = torch.cat([*values, null.to(values[0].dtype)])  # ((K + 1) B, ...)
+        kwargs = {k: _batched([c[k] for c in conds], null, k, B) for k, null in null_cond.items()}
         out = net(x_t.repeat(K + 1, *([1] * (x_t.ndim - 1))), t.repeat(K + 1), **kwargs)
         out = out.view(K + 1, B, *out.shape[1:])
         uncond = out[K]  # (B, ...)
