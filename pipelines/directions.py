@@ -43,7 +43,7 @@ from genray.pipelines import arguments, console, tracking
 from genray.pipelines.config import ConfigError
 from genray.pipelines.env import log_path, project_home
 from genray.pipelines.evaluate import resolve_target
-from genray.pipelines.quality import domain_classifier, read_split
+from genray.pipelines.quality import classifier_heads, domain_classifier, read_split
 from genray.pipelines.tokenizing import resolve_source
 
 EXPERIMENT = "genray-directions"
@@ -66,21 +66,6 @@ class DirectionsReport:
 def metric_key(name: str) -> str:
     """A direction's name as MLflow accepts it in a metric key (letters, digits, _ - . / and space)."""
     return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", name)
-
-
-def classifier_heads(net, attributes: set[str]) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
-    """The domain classifier's logits per attribute: its main head reads the class, each factor
-    head (shapes) the factor of that name; heads of attributes without directions are left out, so
-    `kept` counts only attributes the directions know."""
-    model = net.model.eval()
-
-    def heads(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        f = model.features(x)
-        out = {"class": model.head(f)} if "class" in attributes else {}
-        out.update({k: h(f) for k, h in model.aux_heads.items() if k in attributes})
-        return out
-
-    return heads
 
 
 def find_directions(target: str, *, data: str | None = None, size: str = "full", seed: int = 0,

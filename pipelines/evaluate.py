@@ -80,7 +80,8 @@ from genray.pipelines import arguments, console, tracking
 from genray.pipelines.config import ConfigError, ExperimentSpec
 from genray.pipelines.data import read_decoded, resolve_data
 from genray.pipelines.env import init_ray, log_path, project_home
-from genray.pipelines.quality import Split, domain_classifier, factor_codes, inception_net, read_split, reference_features
+from genray.pipelines.quality import (Split, classifier_heads, domain_classifier, factor_codes, inception_net, read_split,
+                                      reference_features)
 from genray.pipelines.sampling import parse_overrides, resolve
 
 DEFAULT_NUM_SAMPLES = 2000  # at a few hundred samples FD is mostly noise (see the floor)
@@ -695,13 +696,12 @@ def held_out_flags(path: str) -> np.ndarray:
 def scene_factors(classifier, x: torch.Tensor, batch_size: int = 1024) -> dict[str, np.ndarray]:
     """The scenes domain classifier's reading of images: factor -> (N,) ints, one factor head each
     (its heads index a categorical factor's sorted values, 0..K-1 for scenes)."""
-    model = classifier.model.eval()
+    heads = classifier_heads(classifier, set(composition.SCENE_FACTORS))
     out: dict[str, list[np.ndarray]] = {f: [] for f in composition.SCENE_FACTORS}
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            h = model.features(x[i:i + batch_size].float())
-            for f in composition.SCENE_FACTORS:
-                out[f].append(model.aux_heads[f](h).argmax(1).numpy())
+            for f, logits in heads(x[i:i + batch_size].float()).items():
+                out[f].append(logits.argmax(1).numpy())
     return {f: np.concatenate(v) for f, v in out.items()}
 
 

@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -119,6 +119,21 @@ class FeatureNet:
         with torch.no_grad():
             return np.concatenate([self.model(x[i : i + batch_size].float()).argmax(1).numpy()
                                    for i in range(0, len(x), batch_size)])
+
+
+def classifier_heads(net, attributes: set[str]) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    """The domain classifier's logits per attribute: its main head reads the class, each factor
+    head (shapes, scenes) the factor of that name; only the heads of `attributes` are read
+    (`genray directions` asks for those it has directions for, so `kept` counts only them)."""
+    model = net.model.eval()
+
+    def heads(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = model.features(x)
+        out = {"class": model.head(f)} if "class" in attributes else {}
+        out.update({k: h(f) for k, h in model.aux_heads.items() if k in attributes})
+        return out
+
+    return heads
 
 
 def domain_classifier(choice: str, *, train_path: str, dataset: str, home: Path, say=print) -> FeatureNet | None:
