@@ -322,6 +322,8 @@ def trial_metrics(family: str, seed: int, spec, trained: dict[str, Any], scores:
         "samples_per_s": scores.get("samples_per_s"), "batch_latency_s": scores.get("batch_latency_s"),
         "bits_per_dim": scores.get("bits_per_dim"), "bits_per_dim_unit": params.get("eval.bits_per_dim_unit"),
         "class_consistency": scores.get("class_consistency"), "eval_run_id": eval_run_id, "checkpoint_path": checkpoint,
+        "interp_evenness": scores.get("interp_evenness"), "interp_detour": scores.get("interp_detour"),
+        "mig": scores.get("mig"),
         **probe,
     }
     for ours, theirs in (("fd", "fd"), ("kid", "kid"), ("precision", "precision"), ("recall", "recall")):

@@ -47,7 +47,8 @@ class TrialRow:
 TRIAL_COLUMNS = ("family", "seed", "steps", "batch_size", "train_s", "examples_per_s", "train_wall_s",
                  "fd", "fd_floor", "kid", "kid_floor", "precision", "precision_floor", "recall", "recall_floor",
                  "class_consistency", "sharpness", "samples_per_s", "batch_latency_s", "latency_s", "nfe", "nfe_unit",
-                 "conditioning", "encode", "latent_size", "likelihood", "bits_per_dim", "bits_per_dim_unit")
+                 "conditioning", "encode", "latent_size", "interp_evenness", "interp_detour", "mig", "likelihood",
+                 "bits_per_dim", "bits_per_dim_unit")
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,19 @@ def columns(plan) -> list[Column]:
         Column("encode", "encode", "latent space", "whether the family declares `encode` (a latent space to map "
                "images into).", _text),
         Column("latent_size", "latent size", "latent space", "numbers in `encode(x)` of one image.", _int),
+        Column("interp_evenness", "interp. evenness", "latent space",
+               "families that encode and decode: along x_k = decode((1 − k/K) encode(a) + (k/K) encode(b)), k = 0..K "
+               "(K = 16), for 200 pairs (a, b) of test images, the classifier's features f_k take steps d_k = "
+               "|f_k − f_(k−1)|; evenness = K Σ d_k² ÷ (Σ d_k)², the median over pairs: 1 when each step moves the "
+               "features equally, K when all the change is one jump (a perceptual-path-length-style score, Karras et "
+               "al. 2019, made scale-free: PPL's sum of squared steps over its least value for the same length).",
+               _num()),
+        Column("interp_detour", "interp. detour", "latent space",
+               "the same paths: Σ d_k ÷ |f_K − f_0|, the median over pairs; 1 when the features move straight from "
+               "one end to the other, more when the path passes images unlike either end.", _num()),
+        Column("mig", "MIG", "latent space",
+               "families that encode, on data with ground-truth factors (`--data shapes`): the mutual information "
+               "gap of the encoded test split (Chen et al. 2018; genray eval's `mig`), mean over seeds.", _num()),
         Column("likelihood", "likelihood", "likelihood",
                "the model's `log_prob_kind`: exact, bound (a variational bound on −log p), estimate (AIS for the "
                "RBM's partition function); none without `log_prob`.", _text),
@@ -161,7 +175,8 @@ def summarize(rows: list[TrialRow], plan) -> list[dict[str, Any]]:
             "diverged_runs": sum(r.status == "diverged" for r in mine),
             "failed_runs": sum(r.status == "failed" for r in mine),
             **{k: mean(k) for k in ("fd", "fd_floor", "kid", "precision", "recall", "sharpness", "samples_per_s",
-                                    "latency_s", "nfe", "train_s", "steps", "examples_per_s", "bits_per_dim")},
+                                    "latency_s", "nfe", "train_s", "steps", "examples_per_s", "bits_per_dim",
+                                    "interp_evenness", "interp_detour", "mig")},
             "class_consistency": mean("class_consistency") if any_m.get("conditioning") == "class" else float("nan"),
             "fd_ratio": statistics.fmean(ratios) if ratios else float("nan"),
             "fd_spread": statistics.stdev(fds) if len(fds) >= 2 else float("nan"),
@@ -263,8 +278,19 @@ def _has_latent(group, others):
              for r in group]
     if any(r.get("encode") is None for r in group):
         return None, "encode: not measured"
-    return all(r.get("encode") == "yes" for r in group), (
-        f"encode: {', '.join(sizes)} (its smoothness is not measured here)")
+    return all(r.get("encode") == "yes" for r in group), f"encode: {', '.join(sizes)}"
+
+
+def _smoother_latent(group, others):
+    """Holds when the group's median interpolation evenness is below that of the other families
+    that encode (1 is a perfectly even path; see the interp. evenness column)."""
+    rivals = [r for r in others if r.get("encode") == "yes"]
+    mine, theirs = _median(group, "interp_evenness"), _median(rivals, "interp_evenness")
+    if not (finite(mine) and finite(theirs)):
+        return None, ("interp. evenness: needs the group and another family that encodes, both with the domain "
+                      "classifier's features")
+    return mine < theirs, (f"interp. evenness: {_listing(group, 'interp_evenness', _num())} against the other "
+                           f"encoding families' median {_num()(theirs)} ({_listing(rivals, 'interp_evenness', _num())})")
 
 
 def _exact(group, others):
@@ -290,6 +316,7 @@ CLAIMS = (
         ("samples slowly", _compare_median("samples_per_s", "samples/s @64", False)))),
     Claim("VAEs have a smooth latent space but blurry samples", "VAE", (
         ("a latent space", _has_latent),
+        ("smoother than the other latent spaces", _smoother_latent),
         ("blurry samples", _compare_median("sharpness", "sharpness", False)))),
     Claim("flows give exact likelihood", "flow", (("exact likelihood", _exact),)),
     Claim("autoregressive models give exact likelihood but sample slowly", "autoregressive", (

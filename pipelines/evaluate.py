@@ -35,7 +35,9 @@ declares and what the data holds:
                        two-way (CycleGAN, unpaired domains): per direction the share of
                        translations in the target domain's class, cycle PSNR, FD to the target
     "log_prob"         bits/dim on the reference split, labelled exact / bound / estimate
-    "encode"+"decode"  reconstruction MSE and PSNR
+    "encode"+"decode"  reconstruction MSE and PSNR; with the classifier, interpolation smoothness:
+                       evenness and detour of the classifier's features along decoded lerps
+                       between encoded pairs of reference images (components/metrics/interpolation.py)
     "encode" + factors MIG (Chen et al. 2018) on the factor_* columns; on the built-in `shapes`,
                        the β-VAE metric (Higgins et al. 2017) too, rendering factor pairs itself
     token sequences    exact bits per token (per character on the built-in text) over every
@@ -71,7 +73,7 @@ from genray.components import checkpoint
 from genray.components.data import normalize_images, quantize, scenes, shapes
 from genray.components.data.show import Rendered, render
 from genray.components.errors import UserError
-from genray.components.metrics import composition, disentanglement, likelihood, ngram
+from genray.components.metrics import composition, disentanglement, interpolation, likelihood, ngram
 from genray.components.metrics.codebook import perplexity
 from genray.components.metrics.frechet import frechet_distance_features
 from genray.components.metrics.kid import kid
@@ -433,6 +435,12 @@ def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> Ev
                                                    "runs (Salakhutdinov & Murray 2008)")
     if {"encode", "decode"} <= model.capabilities:
         metrics.update(reconstruction(model, reference.x))
+        classifier = next((n for n in nets if n.kind == "classifier"), None)
+        if classifier is not None:
+            pairs = min(interpolation.INTERP_PAIRS, len(reference.x) // 2)
+            say(f"interpolation smoothness: {pairs} pairs of {request.reference} images, "
+                f"{interpolation.INTERP_STEPS} steps each, on {classifier.id} features ...")
+            metrics.update(interpolation.interpolation_smoothness(model, classifier.features, reference.x))
     if "tokenize" in model.capabilities:
         metrics.update(codebook_use(model, reference.x))
     if "encode" in model.capabilities and reference.factors:
@@ -1048,6 +1056,10 @@ def print_report(out: EvalOutcome) -> None:
         if key == "nats_per_point":
             line += (f"   ({out.params.get('eval.nats_per_point_kind')}; nats per point of the density; one Gaussian "
                      f"{m['gaussian_nats_per_point']:.4g})")
+        if key == "interp_evenness":
+            line += f"   (1: every step of a latent lerp moves the features equally; {interpolation.INTERP_STEPS}: one jump)"
+        if key == "interp_detour":
+            line += "   (1: the features move straight from one end to the other)"
         if key == "nats_per_active_sample":
             line += (f"   ({m['active_share']:.0%} of the samples, the padding left out; unigram "
                      f"{m['unigram_nats_per_active_sample']:.4g}, bigram {m['bigram_nats_per_active_sample']:.4g})")

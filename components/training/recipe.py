@@ -64,13 +64,15 @@ class Recipe(Protocol):
 
 def adamw(params: Iterable[nn.Parameter], *, lr: float, betas: tuple[float, float], weight_decay: float) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices and kernels only: biases, norm scales and other
-    vectors are not decayed (nanoGPT's configure_optimizers; Loshchilov & Hutter 2019)."""
+    vectors are not decayed (nanoGPT's configure_optimizers; Loshchilov & Hutter 2019). On a GPU
+    the fused kernel (one launch for every parameter's update) is used."""
     params = [p for p in params if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [g for g in ({"params": decay, "weight_decay": weight_decay},
                           {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    fused = bool(params) and all(p.is_cuda for p in params)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
 
 
 def submodule_parameters(model: nn.Module, names: Sequence[str]) -> list[nn.Parameter]:

@@ -126,7 +126,7 @@ def fake_plan(families: list[str], seeds: int) -> Plan:
 
 
 def trial(family: str, seed: int, *, fd: float, speed: float, sharp: float = 1.0, likelihood: str = "none",
-          bpd: float | None = None, encode: int = 0, status: str = "finished") -> TrialRow:
+          bpd: float | None = None, encode: int = 0, even: float | None = None, status: str = "finished") -> TrialRow:
     m = {"family": family, "seed": seed, "steps": 100, "train_s": 10.0, "examples_per_s": 160.0, "fd": fd,
          "fd_floor": 2.0, "samples_per_s": speed, "latency_s": 0.01, "nfe": 1, "nfe_unit": "steps",
          "sharpness": sharp, "encode": encode, "likelihood": likelihood, "conditioning": "none",
@@ -135,6 +135,8 @@ def trial(family: str, seed: int, *, fd: float, speed: float, sharp: float = 1.0
         m["bits_per_dim"] = bpd
     if encode:
         m["latent_size"] = 16
+    if even is not None:
+        m["interp_evenness"] = even
     return TrialRow(family, seed, status, m, "training diverged: loss is not finite" if status == "diverged" else "")
 
 
@@ -143,10 +145,10 @@ def test_each_claim_is_decided_by_its_rule_and_the_report_has_every_part(tmp_pat
         trial("dcgan", 0, fd=8.0, speed=5000), trial("dcgan", 1, fd=9.0, speed=5200, status="diverged"),
         trial("diffusion", 0, fd=2.2, speed=80, likelihood="bound", bpd=1.5),
         trial("diffusion", 1, fd=2.4, speed=90, likelihood="bound", bpd=1.5),
-        trial("vae", 0, fd=6.0, speed=4000, sharp=0.4, likelihood="bound", bpd=1.2, encode=1),
-        trial("vae", 1, fd=6.5, speed=4100, sharp=0.5, likelihood="bound", bpd=1.2, encode=1),
-        trial("glow", 0, fd=5.0, speed=900, sharp=1.1, likelihood="exact", bpd=1.0, encode=1),
-        trial("glow", 1, fd=5.5, speed=950, sharp=1.2, likelihood="exact", bpd=1.0, encode=1),
+        trial("vae", 0, fd=6.0, speed=4000, sharp=0.4, likelihood="bound", bpd=1.2, encode=1, even=1.1),
+        trial("vae", 1, fd=6.5, speed=4100, sharp=0.5, likelihood="bound", bpd=1.2, encode=1, even=1.3),
+        trial("glow", 0, fd=5.0, speed=900, sharp=1.1, likelihood="exact", bpd=1.0, encode=1, even=1.5),
+        trial("glow", 1, fd=5.5, speed=950, sharp=1.2, likelihood="exact", bpd=1.0, encode=1, even=1.7),
         trial("pixelcnn", 0, fd=4.0, speed=3, likelihood="exact", bpd=0.9),
         trial("pixelcnn", 1, fd=4.4, speed=3, likelihood="exact", bpd=0.9),
     ]
@@ -161,11 +163,18 @@ def test_each_claim_is_decided_by_its_rule_and_the_report_has_every_part(tmp_pat
     assert verdicts == {
         "GANs sample fast but train unstably": "supported",  # fastest, and a run diverged
         "diffusion has the best quality but samples slowly": "supported",
-        "VAEs have a smooth latent space but blurry samples": "supported",  # encodes; sharpness 0.45 < 1.1
+        "VAEs have a smooth latent space but blurry samples": "supported",  # encodes, evenness 1.2 < 1.6, blurrier
         "flows give exact likelihood": "supported",
         "autoregressive models give exact likelihood but sample slowly": "supported",
     }
+    assert by["vae"]["interp_evenness"] == pytest.approx(1.2)
     # The same rules contradict a claim when the measurement goes the other way.
+    rougher = [trial("vae", i, fd=6.0, speed=4000, sharp=0.4, likelihood="bound", bpd=1.2, encode=1, even=2.0)
+               for i in (0, 1)]
+    claims = {c["claim"]: c for c in judge_claims(summarize(rows[:4] + rougher + rows[6:], plan))}
+    smooth = claims["VAEs have a smooth latent space but blurry samples"]
+    assert smooth["verdict"] == "mixed" and "smoother than the other latent spaces ✗" in smooth["evidence"]
+    assert "glow 1.6" in smooth["evidence"]
     rows[8] = trial("pixelcnn", 0, fd=4.0, speed=9000, likelihood="exact", bpd=0.9)
     rows[9] = trial("pixelcnn", 1, fd=4.4, speed=9000, likelihood="exact", bpd=0.9)
     claims = {c["claim"]: c for c in judge_claims(summarize(rows, plan))}

@@ -65,12 +65,14 @@ def test_eval_of_a_run_logs_every_metric_with_its_settings(trained, env_home, di
     m, p = run.data.metrics, run.data.params
     for key in ("fd_digits", "fd_digits_floor", "kid_digits", "kid_digits_floor", "precision_digits",
                 "recall_digits", "precision_digits_floor", "recall_digits_floor", "classifier_accuracy_real",
-                "bits_per_dim", "recon_mse", "recon_psnr", "samples_per_s", "batch_latency_s"):
+                "bits_per_dim", "recon_mse", "recon_psnr", "samples_per_s", "batch_latency_s", "interp_evenness",
+                "interp_detour"):
         assert key in m and np.isfinite(m[key]), key
     # 30 training steps are far from the data; two real splits are close to each other.
     assert m["fd_digits"] > m["fd_digits_floor"] and m["kid_digits"] > m["kid_digits_floor"]
     assert 0 <= m["precision_digits"] <= 1 and 0 <= m["recall_digits"] <= 1
     assert m["bits_per_dim"] > 0 and m["recon_mse"] > 0
+    assert 1 <= m["interp_evenness"] <= 16 and m["interp_detour"] >= 1  # K = 16 steps
     from genray.components.metrics.classifier import classifier_id
 
     assert p["eval.num_samples"] == "200" and p["eval.reference_split"] == "test"
