@@ -2,7 +2,8 @@
 a codebook of K vectors that every encoder output snaps to, and a conv decoder, on images
 (B, C, H, W) in [-1, 1].
 
-    z_e = E(x)                      (B, D, H/4, W/4): two stride-2 convs and residual blocks (sec. 4.1)
+    z_e = E(x)                      (B, D, H/4, W/4): two stride-2 convs and residual blocks (sec. 4.1);
+                                    model.downsample 2 or 8 uses one or three (H/2 or H/8)
     k   = argmin_i ||z_e - e_i||    per grid position: the image's tokens, (B, H/4, W/4)
     z_q = e_k                       the quantised latent
     x   ~ N(G(z_q), sigma^2 I)      the decoder of the VAE (vae.py): one learned scale (sigma-VAE)
@@ -68,6 +69,7 @@ from genray.components.models.vae import gaussian_nll, softclip
 from genray.components.training import Backprop
 
 DOWNSAMPLE = 4  # two stride-2 convs (sec. 4.1): 8x8 digits -> 2x2 codes, 32x32 -> 8x8, 64x64 -> 16x16
+DOWNSAMPLES = (2, 4, 8)  # model.downsample: one, two or three stride-2 convs (32x32 -> 16x16, 8x8, 4x4 codes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,17 +142,25 @@ class Residual(nn.Module):
         return x + self.body(x)
 
 
-class Encoder(nn.Module):
-    """x (B, C, H, W) -> z_e (B, code_dim, H/4, W/4)."""
+def stage_widths(width: int, halvings: int) -> list[int]:
+    """Channels after each stride-2 conv of the encoder: the paper's two are width/2 then width
+    (sec. 4.1); one halving goes straight to width, a third stays at width."""
+    return [width] if halvings == 1 else [width // 2, width] + [width] * (halvings - 2)
 
-    def __init__(self, channels: int, width: int, depth: int, code_dim: int):
+
+class Encoder(nn.Module):
+    """x (B, C, H, W) -> z_e (B, code_dim, H/f, W/f), f = 2^halvings (4 by default)."""
+
+    def __init__(self, channels: int, width: int, depth: int, code_dim: int, halvings: int = 2):
         super().__init__()
+        convs: list[nn.Module] = []
+        for c_in, c_out in zip([channels] + stage_widths(width, halvings)[:-1], stage_widths(width, halvings)):
+            convs += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]  # halves H and W
         self.body = nn.Sequential(
-            nn.Conv2d(channels, width // 2, 4, stride=2, padding=1), nn.ReLU(),  # (B, w/2, H/2, W/2)
-            nn.Conv2d(width // 2, width, 4, stride=2, padding=1), nn.ReLU(),  # (B, w, H/4, W/4)
+            *convs,  # (B, w, H/f, W/f)
             nn.Conv2d(width, width, 3, padding=1),
             *[Residual(width) for _ in range(depth)], nn.ReLU(),
-            nn.Conv2d(width, code_dim, 1),  # (B, D, H/4, W/4)
+            nn.Conv2d(width, code_dim, 1),  # (B, D, H/f, W/f)
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -158,18 +168,20 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """z_q (B, code_dim, H/4, W/4) -> the mean of p(x | z_q), (B, C, H, W); unbounded, so the
+    """z_q (B, code_dim, H/f, W/f) -> the mean of p(x | z_q), (B, C, H, W); unbounded, so the
     Gaussian is honest. The encoder mirrored, with nearest upsampling + conv where the paper has
     transposed convs (no checkerboard artifacts, Odena et al. 2016; as vae.py)."""
 
-    def __init__(self, channels: int, width: int, depth: int, code_dim: int):
+    def __init__(self, channels: int, width: int, depth: int, code_dim: int, halvings: int = 2):
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(code_dim, width, 3, padding=1),
-            *[Residual(width) for _ in range(depth)], nn.ReLU(),
-            nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(width, width // 2, 3, padding=1), nn.ReLU(),
-            nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(width // 2, channels, 3, padding=1),  # (B, C, H, W)
-        )
+        layers: list[nn.Module] = [nn.Conv2d(code_dim, width, 3, padding=1),
+                                   *[Residual(width) for _ in range(depth)], nn.ReLU()]
+        widths = stage_widths(width, halvings)[::-1] + [channels]  # e.g. w, w/2, C for the paper's two
+        for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])):
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, padding=1)]
+            if i < halvings - 1:
+                layers.append(nn.ReLU())
+        self.body = nn.Sequential(*layers)  # (B, C, H, W)
 
     def forward(self, z: Tensor) -> Tensor:
         return self.body(z)
@@ -277,24 +289,28 @@ class VQVAE(nn.Module):
 
     def __init__(self, *, image_shape: tuple[int, int, int], width: int, depth: int, codebook_size: int = 512,
                  code_dim: int = 64, beta: float = 0.25, ema_decay: float = 0.99, epsilon: float = 1e-5,
-                 restart_dead_codes: bool = True, dead_code_threshold: float = 0.1):
+                 restart_dead_codes: bool = True, dead_code_threshold: float = 0.1, downsample: int = DOWNSAMPLE):
         super().__init__()
         self.image_shape = check_image_shape(image_shape, "vqvae")
         c, h, w = self.image_shape
+        if downsample not in DOWNSAMPLES:  # image sides are powers of two >= 8, so each of these divides them
+            raise ValueError(f"vqvae: downsample must be one of {DOWNSAMPLES}, got {downsample}")
         if codebook_size < 2 or code_dim < 1:
             raise ValueError(f"vqvae: codebook_size must be >= 2 and code_dim >= 1, got {codebook_size=}, {code_dim=}")
         if beta < 0 or not 0 <= ema_decay < 1 or epsilon <= 0 or not 0 <= dead_code_threshold <= 1:
             raise ValueError("vqvae: needs beta >= 0, 0 <= ema_decay < 1, epsilon > 0 and 0 <= dead_code_threshold "
                              f"<= 1; got {beta=}, {ema_decay=}, {epsilon=}, {dead_code_threshold=}")
-        self.grid = (h // DOWNSAMPLE, w // DOWNSAMPLE)
+        self.downsample = downsample
+        self.grid = (h // downsample, w // downsample)
         self.latent_shape = (code_dim, *self.grid)  # what encode returns per example
         self.num_dims = math.prod(self.image_shape)
         self.beta = beta
 
-        self.encoder = Encoder(c, width, depth, code_dim)
+        halvings = DOWNSAMPLES.index(downsample) + 1
+        self.encoder = Encoder(c, width, depth, code_dim, halvings)
         self.quantizer = VectorQuantizer(codebook_size, code_dim, decay=ema_decay, epsilon=epsilon,
                                          restart=restart_dead_codes, dead_threshold=dead_code_threshold)
-        self.decoder = Decoder(c, width, depth, code_dim)
+        self.decoder = Decoder(c, width, depth, code_dim, halvings)
         # sigma-VAE (Rybkin et al. 2021), as vae.py: one learned scale for every pixel.
         self.log_sigma_raw = nn.Parameter(torch.zeros(()))
         self.recipe = Backprop(init=self.initialize)
@@ -472,13 +488,16 @@ def build_vqvae(
     epsilon: Annotated[float, Field(gt=0, le=1)] = 1e-5,
     restart_dead_codes: bool = True,
     dead_code_threshold: Annotated[float, Field(ge=0, le=1)] = 0.1,
+    downsample: Literal[2, 4, 8] = DOWNSAMPLE,
 ) -> VQVAE:
     """VQ-VAE with an EMA codebook (van den Oord et al. 2017): codebook_size codes K of code_dim D
-    on a grid of H/4 x W/4, commitment weight beta, EMA decay gamma and Laplace epsilon of the
+    on a grid of H/f x W/f (f = downsample: 4 is the paper's two stride-2 convs; 2 gives four
+    times the tokens, for a prior whose parallel decoding pays off on long grids), commitment
+    weight beta, EMA decay gamma and Laplace epsilon of the
     codebook; with restart_dead_codes, a code used less than dead_code_threshold times the uniform
     share 1/K (its EMA count) moves onto a random encoder output of the batch. Labels are ignored."""
     if data.modality != "image":
         raise ValueError(f"vqvae trains on image data; got a {data.modality} dataset")
     return SIZES[size](image_shape=data.image_shape, codebook_size=codebook_size, code_dim=code_dim, beta=beta,
                        ema_decay=ema_decay, epsilon=epsilon, restart_dead_codes=restart_dead_codes,
-                       dead_code_threshold=dead_code_threshold)
+                       dead_code_threshold=dead_code_threshold, downsample=downsample)

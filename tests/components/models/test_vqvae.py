@@ -236,6 +236,34 @@ def test_bad_inputs_name_the_field():
         build_vqvae(data=DatasetInfo("tokens", (16,), 10, 0, ("a", "b"), ("tokens",)), size="tiny")
 
 
+@pytest.mark.parametrize("downsample, grid", [(2, (4, 4)), (4, (2, 2)), (8, (1, 1))])
+def test_downsample_sets_the_grid_and_a_round_trip_keeps_it(downsample, grid):
+    model = tiny(codebook_size=16, code_dim=4, downsample=downsample).eval()
+    x = images(3)
+    assert model.grid == grid and model.latent_shape == (4, *grid)
+    assert model.tokens(x).shape == (3, *grid)
+    assert model.decode_tokens(model.tokens(x)).shape == x.shape
+    halvings = {2: 1, 4: 2, 8: 3}[downsample]
+    strided = [m for m in model.encoder.body if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
+    ups = [m for m in model.decoder.body if isinstance(m, torch.nn.Upsample)]
+    assert len(strided) == len(ups) == halvings
+
+
+def test_the_default_downsample_keeps_the_papers_layout():
+    """Two stride-2 convs (C -> w/2 -> w) and their mirror: checkpoints from before the option load."""
+    model = build_vqvae(data=DatasetInfo.for_images((1, 32, 32)), size="small")  # width 64
+    state = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert state["encoder.body.0.weight"] == (32, 1, 4, 4) and state["encoder.body.2.weight"] == (64, 32, 4, 4)
+    last = max(int(k.split(".")[2]) for k in state if k.startswith("decoder.body."))
+    assert state[f"decoder.body.{last}.weight"] == (1, 32, 3, 3)
+    assert state[f"decoder.body.{last - 3}.weight"] == (32, 64, 3, 3)  # up, conv w -> w/2, relu, up, conv
+
+
+def test_an_unknown_downsample_is_refused():
+    with pytest.raises(ValueError, match=r"downsample must be one of \(2, 4, 8\), got 3"):
+        VQVAE(image_shape=SHAPE, width=16, depth=1, downsample=3)
+
+
 # -- a short real run -------------------------------------------------------------------------------
 
 
