@@ -25,6 +25,7 @@ from genray.components.models import consistency
 from genray.components.models import clip
 from genray.components.models import unclip
 from genray.components.models.refs import ModelRef, ref_arguments
+from genray.components.models.retrieval import IndexRef, index_arguments
 
 FAMILIES = {
     "vae": vae.build_vae,
@@ -107,6 +108,9 @@ def build(family: str, args: dict[str, Any], data: DatasetInfo) -> nn.Module:
     for name in ref_arguments(builder):
         if args.get(name) is not None:
             args[name] = materialize(ModelRef.parse(args[name]))
+    for name in index_arguments(builder):  # retrieval indexes: resolved like references (retrieval.py)
+        if args.get(name) is not None:
+            args[name] = IndexRef.parse(args[name])
     return builder(**args, data=data)
 
 

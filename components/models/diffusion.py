@@ -34,6 +34,19 @@ protocol's conditions are labels and prompts) and takes the embedding as an extr
 `sample(n, image_embedding=(n, D))`; without one it samples from the null condition. It declares
 "variations": `variations(x)` decodes images from x's own CLIP embeddings. components/models/
 unclip.py puts a diffusion prior from text to these embeddings in front of it (DALL-E 2).
+
+Retrieval-augmented diffusion (Blattmann et al. 2022, RDM): with `conditioning: retrieval`,
+`model.image_encoder` a trained CLIP and `model.retrieval_index` an index of that CLIP's image
+embeddings of a dataset (components/models/retrieval.py), each training image is embedded, its
+`retrieval_k` nearest neighbours in the index other than itself are retrieved, and the denoiser
+cross-attends to their embeddings (one context token each; their mean joins the time
+embedding), dropped to the null condition with p_uncond. The index's embeddings and labels are
+buffers, so the checkpoint carries them. A sample starts from pseudo-queries, rows drawn from the
+index (`query_rows`, or at random from the generator), and conditions on each query's k
+neighbours other than itself; `index=` swaps in another index of the same CLIP at sampling time
+(a class subset, another dataset), which changes what is generated without retraining, and
+`neighbours=` (n, k, D) gives the embeddings directly. Such a model declares conditioning "none"
+and the capability "retrieval"; guidance_scale 0 is the same model without retrieval.
 """
 import math
 from typing import Annotated, Any, Literal
@@ -47,6 +60,8 @@ from genray.components.errors import UserError
 from genray.components.models.layers import check_image_shape, randn
 from genray.components.models.protocol import SETTINGS_CONFIG
 from genray.components.models.refs import ModelRef, frozen_module
+from genray.components.models.retrieval import (Index, IndexRef, RetrievalCondition, check_same_encoder,
+                                                encoder_digest, nearest)
 from genray.components.models.text_encoder import TextEncoder, encode_text
 from genray.components.models.unet import UNet
 from genray.components.samplers import ddim, ddpm, guidance, objective, prediction as param, schedules
@@ -140,6 +155,8 @@ class Diffusion(nn.Module):
         text_len: int = 64,
         image_encoder: FrozenCLIPImage | None = None,
         image_condition: ImageEmbeddingCondition | None = None,
+        retrieval: RetrievalCondition | None = None,
+        index: Index | None = None,
         autoencoder: nn.Module | None = None,
         latent_scale: float = 1.0,
         schedule: str = "cosine",
@@ -163,10 +180,19 @@ class Diffusion(nn.Module):
         self.num_classes = num_classes
         self.text_encoder = text_encoder
         self.text_len = text_len
-        if (image_encoder is None) != (image_condition is None):
-            raise ValueError("diffusion: image_encoder and image_condition come together (unCLIP's decoder)")
+        if (image_encoder is None) != (image_condition is None and retrieval is None):
+            raise ValueError("diffusion: image_encoder comes with image_condition (unCLIP's decoder) or retrieval (RDM)")
+        if (retrieval is None) != (index is None):
+            raise ValueError("diffusion: a retrieval condition needs its index, and an index its condition")
         self.image_encoder = image_encoder
         self.image_condition = image_condition
+        self.retrieval = retrieval
+        if index is not None:
+            # Buffers: a checkpoint carries its index and rebuilds without the index's folder.
+            self.register_buffer("index_embeddings", index.embeddings.float().clone())
+            self.register_buffer("index_labels", index.labels.long().clone())
+            self.index_meta = dict(index.meta)
+        self._digest: str | None = None
         self.autoencoder = autoencoder
         if autoencoder is not None:
             # Frozen: the denoiser learns the autoencoder's latent space, never moves it.
@@ -191,7 +217,7 @@ class Diffusion(nn.Module):
         self.eval_guidance_scales = tuple(eval_guidance_scales)
         # Sampling settings and their defaults; every one can be overridden per call to `sample`.
         self.sampling_settings = sampling_settings_type(
-            self.schedule.num_timesteps, self.conditional or self.image_conditioned,
+            self.schedule.num_timesteps, self.conditional or self.image_conditioned or self.retrieval_conditioned,
             {"sampler": sampler, "num_inference_steps": min(num_inference_steps, self.schedule.num_timesteps),
              "eta": eta, "spacing": spacing, "guidance_scale": guidance_scale})
         self.conditioning = "class" if num_classes > 0 else "text" if text_encoder is not None else "none"
@@ -202,6 +228,8 @@ class Diffusion(nn.Module):
             caps.add("condition")
         if self.image_conditioned:
             caps.add("variations")
+        if self.retrieval_conditioned:
+            caps.add("retrieval")
         if autoencoder is None:
             # The bound is on 8-bit pixels; in a latent space it would not be a likelihood of images.
             caps.add("log_prob")
@@ -219,7 +247,52 @@ class Diffusion(nn.Module):
     @property
     def image_conditioned(self) -> bool:
         """unCLIP's decoder: conditioned on a CLIP image embedding (sample's image_embedding=)."""
-        return self.image_encoder is not None
+        return self.image_condition is not None
+
+    @property
+    def retrieval_conditioned(self) -> bool:
+        """RDM: conditioned on the CLIP embeddings of k neighbours retrieved from its index."""
+        return self.retrieval is not None
+
+    @property
+    def retrieval_k(self) -> int:
+        return self.retrieval.k
+
+    def encoder_digest(self) -> str:
+        """The digest of the frozen CLIP that retrieves (retrieval.encoder_digest), computed once."""
+        if self._digest is None:
+            self._digest = encoder_digest(self.image_encoder.clip)
+        return self._digest
+
+    def index(self) -> Index:
+        """The index the model trained with (its buffers)."""
+        return Index(self.index_embeddings, self.index_labels, self.index_meta)
+
+    def retrieve(self, queries: Tensor, index: Index | None = None) -> Tensor:
+        """The retrieval_k neighbours (other than the query itself) of unit-norm queries (B, D) in
+        `index` (default the model's own): their embeddings, (B, k, D)."""
+        index = index if index is not None else self.index()
+        emb = index.embeddings.to(queries.device)
+        _, ids = nearest(queries, emb, self.retrieval.k, exclude_self=True)
+        return emb[ids]  # (B, k, D)
+
+    def pseudo_queries(self, n: int, generator: torch.Generator | None, index: Index | None = None) -> Tensor:
+        """n rows of `index` drawn uniformly with the generator (RDM samples from pseudo-queries
+        taken from the database): their row ids, (n,)."""
+        rows = (index if index is not None else self.index()).rows
+        return torch.randint(rows, (n,), generator=generator, device=generator.device if generator is not None
+                             else "cpu")
+
+    def checked_index(self, index: Index) -> Index:
+        """A swapped-in index, refused when another CLIP made it or its embeddings have another size."""
+        if index.dim != self.image_encoder.embed_dim:
+            raise UserError(f"index: embeddings of {index.dim} numbers, but this model retrieves with a CLIP of "
+                            f"{self.image_encoder.embed_dim}")
+        check_same_encoder(index, self.encoder_digest())
+        if index.rows <= self.retrieval.k:
+            raise UserError(f"index: {index.rows} rows; retrieving {self.retrieval.k} neighbours besides the query "
+                            f"needs at least {self.retrieval.k + 1}")
+        return index
 
     @property
     def embed_dim(self) -> int:
@@ -243,13 +316,16 @@ class Diffusion(nn.Module):
     # -- conditions and latents ----------------------------------------------------------------------
 
     def condition(self, n: int, device, *, y: Tensor | None = None, text: Tensor | None = None,
-                  image_embedding: Tensor | None = None, keep: Tensor | None = None) -> dict[str, Tensor]:
+                  image_embedding: Tensor | None = None, neighbours: Tensor | None = None,
+                  keep: Tensor | None = None) -> dict[str, Tensor]:
         """The network's condition kwargs for n examples; None means the null condition (the
         unconditional branch of classifier-free guidance: label index num_classes, empty text, no
         image embedding). keep (n,) bool drops an image embedding's rows to the null where False."""
         cond: dict[str, Tensor] = {}
         if self.image_condition is not None:
             cond.update(self.image_condition(image_embedding, n, device, keep))
+        if self.retrieval is not None:
+            cond.update(self.retrieval(neighbours, n, device, keep))
         if self.num_classes > 0:
             cond["y"] = torch.full((n,), self.num_classes, device=device, dtype=torch.long) if y is None else y.to(device)
         if self.text_encoder is not None:
@@ -304,13 +380,17 @@ class Diffusion(nn.Module):
             raise ValueError(f"diffusion has one phase, 'main'; got phase={phase!r}")
         x0 = self.to_latent(batch["x"])
         y, text = self.drop_condition(batch)
-        e = keep = None
+        e = keep = neighbours = None
         if self.image_encoder is not None:
             # Ramesh et al. 2022, §2.1: condition on the frozen CLIP's embedding of the image itself,
-            # dropped to the null condition with p_uncond (the paper's 10%).
+            # dropped to the null condition with p_uncond (the paper's 10%); RDM: on the embeddings
+            # of the image's neighbours in the index, itself excluded.
             e = self.image_encoder(batch["x"])  # (B, D), unit norm
             keep = torch.rand(e.shape[0], device=e.device) >= self.p_uncond  # (B,)
-        cond = self.condition(x0.shape[0], x0.device, y=y, text=text, image_embedding=e, keep=keep)
+            if self.retrieval is not None:
+                e, neighbours = None, self.retrieve(e)
+        cond = self.condition(x0.shape[0], x0.device, y=y, text=text, image_embedding=e, neighbours=neighbours,
+                              keep=keep)
         # Ho et al. 2020, Algorithm 1 (t uniform, Gaussian noise) with the chosen target and weights.
         loss = objective.training_loss(self.denoiser(cond), x0, self.schedule, prediction=self.prediction,
                                        min_snr_gamma=self.min_snr_gamma)  # (B,)
@@ -325,9 +405,11 @@ class Diffusion(nn.Module):
         the variational bound in bits/dim."""
         x0 = self.to_latent(batch["x"], generator)
         n = x0.shape[0]
+        e = self.image_encoder(batch["x"]) if self.image_encoder is not None else None
         cond = self.condition(n, x0.device, y=batch.get("y") if self.num_classes else None,
                               text=batch.get("text") if self.text_encoder is not None else None,
-                              image_embedding=self.image_encoder(batch["x"]) if self.image_encoder is not None else None)
+                              image_embedding=e if self.image_condition is not None else None,
+                              neighbours=self.retrieve(e) if self.retrieval is not None else None)
         t = objective.sample_timesteps(n, self.schedule.num_timesteps, device=x0.device, generator=generator)
         noise = randn(x0.shape, generator=generator, device=x0.device)
         seen: dict[str, Tensor] = {}
@@ -383,6 +465,9 @@ class Diffusion(nn.Module):
         prompt: str | list[str] | None = None,
         text: Tensor | None = None,
         image_embedding: Tensor | None = None,
+        neighbours: Tensor | None = None,
+        query_rows: Tensor | None = None,
+        index: Index | None = None,
         guidance_scale: float | None = None,
         sampler: str | None = None,
         num_inference_steps: int | None = None,
@@ -401,6 +486,11 @@ class Diffusion(nn.Module):
         unCLIP's decoder (built with image_encoder): `image_embedding` (n, D), CLIP image
         embeddings (renormalised to unit length, as CLIP gives them), decoded with guidance
         `guidance_scale`; without it, samples of the null condition.
+        Retrieval (built with conditioning "retrieval"): each sample conditions on the retrieval_k
+        neighbours of a pseudo-query row of `index` (default the model's own; another index of the
+        same CLIP swaps what is retrieved): `query_rows` (n,) picks the rows, else they are drawn
+        from the generator; `neighbours` (n, k, D) gives the embeddings instead. guidance_scale 0
+        samples the same model without retrieval.
         """
         s = self.sampling_settings.model_validate(
             {k: v for k, v in {"sampler": sampler, "num_inference_steps": num_inference_steps, "eta": eta,
@@ -414,6 +504,11 @@ class Diffusion(nn.Module):
             raise ValueError("diffusion is not text-conditional; use y= for a class-conditional model")
         if image_embedding is not None:
             image_embedding = self._check_embedding(image_embedding, n, device)
+        if self.retrieval is not None:
+            neighbours = self._neighbours(n, device, neighbours, query_rows, index, generator)
+        elif neighbours is not None or query_rows is not None or index is not None:
+            raise UserError("index: this diffusion model does not retrieve (it was not trained with "
+                            "conditioning: retrieval); it takes no index, query_rows or neighbours")
         if self.num_classes > 0:
             if y is None:
                 y = torch.arange(n, device=device) % self.num_classes
@@ -427,7 +522,7 @@ class Diffusion(nn.Module):
             parts = [guidance.split_prompt(p) for p in prompts]
             text = encode_text([p[0] for p in parts], self.text_len)
 
-        cond = self.condition(n, device, y=y, text=text, image_embedding=image_embedding)
+        cond = self.condition(n, device, y=y, text=text, image_embedding=image_embedding, neighbours=neighbours)
         K = max(len(p) for p in parts) if parts is not None else 1  # concepts per prompt, at most
         if K > 1:
             # "A AND B": composed guidance (Liu et al. 2022), each part at the guidance scale;
@@ -454,6 +549,26 @@ class Diffusion(nn.Module):
                                  num_steps=s.num_inference_steps, eta=s.eta, spacing=s.spacing,
                                  generator=generator, device=device, clip_x0=clip)
         return self.from_latent(z).float().clamp(-1.0, 1.0)
+
+    def _neighbours(self, n: int, device, neighbours: Tensor | None, query_rows: Tensor | None, index: Index | None,
+                    generator: torch.Generator | None) -> Tensor:
+        """What a retrieval model conditions on: the given neighbours, checked, or those of the
+        query rows (given, or drawn) in the index (given and checked, or the model's own)."""
+        k, d = self.retrieval.k, self.image_encoder.embed_dim
+        if neighbours is not None:
+            neighbours = torch.as_tensor(neighbours)
+            if neighbours.shape != (n, k, d) or not torch.isfinite(neighbours).all():
+                raise UserError(f"neighbours: ({n}, {k}, {d}) finite CLIP image embeddings (k = retrieval_k neighbours "
+                                f"per sample); got {tuple(neighbours.shape)}")
+            return torch.nn.functional.normalize(neighbours.to(device, torch.float32), dim=-1)
+        index = self.checked_index(index) if index is not None else self.index()
+        if query_rows is None:
+            query_rows = self.pseudo_queries(n, generator, index)
+        query_rows = torch.as_tensor(query_rows).long()
+        if query_rows.shape != (n,) or int(query_rows.min()) < 0 or int(query_rows.max()) >= index.rows:
+            raise UserError(f"query_rows: ({n},) row ids of the index in [0, {index.rows})")
+        emb = index.embeddings.to(device)
+        return self.retrieve(emb[query_rows.to(device)], Index(emb, index.labels, index.meta))
 
     def _check_embedding(self, e: Tensor, n: int, device) -> Tensor:
         if not self.image_conditioned:
@@ -499,6 +614,11 @@ class Diffusion(nn.Module):
         text, cycling labels for classes), one grid otherwise. Same seed per grid, so the grids
         differ only by the guidance scale. An image-embedding decoder's grids are variations of
         the held-out batch: images decoded from its images' own CLIP embeddings."""
+        if self.retrieval_conditioned:  # the same pseudo-queries at every scale
+            rows = self.pseudo_queries(n, torch.Generator().manual_seed(generator_seed))
+            return {f"guidance_{scale:g}": self.sample(n, generator=torch.Generator().manual_seed(generator_seed),
+                                                        query_rows=rows, guidance_scale=scale)
+                    for scale in self.eval_guidance_scales}
         if self.image_conditioned:
             x = batch["x"][torch.arange(n) % batch["x"].shape[0]]
             e = self.image_encoder(x.to(next(self.net.parameters()).device))  # (n, D)
@@ -548,7 +668,7 @@ def build_diffusion(
     size: Literal["tiny", "small", "base"] = "small",
     channels: Annotated[int, Field(ge=8)] | None = None,
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0,
-    conditioning: Literal["auto", "none", "class", "text", "image_embedding"] = "auto",
+    conditioning: Literal["auto", "none", "class", "text", "image_embedding", "retrieval"] = "auto",
     text_len: Annotated[int, Field(ge=1, le=1024)] = 64,
     schedule: Literal["linear", "cosine", "sigmoid"] = "cosine",
     num_timesteps: Annotated[int, Field(ge=2, le=100_000)] = 1000,
@@ -567,6 +687,8 @@ def build_diffusion(
     autoencoder: ModelRef | None = None,
     text_encoder: ModelRef | None = None,
     image_encoder: ModelRef | None = None,
+    retrieval_index: IndexRef | None = None,
+    retrieval_k: Annotated[int, Field(ge=1, le=64)] = 4,
 ) -> Diffusion:
     """DDPM-style diffusion (Ho et al. 2020) sampled with DDPM or DDIM; with `autoencoder` set,
     latent diffusion (Rombach et al. 2022).
@@ -577,7 +699,9 @@ def build_diffusion(
     genray CLIP, whose frozen text tower then encodes the captions (Stable Diffusion's choice)
     in place of a caption encoder trained with the denoiser. conditioning "image_embedding" with
     `image_encoder` (a trained genray CLIP) is unCLIP's decoder: conditioned on the frozen CLIP's
-    embedding of each image (module docstring).
+    embedding of each image (module docstring). conditioning "retrieval" with `image_encoder` and
+    `retrieval_index` (an index of that CLIP's embeddings, `genray data index`) is RDM: conditioned
+    on the embeddings of each image's `retrieval_k` nearest neighbours in the index.
     """
     c, h, w = check_image_shape(data.image_shape, "diffusion")
     num_classes = data.num_classes
@@ -590,13 +714,20 @@ def build_diffusion(
     ae = _build_autoencoder(autoencoder, (c, h, w)) if autoencoder is not None else None
     net_shape = tuple(ae.latent_shape) if ae is not None else (c, h, w)
 
-    if image_encoder is not None and conditioning != "image_embedding":
+    if image_encoder is not None and conditioning not in ("image_embedding", "retrieval"):
         raise UserError(f"diffusion: model.image_encoder ({image_encoder.ref}) embeds the images to condition on; "
-                        f"it needs model.conditioning: image_embedding (got {conditioning!r})")
-    if conditioning == "image_embedding" and image_encoder is None:
-        raise UserError("diffusion: conditioning 'image_embedding' (unCLIP's decoder) needs model.image_encoder: "
+                        f"it needs model.conditioning: image_embedding or retrieval (got {conditioning!r})")
+    if conditioning in ("image_embedding", "retrieval") and image_encoder is None:
+        what = "unCLIP's decoder" if conditioning == "image_embedding" else "retrieval"
+        raise UserError(f"diffusion: conditioning {conditioning!r} ({what}) needs model.image_encoder: "
                         "a trained genray clip (models:/NAME@ALIAS, runs:/ID or a checkpoint directory)")
+    if (conditioning == "retrieval") != (retrieval_index is not None):
+        raise UserError("diffusion: conditioning 'retrieval' and model.retrieval_index come together (an index of the "
+                        f"image_encoder's embeddings, `genray data index`); got conditioning {conditioning!r}"
+                        + (f" with retrieval_index {retrieval_index.ref}" if retrieval_index is not None else
+                           " without retrieval_index"))
     image_encoder = _frozen_clip_image(image_encoder, (c, h, w)) if image_encoder is not None else None
+    index = _retrieval_index(retrieval_index, image_encoder, retrieval_k) if retrieval_index is not None else None
 
     context_dim = None
     if image_encoder is not None:
@@ -626,13 +757,15 @@ def build_diffusion(
         num_classes=num_classes if conditioning == "class" else 0,
         context_dim=context_dim,
     )
-    image_condition = None
-    if image_encoder is not None:
+    image_condition = retrieval = None
+    if conditioning == "image_embedding":
         image_condition = ImageEmbeddingCondition(image_encoder.embed_dim, context_dim, net.emb_dim)
+    if conditioning == "retrieval":
+        retrieval = RetrievalCondition(image_encoder.embed_dim, context_dim, net.emb_dim, retrieval_k)
     return Diffusion(
         net=net, image_shape=(c, h, w), num_classes=num_classes if conditioning == "class" else 0,
         text_encoder=text_encoder, text_len=text_len, image_encoder=image_encoder,
-        image_condition=image_condition, autoencoder=ae,
+        image_condition=image_condition, retrieval=retrieval, index=index, autoencoder=ae,
         schedule=schedule, num_timesteps=num_timesteps, zero_terminal_snr=zero_terminal_snr,
         prediction=prediction, min_snr_gamma=min_snr_gamma, p_uncond=p_uncond, sampler=sampler,
         num_inference_steps=min(num_inference_steps, num_timesteps), eta=eta, spacing=spacing,
@@ -650,6 +783,21 @@ def _frozen_clip_image(ref: ModelRef, image_shape: tuple[int, int, int]) -> Froz
     if clip_shape != image_shape:
         raise UserError(f"diffusion: model.image_encoder {ref.ref} embeds images {clip_shape}, this data is {image_shape}")
     return FrozenCLIPImage(ref.module)
+
+
+def _retrieval_index(ref: IndexRef, encoder: FrozenCLIPImage, k: int) -> Index:
+    """The index's tensors (or, as a checkpoint rebuilds, placeholders its weights fill), checked
+    against the CLIP: the same embedding size, and on a fresh run, the same CLIP's weights."""
+    embeddings, labels = ref.tensors()
+    if embeddings.shape[1] != encoder.embed_dim:
+        raise UserError(f"diffusion: model.retrieval_index {ref.ref} holds embeddings of {embeddings.shape[1]} numbers; "
+                        f"model.image_encoder embeds to {encoder.embed_dim}")
+    if embeddings.shape[0] <= k:
+        raise UserError(f"diffusion: model.retrieval_index {ref.ref} has {embeddings.shape[0]} rows; retrieval_k {k} "
+                        f"neighbours besides an image's own row need at least {k + 1}")
+    if ref.index is not None:  # a fresh run: the index must come from this very CLIP
+        check_same_encoder(ref.index, encoder_digest(encoder.clip), field_name=f"model.retrieval_index {ref.ref}")
+    return Index(embeddings, labels, {**(ref.meta or {}), "encoder": ref.encoder, "ref": ref.ref})
 
 
 def _build_autoencoder(ref: ModelRef, image_shape: tuple[int, int, int]) -> nn.Module:

@@ -16,7 +16,7 @@ from torch import Tensor
 # Capabilities a family may declare; serving and evaluation route on these.
 CAPABILITIES = frozenset(
     {"sample", "encode", "decode", "log_prob", "log_prob_steps", "condition", "translate", "style_mix", "generate_text",
-     "audio", "tokenize", "embed", "variations"}
+     "audio", "tokenize", "embed", "variations", "retrieval"}
 )
 
 # The settings model's config: unknown keys are errors (a typo must not be ignored), values are
@@ -87,6 +87,10 @@ class GenerativeModel(Protocol):
     #   C, H, W) decoded from each input image's CLIP image embedding, image i's in rows
     #   i * n_per_image ... (unCLIP, Ramesh et al. 2022, §3.1: a diffusion decoder built with an
     #   image_encoder, whose `sample` also takes image_embedding=(n, D), and the unclip family)
+    #   retrieval: sample(n, ..., query_rows=(n,), index=Index, neighbours=(n, k, D)) conditions on
+    #   k neighbours retrieved from a CLIP-embedding index (RDM); index() is the model's own,
+    #   checked_index(other) admits another of the same CLIP, encoder_digest() names that CLIP,
+    #   retrieval_k is k (components/models/retrieval.py)
     # A model whose log_prob_kind is "estimate" also has log_partition() -> (log Z, its standard
     # error), float64 scalars (the RBM's AIS): genray eval reports both beside bits/dim.
     # A model with log_prob also declares log_prob_space ("discrete": log P of the 8-bit bins;

@@ -91,5 +91,6 @@ def ref_arguments(builder: Callable[..., Any]) -> list[str]:
 
 
 def as_json(args: dict[str, Any]) -> dict[str, Any]:
-    """Builder arguments with every ModelRef in its JSON form (for state.json)."""
-    return {k: v.to_json() if isinstance(v, ModelRef) else v for k, v in args.items()}
+    """Builder arguments with every reference (a ModelRef, a retrieval IndexRef: anything with a
+    `to_json`) in its JSON form (for state.json)."""
+    return {k: v.to_json() if hasattr(v, "to_json") else v for k, v in args.items()}

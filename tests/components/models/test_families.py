@@ -66,6 +66,10 @@ CASES = {
         # unCLIP's decoder: conditioned on a trained CLIP's image embeddings, in pixel space
         {**DIGITS, **FAST_DIFFUSION, "conditioning": "image_embedding", "image_encoder": CLIP_REF,
          "guidance_scale": 2.0},
+        # retrieval-augmented (RDM): a CLIP's embeddings of 16 images as the index (as a checkpoint
+        # stores it: resolved, its embeddings in the weights, here the zero placeholders)
+        {**DIGITS, **FAST_DIFFUSION, "conditioning": "retrieval", "image_encoder": CLIP_REF, "retrieval_k": 2,
+         "retrieval_index": {"ref": "idx", "rows": 16, "dim": 64, "encoder": "x", "meta": {}}},
         # ... and in a latent space
         {**DIGITS, **FAST_DIFFUSION, "conditioning": "image_embedding", "image_encoder": CLIP_REF, "autoencoder": ModelRef(
             "models:/ae@champion", "beta_vae", {"size": "tiny", "latent_channels": 4, "latent_downsample": 1},
