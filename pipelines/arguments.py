@@ -34,7 +34,7 @@ HELP = {
     "serve": "serve registered models over HTTP with Ray Serve (gallery at /, API at /v1)",
     "submit": "run train, tune or eval as a Ray Job on a cluster (Ray Jobs API)",
     "jobs": "the Ray Jobs on a cluster: list, logs, stop",
-    "data": "datasets: prepare the built-in ones, import images, tokenize images with a VQ-VAE",
+    "data": "datasets: prepare the built-in ones, import images, tokenize images with a VQ-VAE, index CLIP embeddings",
     "directions": "attribute directions in an encoding model's latent space: fitted, scored, stored for /edit",
     "families": "list model families, their capabilities and configs",
     "configs": "the shipped configs: list, show, copy",
@@ -205,6 +205,26 @@ def add_data(p: argparse.ArgumentParser) -> None:
     tok.add_argument("--batch-size", type=int, default=256, help="images per batch on an actor (default 256)")
     tok.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     tok.add_argument("--verbose", action="store_true",
+                     help="show Ray's and Ray Data's own output here too (default: in a log file under the project home)")
+    idx = sub.add_parser("index", help="a nearest-neighbour index of a CLIP's image embeddings of a dataset, on Ray "
+                                       "Data: what a retrieval-augmented diffusion model retrieves from")
+    idx.add_argument("ref", metavar="CLIP",
+                     help="the CLIP: models:/NAME/VERSION, models:/NAME@ALIAS, models:/NAME/latest, runs:/RUN_ID or a "
+                          "checkpoint directory")
+    idx.add_argument("--data", metavar="NAME|DIR",
+                     help="a built-in dataset (see --size, --seed) or a dataset folder with train.parquet and "
+                          "test.parquet (default: the data the CLIP trained on)")
+    idx.add_argument("--split", choices=["train", "test"], default="train", help="which split to index (default train)")
+    idx.add_argument("--classes", metavar="C,C",
+                     help="keep only these classes: ids or the dataset's names (e.g. sneaker,'ankle boot'); default all")
+    idx.add_argument("--name", help="the index's name under <GENRAY_HOME>/indexes (default <data>-<split>[-classes-...])")
+    idx.add_argument("--size", choices=["tiny", "full"], default="full", help="a built-in --data: full or tiny (default full)")
+    idx.add_argument("--seed", type=int, default=0, help="a built-in --data: its split seed (default 0)")
+    idx.add_argument("--actors", type=int, metavar="N",
+                     help="Ray Data actors, each holding the CLIP (one GPU each when the cluster has GPUs; default 2)")
+    idx.add_argument("--batch-size", type=int, default=512, help="images per batch on an actor (default 512)")
+    idx.add_argument("--overwrite", action="store_true", help="replace an index of the same name")
+    idx.add_argument("--verbose", action="store_true",
                      help="show Ray's and Ray Data's own output here too (default: in a log file under the project home)")
     prep.add_argument("--from", dest="source", type=Path, metavar="DIR",
                       help="fashion_mnist, fashion_edges, fashion_halves: the folder with the four Fashion-MNIST .gz "

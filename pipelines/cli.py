@@ -11,6 +11,7 @@
     genray data prepare NAME [--out PATH] [--seed S] [--size tiny|full] [--from DIR]
     genray data import DIR|HF_PARQUET --out PATH [--size 32] [--grayscale] [--workers N]
     genray data tokenize REF [--data NAME|DIR] [--out PATH] [--actors N] [--batch-size B] [--split train|test|both]
+    genray data index CLIP [--data NAME|DIR] [--split train] [--classes C,C] [--name NAME] [--actors N]
     genray directions MODEL [--data NAME|DIR] [--rows 20000] [--test-rows 1000] [--amount 1] [--out DIR]
     genray sample MODEL [-n 64] [-o grid.png] [--set KEY=VALUE ...]
     genray configs list | show NAME | copy NAME DEST
@@ -230,6 +231,22 @@ def cmd_data(args) -> int:
             print(f"{split:6s} {path}  ({r.rows[split]:,} rows)")
         if set(r.files) == {"train", "test"}:
             print(f"train a prior on it with --set data.path={r.files['train']} --set data.test_path={r.files['test']}")
+        return 0
+    if args.data_command == "index":
+        from genray.pipelines.retrieval import build_index
+
+        console.set_verbose(args.verbose)
+        home = project_home()
+        logs = console.route_logs(log_path(home, "index", time.strftime("%Y%m%d-%H%M%S")))
+        if logs is not None:
+            print(f"Ray and library output: {logs} (--verbose shows it here)")
+        r = build_index(args.ref, data=args.data, split=args.split, classes=args.classes, name=args.name,
+                        size=args.size, seed=args.seed, actors=args.actors, batch_size=args.batch_size,
+                        overwrite=args.overwrite, home=home)
+        shown = ", ".join(map(str, r.classes)) or "unlabelled"
+        print(f"index  {r.folder}  ({r.rows:,} rows of {r.dim} numbers; classes {shown}; {r.images_per_s:,.0f} images/s)")
+        print(f"retrieve from it with --set model.retrieval_index={r.folder.name} (training), --index "
+              f"{r.folder.name} (genray sample, genray eval)")
         return 0
     out = args.out or project_home() / "data" / f"{args.name}-{args.size}-seed{args.seed}"
     extra = {}

@@ -15,12 +15,14 @@ from genray.components import checkpoint
 from genray.components.errors import UserError
 from genray.components.models import FAMILIES
 from genray.components.models.refs import ModelRef, ref_arguments
+from genray.components.models.retrieval import IndexRef, index_arguments
 from genray.pipelines import tracking
 from genray.pipelines.config import ConfigError
 
 
 def resolve_refs(family: str, args: dict[str, Any], *, uri: str, cache: Path) -> dict[str, Any]:
-    """`args` with every ModelRef argument resolved (weights included)."""
+    """`args` with every ModelRef argument resolved (weights included), and every retrieval
+    index (IndexRef) read from its folder (`cache` is <home>/cache; indexes live in <home>/indexes)."""
     out = dict(args)
     for name in ref_arguments(FAMILIES[family]):
         if out.get(name) is None:
@@ -38,4 +40,16 @@ def resolve_refs(family: str, args: dict[str, Any], *, uri: str, cache: Path) ->
         weights = ck.ema if ck.ema is not None else ck.model
         out[name] = ModelRef(ref.ref, spec["family"], spec["args"], spec["data"],
                              save_safetensors({k: v.contiguous() for k, v in weights.items()}))
+    for name in index_arguments(FAMILIES[family]):  # retrieval indexes: a name under <home>/indexes or a folder
+        if out.get(name) is None:
+            continue
+        ref = IndexRef.parse(out[name])
+        if ref.resolved and ref.index is None:
+            raise ConfigError(f"model.{name}: give the index's name or folder, not its description")
+        from genray.pipelines.retrieval import resolve_index
+
+        try:
+            out[name] = IndexRef.of(ref.ref, resolve_index(ref.ref, cache.parent, field_name=f"model.{name}"))
+        except UserError as e:
+            raise ConfigError(str(e)) from None
     return out
