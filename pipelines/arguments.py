@@ -92,6 +92,9 @@ def add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip", metavar="REF",
                    help="a trained genray CLIP (models:/..., runs:/... or a directory): a text-conditioned model's "
                         "samples get a CLIP score against their prompts")
+    p.add_argument("--index", metavar="NAME|DIR",
+                   help="a retrieval model: retrieve from this index (`genray data index`, the same CLIP) instead of "
+                        "its own, and score how many samples follow it")
     p.add_argument("--seed", type=int, default=0, help="sampling seed: the same seed draws the same samples")
     p.add_argument("--no-log", action="store_true", help="print only; write nothing to MLflow")
     p.add_argument("--verbose", action="store_true",

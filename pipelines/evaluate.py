@@ -107,6 +107,7 @@ class EvalRequest:
     sampling: dict[str, Any] = field(default_factory=dict)  # fields of the model's sampling_settings
     likelihood_rows: int | None = None  # None: LIKELIHOOD_IMAGES images, or every held-out sequence
     clip: str | None = None  # a trained CLIP: text-conditioned samples get a CLIP score
+    index: str | None = None  # a retrieval model: retrieve from this index (name or folder) instead of its own
     seed: int = 0
     log: bool = True
     parent_run_id: str | None = None  # nest the evaluation run here (a sweep) instead of under the training run
@@ -259,6 +260,40 @@ def conditions_for(model, n: int, reference: Split) -> dict[str, Any]:
     return {}
 
 
+def retrieval_index(stored: dict[str, Any]):
+    """An index as it travels to the generating workers (numpy arrays and its meta) -> an Index."""
+    from genray.components.models.retrieval import Index
+
+    return Index(torch.as_tensor(np.array(stored["embeddings"])), torch.as_tensor(np.array(stored["labels"])),
+                 dict(stored["meta"]))
+
+
+def retrieval_conditions(model, n: int, index, *, seed: int, swapped: bool) -> dict[str, Any]:
+    """A retrieval model's conditions: n pseudo-query rows of the index drawn from the seed, their
+    labels (what class consistency compares with), and a swapped index itself."""
+    rows = np.random.default_rng(seed).integers(index.rows, size=n)
+    out: dict[str, Any] = {"query_rows": rows, "query_labels": index.labels.numpy()[rows]}
+    if swapped:
+        out["index"] = {"embeddings": index.embeddings.numpy(), "labels": index.labels.numpy(), "meta": index.meta}
+    return out
+
+
+def retrieval_scores(classifier, fake: torch.Tensor, plain: torch.Tensor, conditions: dict[str, Any],
+                     classes: list[int]) -> dict[str, float]:
+    """With retrieval (`fake`) and without it (`plain`: the same model at guidance 0): class
+    consistency against each pseudo-query's label, and the share of samples in the index's
+    classes (a swapped index of a class subset: how many samples follow it)."""
+    labels = np.asarray(conditions["query_labels"])
+    out = {}
+    for suffix, images in (("", fake), ("_no_retrieval", plain)):
+        pred = classifier.predict(images)
+        if (labels >= 0).all():
+            out[f"class_consistency{suffix}"] = float((pred == labels).mean())
+        if classes:
+            out[f"index_share{suffix}"] = float(np.isin(pred, classes).mean())
+    return out
+
+
 def generate_chunks(files: dict[str, bytes], chunks: list[tuple[int, int, int]], sampling: dict[str, Any],
                     conditions: dict[str, Any], seed: int, threads: int) -> dict[str, Any]:
     """Rebuild the model from checkpoint bytes and sample each (index, start, stop) chunk with
@@ -271,7 +306,7 @@ def generate_chunks(files: dict[str, bytes], chunks: list[tuple[int, int, int]],
             (Path(d) / name).write_bytes(blob)
         model, _ = checkpoint.build_model(d)
     model.eval()
-    images, latencies = {}, []
+    images, latencies, swapped = {}, [], None
     for index, start, stop in chunks:
         gen = torch.Generator().manual_seed(seed * 1_000_003 + index)
         kwargs = dict(sampling)
@@ -279,6 +314,11 @@ def generate_chunks(files: dict[str, bytes], chunks: list[tuple[int, int, int]],
             kwargs["y"] = torch.tensor(conditions["y"][start:stop], dtype=torch.long)  # a copy: Ray hands out read-only arrays
         if "prompt" in conditions:
             kwargs["prompt"] = list(conditions["prompt"][start:stop])
+        if "query_rows" in conditions:  # a retrieval model: the pseudo-queries, and a swapped index
+            kwargs["query_rows"] = torch.tensor(conditions["query_rows"][start:stop], dtype=torch.long)
+            if "index" in conditions:
+                swapped = swapped if swapped is not None else retrieval_index(conditions["index"])  # once per worker
+                kwargs["index"] = swapped
         t0 = time.perf_counter()
         with torch.no_grad():
             x = model.sample(stop - start, generator=gen, **kwargs)
@@ -355,6 +395,18 @@ def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> Ev
 
     reference = read_split(ref_path, None, factors=True)
     conditions = conditions_for(model, request.num_samples, reference)
+    index = None
+    if "retrieval" in model.capabilities:
+        from genray.pipelines.retrieval import resolve_index
+
+        index = (model.checked_index(resolve_index(request.index, home), "--index") if request.index
+                 else model.index())
+        conditions = retrieval_conditions(model, request.num_samples, index, seed=request.seed,
+                                          swapped=request.index is not None)
+    elif request.index is not None:
+        raise UserError(f"--index: {request.target} does not retrieve (its capabilities: "
+                        f"{', '.join(sorted(model.capabilities))}); --index is for a model trained with "
+                        "conditioning: retrieval")
     if request.clip is not None and "prompt" not in conditions:
         raise UserError(f"--clip: the CLIP score rates samples against their prompts; this model's conditioning is "
                         f"{model.conditioning!r}" + ("" if model.conditioning != "text" else
@@ -407,6 +459,20 @@ def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> Ev
         metrics["clip_score"] = clip_score(clip, fake, conditions["prompt"])
         metrics["clip_score_real"] = clip_score(clip, reference.x[conditions["rows"]], conditions["prompt"])
 
+    if index is not None and classifier is not None:
+        say(f"the same {request.num_samples} pseudo-queries without retrieval (guidance 0) ...")
+        plain_u8, _ = generate(target.checkpoint, request.num_samples, sampling={**sampling, "guidance_scale": 0.0},
+                               conditions=conditions, batch_size=request.batch_size, workers=request.workers,
+                               seed=request.seed)
+        plain = normalize_images(torch.as_tensor(plain_u8))
+        metrics.update(retrieval_scores(classifier, fake, plain, conditions, index.classes()))
+        metrics.update({f"{k}_no_retrieval": v for k, v in sample_quality(
+            classifier.features(plain), reference_features(classifier, ref_path, None, home),
+            reference_features(classifier, floor_path, request.num_samples, home), classifier.name,
+            seed=request.seed).items() if not k.endswith(("_floor", "_std"))})
+        params["eval.index"] = request.index or f"the model's own ({index.meta.get('ref', '?')})"
+        params["eval.index_rows"] = str(index.rows)
+        params["eval.index_classes"] = ",".join(map(str, index.classes()))
     if "variations" in model.capabilities:
         rows = min(VARIATION_IMAGES, len(reference.x))
         say(f"variations of {rows} {request.reference} images ...")
@@ -1082,7 +1148,7 @@ def command(args) -> int:
         target=args.target, num_samples=args.num_samples, batch_size=args.batch_size, workers=args.workers,
         reference=args.reference, feature_net=args.feature_net, inception=args.inception,
         sampling=parse_overrides(args.overrides), likelihood_rows=args.likelihood_rows, clip=args.clip,
-        seed=args.seed, log=not args.no_log,
+        index=args.index, seed=args.seed, log=not args.no_log,
     )
     print_report(evaluate(request))
     return 0

@@ -283,15 +283,16 @@ class Diffusion(nn.Module):
         return torch.randint(rows, (n,), generator=generator, device=generator.device if generator is not None
                              else "cpu")
 
-    def checked_index(self, index: Index) -> Index:
-        """A swapped-in index, refused when another CLIP made it or its embeddings have another size."""
+    def checked_index(self, index: Index, field_name: str = "index") -> Index:
+        """A swapped-in index, refused (naming `field_name`) when another CLIP made it or its
+        embeddings have another size."""
         if index.dim != self.image_encoder.embed_dim:
-            raise UserError(f"index: embeddings of {index.dim} numbers, but this model retrieves with a CLIP of "
+            raise UserError(f"{field_name}: embeddings of {index.dim} numbers, but this model retrieves with a CLIP of "
                             f"{self.image_encoder.embed_dim}")
-        check_same_encoder(index, self.encoder_digest())
+        check_same_encoder(index, self.encoder_digest(), field_name=field_name)
         if index.rows <= self.retrieval.k:
-            raise UserError(f"index: {index.rows} rows; retrieving {self.retrieval.k} neighbours besides the query "
-                            f"needs at least {self.retrieval.k + 1}")
+            raise UserError(f"{field_name}: {index.rows} rows; retrieving {self.retrieval.k} neighbours besides the "
+                            f"query needs at least {self.retrieval.k + 1}")
         return index
 
     @property

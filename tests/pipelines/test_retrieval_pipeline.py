@@ -30,67 +30,65 @@ RDM = {"family": "diffusion", "conditioning": "retrieval", "retrieval_k": 3, "nu
 
 
 @pytest.fixture(scope="module")
-def clip_runs(ray_session, tmp_path_factory):
+def rdm_home(ray_session, tmp_path_factory):
+    """Two tiny CLIPs, the first one's index of the tiny digits' training split (all classes, and
+    3 and 5 only) and the other's, and a tiny RDM retrieving from the first index."""
     home = tmp_path_factory.mktemp("rdm-home")
-    a = train.run(tiny({"family": "clip", "text_len": 20}), name="r-clip", home=home)
-    b = train.run(tiny({"family": "clip", "text_len": 20}, steps=4), name="r-clip-other", home=home)
-    return home, a, b
+    clip = train.run(tiny({"family": "clip", "text_len": 20}), name="r-clip", home=home)
+    other = train.run(tiny({"family": "clip", "text_len": 20}, steps=4), name="r-clip-other", home=home)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GENRAY_HOME", str(home))
+    try:
+        for extra in ([], ["--classes", "3,5", "--name", "three-five"]):
+            assert cli.main(["data", "index", f"runs:/{clip.run_id}", "--data", "digits", "--size", "tiny", *extra]) == 0
+        assert cli.main(["data", "index", f"runs:/{other.run_id}", "--data", "digits", "--size", "tiny",
+                         "--name", "other-clip"]) == 0
+    finally:
+        mp.undo()
+    rdm = train.run(tiny({**RDM, "image_encoder": f"runs:/{clip.run_id}", "retrieval_index": "digits-tiny-seed0-train"}),
+                    name="r-rdm", home=home)
+    return {"home": home, "clip": clip, "other": other, "rdm": rdm}
 
 
-def test_an_index_holds_the_clips_embeddings_of_the_split_and_a_model_retrieves_from_it(clip_runs, monkeypatch,
-                                                                                         capsys):
+def test_an_index_holds_the_clips_embeddings_of_the_split_in_order(rdm_home):
     from genray.components.checkpoint import build_model
+    from genray.components.data import normalize_images
     from genray.components.models.retrieval import encoder_digest, load_index
-    from genray.pipelines.data import read_decoded
+    from genray.pipelines.data import read_decoded, resolve_data
     from genray.pipelines.retrieval import indexes_dir
 
-    home, clip, other = clip_runs
-    monkeypatch.setenv("GENRAY_HOME", str(home))
-    assert cli.main(["data", "index", f"runs:/{clip.run_id}", "--data", "digits", "--size", "tiny"]) == 0
-    assert "index " in capsys.readouterr().out
+    home, clip = rdm_home["home"], rdm_home["clip"]
     index = load_index(indexes_dir(home) / "digits-tiny-seed0-train")
-
-    # The rows are the CLIP's embeddings of the split's images, in order, with their labels.
     model, _ = build_model(clip.checkpoint)
-    from genray.components.data import normalize_images
-    from genray.pipelines.data import resolve_data
-
-    spec = tiny({"family": "clip", "text_len": 20})
-    train_path = resolve_data(spec, home).train
+    train_path = resolve_data(tiny({"family": "clip", "text_len": 20}), home).train
     d = read_decoded(train_path, ["image", "label"], "image", (8, 8, 1), None, normalize=False)
     with torch.no_grad():
         want = model.embed_images(normalize_images(torch.as_tensor(d["x"])))
     torch.testing.assert_close(index.embeddings, want, atol=1e-5, rtol=1e-5)
     assert np.array_equal(index.labels.numpy(), d["y"]) and index.encoder == encoder_digest(model)
     assert index.meta["clip"] == f"runs:/{clip.run_id}" and index.meta["split"] == "train"
-
-    # A class subset, named.
-    assert cli.main(["data", "index", f"runs:/{clip.run_id}", "--data", "digits", "--size", "tiny",
-                     "--classes", "3,5", "--name", "three-five"]) == 0
     subset = load_index(indexes_dir(home) / "three-five")
     assert set(subset.labels.tolist()) == {3, 5} and subset.meta["classes"] == [3, 5]
     assert subset.rows == int(np.isin(d["y"], [3, 5]).sum())
 
-    # A tiny RDM names the index by name; its checkpoint carries the index.
-    out = train.run(tiny({**RDM, "image_encoder": f"runs:/{clip.run_id}",
-                          "retrieval_index": "digits-tiny-seed0-train"}), name="r-rdm", home=home)
-    rdm, state = build_model(out.checkpoint)
+
+def test_the_model_carries_its_index_and_refuses_another_clips(rdm_home):
+    from genray.components.checkpoint import build_model
+    from genray.components.errors import UserError
+    from genray.components.models.retrieval import load_index
+    from genray.pipelines.retrieval import indexes_dir
+
+    home, clip = rdm_home["home"], rdm_home["clip"]
+    index = load_index(indexes_dir(home) / "digits-tiny-seed0-train")
+    rdm, state = build_model(rdm_home["rdm"].checkpoint)
     assert torch.equal(rdm.index_embeddings, index.embeddings) and torch.equal(rdm.index_labels, index.labels)
     stored = state["model"]["args"]["retrieval_index"]
-    assert stored["ref"] == "digits-tiny-seed0-train" and stored["rows"] == index.rows and stored["encoder"] == index.encoder
-    assert "retrieval" in rdm.capabilities
-
-    # The swapped index: same CLIP, other rows; the model's guidance-0 samples ignore it.
-    rows = torch.arange(4) % subset.rows
-    a = rdm.sample(4, generator=torch.Generator().manual_seed(0), index=subset, query_rows=rows)
+    assert stored["ref"] == "digits-tiny-seed0-train" and stored["rows"] == index.rows
+    assert stored["encoder"] == index.encoder and "retrieval" in rdm.capabilities
+    subset = load_index(indexes_dir(home) / "three-five")
+    a = rdm.sample(4, generator=torch.Generator().manual_seed(0), index=subset, query_rows=torch.arange(4))
     assert a.shape == (4, 1, 8, 8)
-    # Another CLIP's index is refused, at sampling and at training.
-    assert cli.main(["data", "index", f"runs:/{other.run_id}", "--data", "digits", "--size", "tiny",
-                     "--name", "other-clip"]) == 0
-    capsys.readouterr()
     foreign = load_index(indexes_dir(home) / "other-clip")
-    from genray.components.errors import UserError
-
     with pytest.raises(UserError, match="index: this index was built with another embedding model"):
         rdm.sample(2, index=foreign)
     with pytest.raises(UserError, match="model.retrieval_index other-clip: this index was built with another"):
@@ -98,8 +96,37 @@ def test_an_index_holds_the_clips_embeddings_of_the_split_and_a_model_retrieves_
                   name="r-rdm-bad", home=home)
 
 
-def test_bad_input_is_one_line_and_exit_2(clip_runs, monkeypatch, capsys):
-    home, clip, _ = clip_runs
+def test_eval_scores_retrieval_against_the_same_model_without_it_and_a_swapped_index(rdm_home, digits_classifier,
+                                                                                     monkeypatch, capsys):
+    home = rdm_home["home"]
+    monkeypatch.setenv("GENRAY_HOME", str(home))
+    base = ["eval", f"runs:/{rdm_home['rdm'].run_id}", "--num-samples", "40", "--workers", "0", "--batch-size", "20",
+            "--feature-net", str(digits_classifier), "--no-log"]
+    from genray.pipelines import evaluate
+
+    own = evaluate.evaluate(evaluate.EvalRequest(base[1], num_samples=40, workers=0, batch_size=20,
+                                                 feature_net=str(digits_classifier), log=False), home=home)
+    m = own.metrics
+    for key in ("fd_digits", "fd_digits_no_retrieval", "class_consistency", "class_consistency_no_retrieval",
+                "index_share", "index_share_no_retrieval"):
+        assert key in m and np.isfinite(m[key]), key
+    assert m["index_share"] == 1.0  # every class is in the model's own index
+    swapped = evaluate.evaluate(evaluate.EvalRequest(base[1], num_samples=40, workers=0, batch_size=20,
+                                                     feature_net=str(digits_classifier), index="three-five",
+                                                     log=False), home=home)
+    assert 0 <= swapped.metrics["index_share"] <= 1 and swapped.params["eval.index_classes"] == "3,5"
+    assert swapped.params["eval.index"] == "three-five"
+    # Through the CLI, and its refusals.
+    assert cli.main(base + ["--index", "three-five"]) == 0
+    assert "index_share" in capsys.readouterr().out
+    assert cli.main(base + ["--index", "other-clip"]) == 2
+    assert "--index: this index was built with another embedding model" in capsys.readouterr().err
+    assert cli.main(base + ["--index", "nowhere"]) == 2
+    assert "--index nowhere: no such folder, and no index of that name" in capsys.readouterr().err
+
+
+def test_bad_input_is_one_line_and_exit_2(rdm_home, monkeypatch, capsys):
+    home, clip = rdm_home["home"], rdm_home["clip"]
     monkeypatch.setenv("GENRAY_HOME", str(home))
     cases = [
         (["data", "index", f"runs:/{clip.run_id}", "--data", "digits", "--size", "tiny", "--classes", "3,eleven"],
@@ -107,6 +134,8 @@ def test_bad_input_is_one_line_and_exit_2(clip_runs, monkeypatch, capsys):
         (["data", "index", f"runs:/{clip.run_id}", "--data", "digits", "--size", "tiny", "--name", "../up"],
          "--name '../up': letters, digits"),
         (["data", "index", f"runs:/{clip.run_id}", "--data", "nope"], "--data nope: not a built-in dataset"),
+        (["data", "index", f"runs:/{rdm_home['rdm'].run_id}", "--data", "digits", "--size", "tiny"],
+         "which does not embed images; an index needs a trained genray clip"),
     ]
     for argv, message in cases:
         assert cli.main(argv) == 2
