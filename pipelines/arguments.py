@@ -284,6 +284,9 @@ def add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", help="text-conditional models: the prompt; text models: the text to continue")
     p.add_argument("--stop", action="append", metavar="TEXT",
                    help="text models: end a sample where TEXT first appears (repeatable, at most 4)")
+    p.add_argument("--index", metavar="NAME|DIR",
+                   help="retrieval models: retrieve from this index (`genray data index`, the same CLIP) instead of "
+                        "the model's own")
 
 
 ADD: dict[str, Callable[[argparse.ArgumentParser], None]] = {

@@ -13,7 +13,7 @@
     genray data tokenize REF [--data NAME|DIR] [--out PATH] [--actors N] [--batch-size B] [--split train|test|both]
     genray data index CLIP [--data NAME|DIR] [--split train] [--classes C,C] [--name NAME] [--actors N]
     genray directions MODEL [--data NAME|DIR] [--rows 20000] [--test-rows 1000] [--amount 1] [--out DIR]
-    genray sample MODEL [-n 64] [-o grid.png] [--set KEY=VALUE ...]
+    genray sample MODEL [-n 64] [-o grid.png] [--set KEY=VALUE ...] [--index NAME]
     genray configs list | show NAME | copy NAME DEST
     genray families
 
@@ -95,7 +95,7 @@ def cmd_sample(args) -> int:
 
     out = sample.sample_to_file(args.target, args.out, n=args.num_samples, seed=args.seed,
                                 overrides=args.overrides, class_labels=args.class_label, prompt=args.prompt,
-                                stop=args.stop)
+                                stop=args.stop, index=args.index)
     if str(out.path) == "-":  # the samples went to standard output: the summary goes beside them
         print(f"{out.n} samples of {out.model} ({out.settings})", file=sys.stderr)
     else:

@@ -43,6 +43,7 @@ class LoadedModel:
     state: dict[str, Any]
     # A registered version's attribute directions (`genray directions`), what edit() moves along.
     directions: Any = None
+    home: Path | None = None  # the project home it was loaded from (named indexes live there)
 
     @property
     def family(self) -> str:
@@ -66,15 +67,32 @@ class LoadedModel:
 
     @torch.no_grad()
     def sample(self, n: int = 16, *, seed: int = 0, class_labels: list[int] | None = None,
-               prompt: str | list[str] | None = None, **settings: Any) -> torch.Tensor:
+               prompt: str | list[str] | None = None, index: Any = None, **settings: Any) -> torch.Tensor:
         """n samples as a tensor in the data's range ([-1, 1] for images), the same for the same
         seed. class_labels: one label for all, or one per sample (class-conditional models);
-        prompt: text-conditional models; settings: the model's sampling settings by name."""
+        prompt: text-conditional models; index: a retrieval model retrieves from this index (its
+        name under the project home's indexes/, a folder, or an Index) instead of its own;
+        settings: the model's sampling settings by name."""
         if n < 1:
             raise UserError(f"n: at least one sample, got {n}")
         kwargs = self.conditions(n, class_labels, prompt)
+        if index is not None:
+            kwargs["index"] = self.index(index)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         return self.module.sample(n, generator=generator, **kwargs, **self.settings(**settings).model_dump())
+
+    def index(self, index: Any, field_name: str = "index"):
+        """A retrieval index for this model: an Index, or its name or folder, checked to come from
+        the model's own CLIP."""
+        from genray.components.models.retrieval import Index
+        from genray.pipelines.retrieval import resolve_index
+
+        if "retrieval" not in self.module.capabilities:
+            raise UserError(f"{field_name}: {self.ref} does not retrieve; an index is for a model trained with "
+                            "conditioning: retrieval")
+        if not isinstance(index, Index):
+            index = resolve_index(str(index), self.home or project_home(), field_name=field_name)
+        return self.module.checked_index(index, field_name)
 
     def conditions(self, n: int, class_labels: list[int] | None, prompt: str | list[str] | None, *,
                    names: tuple[str, str] = ("class_labels", "prompt")) -> dict[str, Any]:
@@ -170,7 +188,7 @@ def load(ref: str | Path, *, device: str = "cpu", home: Path | None = None) -> L
     if ref.startswith("models:/") and {"encode", "decode"} <= set(module.capabilities):
         directions = tracking.version_directions(uri, home, *tracking.model_version_of(ref, uri))
     return LoadedModel(module, DatasetInfo.from_json(state["model"]["data"]), state.get("sampling_defaults"), ref, state,
-                       directions)
+                       directions, home)
 
 
 @dataclass(frozen=True)
@@ -183,7 +201,7 @@ class Sampled:
 
 def sample_to_file(target: str, out: Path | None, *, n: int = 64, seed: int = 0, overrides: list[str] | None = None,
                    class_labels: list[int] | None = None, prompt: str | None = None, stop: list[str] | None = None,
-                   home: Path | None = None) -> Sampled:
+                   index: str | None = None, home: Path | None = None) -> Sampled:
     """`genray sample`: n samples of `target` written to `out` (default samples.png; samples.txt
     for a text model, where "-" streams the samples to standard output; samples.wav for audio)."""
     if n < 1:
@@ -206,7 +224,8 @@ def sample_to_file(target: str, out: Path | None, *, n: int = 64, seed: int = 0,
     given = sampling.parse_overrides(overrides or [], prefix_required=False)
     settings = sampling.resolve(model.module, given, model.defaults, label="--set ")
     model.conditions(n, class_labels, prompt, names=("--class-label", "--prompt"))
-    x = model.sample(n, seed=seed, class_labels=class_labels, prompt=prompt, **settings.model_dump())
+    chosen = model.index(index, "--index") if index is not None else None
+    x = model.sample(n, seed=seed, class_labels=class_labels, prompt=prompt, index=chosen, **settings.model_dump())
     if not out.parent.is_dir():
         raise UserError(f"-o {out}: no such folder {out.parent}")
     if show == "grid":

@@ -145,3 +145,20 @@ def test_bad_input_is_one_line_and_exit_2(rdm_home, monkeypatch, capsys):
                                                  "name in"):
         train.run(tiny({**RDM, "image_encoder": f"runs:/{clip.run_id}", "retrieval_index": "nowhere"}),
                   name="r-rdm-none", home=home)
+
+
+def test_genray_sample_and_load_take_a_swapped_index(rdm_home, monkeypatch, capsys, tmp_path):
+    import genray
+
+    home, rdm = rdm_home["home"], rdm_home["rdm"]
+    monkeypatch.setenv("GENRAY_HOME", str(home))
+    out = tmp_path / "s.png"
+    assert cli.main(["sample", f"runs:/{rdm.run_id}", "-n", "4", "-o", str(out), "--index", "three-five"]) == 0
+    assert out.is_file()
+    model = genray.load(f"runs:/{rdm.run_id}")
+    a = model.sample(4, seed=1, index="three-five")
+    assert torch.equal(a, model.sample(4, seed=1, index="three-five"))
+    assert not torch.equal(a, model.sample(4, seed=1))  # the model's own index: other pseudo-queries and neighbours
+    assert cli.main(["sample", f"runs:/{rdm.run_id}", "-n", "2", "-o", str(out), "--index", "other-clip"]) == 2
+    assert "--index: this index was built with another embedding model" in capsys.readouterr().err
+    assert cli.main(["sample", f"runs:/{rdm_home['clip'].run_id}", "-n", "2", "-o", str(out), "--index", "x"]) == 2
