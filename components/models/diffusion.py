@@ -57,7 +57,7 @@ from torch import Tensor, nn
 
 from genray.components.data import DatasetInfo
 from genray.components.errors import UserError
-from genray.components.models.layers import check_image_shape, randn
+from genray.components.models.layers import StackedGenerators, check_image_shape, randint, randn
 from genray.components.models.protocol import SETTINGS_CONFIG
 from genray.components.models.refs import ModelRef, frozen_module
 from genray.components.models.retrieval import (Index, IndexRef, RetrievalCondition, check_same_encoder,
@@ -85,6 +85,19 @@ def sampling_settings_type(num_timesteps: int, conditional: bool, defaults: dict
         fields["guidance_scale"] = (float, Field(defaults["guidance_scale"], ge=0, le=100, allow_inf_nan=False,
                                     description="classifier-free guidance: 0 unconditional, 1 conditional, >1 guided"))
     return create_model("DiffusionSampling", __config__=SETTINGS_CONFIG, **fields)
+
+
+def query_stream(generator: torch.Generator | StackedGenerators | None):
+    """A generator (or stacked generators) of its own for each given one, seeded from its seed:
+    draws from it leave the given generator's state, and so the sampling noise, untouched."""
+    def mixed(g: torch.Generator) -> torch.Generator:
+        return torch.Generator(device=g.device).manual_seed((g.initial_seed() * 0x9E3779B97F4A7C15 + 1) % 2**63)
+
+    if generator is None:
+        return None
+    if isinstance(generator, StackedGenerators):
+        return StackedGenerators([(mixed(g), k) for g, k in generator.parts])
+    return mixed(generator)
 
 
 class FrozenCLIPText(nn.Module):
@@ -276,12 +289,14 @@ class Diffusion(nn.Module):
         _, ids = nearest(queries, emb, self.retrieval.k, exclude_self=True)
         return emb[ids]  # (B, k, D)
 
-    def pseudo_queries(self, n: int, generator: torch.Generator | None, index: Index | None = None) -> Tensor:
-        """n rows of `index` drawn uniformly with the generator (RDM samples from pseudo-queries
-        taken from the database): their row ids, (n,)."""
+    def pseudo_queries(self, n: int, generator: torch.Generator | StackedGenerators | None,
+                       index: Index | None = None) -> Tensor:
+        """n rows of `index` drawn uniformly (RDM samples from pseudo-queries taken from the
+        database): their row ids, (n,). They come from a stream of their own seeded from the
+        generator's seed (`query_stream`), so the noise the generator then gives is the noise any
+        other model draws: a seed's first samples are the same whatever n is."""
         rows = (index if index is not None else self.index()).rows
-        return torch.randint(rows, (n,), generator=generator, device=generator.device if generator is not None
-                             else "cpu")
+        return randint(rows, (n,), generator=query_stream(generator), device=torch.device("cpu"))
 
     def checked_index(self, index: Index, field_name: str = "index") -> Index:
         """A swapped-in index, refused (naming `field_name`) when another CLIP made it or its

@@ -56,6 +56,12 @@ class StackedGenerators:
                              "does not lead with them")
         return torch.cat([torch.randn((k, *shape[1:]), generator=g, device=g.device) for g, k in self.parts])
 
+    def randint(self, high: int, shape: tuple[int, ...]) -> Tensor:
+        if not shape or shape[0] != self.rows:
+            raise ValueError(f"StackedGenerators holds {self.rows} rows; a draw of shape {tuple(shape)} "
+                             "does not lead with them")
+        return torch.cat([torch.randint(high, (k, *shape[1:]), generator=g, device=g.device) for g, k in self.parts])
+
 
 def randn(shape: tuple[int, ...], *, generator: "torch.Generator | StackedGenerators | None",
           device: torch.device) -> Tensor:
@@ -69,6 +75,16 @@ def randn(shape: tuple[int, ...], *, generator: "torch.Generator | StackedGenera
     if isinstance(generator, StackedGenerators):
         return generator.randn(tuple(shape)).to(device)
     return torch.randn(shape, generator=generator, device=generator.device).to(device)
+
+
+def randint(high: int, shape: tuple[int, ...], *, generator: "torch.Generator | StackedGenerators | None",
+            device: torch.device) -> Tensor:
+    """Integers uniform in [0, high), drawn as `randn` draws: on the generator's device, then moved."""
+    if generator is None:
+        return torch.randint(high, shape, device=device)
+    if isinstance(generator, StackedGenerators):
+        return generator.randint(high, tuple(shape)).to(device)
+    return torch.randint(high, shape, generator=generator, device=generator.device).to(device)
 
 
 def exact_log_prob(module: nn.Module, nll: Callable[[Tensor, Tensor | None], Tensor], x: Tensor,

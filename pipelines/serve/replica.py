@@ -31,6 +31,7 @@ import asyncio
 import logging
 import math
 import os
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 import numpy as np
@@ -160,7 +161,13 @@ def describe(loaded: Loaded, limits: Limits) -> dict[str, Any]:
     if "embed" in caps:
         info["embed_dim"] = int(model.embed_dim)
         info["text_len"] = int(model.text_len)  # bytes of UTF-8 a caption may hold
+    if "retrieval" in caps:
+        info["retrieval"] = {"k": model.retrieval_k, "index_rows": model.index().rows,
+                             "index": model.index_meta.get("ref"), "encoder": model.encoder_digest()}
     return info
+
+
+MAX_CACHED_INDEXES = 8  # retrieval indexes a replica keeps in memory (each a few MB at genray's sizes)
 
 
 # --------------------------------------------------------------------------------- batched sampling
@@ -175,8 +182,8 @@ def sample_batch(model, jobs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]
 
 
     groups: dict[str, list[int]] = {}
-    for i, job in enumerate(jobs):
-        groups.setdefault(settings_key(job["settings"]), []).append(i)
+    for i, job in enumerate(jobs):  # jobs share a call when their settings and retrieval index agree
+        groups.setdefault(settings_key(job["settings"]) + "|" + job["conditions"].get("index_name", ""), []).append(i)
     out: list[dict[str, Any]] = [{} for _ in jobs]
     calls = []
     for idx in groups.values():
@@ -195,6 +202,8 @@ def sample_batch(model, jobs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]
             continue
         if all(prompted):
             kwargs["prompt"] = [p for j in members for p in j["conditions"]["prompt"]]
+        if "index" in members[0]["conditions"]:  # a retrieval model's swapped index (the same for the group)
+            kwargs["index"] = members[0]["conditions"]["index"]
         gens = StackedGenerators([(torch.Generator().manual_seed(j["seed"]), j["n"]) for j in members])
         x = model.sample(gens.rows, generator=gens, **kwargs).float().cpu()  # (rows, C, H, W) or (rows, T)
         u8 = to_uint8_image(x) if x.ndim == 4 else None  # (rows, H, W, C) for images
@@ -247,6 +256,7 @@ class ModelServer:
         self._swapping = asyncio.Lock()  # one load at a time: reconfigure and the tag poll may overlap
         self._poll: asyncio.Task | None = None
         self._poll_error: str | None = None  # the last error logged, so each distinct one is logged once
+        self._indexes: dict[tuple, Any] = {}  # retrieval indexes requests named, by (version, name, file time)
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         version = str(config["version"])
@@ -320,6 +330,27 @@ class ModelServer:
 
     # -- sample, batched
 
+    def _index(self, loaded: Loaded, name: str):
+        """The index `name` under the project home's indexes/, read once per file version and
+        checked against the model's CLIP; a 422 naming `index` (and the indexes there) otherwise."""
+        from genray.pipelines.retrieval import indexes_dir, resolve_index
+
+        root = indexes_dir(Path(self.home))
+        folder = root / name
+        if not (folder / "index.safetensors").is_file():
+            there = sorted(p.name for p in root.iterdir() if (p / "index.safetensors").is_file()) if root.is_dir() else []
+            raise RequestError("index", f"no index named {name!r} on this server; indexes: {', '.join(there) or 'none'}")
+        key = (loaded.version, name, (folder / "index.safetensors").stat().st_mtime_ns)
+        if key not in self._indexes:
+            try:
+                index = loaded.model.checked_index(resolve_index(name, Path(self.home), field_name="index"))
+            except UserError as e:
+                raise RequestError("index", str(e).removeprefix("index: ").removeprefix(f"index {name}: ")) from None
+            if len(self._indexes) >= MAX_CACHED_INDEXES:
+                self._indexes.clear()
+            self._indexes[key] = index
+        return self._indexes[key]
+
     async def sample(self, req: dict[str, Any], grid: bool = False) -> dict[str, Any]:
         loaded, info = self.loaded, self.info
         try:
@@ -329,6 +360,8 @@ class ModelServer:
                 raise RequestError(None, f"{self.name} ({loaded.family}) has no sample route: {why}", status=404,
                                    loc=["path", "name"], routes=info["routes"])
             job = parse_sample(req, loaded, self.limits)
+            if "index_name" in job["conditions"]:
+                job["conditions"]["index"] = await asyncio.to_thread(self._index, loaded, job["conditions"]["index_name"])
         except UserError as e:
             return error_body(e)
         result = await self._sample_batched((job, loaded))

@@ -64,6 +64,9 @@ class SampleRequest(BaseModel):
     class_label: int | list[int] | None = Field(
         None, description="class-conditional models: one label for all, or one per sample")
     prompt: str | None = Field(None, description="text-conditional models")
+    index: str | None = Field(None, description="retrieval models: the name of an index of the model's own CLIP "
+                                                "(`genray data index` on the server's project home) to retrieve "
+                                                "from instead of the model's own")
     format: Literal["png", "wav", "array"] | None = Field(
         None, description="images: base64 PNGs (png, the default) or float arrays in [-1, 1]; audio: one WAV "
                           "file of the clips, the response body being audio/wav (wav, the default), or float arrays")
@@ -334,6 +337,10 @@ def sample_parameters(model, defaults: dict[str, Any], limits: Limits) -> dict[s
                                  "description": "one label for all samples, or one per sample; none: labels cycle"}
     elif model.conditioning == "text":
         params["prompt"] = {"type": "string", "max_length": limits.max_prompt_chars, "default": None}
+    if "retrieval" in model.capabilities:
+        params["index"] = {"type": "string", "default": None,
+                           "description": "an index of the model's CLIP to retrieve from (see retrieval.indexes); "
+                                          "none: the model's own"}
     schema = model.sampling_settings.model_json_schema()
     defs = schema.get("$defs", {})
     for name, prop in schema.get("properties", {}).items():
@@ -426,16 +433,33 @@ def parse_sample(req: dict[str, Any], loaded, limits: Limits) -> dict[str, Any]:
         raise RequestError("n", f"n is {n}; at most {limits.max_n} samples per request (limits.max_n)")
     condition = CONDITION_FIELDS.get(model.conditioning)
     setting_names = list(model.sampling_settings.model_fields)
-    given = {k: v for k, v in req.items() if v is not None and k not in ("n", "seed", "format")}
+    given = {k: v for k, v in req.items() if v is not None and k not in ("n", "seed", "format", "index")}
     for k in given:
         if k != condition and k not in setting_names:
-            takes = ([condition] if condition else []) + setting_names
+            takes = ([condition] if condition else []) + setting_names + (
+                ["index"] if "retrieval" in model.capabilities else [])
             raise RequestError(k, f"{loaded.name} ({loaded.family}) does not take {k}; it takes "
                                   f"{', '.join(takes) or 'only n, seed and format'}")
     conditions = _conditions(req, model, limits)
+    if req.get("index") is not None:
+        conditions["index_name"] = index_name(req["index"], loaded)
     settings = checked_settings(loaded, {k: v for k, v in given.items() if k != condition}, limits)
     return {"n": n, "seed": req["seed"], "settings": settings.model_dump(), "conditions": conditions,
             "format": response_format(req.get("format"), model)}
+
+
+def index_name(name: Any, loaded) -> str:
+    """A request's `index`: a retrieval model, and a name (never a path: the server looks it up
+    under its own project home's indexes/)."""
+    from genray.pipelines.retrieval import NAME
+
+    if "retrieval" not in loaded.model.capabilities:
+        raise RequestError("index", f"{loaded.name} ({loaded.family}) does not retrieve; index is for models trained "
+                                    "with conditioning: retrieval")
+    if not isinstance(name, str) or not NAME.match(name):
+        raise RequestError("index", "an index name: letters, digits, '.', '_' and '-', starting with a letter or digit "
+                                    "(GET /v1/models/{name} lists the indexes this model can use)")
+    return name
 
 
 def checked_settings(loaded, settings_given: dict[str, Any], limits: Limits):

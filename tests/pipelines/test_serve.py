@@ -64,6 +64,15 @@ MODELS = {  # name -> (family, data and model arguments)
                                                      "args": {"size": "tiny", "text_len": 20},
                                                      "data": DatasetInfo("image", (8, 8, 1), 64, 10, None, (
                                                          "image", "label", "caption")).to_json()}}),
+    # retrieval-augmented diffusion: the same CLIP, an index of 16 rows (as a checkpoint stores it: its
+    # embeddings in the weights, here the zero placeholders); swapped indexes live under home/indexes
+    "rdm-t": ("diffusion", {"conditioning": "retrieval", "num_timesteps": 50, "num_inference_steps": 3,
+                            "guidance_scale": 2.0, "retrieval_k": 2,
+                            "retrieval_index": {"ref": "idx", "rows": 16, "dim": 64, "encoder": "x", "meta": {}},
+                            "image_encoder": {"ref": "models:/clip@champion", "family": "clip",
+                                              "args": {"size": "tiny", "text_len": 20},
+                                              "data": DatasetInfo("image", (8, 8, 1), 64, 10, None, (
+                                                  "image", "label", "caption")).to_json()}}),
 }
 IMAGE_MODELS = sorted(n for n, (family, _) in MODELS.items()
                       if family not in ("gpt", "wavenet", "pix2pix", "cyclegan", "rbm", "clip"))
@@ -166,7 +175,7 @@ def served(ray_session, tmp_path_factory):
             register_tiny(uri, home, name, family, **args)
     attach_directions(uri, home, "glow-t", "1")
     spec = serve.ServeSpec(port=free_port(), limits=LIMITS, api_key_file=str(key_file(home.parent)),
-                           # fifteen models at 0.2 CPU each, with the gateway, fit the session's 4 CPUs
+                           # sixteen models at 0.2 CPU each, with the gateway, fit the session's 4 CPUs
                            deployment={"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "num_cpus": 0.2})
     deployed = serve.deploy(spec, uri=uri, home=home)
     serve.wait_until_ready(deployed.url)  # /healthz: open without the key
@@ -684,6 +693,43 @@ def test_variations_decode_each_image_from_its_clip_embedding_and_are_checked(se
         assert r.status_code == 422 and detail_field(r) == field, (bad, r.text)
     r = c.post("/v1/models/vae-t/variations", json=body)
     assert r.status_code == 404 and "variations" in r.json()["detail"][0]["msg"]
+
+
+def write_index(served, name: str, *, encoder: str | None = None, rows: int = 12, seed: int = 0):
+    """An index of rdm-t's own CLIP (or, with `encoder`, one claiming another) under the server's home."""
+    from genray.components.models.retrieval import Index, encoder_digest, save_index
+    from genray.pipelines.retrieval import indexes_dir
+
+    ckpt = tracking.resolve_checkpoint("models:/rdm-t/1", served["uri"], served["home"] / "cache")
+    model, _ = checkpoint.build_model(ckpt)
+    x = torch.rand(rows, 1, 8, 8, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    with torch.no_grad():
+        emb = model.image_encoder(x)
+    save_index(indexes_dir(served["home"]) / name,
+               Index(emb, torch.arange(rows) % 10, {"encoder": encoder or encoder_digest(model.image_encoder.clip)}))
+
+
+def test_a_retrieval_model_samples_from_its_own_or_a_named_index_and_checks_it(served):
+    c = served["client"]
+    info = c.get("/v1/models/rdm-t").json()
+    assert "retrieval" in info["capabilities"] and info["retrieval"]["k"] == 2 and info["retrieval"]["index_rows"] == 16
+    assert "index" in info["parameters"] and "sample" in info["routes"]
+    write_index(served, "swap")
+    body = {"n": 3, "seed": 4, "format": "array"}
+    own = c.post("/v1/models/rdm-t/sample", json=body)
+    swapped = c.post("/v1/models/rdm-t/sample", json={**body, "index": "swap"})
+    assert own.status_code == 200 and swapped.status_code == 200, swapped.text
+    assert swapped.json()["arrays"] == c.post("/v1/models/rdm-t/sample", json={**body, "index": "swap"}).json()["arrays"]
+    assert swapped.json()["arrays"] != own.json()["arrays"]
+    write_index(served, "foreign", encoder="0123456789abcdef")
+    for name, bad, says in [
+        ("rdm-t", {"index": "nope"}, "no index named 'nope' on this server; indexes: "),
+        ("rdm-t", {"index": "../swap"}, "an index name: letters, digits"),
+        ("rdm-t", {"index": "foreign"}, "this index was built with another embedding model"),
+        ("vae-t", {"index": "swap"}, "vae-t (vae) does not retrieve"),
+    ]:
+        r = c.post(f"/v1/models/{name}/sample", json={"n": 1, **bad})
+        assert r.status_code == 422 and detail_field(r) == "index" and says in r.json()["detail"][0]["msg"], r.text
 
 
 def sse(response) -> list[tuple[str, dict]]:

@@ -196,3 +196,14 @@ def test_pseudo_queries_come_from_the_generator():
     assert 0 <= int(a.min()) and int(a.max()) < index.rows and len(set(a.tolist())) > 10
     assert replace(IndexRef.of("idx", index), index=None).resolved
     assert as_json({"r": IndexRef.of("idx", index)})["r"]["encoder"] == index.encoder
+
+
+def test_a_seeds_first_samples_do_not_depend_on_n():
+    """Pseudo-queries come from a stream of their own: the noise stays every model's noise."""
+    model, _, _ = rdm()
+    two = model.sample(2, generator=torch.Generator().manual_seed(5))
+    three = model.sample(3, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(two, three[:2])
+    gen = torch.Generator().manual_seed(5)
+    model.pseudo_queries(4, gen)
+    assert torch.equal(gen.get_state(), torch.Generator().manual_seed(5).get_state())
