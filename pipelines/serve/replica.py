@@ -167,6 +167,22 @@ def describe(loaded: Loaded, limits: Limits) -> dict[str, Any]:
     return info
 
 
+def usable_indexes(home: Path, encoder: str) -> list[str]:
+    """Names of the indexes under the home's indexes/ built with the CLIP whose digest is `encoder`."""
+    import json
+
+    from genray.pipelines.retrieval import indexes_dir
+
+    root, out = indexes_dir(home), []
+    for meta in sorted(root.glob("*/index.json")) if root.is_dir() else []:
+        try:
+            if json.loads(meta.read_text()).get("encoder") == encoder:
+                out.append(meta.parent.name)
+        except (OSError, ValueError):
+            continue  # a folder being written, or not an index
+    return out
+
+
 MAX_CACHED_INDEXES = 8  # retrieval indexes a replica keeps in memory (each a few MB at genray's sizes)
 
 
@@ -285,7 +301,14 @@ class ModelServer:
         self._follow_tag()  # the poll never ends on its own; should anything end it, start it again
 
     async def describe(self) -> dict[str, Any]:
-        return self.info
+        if "retrieval" not in self.info.get("capabilities", ()):
+            return self.info
+        # The indexes a request may name: those under the home built with this model's CLIP, read now
+        # (an index built after the model loaded is offered at once).
+        names = await asyncio.to_thread(usable_indexes, Path(self.home), self.info["retrieval"]["encoder"])
+        params = dict(self.info["parameters"])
+        params["index"] = {**params["index"], "choices": [None, *names]} if names else params["index"]
+        return {**self.info, "parameters": params, "retrieval": {**self.info["retrieval"], "indexes": names}}
 
     async def stats(self) -> dict[str, Any]:
         return {"batch_sizes": list(self.batch_sizes), "version": self.loaded.version if self.loaded else None,

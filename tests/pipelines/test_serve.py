@@ -715,13 +715,15 @@ def test_a_retrieval_model_samples_from_its_own_or_a_named_index_and_checks_it(s
     assert "retrieval" in info["capabilities"] and info["retrieval"]["k"] == 2 and info["retrieval"]["index_rows"] == 16
     assert "index" in info["parameters"] and "sample" in info["routes"]
     write_index(served, "swap")
+    write_index(served, "foreign", encoder="0123456789abcdef")
+    offered = c.get("/v1/models/rdm-t").json()
+    assert offered["retrieval"]["indexes"] == ["swap"] and offered["parameters"]["index"]["choices"] == [None, "swap"]
     body = {"n": 3, "seed": 4, "format": "array"}
     own = c.post("/v1/models/rdm-t/sample", json=body)
     swapped = c.post("/v1/models/rdm-t/sample", json={**body, "index": "swap"})
     assert own.status_code == 200 and swapped.status_code == 200, swapped.text
     assert swapped.json()["arrays"] == c.post("/v1/models/rdm-t/sample", json={**body, "index": "swap"}).json()["arrays"]
     assert swapped.json()["arrays"] != own.json()["arrays"]
-    write_index(served, "foreign", encoder="0123456789abcdef")
     for name, bad, says in [
         ("rdm-t", {"index": "nope"}, "no index named 'nope' on this server; indexes: "),
         ("rdm-t", {"index": "../swap"}, "an index name: letters, digits"),
@@ -1573,6 +1575,26 @@ def test_the_gallery_asks_for_the_key_once_and_shows_samples_in_headless_chromiu
         wait.until(lambda d: "mixed images from style-t" in d.find_element(By.ID, "status").text)
         assert "crossover 2" in driver.find_element(By.ID, "status").text  # half of its 4 style layers
         assert len(driver.find_elements(By.CSS_SELECTOR, "#samples img.sample")) == 4
+
+        # Retrieval: the indexes built with the model's CLIP offered in a list; samples retrieved from
+        # the chosen one are what the API gives for it.
+        write_index(served, "swap")
+        Select(driver.find_element(By.ID, "model")).select_by_value("rdm-t")
+        wait.until(lambda d: d.find_elements(By.ID, "p-index"))
+        offered = [o.get_attribute("value") for o in driver.find_elements(By.CSS_SELECTOR, "#p-index option")]
+        assert offered[0] == "" and "swap" in offered and "foreign" not in offered
+        Select(driver.find_element(By.ID, "p-index")).select_by_value("swap")
+        n = driver.find_element(By.ID, "p-n")
+        n.clear()
+        n.send_keys("2")
+        driver.find_element(By.ID, "go").click()
+        wait.until(lambda d: "2 samples from rdm-t" in d.find_element(By.ID, "status").text)
+        wait.until(lambda d: d.execute_script(
+            "return [...document.querySelectorAll('#samples img.sample')].every(i => i.complete && i.naturalWidth === 8)"))
+        shown = [img.get_attribute("src").split(",", 1)[1]
+                 for img in driver.find_elements(By.CSS_SELECTOR, "#samples img.sample")]
+        direct = served["client"].post("/v1/models/rdm-t/sample", json={"n": 2, "seed": 0, "index": "swap"}).json()
+        assert [png_array(b).tolist() for b in direct["images"]] == [png_array(b).tolist() for b in shown]
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
