@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +31,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from genray.components import checkpoint
 from genray.components.data import decode_batch, normalize_images, read_info, value_names
 from genray.components.errors import UserError
 from genray.components.models.retrieval import Index, encoder_digest, load_index, save_index
 from genray.pipelines import tracking
 from genray.pipelines.env import init_ray, verbose
-from genray.pipelines.tokenizing import Progress, checkpoint_files, resolve_source
+from genray.pipelines.tokenizing import (Progress, actor_pool, checkpoint_files, model_on_actor, resolve_job_model,
+                                         resolve_source)
 
 CAPABILITY = "embed"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -80,25 +79,13 @@ class Embedder:
 
 
 def resolve_embedder(ref: str, uri: str, home: Path) -> Embedder:
-    if not ref.startswith(("models:/", "runs:/")) and tracking.looks_like_run_id(ref):
-        ref = f"runs:/{ref}"
-    try:
-        ckpt_dir = tracking.resolve_checkpoint(ref, uri, home / "cache")
-    except UserError as e:
-        raise UserError(f"CLIP {e}") from None
-    model, state = checkpoint.build_model(ckpt_dir)
-    if CAPABILITY not in model.capabilities:
-        raise UserError(f"CLIP {ref!r} is a {state['model']['family']} model, which does not embed images; an index "
+    """The CLIP REF names, checked to embed images."""
+    m = resolve_job_model(ref, uri, home, what="CLIP")
+    if CAPABILITY not in m.model.capabilities:
+        raise UserError(f"CLIP {ref!r} is a {m.state['model']['family']} model, which does not embed images; an index "
                         "needs a trained genray clip (`genray train clip/clip_fashion`)")
-    if ref.startswith("models:/"):
-        name, version = tracking.model_version_of(ref, uri)
-        resolved, label = f"models:/{name}/{version}", f"{name}-v{version}"
-    elif ref.startswith("runs:/"):
-        resolved = f"runs:/{ref.removeprefix('runs:/').strip('/').split('/')[0]}"
-        label = f"run-{resolved.removeprefix('runs:/')[:8]}"
-    else:
-        resolved, label = str(ckpt_dir), ckpt_dir.name
-    return Embedder(ckpt_dir, resolved, tuple(model.image_shape), int(model.embed_dim), encoder_digest(model), label)
+    return Embedder(m.checkpoint, m.uri, tuple(m.model.image_shape), int(m.model.embed_dim), encoder_digest(m.model),
+                    m.label)
 
 
 def parse_classes(text: str | None, names: tuple[str, ...], num_classes: int) -> list[int] | None:
@@ -127,15 +114,7 @@ class EmbedBatch:
     of image rows: (B, D) float32 unit-norm embeddings and the labels (-1 without a label column)."""
 
     def __init__(self, files: dict[str, bytes], shape: tuple[int, int, int], threads: int):
-        import torch
-
-        torch.set_num_threads(threads)
-        with tempfile.TemporaryDirectory() as d:
-            for name, blob in files.items():
-                (Path(d) / name).write_bytes(blob)
-            model, _ = checkpoint.build_model(d)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = model.to(self.device).eval()
+        self.model, self.device = model_on_actor(files, threads)
         self.shape = shape  # (H, W, C), as stored
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -171,7 +150,6 @@ def build_index(ref: str, *, data: str | None = None, split: str = "train", clas
                 name: str | None = None, size: str = "full", seed: int = 0, actors: int | None = None,
                 batch_size: int = 512, overwrite: bool = False, home: Path,
                 say: Callable[[str], Any] = print) -> IndexReport:
-    import ray
     import ray.data
     import torch
 
@@ -203,16 +181,7 @@ def build_index(ref: str, *, data: str | None = None, split: str = "train", clas
     say(f"CLIP       {embedder.uri}  ({h}x{w} images -> {embedder.embed_dim} numbers; encoder {embedder.digest})")
 
     init_ray()
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    cpus = ray.cluster_resources().get("CPU", 1)
-    if gpus and actors is not None and actors > gpus:
-        raise UserError(f"--actors {actors}: the cluster has {gpus} GPU(s) and each actor takes one; at most {gpus}")
-    actors = actors or (min(2, gpus) if gpus else 2)
-    if gpus:
-        resources, threads, device = {"num_gpus": 1}, 1, "GPU"
-    else:  # a CPU stays free for the read tasks (shared/RAY_NOTES.md), as in `genray data tokenize`
-        per_actor = min(1.0, max(cpus - 1, 0.5) / actors)
-        resources, threads, device = {"num_cpus": per_actor}, max(1, int(per_actor)), "CPU"
+    actors, resources, threads, device = actor_pool(actors)
 
     ds = ray.data.read_parquet(path, columns=["image", "label"] if labelled else ["image"])
     ds.context.execution_options.preserve_order = True  # row i of the index is row i of the split

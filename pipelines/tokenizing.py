@@ -62,20 +62,28 @@ class Tokenizer:
     label: str  # a short name for the default output folder
 
 
-def resolve_tokenizer(ref: str, uri: str, home: Path) -> Tokenizer:
-    """The checkpoint REF names (as `genray eval` resolves a target), built once here to check it
-    tokenizes; the actors build their own copies."""
+@dataclass(frozen=True)
+class JobModel:
+    """The model a Ray Data job runs (a tokenizer, a CLIP), resolved and built once on the driver."""
+
+    checkpoint: Path
+    model: Any
+    state: dict[str, Any]
+    uri: str  # what outputs record: models:/NAME/VERSION (resolved), runs:/ID or the directory
+    label: str  # a short name for default output names
+    run_id: str | None  # the MLflow run that trained it, when this store knows it
+
+
+def resolve_job_model(ref: str, uri: str, home: Path, *, what: str) -> JobModel:
+    """The checkpoint REF names (as `genray eval` resolves a target), built once here so the job
+    can check what it can do; the actors build their own copies. Errors start with `what`."""
     if not ref.startswith(("models:/", "runs:/")) and tracking.looks_like_run_id(ref):
         ref = f"runs:/{ref}"
     try:
         ckpt_dir = tracking.resolve_checkpoint(ref, uri, home / "cache")
     except UserError as e:
-        raise UserError(f"tokenizer {e}") from None
+        raise UserError(f"{what} {e}") from None
     model, state = checkpoint.build_model(ckpt_dir)
-    family = state["model"]["family"]
-    if CAPABILITY not in model.capabilities:
-        raise UserError(f"tokenizer {ref!r} is a {family} model (capabilities: {', '.join(sorted(model.capabilities))}), "
-                        f"which does not tokenize; families that do: {', '.join(tokenizing_families())}")
     run_id = state.get("mlflow_run_id")
     if run_id and not tracking.run_exists(uri, run_id):
         run_id = None  # a checkpoint copied from another store
@@ -87,8 +95,18 @@ def resolve_tokenizer(ref: str, uri: str, home: Path) -> Tokenizer:
         label = f"run-{resolved.removeprefix('runs:/')[:8]}"
     else:
         resolved, label = str(ckpt_dir), ckpt_dir.name
-    return Tokenizer(ckpt_dir, resolved, run_id, family, tuple(model.image_shape), tuple(model.grid),
-                     int(model.codebook_size), label)
+    return JobModel(ckpt_dir, model, state, resolved, label, run_id)
+
+
+def resolve_tokenizer(ref: str, uri: str, home: Path) -> Tokenizer:
+    """The tokenizer REF names, checked to tokenize."""
+    m = resolve_job_model(ref, uri, home, what="tokenizer")
+    family, model = m.state["model"]["family"], m.model
+    if CAPABILITY not in model.capabilities:
+        raise UserError(f"tokenizer {ref!r} is a {family} model (capabilities: {', '.join(sorted(model.capabilities))}), "
+                        f"which does not tokenize; families that do: {', '.join(tokenizing_families())}")
+    return Tokenizer(m.checkpoint, m.uri, m.run_id, family, tuple(model.image_shape), tuple(model.grid),
+                     int(model.codebook_size), m.label)
 
 
 def tokenizing_families() -> list[str]:
@@ -164,16 +182,7 @@ class TokenizeBatch:
     each batch of image rows into rows of code ids, (B, h*w) int32 row-major."""
 
     def __init__(self, files: dict[str, bytes], shape: tuple[int, int, int], threads: int):
-        import torch
-
-        torch.set_num_threads(threads)
-        with tempfile.TemporaryDirectory() as d:
-            for name, blob in files.items():
-                (Path(d) / name).write_bytes(blob)
-            model, _ = checkpoint.build_model(d)
-        # With num_gpus=1, Ray has set CUDA_VISIBLE_DEVICES to this actor's GPU.
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = model.to(self.device).eval()
+        self.model, self.device = model_on_actor(files, threads)
         self.shape = shape  # (H, W, C), as stored
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -187,6 +196,39 @@ class TokenizeBatch:
         if "label" in batch:
             out["label"] = np.asarray(batch["label"], dtype=np.int64)
         return out
+
+
+def model_on_actor(files: dict[str, bytes], threads: int):
+    """A Ray Data actor's model, built from its checkpoint's bytes (safetensors and JSON only, as
+    `genray eval`'s workers do: no path need exist on the actor's node), on the actor's GPU when
+    it has one (with num_gpus=1 Ray has set CUDA_VISIBLE_DEVICES to it): (model, device)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as d:
+        for name, blob in files.items():
+            (Path(d) / name).write_bytes(blob)
+        model, _ = checkpoint.build_model(d)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), device
+
+
+def actor_pool(actors: int | None) -> tuple[int, dict[str, float], int, str]:
+    """How many actors a Ray Data job's map runs on and what each holds: one GPU each when the
+    cluster has GPUs (at most that many actors), else a share of the CPUs that leaves one for
+    Ray Data's read tasks (actors holding every CPU leave them waiting forever, shared/
+    RAY_NOTES.md). Returns (actors, resources, threads per actor, "GPU" or "CPU")."""
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    cpus = ray.cluster_resources().get("CPU", 1)
+    if gpus and actors is not None and actors > gpus:
+        raise UserError(f"--actors {actors}: the cluster has {gpus} GPU(s) and each actor takes one; at most {gpus}")
+    actors = actors or (min(2, gpus) if gpus else 2)
+    if gpus:
+        return actors, {"num_gpus": 1}, 1, "GPU"
+    per_actor = min(1.0, max(cpus - 1, 0.5) / actors)
+    return actors, {"num_cpus": per_actor}, max(1, int(per_actor)), "CPU"
 
 
 def checkpoint_files(ckpt_dir: Path) -> dict[str, bytes]:
@@ -237,18 +279,7 @@ def tokenize(ref: str, *, data: str | None = None, out: Path | None = None, size
         f"{tokenizer.codebook_size})")
 
     init_ray()
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    cpus = ray.cluster_resources().get("CPU", 1)
-    if gpus and actors is not None and actors > gpus:
-        raise UserError(f"--actors {actors}: the cluster has {gpus} GPU(s) and each actor takes one; at most {gpus}")
-    actors = actors or (min(2, gpus) if gpus else 2)
-    if gpus:
-        resources, threads, device = {"num_gpus": 1}, 1, "GPU"
-    else:
-        # The reads need a CPU of their own: actors holding every CPU leave Ray Data's read tasks
-        # waiting forever (shared/RAY_NOTES.md), so on a small machine they take a share.
-        per_actor = min(1.0, max(cpus - 1, 0.5) / actors)
-        resources, threads, device = {"num_cpus": per_actor}, max(1, int(per_actor)), "CPU"
+    actors, resources, threads, device = actor_pool(actors)
 
     # ----------------------------------------------------------------- map: tokenize on the actors
     columns = ["image", "label"] if labelled else ["image"]

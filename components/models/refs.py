@@ -48,13 +48,7 @@ class ModelRef:
     # A ModelRef validates from its string form (configs) or its JSON form (checkpoints).
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: Any):
-        from pydantic_core import core_schema
-
-        return core_schema.no_info_plain_validator_function(
-            cls.parse, json_schema_input_schema=core_schema.str_schema(),
-            serialization=core_schema.plain_serializer_function_ser_schema(
-                lambda r: r.ref if isinstance(r, ModelRef) else r),
-        )
+        return reference_schema(cls)
 
     @classmethod
     def parse(cls, value: Any) -> "ModelRef":
@@ -65,6 +59,17 @@ class ModelRef:
         if isinstance(value, str) and value.strip():
             return cls(value.strip())
         raise ValueError("a model reference: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID or a checkpoint directory")
+
+
+def reference_schema(cls):
+    """The pydantic schema of a reference type (ModelRef, retrieval.IndexRef): it validates from a
+    config's string or a checkpoint's JSON with `cls.parse`, and serialises to its `ref` string."""
+    from pydantic_core import core_schema
+
+    return core_schema.no_info_plain_validator_function(
+        cls.parse, json_schema_input_schema=core_schema.str_schema(),
+        serialization=core_schema.plain_serializer_function_ser_schema(lambda r: r.ref if isinstance(r, cls) else r),
+    )
 
 
 def frozen_module(ref: ModelRef, owner: str, arg: str, families: tuple[str, ...] | None = None,

@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from genray.components.errors import UserError
+from genray.components.models.refs import reference_schema
 
 INDEX_FILE, META_FILE = "index.safetensors", "index.json"
 SELF_SIMILARITY = 1 - 1e-4  # a neighbour this close to its query is the query itself (a training image)
@@ -180,13 +181,7 @@ class IndexRef:
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: Any):
-        from pydantic_core import core_schema
-
-        return core_schema.no_info_plain_validator_function(
-            cls.parse, json_schema_input_schema=core_schema.str_schema(),
-            serialization=core_schema.plain_serializer_function_ser_schema(
-                lambda r: r.ref if isinstance(r, IndexRef) else r),
-        )
+        return reference_schema(cls)
 
     @classmethod
     def parse(cls, value: Any) -> "IndexRef":
