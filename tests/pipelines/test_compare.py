@@ -57,13 +57,16 @@ def test_two_families_at_a_time_budget_fill_the_table_and_a_resume_retrains_noth
     assert (rows["vae"]["encode"], rows["vae"]["likelihood"], rows["dcgan"]["encode"], rows["dcgan"]["likelihood"]) == \
         ("1", "bound", "0", "none")
     assert int(rows["vae"]["latent_size"]) > 0 and math.isfinite(float(rows["vae"]["bits_per_dim"]))
+    # Interpolation smoothness: the VAE's decoded lerps; DCGAN does not encode, so none.
+    assert 1 <= float(rows["vae"]["interp_evenness"]) <= 16 and float(rows["vae"]["interp_detour"]) >= 1
+    assert rows["dcgan"]["interp_evenness"] in ("", "nan")
 
     # COMPARISON.md: the table (a row per family, every column), the claims, the plots, the definitions.
     md = (out / "COMPARISON.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| family |"))
     for col in ("FD", "floor", "FD/floor", "KID", "precision", "recall", "class cons.", "sharpness", "samples/s @64",
                 "latency (ms)", "NFE", "train s", "steps", "examples/s", "FD spread", "diverged", "encode",
-                "latent size", "likelihood", "bits/dim"):
+                "latent size", "interp. evenness", "interp. detour", "MIG", "likelihood", "bits/dim"):
         assert f"| {col} |" in header, col
     table = [line for line in md.split("## The table")[1].split("##")[0].splitlines() if line.startswith("| ")][1:]
     assert [line.split("|")[1].split()[0] for line in table] == ["vae", "dcgan"]
