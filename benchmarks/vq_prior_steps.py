@@ -12,6 +12,14 @@ Speed: images per second of `sample` (the prior's tokens decoded to images) at e
 timed in this process on --threads threads after a warm-up, the median of --repeats runs. The
 autoregressive prior is timed with its KV cache and, for reference, without it (every step runs
 the whole prefix again).
+
+    .venv/bin/python benchmarks/vq_prior_steps.py --untrained 2 [--steps 8] [--guidance 2]
+
+Speed alone, on a grid the trained models do not have: the shipped priors' architectures (GPT
+and MaskGIT small, class-conditional, over a codebook of 512) over an untrained VQ-VAE whose
+`downsample` is given (2: Fashion-MNIST's 32x32 images as 16x16 = 256 tokens, against the 64 of
+the trained downsample 4). Sampling time does not depend on the weights: every pass runs whatever
+the logits are, so the images/s are the trained models' on that grid; nothing is scored.
 """
 from __future__ import annotations
 
@@ -55,10 +63,27 @@ def quality(target: str, sampling: dict, num_samples: int) -> dict[str, float]:
             **({"bits_per_dim_bound": m["bits_per_dim"]} if "bits_per_dim" in m else {})}
 
 
+def untrained_priors(downsample: int):
+    """GPT and MaskGIT small, class-conditional, over an untrained VQ-VAE (512 codes) of 32x32
+    grey images at `downsample`: the shipped priors' architectures on that grid."""
+    from genray.components.data import DatasetInfo
+    from genray.components.models import build
+
+    data = DatasetInfo.for_images((1, 32, 32), 10)
+    tokenizer = {"ref": f"untrained vqvae, downsample {downsample}", "family": "vqvae",
+                 "args": {"size": "small", "downsample": downsample}, "data": DatasetInfo.for_images((1, 32, 32)).to_json()}
+    torch.manual_seed(0)
+    ar = build("gpt", {"size": "small", "conditioning": "class", "tokenizer": tokenizer}, data).eval()
+    mg = build("maskgit", {"size": "small", "conditioning": "class", "tokenizer": tokenizer}, data).eval()
+    return ar, mg
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("ar")
-    ap.add_argument("maskgit")
+    ap.add_argument("ar", nargs="?")
+    ap.add_argument("maskgit", nargs="?")
+    ap.add_argument("--untrained", type=int, metavar="DOWNSAMPLE", default=None,
+                    help="speed only: untrained priors over a VQ-VAE of this downsample (2, 4 or 8)")
     ap.add_argument("--steps", default="4,8,12,16")
     ap.add_argument("--guidance", type=float, default=0.0, help="MaskGIT's guidance scale")
     ap.add_argument("--num-samples", type=int, default=1000)
@@ -70,7 +95,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
-    ar, mg = load(args.ar), load(args.maskgit)
+    if args.untrained is not None:
+        ar, mg = untrained_priors(args.untrained)
+        args.ar = args.maskgit = None  # nothing to score
+    elif args.ar is None or args.maskgit is None:
+        ap.error("give the two trained priors (AR MASKGIT), or --untrained DOWNSAMPLE for speed alone")
+    else:
+        ar, mg = load(args.ar), load(args.maskgit)
     n_tokens = ar.net.seq_len
 
     def gen(seed):
@@ -101,7 +132,7 @@ def main() -> None:
     for r in rows:
         for b in batches:
             r[f"speedup_vs_ar_batch_{b}"] = r[f"images_per_s_batch_{b}"] / ref[f"images_per_s_batch_{b}"]
-        if r.get("fd") is not None:
+        if r.get("fd") is not None and ref.get("fd") is not None:
             r["fd_vs_ar"] = r["fd"] / ref["fd"]
     print(f"\n{'prior':28} {'passes':>6} {'FD':>7} {'floor':>6} {'cls':>5} " +
           " ".join(f"{'img/s@' + str(b):>10} {'x AR':>6}" for b in batches))
