@@ -133,7 +133,8 @@ class EmbedBatch:
 @dataclass(frozen=True)
 class IndexReport:
     folder: Path
-    rows: int
+    rows: int  # kept in the index (--classes)
+    embedded: int  # images the actors embedded: the whole split
     dim: int
     classes: list[int]
     embedder: Embedder
@@ -143,7 +144,7 @@ class IndexReport:
 
     @property
     def images_per_s(self) -> float:
-        return self.rows / max(self.seconds, 1e-9)
+        return self.embedded / max(self.seconds, 1e-9)
 
 
 def build_index(ref: str, *, data: str | None = None, split: str = "train", classes: str | None = None,
@@ -221,4 +222,4 @@ def build_index(ref: str, *, data: str | None = None, split: str = "train", clas
     if folder.exists():
         shutil.rmtree(folder)
     partial.rename(folder)
-    return IndexReport(folder, index.rows, index.dim, index.classes(), embedder, actors, device, seconds)
+    return IndexReport(folder, index.rows, seen, index.dim, index.classes(), embedder, actors, device, seconds)
