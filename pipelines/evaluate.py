@@ -426,10 +426,12 @@ def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> Ev
     fake = normalize_images(torch.as_tensor(fake_u8))
     metrics: dict[str, float] = dict(speed)
 
+    references: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # per net: the reference split's, the floor's
     for net in nets:
         say(f"scoring against {net.id} features ...")
         real = reference_features(net, ref_path, None, home)
         pool = reference_features(net, floor_path, request.num_samples, home)
+        references[net.id] = (real, pool)
         params["eval.compared_rows"] = str(min(request.num_samples, len(pool)))  # samples and floor alike
         metrics.update(sample_quality(net.features(fake), real, pool, net.name, seed=request.seed))
         if net.kind == "classifier":
@@ -467,8 +469,7 @@ def evaluate(request: EvalRequest, *, home: Path | None = None, say=print) -> Ev
         plain = normalize_images(torch.as_tensor(plain_u8))
         metrics.update(retrieval_scores(classifier, fake, plain, conditions, index.classes()))
         metrics.update({f"{k}_no_retrieval": v for k, v in sample_quality(
-            classifier.features(plain), reference_features(classifier, ref_path, None, home),
-            reference_features(classifier, floor_path, request.num_samples, home), classifier.name,
+            classifier.features(plain), *references[classifier.id], classifier.name,
             seed=request.seed).items() if not k.endswith(("_floor", "_std"))})
         params["eval.index"] = request.index or f"the model's own ({index.meta.get('ref', '?')})"
         params["eval.index_rows"] = str(index.rows)

@@ -192,9 +192,7 @@ def build_index(ref: str, *, data: str | None = None, split: str = "train", clas
                         fn_constructor_kwargs={"files": checkpoint_files(embedder.checkpoint), "shape": (h, w, c),
                                                "threads": threads},
                         max_restarts=0, **resources)
-    progress = Progress(info.num_rows)
-    progress.text = lambda seen, seconds: (f"embedded {seen:,}/{info.num_rows:,} images | "
-                                           f"{seen / max(seconds, 1e-9):,.0f} images/s")
+    progress = Progress(info.num_rows, verb="embedded")
     say(f"embedding {info.num_rows:,} {split} images on {actors} {device} actor(s), batches of {batch_size}")
     started = time.perf_counter()
     parts, seen = [], 0

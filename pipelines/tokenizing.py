@@ -372,12 +372,12 @@ def _flush(writer: DatasetWriter, parts: list[dict[str, np.ndarray]]) -> None:
 class Progress:
     """The one progress line: rewritten in place on a terminal, printed once at the end elsewhere."""
 
-    def __init__(self, total: int, stream=None):
-        self.total, self.stream = total, stream or sys.stdout
+    def __init__(self, total: int, stream=None, *, verb: str = "tokenized"):
+        self.total, self.stream, self.verb = total, stream or sys.stdout, verb
         self.tty = self.stream.isatty()
 
     def text(self, seen: int, seconds: float) -> str:
-        return f"tokenized {seen:,}/{self.total:,} images | {seen / max(seconds, 1e-9):,.0f} images/s"
+        return f"{self.verb} {seen:,}/{self.total:,} images | {seen / max(seconds, 1e-9):,.0f} images/s"
 
     def update(self, seen: int, seconds: float) -> None:
         if self.tty:

@@ -60,8 +60,8 @@ from genray.components.errors import UserError
 from genray.components.models.layers import StackedGenerators, check_image_shape, randint, randn
 from genray.components.models.protocol import SETTINGS_CONFIG
 from genray.components.models.refs import ModelRef, frozen_module
-from genray.components.models.retrieval import (Index, IndexRef, RetrievalCondition, check_same_encoder,
-                                                encoder_digest, nearest)
+from genray.components.models.retrieval import (Index, IndexRef, RetrievalCondition, check_index_fits,
+                                                check_same_encoder, encoder_digest, nearest)
 from genray.components.models.text_encoder import TextEncoder, encode_text
 from genray.components.models.unet import UNet
 from genray.components.samplers import ddim, ddpm, guidance, objective, prediction as param, schedules
@@ -301,13 +301,8 @@ class Diffusion(nn.Module):
     def checked_index(self, index: Index, field_name: str = "index") -> Index:
         """A swapped-in index, refused (naming `field_name`) when another CLIP made it or its
         embeddings have another size."""
-        if index.dim != self.image_encoder.embed_dim:
-            raise UserError(f"{field_name}: embeddings of {index.dim} numbers, but this model retrieves with a CLIP of "
-                            f"{self.image_encoder.embed_dim}")
+        check_index_fits(index.rows, index.dim, self.image_encoder.embed_dim, self.retrieval.k, field_name=field_name)
         check_same_encoder(index, self.encoder_digest(), field_name=field_name)
-        if index.rows <= self.retrieval.k:
-            raise UserError(f"{field_name}: {index.rows} rows; retrieving {self.retrieval.k} neighbours besides the "
-                            f"query needs at least {self.retrieval.k + 1}")
         return index
 
     @property
@@ -583,8 +578,8 @@ class Diffusion(nn.Module):
         query_rows = torch.as_tensor(query_rows).long()
         if query_rows.shape != (n,) or int(query_rows.min()) < 0 or int(query_rows.max()) >= index.rows:
             raise UserError(f"query_rows: ({n},) row ids of the index in [0, {index.rows})")
-        emb = index.embeddings.to(device)
-        return self.retrieve(emb[query_rows.to(device)], Index(emb, index.labels, index.meta))
+        queries = index.embeddings[query_rows.to(index.embeddings.device)].to(device)
+        return self.retrieve(queries, index)  # which moves the index's rows to the queries' device too
 
     def _check_embedding(self, e: Tensor, n: int, device) -> Tensor:
         if not self.image_conditioned:
@@ -805,12 +800,7 @@ def _retrieval_index(ref: IndexRef, encoder: FrozenCLIPImage, k: int) -> Index:
     """The index's tensors (or, as a checkpoint rebuilds, placeholders its weights fill), checked
     against the CLIP: the same embedding size, and on a fresh run, the same CLIP's weights."""
     embeddings, labels = ref.tensors()
-    if embeddings.shape[1] != encoder.embed_dim:
-        raise UserError(f"diffusion: model.retrieval_index {ref.ref} holds embeddings of {embeddings.shape[1]} numbers; "
-                        f"model.image_encoder embeds to {encoder.embed_dim}")
-    if embeddings.shape[0] <= k:
-        raise UserError(f"diffusion: model.retrieval_index {ref.ref} has {embeddings.shape[0]} rows; retrieval_k {k} "
-                        f"neighbours besides an image's own row need at least {k + 1}")
+    check_index_fits(*embeddings.shape, encoder.embed_dim, k, field_name=f"diffusion: model.retrieval_index {ref.ref}")
     if ref.index is not None:  # a fresh run: the index must come from this very CLIP
         check_same_encoder(ref.index, encoder_digest(encoder.clip), field_name=f"model.retrieval_index {ref.ref}")
     return Index(embeddings, labels, {**(ref.meta or {}), "encoder": ref.encoder, "ref": ref.ref})

@@ -50,17 +50,18 @@ class StackedGenerators:
         self.rows = sum(k for _, k in parts)
         self.device = parts[0][0].device
 
-    def randn(self, shape: tuple[int, ...]) -> Tensor:
+    def _draw(self, shape: tuple[int, ...], draw: Callable[..., Tensor]) -> Tensor:
+        """Each part's rows of a draw of `shape` from its own generator, stacked in order."""
         if not shape or shape[0] != self.rows:
             raise ValueError(f"StackedGenerators holds {self.rows} rows; a draw of shape {tuple(shape)} "
                              "does not lead with them")
-        return torch.cat([torch.randn((k, *shape[1:]), generator=g, device=g.device) for g, k in self.parts])
+        return torch.cat([draw((k, *shape[1:]), generator=g, device=g.device) for g, k in self.parts])
+
+    def randn(self, shape: tuple[int, ...]) -> Tensor:
+        return self._draw(shape, torch.randn)
 
     def randint(self, high: int, shape: tuple[int, ...]) -> Tensor:
-        if not shape or shape[0] != self.rows:
-            raise ValueError(f"StackedGenerators holds {self.rows} rows; a draw of shape {tuple(shape)} "
-                             "does not lead with them")
-        return torch.cat([torch.randint(high, (k, *shape[1:]), generator=g, device=g.device) for g, k in self.parts])
+        return self._draw(shape, lambda size, **kw: torch.randint(high, size, **kw))
 
 
 def randn(shape: tuple[int, ...], *, generator: "torch.Generator | StackedGenerators | None",

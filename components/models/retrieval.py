@@ -220,6 +220,15 @@ def index_arguments(builder) -> list[str]:
             if hints.get(name) is IndexRef or IndexRef in typing.get_args(hints.get(name))]
 
 
+def check_index_fits(rows: int, dim: int, embed_dim: int, k: int, *, field_name: str) -> None:
+    """An index a model can retrieve from: embeddings of the CLIP's size, and more rows than the
+    k neighbours an image's own row is excluded from. Refused otherwise, naming `field_name`."""
+    if dim != embed_dim:
+        raise UserError(f"{field_name}: embeddings of {dim} numbers, but this model retrieves with a CLIP of {embed_dim}")
+    if rows <= k:
+        raise UserError(f"{field_name}: {rows} rows; retrieving {k} neighbours besides the query needs at least {k + 1}")
+
+
 def check_same_encoder(index: Index, digest: str, *, field_name: str = "index") -> None:
     """An index made by another embedding model is refused: its rows live in another space."""
     if index.encoder != digest:
